@@ -1,0 +1,121 @@
+"""posttrain command line. Heavy libraries are imported only by the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from posttrain import __version__
+from posttrain.errors import PosttrainError
+
+log = logging.getLogger("posttrain")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="posttrain",
+        description="Post-train language models from checked YAML recipes (SFT, reward, PPO, DPO) on TRL.",
+    )
+    p.add_argument("--version", action="version", version=f"posttrain {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def recipe_args(sp):
+        sp.add_argument("recipe", help="recipe name (recipes/NAME.yaml) or path to a YAML file")
+        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override recipe keys, e.g. training.max_steps=10 model.name_or_path=path")
+        sp.add_argument("--stage", help="refuse the recipe unless it is for this stage (used by make targets)")
+
+    t = sub.add_parser("train", help="train one recipe into its output_dir")
+    recipe_args(t)
+    t.add_argument("--resume", action="store_true", help="continue an unfinished run from its newest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in output_dir")
+    t.add_argument("--force", action="store_true", help="with --resume: resume even though the recipe changed")
+
+    v = sub.add_parser("validate", help="check a recipe without training; show one masked training example")
+    recipe_args(v)
+    v.add_argument("--no-data", action="store_true", help="check the recipe only; do not load tokenizer or data")
+    return p
+
+
+def _setup_logging():
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("posttrain: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _load(args):
+    from posttrain.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.stage and recipe.stage != args.stage:
+        raise PosttrainError(
+            f"{args.recipe} is a '{recipe.stage}' recipe, not '{args.stage}'; use `make {recipe.stage}` "
+            f"or `posttrain train {args.recipe}`"
+        )
+    return recipe
+
+
+def cmd_train(args) -> int:
+    recipe = _load(args)
+    from posttrain.stages import stage_module
+
+    module = stage_module(recipe.stage)
+    module.config(recipe)  # impossible training combinations fail here, before anything loads
+    manifest = module.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
+    if manifest:
+        m = manifest.get("metrics", {})
+        shown = ", ".join(f"{k}={m[k]:.4g}" for k in ("train_loss", "eval_loss") if k in m)
+        print(f"finished {recipe.stage} run in {recipe.output_dir} ({shown})")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from posttrain.hub import go_offline_if_unreachable
+
+    offline = go_offline_if_unreachable()
+    recipe = _load(args)
+    print(f"# {recipe.source}: {recipe.stage} recipe, hash {recipe.hash}")
+    print(recipe.to_yaml(), end="")
+    from posttrain.stages import stage_module
+
+    try:
+        module = stage_module(recipe.stage)
+    except PosttrainError as e:
+        print(f"ok: recipe checked against its TRL config, LoraConfig and BitsAndBytesConfig ({e})")
+        return 0
+    cfg = module.config(recipe)
+    print(f"ok: recipe checked (training -> {type(cfg).__name__}"
+          + (", peft -> LoraConfig" if recipe.peft else "")
+          + (", quantization -> BitsAndBytesConfig" if recipe.quantization else "") + ")")
+    if args.no_data:
+        return 0
+    from posttrain.preview import preview
+
+    if offline:
+        print("offline: the Hugging Face hub is not reachable; checking tokenizer and data from local files and cache")
+    preview(recipe)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging()
+    try:
+        return {"train": cmd_train, "validate": cmd_validate}[args.command](args)
+    except PosttrainError as e:
+        print(f"posttrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("posttrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Exact prompt masking for SFT.
+
+Each row is split into segments (formats.py). Every segment is tokenized on its own and the ids are
+concatenated, so the prompt/response boundary is exact: BPE never merges a prompt's trailing space
+into the first response token (TRL's `completion_only_loss` tokenizes prompt+completion together
+and then masks len(tok(prompt)) tokens, which drops that token from training). Single-turn rows get
+EOS appended and trained. Labels are -100 on prompt tokens; padding is masked by position in the
+collator, never by token id, so EOS is trained even when pad == eos (GPT-2).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from posttrain.data.formats import resolve_columns, segments
+from posttrain.errors import DataError
+
+IGNORE_INDEX = -100
+log = logging.getLogger("posttrain")
+
+
+def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
+def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: int) -> list[dict | None]:
+    """Tokenize rows into {input_ids, labels, n_prompt, truncated}; None for a row with nothing to train.
+
+    All segments of a batch are tokenized in two calls (first segments with the tokenizer's special
+    tokens such as BOS, the rest without), then reassembled per row.
+    """
+    chat = fmt == "messages" or any(isinstance(r.get(cols.get("prompt", "")), list) for r in rows)
+    eos = tokenizer.eos_token_id
+    if eos is None and not chat:
+        raise DataError("the tokenizer has no EOS token; set one (tokenizer eos_token) so responses can end")
+    segs = [segments(r, fmt, cols, tokenizer) for r in rows]
+    firsts, rest = [], []
+    for s in segs:
+        if s:
+            firsts.append(s[0][0])
+            rest.extend(t for t, _ in s[1:])
+    # Chat templates write their own special tokens; plain templates get the tokenizer's (e.g. BOS).
+    first_ids, rest_ids = iter(_ids(tokenizer, firsts, special=not chat)), iter(_ids(tokenizer, rest, False))
+    out = []
+    for s in segs:
+        if not s:
+            out.append(None)
+            continue
+        input_ids, labels = [], []
+        for i, (_, trained) in enumerate(s):
+            ids = list(next(first_ids) if i == 0 else next(rest_ids))
+            if i == 0 and not chat and len(ids) > 1 and ids[-1] == eos:
+                ids = ids[:-1]  # a tokenizer that appends EOS to every text: the prompt must not end the row
+            input_ids += ids
+            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+        if not chat:
+            input_ids.append(eos)
+            labels.append(eos)
+        n_prompt = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+        truncated = len(input_ids) > max_length
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+        if all(lab == IGNORE_INDEX for lab in labels):
+            out.append({"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt, "skip": "prompt"})
+            continue
+        out.append({"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt, "truncated": truncated})
+    return out
+
+
+def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_proc: int | None = None):
+    """Map a dataset to {input_ids, labels}; rows with nothing to train are dropped and counted.
+
+    Returns (dataset, stats) where stats counts rows kept, dropped for an empty/null field, dropped
+    because the prompt alone fills max_length, and truncated.
+    """
+    cols = resolve_columns(ds.column_names, fmt, source)
+
+    def fn(batch):
+        n = len(next(iter(batch.values())))
+        rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+        enc = encode_batch(rows, fmt, cols, tokenizer, max_length)
+        status = ["empty" if e is None else e.get("skip", "truncated" if e["truncated"] else "ok") for e in enc]
+        return {
+            "input_ids": [e["input_ids"] if e else [] for e in enc],
+            "labels": [e["labels"] if e else [] for e in enc],
+            "_status": status,
+        }
+
+    mapped = ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {source}")
+    status = mapped["_status"]
+    stats = {
+        "rows": len(status),
+        "kept": sum(s in ("ok", "truncated") for s in status),
+        "truncated": status.count("truncated"),
+        "dropped_empty_field": status.count("empty"),
+        "dropped_prompt_too_long": status.count("prompt"),
+    }
+    mapped = mapped.filter(lambda s: s in ("ok", "truncated"), input_columns="_status").remove_columns("_status")
+    dropped = stats["dropped_empty_field"] + stats["dropped_prompt_too_long"]
+    if dropped:
+        log.warning(
+            "%s: dropped %d of %d rows (%d with an empty or null field, %d whose prompt alone fills max_length=%d)",
+            source, dropped, stats["rows"], stats["dropped_empty_field"], stats["dropped_prompt_too_long"], max_length,
+        )
+    if stats["truncated"]:
+        log.warning("%s: %d rows truncated to max_length=%d (the end of their response is not trained)",
+                    source, stats["truncated"], max_length)
+    if stats["kept"] == 0:
+        raise DataError(f"{source}: no row has a token to train after formatting (see the warning above)")
+    return mapped, stats
+
+
+class SFTCollator:
+    """Pad pre-tokenized rows to the longest in the batch (optionally a multiple of N).
+
+    attention_mask is 1 on each row's real positions; labels are -100 on padding positions. Masking
+    is by position, so an EOS that is also the pad token is still trained.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]):
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = (longest + m - 1) // m * m
+        n = len(features)
+        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            input_ids[i, :k] = torch.tensor(f["input_ids"], dtype=torch.long)
+            labels[i, :k] = torch.tensor(f["labels"], dtype=torch.long)
+            attention[i, :k] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

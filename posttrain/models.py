@@ -1,0 +1,124 @@
+"""Model and tokenizer loading: dtype, revision, GGUF, 4/8-bit (bitsandbytes), pad token, LoRA config."""
+
+from __future__ import annotations
+
+import logging
+
+from posttrain.errors import PosttrainError
+
+log = logging.getLogger("posttrain")
+
+_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+           "fp32": "float32", "float32": "float32"}
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def torch_dtype(name: str):
+    """`auto` is fp32 on CPU (bf16/fp16 weights train badly there), bf16 on GPUs that support it, else fp32."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if bf16_supported() else torch.float32
+    return getattr(torch, _DTYPES[name])
+
+
+def _source_kwargs(model: dict) -> dict:
+    kw = {"revision": model.get("revision"), "trust_remote_code": bool(model.get("trust_remote_code"))}
+    if model.get("gguf_file"):
+        kw["gguf_file"] = model["gguf_file"]
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def warn_remote_code(model: dict):
+    if model.get("trust_remote_code"):
+        log.warning("trust_remote_code is on: Python code shipped with '%s' will run on this machine",
+                    model["name_or_path"])
+
+
+def _load_error(what: str, name: str, e: Exception) -> PosttrainError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return PosttrainError(f"cannot load {what} '{name}': {first}")
+
+
+def load_tokenizer(model: dict, *, distinct_pad: bool = False):
+    """Tokenizer with a pad token. Without one, EOS doubles as pad (padding is masked by position,
+    so EOS is still trained); `distinct_pad` adds a new pad token instead (PPO needs one)."""
+    from transformers import AutoTokenizer
+
+    name = model.get("tokenizer") or model["name_or_path"]
+    kw = _source_kwargs(model) if not model.get("tokenizer") else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kw)
+    except Exception as e:
+        raise _load_error("tokenizer", name, e) from None
+    if tok.pad_token is None or (distinct_pad and tok.pad_token_id == tok.eos_token_id):
+        if distinct_pad or tok.eos_token is None:
+            tok.add_special_tokens({"pad_token": "<|pad|>"})
+        else:
+            tok.pad_token = tok.eos_token
+    return tok
+
+
+def quantization_config(quant: dict | None, dtype):
+    if not quant:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    kw = dict(quant)
+    if kw.get("load_in_4bit"):
+        kw.setdefault("bnb_4bit_compute_dtype", dtype)
+    return BitsAndBytesConfig(**kw)
+
+
+def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
+    """AutoModelForCausalLM as the recipe says; embeddings grown if the tokenizer gained tokens."""
+    from transformers import AutoModelForCausalLM
+
+    warn_remote_code(model)
+    dtype = torch_dtype(model.get("dtype") or "auto")
+    kw = _source_kwargs(model)
+    kw["dtype"] = dtype
+    if model.get("attn_implementation"):
+        kw["attn_implementation"] = model["attn_implementation"]
+    qc = quantization_config(quant, dtype)
+    if qc is not None:
+        kw["quantization_config"] = qc
+        if not has_cuda():
+            kw["device_map"] = "cpu"
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(model["name_or_path"], **kw)
+    except Exception as e:
+        raise _load_error("model", model["name_or_path"], e) from None
+    if tokenizer is not None:
+        if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
+            lm.resize_token_embeddings(len(tokenizer))
+        if lm.config.pad_token_id is None:
+            lm.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(lm, "generation_config", None) is not None and lm.generation_config.pad_token_id is None:
+            lm.generation_config.pad_token_id = tokenizer.pad_token_id
+    if qc is not None:
+        from peft import prepare_model_for_kbit_training
+
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
+    return lm
+
+
+def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM"):
+    if not peft:
+        return None
+    from peft import LoraConfig
+
+    kw = dict(peft)
+    kw.setdefault("task_type", task_type)
+    return LoraConfig(**kw)

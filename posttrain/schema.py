@@ -1,0 +1,164 @@
+"""Check recipe sections against the classes that own them (TRL configs, LoraConfig, BitsAndBytesConfig).
+
+The field names and types are read from the installed classes, so a new TRL option is accepted the
+day it ships and a removed one is reported as unknown, with no table of ours to go stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import inspect
+import os
+import types
+import typing
+from functools import lru_cache
+from typing import Any
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def config_class(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def lora_class():
+    from peft import LoraConfig
+
+    return LoraConfig
+
+
+def bnb_class():
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig
+
+
+@lru_cache(maxsize=None)
+def fields_of(cls) -> dict[str, Any]:
+    """Option name -> annotation, for a dataclass or a class with a keyword __init__."""
+    if dataclasses.is_dataclass(cls):
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # unresolvable forward reference: accept any value for those fields
+            hints = {}
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    sig = inspect.signature(cls.__init__)
+    out = {}
+    for name, p in sig.parameters.items():
+        if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        ann = p.annotation
+        if ann is inspect.Parameter.empty:
+            ann = type(p.default) if p.default not in (None, inspect.Parameter.empty) else Any
+            if ann is float:
+                ann = float | int
+        out[name] = ann
+    return out
+
+
+_NO = object()
+
+
+def coerce(value, ann):
+    """Return value (possibly converted, e.g. '2e-4' -> 2e-4 for a float field) or _NO if it does not fit."""
+    if ann is Any or isinstance(ann, (str, typing.TypeVar)):
+        return value
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(ann)
+        # try exact types first so `int | str` keeps 3 as 3
+        for a in sorted(args, key=lambda a: a is str):
+            got = coerce(value, a)
+            if got is not _NO:
+                return got
+        return _NO
+    if origin is typing.Literal:
+        return value if value in typing.get_args(ann) else _NO
+    if ann is type(None):
+        return value if value is None else _NO
+    if ann is bool:
+        return value if isinstance(value, bool) else _NO
+    if ann is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if ann is float:
+        if isinstance(value, bool):
+            return _NO
+        if isinstance(value, (int, float)):
+            return value
+        if isinstance(value, str):  # PyYAML reads 2e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                return _NO
+        return _NO
+    if ann is str:
+        return value if isinstance(value, str) else _NO
+    if origin in (list, tuple, typing.Sequence) or ann in (list, tuple):
+        if not isinstance(value, list):
+            return _NO
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        if len(args) == 1:
+            items = [coerce(v, args[0]) for v in value]
+            return _NO if any(i is _NO for i in items) else items
+        return value
+    if origin is dict or ann is dict:
+        return value if isinstance(value, dict) else _NO
+    if inspect.isclass(ann) and issubclass(ann, enum.Enum):
+        values = [e.value for e in ann]
+        return value if value in values else _NO
+    if inspect.isclass(ann):  # a config object (AcceleratorConfig, torch.dtype, ...): give it a mapping or a name
+        return value if isinstance(value, (dict, str)) else _NO
+    return value
+
+
+def describe(ann) -> str:
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        parts = [describe(a) for a in typing.get_args(ann) if a is not type(None)]
+        return " or ".join(dict.fromkeys(parts)) + (" or null" if type(None) in typing.get_args(ann) else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(ann)))
+    if inspect.isclass(ann) and issubclass(ann, enum.Enum):
+        return "one of " + ", ".join(repr(e.value) for e in ann)
+    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    if ann in words:
+        return words[ann]
+    if origin in (list, tuple) or ann in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(ann, "__name__", str(ann))
+
+
+def choices_of(ann) -> list:
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return [c for a in typing.get_args(ann) for c in choices_of(a)]
+    if origin is typing.Literal:
+        return list(typing.get_args(ann))
+    if inspect.isclass(ann) and issubclass(ann, enum.Enum):
+        return [e.value for e in ann]
+    return []
+
+
+def check_owned(section: str, values: dict, cls, checker) -> dict:
+    """Type-check a recipe section against cls's options; unknown keys get a did-you-mean."""
+    known = fields_of(cls)
+    out = {}
+    for k, v in values.items():
+        dotted = f"{section}.{k}"
+        if k not in known:
+            checker.unknown(dotted, known, f" ({cls.__name__} has no such option)")
+        got = coerce(v, known[k])
+        if got is _NO:
+            from posttrain.recipe import _show, did_you_mean
+
+            hint = did_you_mean(v, choices_of(known[k])) if isinstance(v, str) else ""
+            checker.fail(dotted, f"expected {describe(known[k])}, got {_show(v)}{hint}")
+        out[k] = got
+    return out

@@ -1,0 +1,121 @@
+"""What every stage shares: the TRL config with device-fitting defaults, and the run lifecycle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from posttrain import runs
+from posttrain.errors import RecipeError
+from posttrain.recipe import STAGES, Recipe
+
+log = logging.getLogger("posttrain")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def device_defaults(training: dict) -> dict:
+    """Fill precision and activation checkpointing for the device, honouring what the recipe set.
+
+    TRL defaults to bf16 and gradient checkpointing on; on a CPU bf16 raises and checkpointing only
+    slows the run, so there both default off. On a GPU: bf16 where supported, else fp16.
+    """
+    from posttrain.models import bf16_supported, has_cuda
+
+    kw = dict(training)
+    cuda = has_cuda()
+    if "bf16" not in kw and "fp16" not in kw:
+        kw["bf16"] = bf16_supported()
+        kw["fp16"] = cuda and not kw["bf16"]
+    elif kw.get("fp16") and not kw.get("bf16"):
+        kw.setdefault("bf16", False)
+    if not cuda:
+        if kw.get("bf16"):
+            kw.setdefault("use_cpu", True)  # bf16 autocast works on CPU, but TrainingArguments wants use_cpu
+        if kw.get("fp16"):
+            log.warning("training.fp16 on a machine without CUDA: mixed precision does nothing on CPU")
+            kw["fp16"] = False
+    # transformers 5 renamed gradient_checkpointing -> activation_checkpointing; accept both spellings.
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in kw:
+            kw.setdefault(new, kw.pop(old))
+        kw[old] = None
+    kw.setdefault("activation_checkpointing", cuda)
+    kw.setdefault("report_to", "none")
+    kw.setdefault("dataloader_pin_memory", cuda)
+    return kw
+
+
+def build_config(recipe: Recipe, **managed):
+    """The stage's TRL config from `training:` plus posttrain's managed keys.
+
+    Errors raised by the config's own checks (impossible combinations) become RecipeErrors.
+    """
+    from posttrain.schema import config_class
+
+    cls = config_class(STAGES[recipe.stage].config)
+    kw = device_defaults(recipe.training)
+    kw.update(managed)
+    kw["output_dir"] = recipe.output_dir
+    try:
+        return cls(**kw)
+    except (ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RecipeError(f"training: {cls.__name__} rejects these settings: {first}") from None
+
+
+def headline_metrics(trainer, train_result) -> dict:
+    out = {k: v for k, v in (train_result.metrics or {}).items() if isinstance(v, (int, float))}
+    out["global_step"] = trainer.state.global_step
+    train_logs = [e for e in trainer.state.log_history if "loss" in e]
+    if train_logs:
+        out["first_logged_loss"] = train_logs[0]["loss"]
+        out["last_logged_loss"] = train_logs[-1]["loss"]
+    return out
+
+
+def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False, force: bool = False) -> dict:
+    """Lock the output dir, train, save atomically, and keep the manifest true at every point.
+
+    `build(recipe, resume_from)` returns (trainer, data_stats). Only the main process touches the run
+    dir's bookkeeping; other ranks just train.
+    """
+    out = Path(recipe.output_dir)
+    if not is_main_process():
+        trainer, _ = build(recipe)
+        ckpt = runs.checkpoints(out)[-1] if resume and runs.checkpoints(out) else None
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        trainer.save_model(str(out / runs.SAVING))  # collective under FSDP/ZeRO-3; rank 0 writes
+        return {}
+    with runs.locked(out):
+        ckpt = runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force)
+        (out / runs.RESOLVED).write_text(recipe.to_yaml())
+        manifest = runs.Manifest(out, recipe.stage, recipe.hash, recipe.source)
+        manifest.update(resumed_from=ckpt.name if ckpt else None)
+        if ckpt:
+            log.info("resuming from %s", ckpt)
+        try:
+            trainer, data_stats = build(recipe)
+            manifest.update(device=str(trainer.args.device), data=data_stats,
+                            effective_batch=trainer.args.per_device_train_batch_size
+                            * trainer.args.gradient_accumulation_steps * trainer.args.world_size)
+            result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            metrics = headline_metrics(trainer, result)
+            if trainer.eval_dataset is not None:
+                metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+            manifest.update(metrics=metrics, status="saving")
+            runs.finalize(out, trainer.save_model)
+            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+            manifest.end("finished")
+        except KeyboardInterrupt:
+            manifest.end("interrupted")
+            raise
+        except BaseException:
+            manifest.end("failed")
+            raise
+    return manifest.data
