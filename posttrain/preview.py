@@ -51,7 +51,7 @@ def preview(recipe: Recipe, out=None):
         return
     rows = [ds[i] for i in range(len(ds))]
     encoded = encode_batch(rows, data["format"], cols, tokenizer, data["max_length"])
-    pick = next((i for i, e in enumerate(encoded) if e and "skip" not in e), None)
+    pick = next((i for i, e in enumerate(encoded) if e and e["status"] != "prompt"), None)
     if pick is None:
         print(f"warning: none of the first {len(rows)} rows has a token to train (empty fields or prompts "
               f"longer than max_length={data['max_length']})", file=out)

@@ -38,17 +38,17 @@ def bnb_class():
 
 @lru_cache(maxsize=None)
 def fields_of(cls) -> dict[str, Any]:
-    """Option name -> annotation, for a dataclass or a class with a keyword __init__."""
+    """Option name -> annotation: dataclass fields plus the named parameters of __init__
+    (BitsAndBytesConfig is a dataclass whose options live only in its hand-written __init__)."""
+    out = {}
     if dataclasses.is_dataclass(cls):
         try:
             hints = typing.get_type_hints(cls)
         except Exception:  # unresolvable forward reference: accept any value for those fields
             hints = {}
-        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
-    sig = inspect.signature(cls.__init__)
-    out = {}
-    for name, p in sig.parameters.items():
-        if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+        out = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or name in out or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         ann = p.annotation
         if ann is inspect.Parameter.empty:
@@ -66,9 +66,14 @@ def coerce(value, ann):
     """Return value (possibly converted, e.g. '2e-4' -> 2e-4 for a float field) or _NO if it does not fit."""
     if ann is Any or isinstance(ann, (str, typing.TypeVar)):
         return value
+    if value is False and "no" in choices_of(ann):
+        return "no"  # YAML 1.1 reads a bare `no` as false: `eval_strategy: no` means the choice "no"
     origin = typing.get_origin(ann)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(ann)
+        enums = [a for a in args if inspect.isclass(a) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # `SchedulerType | str` means "a SchedulerType, by name"
+            return value if any(value in [e.value for e in en] for en in enums) else _NO
         # try exact types first so `int | str` keeps 3 as 3
         for a in sorted(args, key=lambda a: a is str):
             got = coerce(value, a)
@@ -118,6 +123,8 @@ def coerce(value, ann):
 
 def describe(ann) -> str:
     origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType) and choices_of(ann):
+        return "one of " + ", ".join(repr(c) for c in choices_of(ann))
     if origin in (typing.Union, types.UnionType):
         parts = [describe(a) for a in typing.get_args(ann) if a is not type(None)]
         return " or ".join(dict.fromkeys(parts)) + (" or null" if type(None) in typing.get_args(ann) else "")

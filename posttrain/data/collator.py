@@ -26,7 +26,10 @@ def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
 
 
 def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: int) -> list[dict | None]:
-    """Tokenize rows into {input_ids, labels, n_prompt, truncated}; None for a row with nothing to train.
+    """Tokenize rows into {input_ids, labels, n_prompt, status}; None for a row with an empty/null field.
+
+    status is "ok", "truncated" (cut to max_length, some response trained) or "prompt" (the prompt
+    alone fills max_length: nothing to train, the caller drops the row).
 
     All segments of a batch are tokenized in two calls (first segments with the tokenizer's special
     tokens such as BOS, the rest without), then reassembled per row.
@@ -59,12 +62,11 @@ def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: 
             input_ids.append(eos)
             labels.append(eos)
         n_prompt = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
-        truncated = len(input_ids) > max_length
+        status = "truncated" if len(input_ids) > max_length else "ok"
         input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(lab == IGNORE_INDEX for lab in labels):
-            out.append({"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt, "skip": "prompt"})
-            continue
-        out.append({"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt, "truncated": truncated})
+            status = "prompt"
+        out.append({"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt, "status": status})
     return out
 
 
@@ -80,7 +82,7 @@ def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_
         n = len(next(iter(batch.values())))
         rows = [{k: batch[k][i] for k in batch} for i in range(n)]
         enc = encode_batch(rows, fmt, cols, tokenizer, max_length)
-        status = ["empty" if e is None else e.get("skip", "truncated" if e["truncated"] else "ok") for e in enc]
+        status = ["empty" if e is None else e["status"] for e in enc]
         return {
             "input_ids": [e["input_ids"] if e else [] for e in enc],
             "labels": [e["labels"] if e else [] for e in enc],

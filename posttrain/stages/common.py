@@ -69,6 +69,18 @@ def build_config(recipe: Recipe, **managed):
         raise RecipeError(f"training: {cls.__name__} rejects these settings: {first}") from None
 
 
+def model_facts(model) -> dict:
+    params = list(model.parameters())
+    return {
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "quantized": "4bit" if getattr(model, "is_loaded_in_4bit", False)
+        else "8bit" if getattr(model, "is_loaded_in_8bit", False) else None,
+        "dtype": str(next(p.dtype for p in params)).replace("torch.", ""),
+    }
+
+
 def headline_metrics(trainer, train_result) -> dict:
     out = {k: v for k, v in (train_result.metrics or {}).items() if isinstance(v, (int, float))}
     out["global_step"] = trainer.state.global_step
@@ -101,7 +113,7 @@ def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False,
             log.info("resuming from %s", ckpt)
         try:
             trainer, data_stats = build(recipe)
-            manifest.update(device=str(trainer.args.device), data=data_stats,
+            manifest.update(device=str(trainer.args.device), data=data_stats, model=model_facts(trainer.model),
                             effective_batch=trainer.args.per_device_train_batch_size
                             * trainer.args.gradient_accumulation_steps * trainer.args.world_size)
             result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)

@@ -1,0 +1,32 @@
+# posttrain — `make test` and `make sft` work as the first command on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is installed only when the venv has none. The default is the CPU build this project is tested
+# with; GPU users install their own torch into .venv first (see README), and it is kept.
+TORCH  ?= torch==2.13.0
+RECIPE ?= alpaca_gpt2
+ARGS   ?=
+TEST_ARGS ?=
+
+.PHONY: install test sft reward ppo dpo grpo validate clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TEST_ARGS) tests
+
+validate: install
+	$(BIN)/posttrain validate $(RECIPE) $(ARGS)
+
+sft reward ppo dpo grpo: install
+	$(BIN)/posttrain train $(RECIPE) $(ARGS) --stage $@
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
