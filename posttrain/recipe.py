@@ -444,7 +444,7 @@ def validate(
         c.fail("training.fp16", "bf16 and fp16 are both true; pick one")
     has_eval = bool(data["eval"] or data["eval_fraction"])
     strategy = training.get("eval_strategy", "no")
-    if strategy not in (None, "no") and not has_eval:
+    if strategy not in (None, False, "no") and not has_eval:  # False: YAML's reading of a bare `no`
         c.fail("training.eval_strategy", f"'{strategy}' needs eval data: set data.eval_fraction or data.eval")
 
     peft = raw.get("peft")

@@ -58,7 +58,7 @@ def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
 
 def _text(value) -> str | None:
     """A usable text field, or None for null/empty."""
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # null or NaN
         return None
     if not isinstance(value, str):
         value = str(value)

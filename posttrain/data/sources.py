@@ -34,7 +34,8 @@ def load_source(source: str, split: str = "train", name: str | None = None):
             if base != "train":
                 raise DataError(f"{source}: a local file has only the 'train' split (got {split!r})")
             _check_utf8(path, builder)
-            ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split=split)
+            extra = _csv_as_text(path) if builder == "csv" else {}
+            ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split=split, **extra)
         else:
             ds = datasets.load_dataset(source, name, split=split)
     except DataError:
@@ -47,6 +48,18 @@ def load_source(source: str, split: str = "train", name: str | None = None):
     if len(ds) == 0:
         raise DataError(f"data {source!r} split {split!r} has no rows")
     return ds
+
+
+def _csv_as_text(path: Path) -> dict:
+    """CSV cells are text: "007" stays "007" and an empty cell is "", not NaN."""
+    import csv
+
+    import datasets
+
+    with path.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "keep_default_na": False}
 
 
 def _offline_like(e: Exception) -> bool:
