@@ -285,7 +285,7 @@ def apply_overrides(recipe: dict, overrides: list[str], where: dict[str, str] | 
             node = nxt
         node[parts[-1]] = value
         if where is not None:
-            where[key] = f"override {item!r}"
+            where[key] = f"override {key}"  # not the value: it may be a secret
     return out
 
 
@@ -384,6 +384,18 @@ def _as_float(s: str, fallback):
         return fallback
 
 
+SECRET_KEYS = {"token", "hub_token", "use_auth_token", "api_key", "password", "secret"}
+
+
+def _secret_keys(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            dotted = f"{prefix}{k}"
+            if str(k).lower() in SECRET_KEYS or str(k).lower().endswith("_api_key"):
+                yield dotted
+            yield from _secret_keys(v, dotted + ".")
+
+
 def validate(
     raw: dict,
     *,
@@ -397,6 +409,8 @@ def validate(
     c = _Checker(where or {})
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of keys")
+    for dotted in _secret_keys(raw):
+        c.fail(dotted, "secrets never go in a recipe (it is saved with the run); set HF_TOKEN etc. in the environment")
     stage = raw.get("stage")
     if stage is None:
         c.fail("stage", f"is required (one of {', '.join(STAGES)})")

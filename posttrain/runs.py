@@ -42,11 +42,18 @@ def write_json_atomic(path: Path, data: dict):
 
 
 def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. The Trainer writes trainer_state.json last, so a checkpoint
+    cut short by a kill has none (or a truncated one) and is skipped."""
     found = []
     for p in Path(out).glob("checkpoint-*"):
         m = _CKPT.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").exists():
-            found.append((int(m.group(1)), p))
+        if not (m and p.is_dir()):
+            continue
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
 

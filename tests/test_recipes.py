@@ -97,6 +97,12 @@ BAD = [
     ("override-typo", None, ["training.max_stesp=3"], "training.max_stesp: unknown key"),
     ("override-wrong-type", None, ["training.max_steps=many"], "training.max_steps: expected an integer"),
     ("override-into-scalar", None, ["output_dir.x=1"], "output_dir is not a section"),
+    ("ppo-without-reward-model", BASE.replace("stage: sft", "stage: ppo").replace("d.jsonl", "d.jsonl, format: prompt"),
+     [], "reward_model: is required for stage ppo"),
+    ("grpo-without-rewards", BASE.replace("stage: sft", "stage: grpo").replace("d.jsonl", "d.jsonl, format: prompt"),
+     [], "rewards: is required for stage grpo"),
+    ("secret-in-recipe", BASE.replace("gpt2}", "gpt2, token: hf_abc}"), [], "model.token: secrets never go in a recipe"),
+    ("extends-not-a-path", "extends: [a.yaml]\n" + BASE, [], "extends: expected a path"),
     ("config-rejects", BASE + "training: {load_best_model_at_end: true, save_strategy: steps, eval_strategy: epoch}\n"
      "data: {train: d.jsonl, eval_fraction: 0.1}\n", [], "training: SFTConfig rejects these settings"),
 ]

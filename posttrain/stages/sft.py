@@ -35,11 +35,13 @@ def prepare_data(recipe: Recipe, tokenizer, args):
 
 
 def build(recipe: Recipe):
+    from transformers import set_seed
     from trl import SFTTrainer
 
     args = config(recipe)
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
+    set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
     trainer = SFTTrainer(
         model=model,
