@@ -114,6 +114,27 @@ def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
     return lm
 
 
+def load_seq_cls(model: dict, tokenizer, quant: dict | None = None, num_labels: int = 1):
+    """AutoModelForSequenceClassification (a scalar head for reward/value models), pad token wired:
+    the head reads the last non-pad token, so the model must know the pad id."""
+    from transformers import AutoModelForSequenceClassification
+
+    warn_remote_code(model)
+    dtype = torch_dtype(model.get("dtype") or "auto")
+    kw = {**_source_kwargs(model), "dtype": dtype, "num_labels": num_labels}
+    qc = quantization_config(quant, dtype)
+    if qc is not None:
+        kw["quantization_config"] = qc
+    try:
+        m = AutoModelForSequenceClassification.from_pretrained(model["name_or_path"], **kw)
+    except Exception as e:
+        raise _load_error("model", model["name_or_path"], e) from None
+    if len(tokenizer) > m.get_input_embeddings().weight.shape[0]:
+        m.resize_token_embeddings(len(tokenizer))
+    m.config.pad_token_id = tokenizer.pad_token_id
+    return m
+
+
 def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM"):
     if not peft:
         return None

@@ -85,7 +85,8 @@ def make_tokenizer(out: Path):
     from posttrain.data.formats import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 
     corpus = [ALPACA_WITH_INPUT, ALPACA_NO_INPUT] * 4
-    corpus += [json.dumps(r, ensure_ascii=False) for r in alpaca_rows(200) + prompt_completion_rows(50)]
+    corpus += [json.dumps(r, ensure_ascii=False)
+               for r in alpaca_rows(200) + prompt_completion_rows(50) + preference_rows(50) + prompt_rows(50)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -125,7 +126,32 @@ def make_all(root: Path) -> dict[str, Path]:
         "alpaca": write_jsonl(root / "alpaca.jsonl", alpaca_rows()),
         "prompt_completion": write_jsonl(root / "prompt_completion.jsonl", prompt_completion_rows()),
         "messages": write_jsonl(root / "messages.jsonl", messages_rows()),
+        "preference": write_jsonl(root / "preference.jsonl", preference_rows()),
+        "prompts": write_jsonl(root / "prompts.jsonl", prompt_rows()),
     }
+
+
+
+
+def preference_rows(n: int = 32, seed: int = 3) -> list[dict]:
+    """{prompt, chosen, rejected}: the right sum vs a wrong one."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 30), rng.randint(1, 30)
+        rows.append({"prompt": f"Add {a} and {b}. Answer: ", "chosen": f"{a + b}",
+                     "rejected": f"{a + b + rng.choice([-3, -1, 1, 2, 5])}"})
+    return rows
+
+
+def prompt_rows(n: int = 24, seed: int = 4) -> list[dict]:
+    """{prompt, answer}: prompts for online RL, with a reference answer for rule rewards."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        rows.append({"prompt": f"Add {a} and {b}. Answer: ", "answer": str(a + b)})
+    return rows
 
 
 if __name__ == "__main__":

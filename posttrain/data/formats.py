@@ -125,3 +125,37 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0) -> list[tuple[str, boo
         out.append((full[len(head):], True))
         done = full
     return out or None
+
+
+def _filled(value) -> bool:
+    if isinstance(value, list):  # conversational: a non-empty list of messages
+        return bool(value)
+    return _text(value) is not None
+
+
+def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
+    """For the formats TRL tokenizes itself (preference, prompt): check columns, rename to the names
+    TRL expects, drop rows with an empty/null field (counted). Returns (dataset, stats).
+
+    keep_extra keeps the other columns (GRPO/RLOO reward functions read them, e.g. a reference answer).
+    """
+    cols = resolve_columns(ds.column_names, fmt, source)
+    if fmt == "preference" and "prompt" in ds.column_names:
+        cols["prompt"] = "prompt"
+    renames = {src: dst for dst, src in cols.items() if src != dst}
+    if renames:
+        ds = ds.rename_columns(renames)
+    needed = list(cols)
+    if not keep_extra:
+        ds = ds.select_columns(needed)
+    n = len(ds)
+    ds = ds.filter(lambda *vals: all(_filled(v) for v in vals), input_columns=needed, desc=f"Checking {source}")
+    stats = {"rows": n, "kept": len(ds), "dropped_empty_field": n - len(ds)}
+    if stats["dropped_empty_field"]:
+        import logging
+
+        logging.getLogger("posttrain").warning("%s: dropped %d of %d rows with an empty or null field",
+                                               source, stats["dropped_empty_field"], n)
+    if len(ds) == 0:
+        raise DataError(f"{source}: no usable row (every row has an empty or null {' / '.join(needed)})")
+    return ds, stats

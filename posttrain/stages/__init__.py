@@ -1,8 +1,15 @@
-"""One small module per stage; each maps a validated recipe onto its TRL config and trainer."""
+"""One small module per stage; each maps a validated recipe onto its TRL config and trainer.
+
+A stage module provides `config(recipe)` (the TRL config, built without loading anything) and
+`train(recipe, resume=, overwrite=, force=)`.
+"""
 
 import importlib
+from pathlib import Path
 
-IMPLEMENTED = ("sft",)
+from posttrain.recipe import STAGES
+
+IMPLEMENTED = tuple(s for s in STAGES if (Path(__file__).parent / f"{s}.py").exists())
 
 
 def stage_module(stage: str):

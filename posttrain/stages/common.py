@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from posttrain import runs
-from posttrain.errors import RecipeError
+from posttrain.errors import RecipeError, RunDirError
 from posttrain.recipe import STAGES, Recipe
 
 log = logging.getLogger("posttrain")
@@ -82,7 +82,8 @@ def model_facts(model) -> dict:
 
 
 def headline_metrics(trainer, train_result) -> dict:
-    out = {k: v for k, v in (train_result.metrics or {}).items() if isinstance(v, (int, float))}
+    metrics = getattr(train_result, "metrics", None) or {}
+    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     out["global_step"] = trainer.state.global_step
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
     if train_logs:
@@ -91,17 +92,20 @@ def headline_metrics(trainer, train_result) -> dict:
     return out
 
 
-def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False, force: bool = False) -> dict:
+def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+        resumable: bool = True, extra_metrics=None) -> dict:
     """Lock the output dir, train, save atomically, and keep the manifest true at every point.
 
-    `build(recipe, resume_from)` returns (trainer, data_stats). Only the main process touches the run
-    dir's bookkeeping; other ranks just train.
+    `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add stage metrics.
+    Only the main process touches the run dir's bookkeeping; other ranks just train.
     """
     out = Path(recipe.output_dir)
+    if resume and not resumable:
+        raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
     if not is_main_process():
         trainer, _ = build(recipe)
         ckpt = runs.checkpoints(out)[-1] if resume and runs.checkpoints(out) else None
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None) if resumable else trainer.train()
         trainer.save_model(str(out / runs.SAVING))  # collective under FSDP/ZeRO-3; rank 0 writes
         return {}
     with runs.locked(out):
@@ -116,10 +120,15 @@ def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False,
             manifest.update(device=str(trainer.args.device), data=data_stats, model=model_facts(trainer.model),
                             effective_batch=trainer.args.per_device_train_batch_size
                             * trainer.args.gradient_accumulation_steps * trainer.args.world_size)
-            result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            if resumable:
+                result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            else:
+                result = trainer.train()
             metrics = headline_metrics(trainer, result)
-            if trainer.eval_dataset is not None:
+            if resumable and trainer.eval_dataset is not None:
                 metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+            if extra_metrics is not None:
+                metrics.update(extra_metrics(trainer))
             manifest.update(metrics=metrics, status="saving")
             runs.finalize(out, trainer.save_model)
             (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
