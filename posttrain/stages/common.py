@@ -93,10 +93,11 @@ def headline_metrics(trainer, train_result) -> dict:
 
 
 def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-        resumable: bool = True, extra_metrics=None) -> dict:
+        resumable: bool = True, extra_metrics=None, save=None) -> dict:
     """Lock the output dir, train, save atomically, and keep the manifest true at every point.
 
-    `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add stage metrics.
+    `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add stage metrics;
+    `save(trainer, path)` replaces trainer.save_model for the final model.
     Only the main process touches the run dir's bookkeeping; other ranks just train.
     """
     out = Path(recipe.output_dir)
@@ -130,7 +131,7 @@ def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False,
             if extra_metrics is not None:
                 metrics.update(extra_metrics(trainer))
             manifest.update(metrics=metrics, status="saving")
-            runs.finalize(out, trainer.save_model)
+            runs.finalize(out, (lambda path: save(trainer, path)) if save else trainer.save_model)
             (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
             manifest.end("finished")
         except KeyboardInterrupt:

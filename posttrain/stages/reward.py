@@ -57,5 +57,18 @@ def build(recipe: Recipe):
     return trainer, stats
 
 
+def save_merged(trainer, path: str):
+    """A LoRA reward model is saved merged into its base: what consumes it (PPO, GRPO, scoring) needs a
+    whole sequence-classification model, and the adapter alone cannot say that its head has 1 label."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False) \
+            and not getattr(model, "is_loaded_in_8bit", False):
+        model = model.merge_and_unload()
+        model.save_pretrained(path)
+        trainer.processing_class.save_pretrained(path)
+    else:
+        trainer.save_model(path)
+
+
 def train(recipe: Recipe, **kw) -> dict:
-    return common.run(recipe, build, **kw)
+    return common.run(recipe, build, save=save_merged, **kw)

@@ -1,0 +1,57 @@
+"""dpo -> trl.DPOTrainer on preference data.
+
+Reference policy, in order: the disabled LoRA adapter when `peft` is set (no second model);
+none at all with `training.precompute_ref_log_probs` (log-probs computed once before training);
+the recipe's `ref_model`; otherwise a second, frozen copy of the starting model.
+"""
+
+from __future__ import annotations
+
+from posttrain.models import load_causal_lm, load_tokenizer, lora_config
+from posttrain.recipe import Recipe
+from posttrain.stages import common
+from posttrain.stages.reward import count_dropped_by_trl, load_pairs
+
+
+def config(recipe: Recipe):
+    return common.build_config(recipe, max_length=recipe.data["max_length"])
+
+
+def reference(recipe: Recipe, args, tokenizer):
+    if recipe.peft or args.precompute_ref_log_probs:
+        return None
+    source = recipe.extra.get("ref_model")
+    model = {**recipe.model, "name_or_path": source, "gguf_file": None} if source else recipe.model
+    ref = load_causal_lm(model, recipe.quantization, tokenizer)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def preference_metrics(trainer) -> dict:
+    """Reward accuracy and margin: the eval values when there is eval data, else the last logged."""
+    out = {}
+    for entry in trainer.state.log_history:
+        for key in ("rewards/accuracies", "rewards/margins", "eval_rewards/accuracies", "eval_rewards/margins"):
+            if key in entry:
+                out[key] = entry[key]
+    return out
+
+
+def build(recipe: Recipe):
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    args = config(recipe)
+    tokenizer = load_tokenizer(recipe.model)
+    train, eval_ds, stats = load_pairs(recipe, args)
+    set_seed(args.seed)
+    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    trainer = DPOTrainer(model=model, ref_model=reference(recipe, args, tokenizer), args=args,
+                         train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
+                         peft_config=lora_config(recipe.peft))
+    count_dropped_by_trl(trainer, stats)
+    return trainer, stats
+
+
+def train(recipe: Recipe, **kw) -> dict:
+    return common.run(recipe, build, extra_metrics=preference_metrics, **kw)
