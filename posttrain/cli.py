@@ -33,9 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in output_dir")
     t.add_argument("--force", action="store_true", help="with --resume: resume even though the recipe changed")
 
-    v = sub.add_parser("validate", help="check a recipe without training; show one masked training example")
+    v = sub.add_parser("validate", help="check a recipe or pipeline without training; show a masked example")
     recipe_args(v)
     v.add_argument("--no-data", action="store_true", help="check the recipe only; do not load tokenizer or data")
+
+    pl = sub.add_parser("pipeline", help="run a pipeline of recipes (recipes/pipelines/NAME.yaml)")
+    pl.add_argument("pipeline", help="pipeline name or path")
+    pl.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE", help="e.g. sft.training.max_steps=20")
+    group = pl.add_mutually_exclusive_group()
+    group.add_argument("--from", dest="start", metavar="STAGE", help="re-run this stage and every stage after it")
+    group.add_argument("--only", metavar="STAGE", help="run only this stage (its upstream stages must be done)")
+    pl.add_argument("--overwrite", action="store_true", help="re-run every stage")
     return p
 
 
@@ -76,10 +84,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from posttrain.pipeline import run_pipeline
+
+    return run_pipeline(args.pipeline, args.overrides, start=args.start, only=args.only, overwrite=args.overwrite)
+
+
 def cmd_validate(args) -> int:
     from posttrain.hub import go_offline_if_unreachable
+    from posttrain.pipeline import describe, is_pipeline_file
 
     offline = go_offline_if_unreachable()
+    if is_pipeline_file(args.recipe):
+        print(describe(args.recipe, args.overrides))
+        return 0
     recipe = _load(args)
     print(f"# {recipe.source}: {recipe.stage} recipe, hash {recipe.hash}")
     print(recipe.to_yaml(), end="")
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     try:
-        return {"train": cmd_train, "validate": cmd_validate}[args.command](args)
+        return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline}[args.command](args)
     except PosttrainError as e:
         print(f"posttrain: error: {e}", file=sys.stderr)
         return 2

@@ -149,10 +149,13 @@ class Recipe:
     extra: dict = dataclasses.field(default_factory=dict)  # stage-specific keys
     source: str = ""
     resolved: dict = dataclasses.field(default_factory=dict)  # what is saved as recipe.resolved.yaml
+    upstream: dict = dataclasses.field(default_factory=dict)  # pipeline: hashes of the stages it builds on
 
     @property
     def hash(self) -> str:
-        return recipe_hash(self.resolved)
+        """Identity of the run: the resolved recipe, plus (in a pipeline) the runs it starts from, so a
+        re-trained upstream stage makes its dependants re-run although their paths did not change."""
+        return recipe_hash({**self.resolved, "upstream": self.upstream} if self.upstream else self.resolved)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved, sort_keys=False, allow_unicode=True)
@@ -287,6 +290,20 @@ def apply_overrides(recipe: dict, overrides: list[str], where: dict[str, str] | 
         if where is not None:
             where[key] = f"override {key}"  # not the value: it may be a secret
     return out
+
+
+def resolve_pipeline_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        raise RecipeError(f"pipeline file not found: {name_or_path}")
+    for root in (Path.cwd() / "recipes" / "pipelines", RECIPES_DIR / "pipelines"):
+        cand = root / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand
+    names = sorted(q.stem for q in (RECIPES_DIR / "pipelines").glob("*.yaml"))
+    raise RecipeError(f"pipeline '{name_or_path}' not found in recipes/pipelines/{did_you_mean(name_or_path, names)}")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, check_owners: bool = True) -> Recipe:

@@ -1,0 +1,341 @@
+"""Pipelines: one YAML file chains recipes (SFT -> reward -> PPO, SFT -> DPO) and wires their outputs.
+
+    output_root: runs/rlhf_gpt2            # optional (default runs/<pipeline name>)
+    stages:
+      sft:    {recipe: alpaca_gpt2}
+      reward: {recipe: reward_gpt2, after: sft}
+      ppo:    {recipe: ppo_gpt2, after: [sft, reward], training: {total_episodes: 64}}
+      dpo:    {recipe: dpo_gpt2, after: sft, model.dtype: fp32}
+
+A stage's model is the output of the policy stage it comes after; ppo's reward_model (and so its
+default value model) is the reward stage's output; grpo/rloo get the reward stage's output added to
+their rewards. Values set in the stage entry (or on the command line) win over wiring.
+Each stage is identified by its resolved recipe plus its upstream stages' identities; a stage whose
+output holds a finished run with the same identity is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from posttrain import runs
+from posttrain.errors import PosttrainError, RecipeError
+from posttrain.recipe import (
+    Recipe,
+    apply_overrides,
+    deep_merge,
+    did_you_mean,
+    load_raw,
+    read_yaml,
+    resolve_pipeline_path,
+    resolve_recipe_path,
+    validate,
+)
+
+log = logging.getLogger("posttrain")
+
+POLICY_STAGES = ("sft", "dpo", "ppo", "grpo", "rloo")  # stages whose output is a causal LM
+ENTRY_KEYS = ("recipe", "after")
+HEADLINE = {
+    "sft": ("eval_loss", "train_loss"),
+    "reward": ("eval_accuracy", "eval_margin"),
+    "dpo": ("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
+    "ppo": ("objective/scores", "objective/kl"),
+    "grpo": ("reward", "kl"),
+    "rloo": ("reward", "kl"),
+}
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    after: list[str]
+    recipe: Recipe
+    merge_inputs: list[str]  # upstream run dirs holding LoRA adapters to merge before this stage runs
+
+
+def _nest(entry: dict) -> dict:
+    """Stage-entry overrides may be nested (`training: {max_steps: 2}`) or dotted (`model.dtype: fp32`)."""
+    out: dict = {}
+    for key, value in entry.items():
+        node = out
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _has(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def order(stages: dict[str, list[str]]) -> list[str]:
+    """Topological order (file order among equals); a cycle is a RecipeError naming it."""
+    done, visiting, out = set(), [], []
+
+    def visit(name):
+        if name in done:
+            return
+        if name in visiting:
+            cycle = " -> ".join(visiting[visiting.index(name):] + [name])
+            raise RecipeError(f"stages: cycle in after ({cycle})")
+        visiting.append(name)
+        for dep in stages[name]:
+            visit(dep)
+        visiting.pop()
+        done.add(name)
+        out.append(name)
+
+    for name in stages:
+        visit(name)
+    return out
+
+
+def load_pipeline(name_or_path: str, overrides: list[str] | None = None, check_owners: bool = True):
+    """Resolve every stage's recipe, wire outputs, validate. Returns (name, output_root, [Stage])."""
+    path = resolve_pipeline_path(name_or_path)
+    doc, lines = read_yaml(path)
+    unknown = [k for k in doc if k not in ("stages", "output_root", "description")]
+    if unknown:
+        k = unknown[0]
+        raise RecipeError(f"{path.name}:{lines.get(k, '?')}: {k}: unknown key in pipeline"
+                          f"{did_you_mean(k, ['stages', 'output_root', 'description'])}")
+    entries = doc.get("stages")
+    if not isinstance(entries, dict) or not entries:
+        raise RecipeError(f"{path.name}: stages: expected a mapping of stage name -> {{recipe: ..., after: ...}}")
+    root = doc.get("output_root") or f"runs/{path.stem}"
+
+    # CLI overrides are prefixed with the stage name: sft.training.max_steps=20
+    per_stage: dict[str, list[str]] = {name: [] for name in entries}
+    for item in overrides or []:
+        stage_name, _, rest = item.partition(".")
+        if stage_name not in entries or not rest:
+            raise RecipeError(f"override '{item.split('=')[0]}': expected STAGE.KEY=VALUE with STAGE one of "
+                              f"{', '.join(entries)}{did_you_mean(stage_name, entries)}")
+        per_stage[stage_name].append(rest)
+
+    deps = {}
+    for name, entry in entries.items():
+        where = f"{path.name}:{lines.get(f'stages.{name}', '?')}: stages.{name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
+            raise RecipeError(f"{where}: expected a mapping with `recipe: NAME_OR_PATH`")
+        after = entry.get("after") or []
+        after = [after] if isinstance(after, str) else after
+        for dep in after:
+            if dep not in entries:
+                raise RecipeError(f"{where}.after: unknown stage '{dep}'{did_you_mean(dep, entries)}")
+        deps[name] = list(after)
+
+    stages: dict[str, Stage] = {}
+    for name in order(deps):
+        entry = entries[name]
+        recipe_path = Path(entry["recipe"])
+        if not recipe_path.is_absolute() and (path.parent / recipe_path).is_file():
+            recipe_path = path.parent / recipe_path
+        else:
+            recipe_path = resolve_recipe_path(entry["recipe"])
+        raw, where = load_raw(recipe_path)
+        explicit = _nest({k: v for k, v in entry.items() if k not in ENTRY_KEYS})
+        explicit_cli = apply_overrides({}, per_stage[name])
+        raw = deep_merge(raw, explicit)
+        if not _has(explicit, "output_dir") and not _has(explicit_cli, "output_dir"):
+            raw["output_dir"] = f"{root}/{name}"
+        merge_inputs = _wire(name, raw, [stages[d] for d in deps[name]],
+                             lambda key: _has(explicit, key) or _has(explicit_cli, key))
+        raw = apply_overrides(raw, per_stage[name], where)
+        try:
+            recipe = validate(raw, where=where, source=str(recipe_path), default_name=name, check_owners=check_owners)
+        except RecipeError as e:
+            raise RecipeError(f"stage {name} ({recipe_path.name}): {e}") from None
+        recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
+        stages[name] = Stage(name, deps[name], recipe, merge_inputs)
+    return path.stem, root, [stages[n] for n in order(deps)]
+
+
+def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> list[str]:
+    """Point this stage at its upstream outputs, unless the stage entry set the key itself."""
+    merge_inputs = []
+    policies = [u for u in upstream if u.recipe.stage in POLICY_STAGES]
+    rewards = [u for u in upstream if u.recipe.stage == "reward"]
+    if len(policies) > 1 and not explicit("model.name_or_path"):
+        raise RecipeError(f"stages.{name}: comes after several policy stages "
+                          f"({', '.join(u.name for u in policies)}); set model.name_or_path in its entry")
+    if policies and not explicit("model.name_or_path"):
+        up = policies[0].recipe
+        raw.setdefault("model", {})
+        if up.peft:  # a LoRA run's output is an adapter: load a merged copy, never the bare base
+            raw["model"]["name_or_path"] = f"{up.output_dir}/merged"
+            merge_inputs.append(up.output_dir)
+        else:
+            raw["model"]["name_or_path"] = up.output_dir
+        for key in ("gguf_file", "revision", "tokenizer"):
+            raw["model"].pop(key, None)  # those described the original model, not the stage output
+    if rewards:
+        out = rewards[0].recipe.output_dir
+        if raw.get("stage") == "ppo" and not explicit("reward_model"):
+            raw["reward_model"] = out
+        elif raw.get("stage") in ("grpo", "rloo") and not explicit("rewards"):
+            items = list(raw.get("rewards") or [])
+            if not any(isinstance(i, dict) and i.get("model") == out or i == out for i in items):
+                items.append({"model": out})
+            raw["rewards"] = items
+    return merge_inputs
+
+
+def _status(stage: Stage) -> str:
+    m = runs.read_manifest(Path(stage.recipe.output_dir))
+    if m and m.get("status") == "finished" and m.get("recipe_hash") == stage.recipe.hash:
+        return "done"
+    return "stale" if m else "new"
+
+
+def headline(stage_type: str, metrics: dict) -> dict:
+    return {k: metrics[k] for k in HEADLINE.get(stage_type, ()) if k in metrics}
+
+
+def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None, only: str | None = None,
+                 overwrite: bool = False) -> int:
+    from posttrain.merge import merge_adapter
+    from posttrain.stages import stage_module
+
+    name, root, stages = load_pipeline(name_or_path, overrides)
+    names = [s.name for s in stages]
+    for flag, value in (("--from", start), ("--only", only)):
+        if value and value not in names:
+            raise RecipeError(f"{flag} {value}: no such stage (stages: {', '.join(names)}){did_you_mean(value, names)}")
+    forced: set[str] = set()
+    if overwrite:
+        forced = set(names)
+    elif start:
+        forced = {start} | {s.name for s in stages if _depends_on(s.name, start, stages)}
+    elif only:
+        forced = {only}
+    selected = [s for s in stages if not only or s.name == only]
+    for s in stages:  # build every stage's TRL config now: a bad one fails before the first stage trains
+        stage_module(s.recipe.stage).config(s.recipe)
+
+    summary, failed = [], None
+    for s in selected:
+        row = {"stage": s.name, "type": s.recipe.stage, "output_dir": s.recipe.output_dir, "duration_s": 0.0}
+        summary.append(row)
+        if failed:
+            row["status"] = "not run"
+            continue
+        state = _status(s)
+        if state == "done" and s.name not in forced:
+            log.info("stage %s: skipped (finished run with the same recipe in %s)", s.name, s.recipe.output_dir)
+            row["status"] = "skipped"
+        else:
+            missing = [d for d in s.after if _status(next(x for x in stages if x.name == d)) != "done"]
+            if missing:
+                row["status"] = "failed"
+                row["error"] = f"upstream stage(s) {', '.join(missing)} have no finished run"
+                failed = s.name
+                continue
+            manifest = runs.read_manifest(Path(s.recipe.output_dir)) or {}
+            same = manifest.get("recipe_hash") == s.recipe.hash
+            resume = bool(same and state == "stale" and runs.checkpoints(Path(s.recipe.output_dir))
+                          and s.name not in forced)
+            log.info("stage %s (%s): %s -> %s", s.name, s.recipe.stage, "resuming" if resume else "running",
+                     s.recipe.output_dir)
+            t0 = time.time()
+            try:
+                for up in s.merge_inputs:
+                    merge_adapter(Path(up))
+                stage_module(s.recipe.stage).train(s.recipe, resume=resume, overwrite=not resume)
+                row["status"] = "ran"
+            except PosttrainError as e:
+                row["status"], row["error"], failed = "failed", str(e), s.name
+            except Exception as e:  # a stage crash must not lose the summary of what ran before it
+                row["status"], row["error"], failed = "failed", f"{type(e).__name__}: {e}", s.name
+            row["duration_s"] = round(time.time() - t0, 1)
+        m = runs.read_manifest(Path(s.recipe.output_dir)) or {}
+        row["metrics"] = headline(s.recipe.stage, m.get("metrics") or {})
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    runs.write_json_atomic(Path(root) / "pipeline.json", {
+        "pipeline": name, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": summary,
+        "status": "failed" if failed else "finished"})
+    print(format_summary(summary))
+    if failed:
+        err = next(r["error"] for r in summary if r["stage"] == failed)
+        print(f"posttrain: error: stage {failed} failed: {err}\n"
+              f"  earlier stages are intact; fix it and run the same command again to continue from {failed}",
+              flush=True)
+        return 1
+    return 0
+
+
+def _depends_on(name: str, target: str, stages: list[Stage]) -> bool:
+    by = {s.name: s for s in stages}
+    todo, seen = list(by[name].after), set()
+    while todo:
+        d = todo.pop()
+        if d == target:
+            return True
+        if d not in seen:
+            seen.add(d)
+            todo.extend(by[d].after)
+    return False
+
+
+def format_summary(rows: list[dict]) -> str:
+    def fmt(metrics):
+        return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()) or "-"
+
+    table = [("stage", "type", "status", "time", "headline metrics", "output")]
+    for r in rows:
+        table.append((r["stage"], r["type"], r["status"], f"{r['duration_s']:.0f}s",
+                      fmt(r.get("metrics") or {}), r["output_dir"]))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def describe(name_or_path: str, overrides=None) -> str:
+    """`posttrain validate` for a pipeline: every stage resolved and wired, nothing loaded."""
+    from posttrain.stages import stage_module
+
+    name, root, stages = load_pipeline(name_or_path, overrides)
+    out = [f"# pipeline {name}: {len(stages)} stages, outputs under {root}"]
+    for s in stages:
+        try:
+            stage_module(s.recipe.stage).config(s.recipe)
+            checked = "checked"
+        except PosttrainError as e:
+            if "not implemented" not in str(e):
+                raise RecipeError(f"stage {s.name}: {e}") from None
+            checked = "validated (stage not trainable in this version)"
+        wiring = [f"model={s.recipe.model['name_or_path']}"]
+        for key in ("reward_model", "value_model", "ref_model"):
+            if key in s.recipe.extra:
+                wiring.append(f"{key}={s.recipe.extra[key]}")
+        after = f" after {', '.join(s.after)}" if s.after else ""
+        out.append(f"ok: {s.name} ({s.recipe.stage}){after}: {checked}; {'; '.join(wiring)} -> {s.recipe.output_dir}")
+    return "\n".join(out)
+
+
+def is_pipeline_file(name_or_path: str) -> bool:
+    p = Path(name_or_path)
+    if not p.is_file():
+        return False
+    try:
+        doc, _ = read_yaml(p)
+    except RecipeError:
+        return False
+    return "stages" in doc and "stage" not in doc
+
