@@ -6,10 +6,11 @@ BIN    := $(VENV)/bin
 # with; GPU users install their own torch into .venv first (see README), and it is kept.
 TORCH  ?= torch==2.13.0
 RECIPE ?= alpaca_gpt2
+PIPELINE ?= rlhf_gpt2
 ARGS   ?=
 TEST_ARGS ?=
 
-.PHONY: install test sft reward ppo dpo grpo validate clean
+.PHONY: install test sft reward ppo dpo grpo rloo pipeline validate clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +26,11 @@ test: install
 validate: install
 	$(BIN)/posttrain validate $(RECIPE) $(ARGS)
 
-sft reward ppo dpo grpo: install
+sft reward ppo dpo grpo rloo: install
 	$(BIN)/posttrain train $(RECIPE) $(ARGS) --stage $@
+
+pipeline: install
+	$(BIN)/posttrain pipeline $(PIPELINE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
