@@ -45,8 +45,8 @@ HEADLINE = {
     "reward": ("eval_accuracy", "eval_margin"),
     "dpo": ("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
     "ppo": ("objective/scores", "objective/kl"),
-    "grpo": ("reward", "kl"),
-    "rloo": ("reward", "kl"),
+    "grpo": ("reward/mean", "reward/last"),
+    "rloo": ("reward/mean", "reward/last"),
 }
 
 

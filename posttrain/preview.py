@@ -49,6 +49,21 @@ def preview(recipe: Recipe, out=None):
     except PosttrainError as e:
         print(f"not checked: data ({e})", file=out)
         return
+    if data["format"] in ("preference", "prompt"):  # TRL tokenizes these itself: show a checked row
+        from posttrain.data.formats import clean_pairs_or_prompts
+
+        try:
+            cleaned, _ = clean_pairs_or_prompts(ds, data["format"], data["train"], keep_extra=True)
+        except PosttrainError as e:
+            print(f"data problem: {e}", file=out)
+            return
+        row = cleaned[0]
+        print(f"\nexample: first usable row of {data['train']} ({data['format']} format)", file=out)
+        for key, value in row.items():
+            text = value if isinstance(value, str) else repr(value)
+            n = len(tokenizer(text)["input_ids"]) if isinstance(value, str) else None
+            print(f"  {key}: {text!r}" + (f"  ({n} tokens)" if n is not None else ""), file=out)
+        return
     rows = [ds[i] for i in range(len(ds))]
     encoded = encode_batch(rows, data["format"], cols, tokenizer, data["max_length"])
     pick = next((i for i, e in enumerate(encoded) if e and e["status"] != "prompt"), None)

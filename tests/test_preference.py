@@ -87,3 +87,10 @@ def test_wrong_data_shape_is_a_clear_error(fx, tmp_path, cli, recipe):
     assert code == 2 and "format 'preference' needs a column 'chosen'; columns found: instruction" in err
     code, _, err = cli("validate", recipe, "data.format=alpaca", "--no-data")
     assert code == 2 and "'alpaca' data cannot train stage" in err
+
+
+def test_validate_shows_a_checked_preference_row(fx, cli):
+    code, out, err = cli("validate", "dpo_gpt2", f"model.name_or_path={fx['model']}", f"data.train={fx['preference']}",
+                         "data.eval=null", "data.split=train", "training.eval_strategy=no")
+    assert code == 0, err
+    assert "first usable row" in out and "chosen: '" in out and "rejected: '" in out

@@ -64,7 +64,7 @@ def build_config(recipe: Recipe, **managed):
     kw["output_dir"] = recipe.output_dir
     try:
         return cls(**kw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RecipeError(f"training: {cls.__name__} rejects these settings: {first}") from None
 

@@ -1,0 +1,152 @@
+"""grpo -> trl.GRPOTrainer: online RL on prompts, scored by the recipe's `rewards:` (reward models
+and/or rule rewards, see posttrain.rewards). rloo.py is this module with trl.RLOOTrainer.
+
+data.max_length bounds the prompt in tokens: TRL 1.12 has no prompt-length option and never
+truncates prompts, so longer ones are dropped here (counted in the manifest). Completions are bounded
+by training.max_completion_length.
+"""
+
+from __future__ import annotations
+
+from posttrain.errors import DataError, RecipeError
+from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
+from posttrain.recipe import STAGES, Recipe
+from posttrain.rewards import parse_rewards, rule_reward
+from posttrain.stages import common
+from posttrain.stages.reward import load_pairs
+
+
+def check_groups(recipe: Recipe):
+    """Each generation batch must hold whole groups of num_generations completions. TRL checks this too,
+    but its message names generation_batch_size, which it derives and users rarely set."""
+    import dataclasses
+    import os
+
+    from posttrain.schema import config_class
+
+    fields = dataclasses.fields(config_class(STAGES[recipe.stage].config))
+    t = {**{f.name: f.default for f in fields if f.init}, **recipe.training}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    procs = f"{world} process{'es' if world > 1 else ''}"
+    n = t["num_generations"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:  # 0 makes TRL divide by zero
+        raise RecipeError(f"training.num_generations: must be at least 2 (advantages compare the completions of "
+                          f"one prompt), got {n!r}")
+    if t["generation_batch_size"] is not None:
+        batch, how = t["generation_batch_size"], "training.generation_batch_size"
+    else:
+        steps_key = "steps_per_generation" if t["steps_per_generation"] else "gradient_accumulation_steps"
+        batch = t["per_device_train_batch_size"] * t[steps_key] * world
+        how = f"per_device_train_batch_size {t['per_device_train_batch_size']} x {steps_key} {t[steps_key]} x {procs}"
+    if batch % n:
+        raise RecipeError(f"training.num_generations: {n} does not divide the batch of {batch} completions ({how}); "
+                          f"each batch must hold whole groups of num_generations completions per prompt")
+    # TRL checks the eval batch only for eval_strategy != "no", but common.run evaluates at the end whenever
+    # there is eval data, and a partial group then crashes after all the training is done.
+    key = "num_generations_eval" if t["num_generations_eval"] else "num_generations"
+    eval_batch = t["per_device_eval_batch_size"] * world
+    if (recipe.data.get("eval") or recipe.data.get("eval_fraction")) and (t[key] or 0) > 0 and eval_batch % t[key]:
+        raise RecipeError(f"training.{key}: {t[key]} does not divide the eval batch of {eval_batch} completions "
+                          f"(per_device_eval_batch_size {t['per_device_eval_batch_size']} x {procs})")
+
+
+def config(recipe: Recipe):
+    specs = parse_rewards(recipe.extra.get("rewards"))
+    if "reward_weights" in recipe.training:
+        raise RecipeError("training.reward_weights: is set by posttrain: give items of `rewards:` a `weight`")
+    check_groups(recipe)
+    # remove_unused_columns=False: rule rewards read the data's other columns (e.g. a reference answer)
+    return common.build_config(recipe, reward_weights=[s.weight for s in specs], remove_unused_columns=False)
+
+
+def drop_long_prompts(ds, tokenizer, max_length: int, stats: dict, split: str):
+    def fits(prompts):
+        if isinstance(prompts[0], list):  # conversational: measure what the policy will see
+            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(prompts)["input_ids"]  # as TRL tokenizes them
+        return [len(i) <= max_length for i in ids]
+
+    n = len(ds)
+    ds = ds.filter(fits, input_columns="prompt", batched=True, desc=f"Measuring {split} prompts")
+    stats["dropped_over_max_length"] = n - len(ds)
+    stats["kept"] = len(ds)
+    if n - len(ds):
+        common.log.warning("%s split: %d prompts longer than data.max_length=%d tokens were dropped",
+                           split, n - len(ds), max_length)
+    if not len(ds):
+        raise DataError(f"{split} split: no prompt fits data.max_length={max_length} tokens; raise it")
+    return ds
+
+
+def load_prompts(recipe: Recipe, args, tokenizer, specs):
+    train, eval_ds, stats = load_pairs(recipe, args, keep_extra=True)
+    for s in specs:
+        col = s.options.get("column")
+        if col is not None and col not in train.column_names:
+            raise DataError(f"{recipe.data['train']}: reward {s.name} reads column '{col}', which the data lacks "
+                            f"(columns: {', '.join(train.column_names)}; rename with data.column_map)")
+    with args.main_process_first(desc="measuring prompts"):
+        train = drop_long_prompts(train, tokenizer, recipe.data["max_length"], stats["train"], "train")
+        if eval_ds is not None:
+            eval_ds = drop_long_prompts(eval_ds, tokenizer, recipe.data["max_length"], stats["eval"], "eval")
+    return train, eval_ds, stats
+
+
+def reward_funcs(specs):
+    """TRL's reward_funcs and reward_processing_classes, in recipe order. A reward model is read with its
+    own tokenizer: TRL re-tokenizes prompt + completion text for it."""
+    funcs, tokenizers = [], []
+    for s in specs:
+        if s.model is None:
+            funcs.append(rule_reward(s))
+            tokenizers.append(None)
+        else:
+            tok = load_tokenizer({"name_or_path": s.model})
+            funcs.append(load_seq_cls({"name_or_path": s.model}, tok))
+            tokenizers.append(tok)
+    return funcs, tokenizers
+
+
+def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
+    import trl
+    from transformers import set_seed
+
+    args = config(recipe)
+    specs = parse_rewards(recipe.extra["rewards"])
+    tokenizer = load_tokenizer(recipe.model)
+    train, eval_ds, stats = load_prompts(recipe, args, tokenizer, specs)
+    set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
+    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    funcs, reward_tokenizers = reward_funcs(specs)
+    trainer = getattr(trl, trainer_class)(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizers,
+        peft_config=lora_config(recipe.peft),
+    )
+    # TRL names metrics after a reward model's directory name, which two items may share; ours are unique.
+    trainer.reward_func_names = [s.name for s in specs]
+    return trainer, stats
+
+
+def reward_metrics(trainer) -> dict:
+    """Per reward (and the weighted total): the mean over the run's training logs and the last value."""
+    out = {}
+    for key in [f"rewards/{n}/mean" for n in trainer.reward_func_names] + ["reward"]:
+        values = [e[key] for e in trainer.state.log_history if e.get(key) is not None]
+        if values:
+            name = key.removesuffix("/mean")
+            out[f"{name}/mean"] = sum(values) / len(values)
+            out[f"{name}/last"] = values[-1]
+    return out
+
+
+def train(recipe: Recipe, **kw) -> dict:
+    # GRPOTrainer/RLOOTrainer keep transformers.Trainer.train, so checkpoints resume (resumable=True).
+    return common.run(recipe, build, extra_metrics=reward_metrics, **kw)
