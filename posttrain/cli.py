@@ -78,8 +78,14 @@ def cmd_train(args) -> int:
     module.config(recipe)  # impossible training combinations fail here, before anything loads
     manifest = module.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
+        from posttrain.pipeline import headline
+
         m = manifest.get("metrics", {})
-        shown = ", ".join(f"{k}={m[k]:.4g}" for k in ("train_loss", "eval_loss") if k in m)
+        keys = {**{k: m[k] for k in ("train_loss", "eval_loss") if k in m}, **headline(recipe.stage, m)}
+        for k in ("last_logged_score", "last_logged_kl"):
+            if k in m:
+                keys[k] = m[k]
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in keys.items())
         print(f"finished {recipe.stage} run in {recipe.output_dir} ({shown})")
     return 0
 

@@ -330,9 +330,18 @@ def describe(name_or_path: str, overrides=None) -> str:
 
 
 def is_pipeline_file(name_or_path: str) -> bool:
+    """A pipeline path, or a bare name found in recipes/pipelines/ and not in recipes/."""
     p = Path(name_or_path)
     if not p.is_file():
-        return False
+        try:
+            resolve_recipe_path(name_or_path)
+            return False
+        except RecipeError:
+            pass
+        try:
+            p = resolve_pipeline_path(name_or_path)
+        except RecipeError:
+            return False
     try:
         doc, _ = read_yaml(p)
     except RecipeError:

@@ -101,6 +101,8 @@ MANAGED_TRAINING_KEYS = {
     "dataset_text_field": "choose the input shape with `data.format`",
     "completion_only_loss": "posttrain always masks the prompt exactly (see README: prompt masking)",
     "assistant_only_loss": "use `data.format: messages`, which trains on assistant turns only",
+    "sft_model_path": "set `model.name_or_path`",
+    "reward_model_path": "set the top-level `reward_model`",
     "packing": "not compatible with exact per-row prompt masking in this version",
     "padding_free": "not compatible with exact per-row prompt masking in this version",
 }

@@ -18,6 +18,9 @@ def _pipeline(fx, tmp_path, sft_peft=False, dpo_data=None):
     doc = {"output_root": str(tmp_path / "pipe"), "stages": {
         "sft": sft,
         "reward": {"recipe": "reward_gpt2", "after": "sft", "data": pref, "training": FAST},
+        "ppo": {"recipe": "ppo_gpt2", "after": ["sft", "reward"],
+                "data": {"train": str(fx["prompts"]), "split": "train", "eval": None, "max_length": 32},
+                "training": {"total_episodes": 8, "response_length": 8, "learning_rate": 1e-4}},
         "dpo": {"recipe": "dpo_gpt2", "after": ["sft"], "data": {**pref, "train": dpo_data or pref["train"]},
                 "training": FAST},
     }}
@@ -39,30 +42,35 @@ def test_pipeline_runs_wires_skips_and_reruns_what_changed(fx, tmp_path, cli):
     path = _pipeline(fx, tmp_path)
     code, out, err = cli("pipeline", path)
     assert code == 0, err
-    assert _summary(tmp_path) == ("finished", {"sft": "ran", "reward": "ran", "dpo": "ran"})
-    sft_out = str(tmp_path / "pipe" / "sft")
+    assert _summary(tmp_path) == ("finished", {"sft": "ran", "reward": "ran", "ppo": "ran", "dpo": "ran"})
+    sft_out, reward_out = str(tmp_path / "pipe" / "sft"), str(tmp_path / "pipe" / "reward")
     assert _resolved(tmp_path, "reward")["model"]["name_or_path"] == sft_out
     assert _resolved(tmp_path, "dpo")["model"]["name_or_path"] == sft_out
-    assert "stage" in out and "eval_accuracy" in out and "eval_rewards/accuracies" in out  # the summary table
-    mtimes = {s: (tmp_path / "pipe" / s / "manifest.json").stat().st_mtime for s in ("sft", "reward", "dpo")}
+    ppo = _resolved(tmp_path, "ppo")
+    assert ppo["model"]["name_or_path"] == sft_out and ppo["reward_model"] == reward_out
+    # the summary table, with each stage's headline metrics
+    assert "eval_loss" in out and "eval_accuracy" in out and "objective/scores" in out and "eval_rewards/margins" in out
+    stages = ("sft", "reward", "ppo", "dpo")
+    mtimes = {s: (tmp_path / "pipe" / s / "manifest.json").stat().st_mtime for s in stages}
 
     code, _, err = cli("pipeline", path)
-    assert code == 0 and _summary(tmp_path)[1] == {"sft": "skipped", "reward": "skipped", "dpo": "skipped"}
+    assert code == 0 and _summary(tmp_path)[1] == dict.fromkeys(stages, "skipped")
     assert all((tmp_path / "pipe" / s / "manifest.json").stat().st_mtime == t for s, t in mtimes.items())
 
-    # changing sft re-runs it and both dependants
+    # changing sft re-runs it and all its dependants
     code, _, err = cli("pipeline", path, "sft.training.learning_rate=1e-3")
-    assert code == 0 and _summary(tmp_path)[1] == {"sft": "ran", "reward": "ran", "dpo": "ran"}
-    # changing reward re-runs reward only (dpo does not depend on it)
+    assert code == 0 and _summary(tmp_path)[1] == dict.fromkeys(stages, "ran")
+    # changing reward re-runs reward and ppo (dpo does not depend on it)
     code, _, err = cli("pipeline", path, "sft.training.learning_rate=1e-3", "reward.training.learning_rate=3e-5")
-    assert code == 0 and _summary(tmp_path)[1] == {"sft": "skipped", "reward": "ran", "dpo": "skipped"}
+    assert code == 0
+    assert _summary(tmp_path)[1] == {"sft": "skipped", "reward": "ran", "ppo": "ran", "dpo": "skipped"}
     # --only and --from
     code, _, _ = cli("pipeline", path, "sft.training.learning_rate=1e-3", "reward.training.learning_rate=3e-5",
                      "--only", "dpo")
     assert code == 0 and _summary(tmp_path)[1] == {"dpo": "ran"}
     code, _, _ = cli("pipeline", path, "sft.training.learning_rate=1e-3", "reward.training.learning_rate=3e-5",
                      "--from", "sft")
-    assert code == 0 and _summary(tmp_path)[1] == {"sft": "ran", "reward": "ran", "dpo": "ran"}
+    assert code == 0 and _summary(tmp_path)[1] == dict.fromkeys(stages, "ran")
 
 
 def test_failed_stage_keeps_earlier_outputs_and_rerun_continues(fx, tmp_path, cli):
@@ -70,13 +78,13 @@ def test_failed_stage_keeps_earlier_outputs_and_rerun_continues(fx, tmp_path, cl
     code, out, _ = cli("pipeline", bad)
     assert code != 0 and "stage dpo failed" in out and "data file not found" in out
     status, stages = _summary(tmp_path)
-    assert status == "failed" and stages == {"sft": "ran", "reward": "ran", "dpo": "failed"}
+    assert status == "failed" and stages == {"sft": "ran", "reward": "ran", "ppo": "ran", "dpo": "failed"}
     for s in ("sft", "reward"):
         assert json.loads((tmp_path / "pipe" / s / "manifest.json").read_text())["status"] == "finished"
     good = _pipeline(fx, tmp_path)
     code, _, err = cli("pipeline", good)
     assert code == 0, err
-    assert _summary(tmp_path)[1] == {"sft": "skipped", "reward": "skipped", "dpo": "ran"}
+    assert _summary(tmp_path)[1] == {"sft": "skipped", "reward": "skipped", "ppo": "skipped", "dpo": "ran"}
 
 
 def test_lora_output_is_merged_for_the_next_stage(fx, tmp_path, cli):
@@ -118,5 +126,8 @@ def test_validate_pipeline_shows_wiring(tmp_path, cli):
     code, out, err = cli("validate", "recipes/pipelines/sft_dpo_gpt2.yaml")
     assert code == 0, err
     assert "ok: dpo (dpo) after sft" in out and "model=runs/sft_dpo_gpt2/sft" in out
+    code, out, err = cli("validate", "rlhf_gpt2_lora")  # a bare pipeline name works too
+    assert code == 0, err
+    assert "model=runs/rlhf_gpt2_lora/sft/merged; reward_model=runs/rlhf_gpt2_lora/reward" in out
     code, _, err = cli("pipeline", "sft_dpo_gpt2", "dpo.training.bta=1")
     assert code == 2 and "training.bta" in err

@@ -34,8 +34,9 @@ def device_defaults(training: dict) -> dict:
     elif kw.get("fp16") and not kw.get("bf16"):
         kw.setdefault("bf16", False)
     if not cuda:
-        if kw.get("bf16"):
-            kw.setdefault("use_cpu", True)  # bf16 autocast works on CPU, but TrainingArguments wants use_cpu
+        # use_cpu: bf16 autocast on CPU needs it, and under torchrun it makes Accelerate join the CPU ranks
+        # into one gloo group instead of running each process as its own single-process job.
+        kw.setdefault("use_cpu", True)
         if kw.get("fp16"):
             log.warning("training.fp16 on a machine without CUDA: mixed precision does nothing on CPU")
             kw["fp16"] = False
@@ -118,7 +119,7 @@ def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False,
             log.info("resuming from %s", ckpt)
         try:
             trainer, data_stats = build(recipe)
-            manifest.update(device=str(trainer.args.device), data=data_stats, model=model_facts(trainer.model),
+            manifest.update(device=str(trainer.args.device), data=data_stats, model=model_facts(getattr(trainer, "policy_model", trainer.model)),
                             effective_batch=trainer.args.per_device_train_batch_size
                             * trainer.args.gradient_accumulation_steps * trainer.args.world_size)
             if resumable:

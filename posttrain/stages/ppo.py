@@ -1,0 +1,213 @@
+"""ppo -> trl.experimental.ppo.PPOTrainer: a policy, a reference, a reward model and a value model.
+
+Memory: without LoRA four models (policy, reference copy, reward, value); with LoRA three, because the
+reference is the policy with its adapter disabled. TRL's PPOTrainer.train() cannot resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from posttrain.errors import DataError
+from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
+from posttrain.recipe import Recipe
+from posttrain.stages import common
+from posttrain.stages.reward import load_pairs
+
+SAMPLES = "samples.jsonl"
+N_SAMPLES = 4
+
+
+def config(recipe: Recipe):
+    training = recipe.training  # sft_model_path/reward_model_path are refused by recipe validation
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    managed = {"sft_model_path": recipe.model["name_or_path"], "reward_model_path": str(recipe.extra["reward_model"]),
+               # PPOConfig's own `world_size` field (None until the trainer fills it) shadows TrainingArguments'
+               # property, and main_process_first() compares it with 1 before the trainer exists.
+               "world_size": world_size}
+    # Without a stop token TRL never ends a response early; EOS is what a chat/instruct policy stops on.
+    if "stop_token" not in training and "stop_token_id" not in training:
+        managed["stop_token"] = "eos"
+    # A PPO run cannot resume, so optimizer state in checkpoints (2x the policy+value weights) is dead weight.
+    managed["save_only_model"] = training.get("save_only_model", True)
+    args = common.build_config(recipe, **managed)
+    # PPOTrainer ignores max_steps (it runs total_episodes / batch updates), so express max_steps in episodes;
+    # like max_steps over num_train_epochs in transformers, it wins over total_episodes.
+    if args.max_steps > 0:
+        args.total_episodes = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps \
+            * world_size
+    return args
+
+
+def _model_spec(value, recipe: Recipe) -> dict:
+    """A stage key (`reward_model: path`, or a mapping like `model:`) as a model section."""
+    spec = dict(value) if isinstance(value, dict) else {"name_or_path": str(value)}
+    spec.setdefault("dtype", recipe.model.get("dtype") or "auto")
+    return spec
+
+
+def tokenize_prompts(ds, tokenizer, max_length: int, source: str):
+    """Prompt rows -> `input_ids` only. Chat prompts get the template and its generation prompt.
+    Prompts longer than max_length tokens are dropped (a cut prompt is a different question) and counted."""
+    chat = isinstance(ds[0]["prompt"], list)
+    if chat and getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"{source}: prompts are chat messages but the tokenizer has no chat template; "
+                        "use plain-text prompts or a model with a chat template")
+
+    def encode(prompt):
+        if chat:
+            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+        return {"input_ids": tokenizer(prompt)["input_ids"]}
+
+    ds = ds.map(encode, input_columns=["prompt"], remove_columns=ds.column_names, desc=f"Tokenizing {source}")
+    n = len(ds)
+    ds = ds.filter(lambda ids: len(ids) <= max_length, input_columns=["input_ids"], desc=f"Checking {source}")
+    if n - len(ds):
+        common.log.warning("%s: dropped %d of %d prompts longer than max_length=%d tokens", source, n - len(ds), n,
+                           max_length)
+    return ds, n - len(ds)
+
+
+def prepare_data(recipe: Recipe, tokenizer, args):
+    data = recipe.data
+    train, eval_ds, stats = load_pairs(recipe, args)
+    splits = {"train": train, "eval": eval_ds}
+    sources = {"train": data["train"], "eval": data.get("eval") or f"{data['train']} (eval split)"}
+    with args.main_process_first(desc="tokenizing prompts"):
+        for split, ds in splits.items():
+            if ds is not None:
+                splits[split], over = tokenize_prompts(ds, tokenizer, data["max_length"], sources[split])
+                stats[split].update(kept=len(splits[split]), dropped_over_max_length=over)
+    train, eval_ds = splits["train"], splits["eval"]
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    if len(train) < batch:  # TRL's dataloader drops the last ragged batch and would then wait forever
+        raise DataError(f"{data['train']}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "
+                        f"one PPO batch (per_device_train_batch_size x gradient_accumulation_steps = {batch})")
+    return train, eval_ds, stats
+
+
+def _trainer_class():
+    from transformers import TrainerCallback
+    from trl.experimental.ppo import PPOTrainer
+
+    class Trainer(PPOTrainer):
+        """PPOTrainer whose saves work under DDP and write a policy that generates like the one trained."""
+
+        # Set by Trainer.__init__, which PPOTrainer never calls; Trainer._save reads it on non-main ranks.
+        is_distributed_loading_by_transformers = False
+
+        @contextmanager
+        def _unwrapped(self):
+            """TRL reads `self.model.policy` and `self.model.config`, which a DDP wrapper hides (saving then
+            writes policy+value weights as one state dict, and the model card raises)."""
+            wrapped = self.model
+            if not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+                self.model = self.accelerator.unwrap_model(self.model)
+            try:
+                yield
+            finally:
+                self.model = wrapped
+
+        def create_model_card(self, *args, **kwargs):
+            with self._unwrapped():
+                super().create_model_card(*args, **kwargs)
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            # TRL set the policy's generation eos to the PPO stop token (None: never stop); the saved model
+            # must still stop at EOS.
+            gen = self.policy_model.generation_config
+            eos = gen.eos_token_id
+            if eos is None:
+                gen.eos_token_id = self.processing_class.eos_token_id
+            try:
+                with self._unwrapped():
+                    super().save_model(output_dir, _internal_call)
+            finally:
+                gen.eos_token_id = eos
+
+    class SampleCompletions(TrainerCallback):
+        """At the end of training, greedy completions of the first prompts, scored by the reward model, to
+        samples.jsonl. Every rank generates (ZeRO-3 gathers weights collectively); the main process writes."""
+
+        def __init__(self, trainer, prompts):
+            self.trainer, self.prompts = trainer, prompts
+
+        def on_train_end(self, args, state, control, **kw):
+            self.trainer.samples = write_samples(self.trainer, self.prompts)
+
+    return Trainer, SampleCompletions
+
+
+def write_samples(trainer, prompts) -> list[dict]:
+    import torch
+    from trl.experimental.utils import get_reward
+    from trl.models.utils import unwrap_model_for_generation
+
+    tok = trainer.processing_class
+    batch = tok.pad({"input_ids": prompts["input_ids"]}, return_tensors="pt").to(trainer.accelerator.device)
+    context = batch["input_ids"].shape[1]
+    stop = trainer.stop_token_id if trainer.stop_token_id is not None else tok.eos_token_id
+    with torch.no_grad(), unwrap_model_for_generation(trainer.model, trainer.accelerator) as unwrapped:
+        out = unwrapped.policy.generate(**batch, max_new_tokens=trainer.args.response_length, do_sample=False,
+                                        eos_token_id=stop, pad_token_id=tok.pad_token_id)
+        # generate pads finished rows with pad_token_id, which is where get_reward reads the last token
+        _, scores, _ = get_reward(trainer.reward_model, out, tok.pad_token_id, context)
+    samples = [
+        {"prompt": tok.decode(ids, skip_special_tokens=True),
+         "completion": tok.decode(out[i, context:], skip_special_tokens=True),
+         "score": round(float(scores[i]), 4)}
+        for i, ids in enumerate(prompts["input_ids"])
+    ]
+    if trainer.accelerator.is_main_process:
+        path = Path(trainer.args.output_dir) / SAMPLES
+        path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+    return samples
+
+
+def build(recipe: Recipe):
+    from transformers import set_seed
+
+    args = config(recipe)
+    tokenizer = load_tokenizer(recipe.model, distinct_pad=True)  # with pad == eos, TRL scores EOS as padding
+    tokenizer.padding_side = "left"  # prompts are left-padded so every response starts at the same column
+    train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
+
+    set_seed(args.seed)  # before the LoRA adapter (and any new pad-token embedding rows) are initialised
+    policy = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    reward_spec = _model_spec(recipe.extra["reward_model"], recipe)
+    reward = load_seq_cls(reward_spec, tokenizer)
+    # By default the value model starts as the reward model: a second, separately trained copy.
+    value = load_seq_cls(_model_spec(recipe.extra.get("value_model") or reward_spec["name_or_path"], recipe), tokenizer)
+    # None: with LoRA, TRL uses the policy with its adapter disabled; without, TRL deep-copies the policy.
+    ref = None
+    if recipe.extra.get("ref_model"):
+        ref = load_causal_lm(_model_spec(recipe.extra["ref_model"], recipe), None, tokenizer)
+
+    Trainer, SampleCompletions = _trainer_class()
+    trainer = Trainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
+                      value_model=value, train_dataset=train, eval_dataset=eval_ds,
+                      peft_config=lora_config(recipe.peft))
+    sample_from = eval_ds if eval_ds is not None and len(eval_ds) else train
+    trainer.add_callback(SampleCompletions(trainer, sample_from[:N_SAMPLES]))
+    return trainer, stats
+
+
+def final_metrics(trainer) -> dict:
+    """Mean reward and KL of the first and last PPO update, as TRL logged them."""
+    logs = [e for e in trainer.state.log_history if "objective/scores" in e]
+    if not logs:
+        return {}
+    out = {"first_logged_score": logs[0]["objective/scores"], "last_logged_score": logs[-1]["objective/scores"],
+           "last_logged_kl": logs[-1]["objective/kl"], "last_logged_rlhf_reward": logs[-1]["objective/rlhf_reward"]}
+    samples = getattr(trainer, "samples", None)
+    if samples:
+        out["sample_mean_score"] = round(sum(s["score"] for s in samples) / len(samples), 4)
+    return out
+
+
+def train(recipe: Recipe, **kw) -> dict:
+    return common.run(recipe, build, resumable=False, extra_metrics=final_metrics, **kw)
