@@ -168,23 +168,27 @@ def recipe_hash(resolved: dict) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-
-
-def resolve_recipe_path(name_or_path: str) -> Path:
-    """A path to a file, or a bare name looked up as recipes/<name>.yaml (cwd first, then the package's)."""
+def _resolve(name_or_path: str, kind: str, subdir: str) -> Path:
+    """A path to a file, or a bare name looked up as <subdir>/<name>.yaml (cwd first, then the package's)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
     if p.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        raise RecipeError(f"recipe file not found: {name_or_path}")
-    for root in (Path.cwd() / "recipes", RECIPES_DIR):
+        raise RecipeError(f"{kind} file not found: {name_or_path}")
+    for root in (Path.cwd() / subdir, REPO_ROOT / subdir):
         cand = root / f"{name_or_path}.yaml"
         if cand.is_file():
             return cand
-    names = available_recipes()
-    raise RecipeError(f"recipe '{name_or_path}' not found in recipes/{did_you_mean(name_or_path, names)}")
+    names = sorted(q.stem for q in (REPO_ROOT / subdir).glob("*.yaml"))
+    raise RecipeError(f"{kind} '{name_or_path}' not found in {subdir}/{did_you_mean(name_or_path, names)}")
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    return _resolve(name_or_path, "recipe", "recipes")
+
+
+def resolve_pipeline_path(name_or_path: str) -> Path:
+    return _resolve(name_or_path, "pipeline", "recipes/pipelines")
 
 
 def did_you_mean(word: str, candidates) -> str:
@@ -292,20 +296,6 @@ def apply_overrides(recipe: dict, overrides: list[str], where: dict[str, str] | 
         if where is not None:
             where[key] = f"override {key}"  # not the value: it may be a secret
     return out
-
-
-def resolve_pipeline_path(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    if p.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        raise RecipeError(f"pipeline file not found: {name_or_path}")
-    for root in (Path.cwd() / "recipes" / "pipelines", RECIPES_DIR / "pipelines"):
-        cand = root / f"{name_or_path}.yaml"
-        if cand.is_file():
-            return cand
-    names = sorted(q.stem for q in (RECIPES_DIR / "pipelines").glob("*.yaml"))
-    raise RecipeError(f"pipeline '{name_or_path}' not found in recipes/pipelines/{did_you_mean(name_or_path, names)}")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, check_owners: bool = True) -> Recipe:
