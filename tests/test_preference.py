@@ -94,3 +94,20 @@ def test_validate_shows_a_checked_preference_row(fx, cli):
                          "data.eval=null", "data.split=train", "training.eval_strategy=no")
     assert code == 0, err
     assert "first usable row" in out and "chosen: '" in out and "rejected: '" in out
+
+
+@pytest.mark.parametrize("recipe", ["reward_gpt2", "dpo_gpt2"])
+def test_conversational_preference_rows_train(fx, tmp_path, cli, recipe):
+    rows = []
+    for r in (json.loads(line) for line in fx["preference"].read_text().splitlines()):
+        rows.append({"prompt": [{"role": "user", "content": r["prompt"]}],
+                     "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                     "rejected": [{"role": "assistant", "content": r["rejected"]}]})
+    data = tmp_path / "chat_pref.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "chat"
+    code, _, err = cli("train", recipe, f"model.name_or_path={fx['model']}", f"data.train={data}", "data.split=train",
+                       "data.eval=null", "training.eval_strategy=no", "training.max_steps=2", f"output_dir={out}")
+    assert code == 0, err
+    m = _manifest(out)
+    assert m["status"] == "finished" and m["data"]["train"]["kept"] == len(rows)
