@@ -42,7 +42,7 @@ POLICY_STAGES = ("sft", "dpo", "ppo", "grpo", "rloo")  # stages whose output is 
 ENTRY_KEYS = ("recipe", "after")
 HEADLINE = {
     "sft": ("eval_loss", "train_loss"),
-    "reward": ("eval_accuracy", "eval_margin"),
+    "reward": ("eval_accuracy", "eval_margin", "accuracy", "margin"),
     "dpo": ("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
     "ppo": ("objective/scores", "objective/kl"),
     "grpo": ("reward/mean", "reward/last"),
