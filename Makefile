@@ -9,6 +9,12 @@ RECIPE ?= alpaca_gpt2
 PIPELINE ?= rlhf_gpt2
 ARGS   ?=
 TEST_ARGS ?=
+# NPROC>1 launches through Accelerate with recipes/accelerate/$(ACCEL).yaml; ACCEL=auto picks ddp on a
+# machine with NVIDIA GPUs and the 2-process CPU (gloo) config otherwise.
+NPROC  ?= 1
+ACCEL  ?= auto
+ACCEL_NAME := $(if $(filter auto,$(ACCEL)),$(if $(shell command -v nvidia-smi 2>/dev/null),ddp,cpu_2proc),$(ACCEL))
+POSTTRAIN := $(if $(filter-out 1,$(NPROC)),$(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCEL_NAME).yaml --num_processes $(NPROC) -m posttrain,$(BIN)/posttrain)
 
 .PHONY: install test sft reward ppo dpo grpo rloo pipeline validate clean
 
@@ -27,10 +33,10 @@ validate: install
 	$(BIN)/posttrain validate $(RECIPE) $(ARGS)
 
 sft reward ppo dpo grpo rloo: install
-	$(BIN)/posttrain train $(RECIPE) $(ARGS) --stage $@
+	$(POSTTRAIN) train $(RECIPE) $(ARGS) --stage $@
 
 pipeline: install
-	$(BIN)/posttrain pipeline $(PIPELINE) $(ARGS)
+	$(POSTTRAIN) pipeline $(PIPELINE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -173,17 +173,21 @@ class Manifest:
         self.save()
 
 
-def finalize(out: Path, save_fn):
-    """Write the final model into a temporary sibling, then rename its files into out/ one by one.
+def clear_staging(out: Path):
+    """The final model is first written to out/.saving-final (see commit_staging)."""
+    tmp = Path(out) / SAVING
+    if tmp.exists():
+        shutil.rmtree(tmp)
+
+
+def commit_staging(out: Path):
+    """Rename the staged final model's files into out/ one by one.
 
     Each rename is atomic; the manifest is only marked finished after all are in place, so a kill
     at any point leaves a run that is visibly unfinished.
     """
     out = Path(out)
     tmp = out / SAVING
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_fn(str(tmp))
     for p in sorted(tmp.iterdir()):
         dest = out / p.name
         if dest.is_dir() and not dest.is_symlink():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from pathlib import Path
 
 from posttrain import runs
-from posttrain.errors import RecipeError, RunDirError
+from posttrain.errors import PosttrainError, RecipeError, RunDirError
 from posttrain.recipe import STAGES, Recipe
 
 log = logging.getLogger("posttrain")
@@ -49,6 +50,7 @@ def device_defaults(training: dict) -> dict:
     kw.setdefault("activation_checkpointing", cuda)
     kw.setdefault("report_to", "none")
     kw.setdefault("dataloader_pin_memory", cuda)
+    kw.setdefault("ddp_find_unused_parameters", False)  # True costs a graph traversal per step under DDP
     return kw
 
 
@@ -93,35 +95,70 @@ def headline_metrics(trainer, train_result) -> dict:
     return out
 
 
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _barrier():
+    if _world_size() > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def _agree(decide):
+    """Run decide() on the main process and give every rank its result, or its PosttrainError: under
+    DDP a refusal must stop all ranks, not leave the others waiting in a collective."""
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = decide()
+        except PosttrainError as e:
+            error = (type(e), str(e))
+    if _world_size() > 1:
+        from accelerate.utils import broadcast_object_list
+
+        from accelerate import PartialState
+
+        PartialState()  # initialises the process group when launched by accelerate/torchrun
+        box = [(result, error)]
+        broadcast_object_list(box, from_process=0)
+        result, error = box[0]
+    if error:
+        raise error[0](error[1])
+    return result
+
+
 def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False, force: bool = False,
         resumable: bool = True, extra_metrics=None, save=None) -> dict:
     """Lock the output dir, train, save atomically, and keep the manifest true at every point.
 
     `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add stage metrics;
-    `save(trainer, path)` replaces trainer.save_model for the final model.
-    Only the main process touches the run dir's bookkeeping; other ranks just train.
+    `save(trainer, path)` replaces trainer.save_model for the final model. Every rank trains, saves
+    (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
     """
     out = Path(recipe.output_dir)
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
-    if not is_main_process():
-        trainer, _ = build(recipe)
-        ckpt = runs.checkpoints(out)[-1] if resume and runs.checkpoints(out) else None
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None) if resumable else trainer.train()
-        trainer.save_model(str(out / runs.SAVING))  # collective under FSDP/ZeRO-3; rank 0 writes
-        return {}
-    with runs.locked(out):
-        ckpt = runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force)
-        (out / runs.RESOLVED).write_text(recipe.to_yaml())
-        manifest = runs.Manifest(out, recipe.stage, recipe.hash, recipe.source)
-        manifest.update(resumed_from=ckpt.name if ckpt else None)
-        if ckpt:
-            log.info("resuming from %s", ckpt)
+    main = is_main_process()
+    with runs.locked(out) if main else contextlib.nullcontext():
+        ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force))
+        manifest = None
+        if main:
+            (out / runs.RESOLVED).write_text(recipe.to_yaml())
+            manifest = runs.Manifest(out, recipe.stage, recipe.hash, recipe.source)
+            manifest.update(resumed_from=ckpt.name if ckpt else None)
+            if ckpt:
+                log.info("resuming from %s", ckpt)
         try:
             trainer, data_stats = build(recipe)
-            manifest.update(device=str(trainer.args.device), data=data_stats, model=model_facts(getattr(trainer, "policy_model", trainer.model)),
-                            effective_batch=trainer.args.per_device_train_batch_size
-                            * trainer.args.gradient_accumulation_steps * trainer.args.world_size)
+            a = trainer.args
+            batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * _world_size()
+            if main:
+                log.info("effective batch %d = %d per device x %d accumulation x %d process(es)",
+                         batch, a.per_device_train_batch_size, a.gradient_accumulation_steps, _world_size())
+                manifest.update(device=str(a.device), data=data_stats, effective_batch=batch,
+                                model=model_facts(getattr(trainer, "policy_model", trainer.model)))
             if resumable:
                 result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
             else:
@@ -131,14 +168,22 @@ def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False,
                 metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
             if extra_metrics is not None:
                 metrics.update(extra_metrics(trainer))
-            manifest.update(metrics=metrics, status="saving")
-            runs.finalize(out, (lambda path: save(trainer, path)) if save else trainer.save_model)
-            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-            manifest.end("finished")
+            if main:
+                manifest.update(metrics=metrics, status="saving")
+                runs.clear_staging(out)
+            _barrier()
+            (save or (lambda t, path: t.save_model(path)))(trainer, str(out / runs.SAVING))
+            _barrier()
+            if main:
+                runs.commit_staging(out)
+                (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+                manifest.end("finished")
         except KeyboardInterrupt:
-            manifest.end("interrupted")
+            if manifest:
+                manifest.end("interrupted")
             raise
         except BaseException:
-            manifest.end("failed")
+            if manifest:
+                manifest.end("failed")
             raise
-    return manifest.data
+    return manifest.data if manifest else {}

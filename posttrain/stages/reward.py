@@ -61,6 +61,8 @@ def save_merged(trainer, path: str):
     """A LoRA reward model is saved merged into its base: what consumes it (PPO, GRPO, scoring) needs a
     whole sequence-classification model, and the adapter alone cannot say that its head has 1 label."""
     model = trainer.model
+    if not trainer.args.should_save:
+        return
     if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False) \
             and not getattr(model, "is_loaded_in_8bit", False):
         model = model.merge_and_unload()
