@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     recipe_args(v)
     v.add_argument("--no-data", action="store_true", help="check the recipe only; do not load tokenizer or data")
 
+    pn = sub.add_parser("plan", help="estimate GPU memory per device for a recipe; say which knob to turn")
+    recipe_args(pn)
+    pn.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to fit, in GiB (default 80)")
+    pn.add_argument("--gpus", type=int, default=1, help="number of GPUs (with --sharding)")
+    pn.add_argument("--sharding", choices=("none", "zero2", "zero3", "fsdp"), default="none")
+
     pl = sub.add_parser("pipeline", help="run a pipeline of recipes (recipes/pipelines/NAME.yaml)")
     pl.add_argument("pipeline", help="pipeline name or path")
     pl.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE", help="e.g. sft.training.max_steps=20")
@@ -90,6 +96,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from posttrain.plan import report
+
+    text, fits = report(_load(args), args.gpu_gib, args.gpus, args.sharding)
+    print(text)
+    return 0 if fits else 1
+
+
 def cmd_pipeline(args) -> int:
     from posttrain.pipeline import run_pipeline
 
@@ -132,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     try:
-        return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline}[args.command](args)
+        return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline, "plan": cmd_plan}[args.command](args)
     except PosttrainError as e:
-        print(f"posttrain: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under DDP every rank stops; one says why
+            print(f"posttrain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)

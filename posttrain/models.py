@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from posttrain.errors import PosttrainError
 
@@ -94,8 +95,8 @@ def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
     qc = quantization_config(quant, dtype)
     if qc is not None:
         kw["quantization_config"] = qc
-        if not has_cuda():
-            kw["device_map"] = "cpu"
+        # a quantized model is placed at load time: on this rank's GPU under DDP, on the CPU without CUDA
+        kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if has_cuda() else "cpu"
     try:
         lm = AutoModelForCausalLM.from_pretrained(model["name_or_path"], **kw)
     except Exception as e:
