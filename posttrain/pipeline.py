@@ -17,7 +17,6 @@ output holds a finished run with the same identity is skipped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path

@@ -1,11 +1,8 @@
 """Recipes: every shipped one validates; extends/overrides; bad recipes exit 2 naming the key."""
 
-import json
-from pathlib import Path
 
 import pytest
 
-from posttrain.errors import RecipeError
 from posttrain.recipe import RECIPES_DIR, apply_overrides, load_recipe
 from posttrain.stages import IMPLEMENTED, stage_module
 

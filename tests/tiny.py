@@ -53,7 +53,7 @@ def prompt_completion_rows(n: int = 24, seed: int = 1) -> list[dict]:
     for i in range(n):
         w = rng.choice(WORDS)
         if i % 2:
-            rows.append({"prompt": f"The opposite of slow is ", "completion": rng.choice(["quick", "fast", "rapid"])})
+            rows.append({"prompt": "The opposite of slow is ", "completion": rng.choice(["quick", "fast", "rapid"])})
         else:
             rows.append({"prompt": f"Spell {w}:\n", "completion": " ".join(w)})
     return rows
