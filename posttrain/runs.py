@@ -78,6 +78,9 @@ def prepare(out: Path, recipe_hash: str, *, resume: bool, overwrite: bool, force
     manifest = read_manifest(out)
     ckpts = checkpoints(out) if out.is_dir() else []
     occupied = out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+    if occupied and manifest is None and not ckpts:
+        raise RunDirError(f"{out} is not empty and holds no posttrain run; choose another output_dir "
+                          "(posttrain never clears a directory it did not create)")
     if overwrite:
         if occupied:
             _clear(out)
@@ -90,11 +93,7 @@ def prepare(out: Path, recipe_hash: str, *, resume: bool, overwrite: bool, force
                 f"{out} was started from a different recipe (hash {manifest.get('recipe_hash')} vs {recipe_hash}); "
                 "resume it with the same recipe and overrides, or pass --force to resume anyway"
             )
-        if not ckpts:
-            if occupied and manifest is None:
-                raise RunDirError(f"{out} is not empty and holds no posttrain run; choose another output_dir")
-            return None
-        return ckpts[-1]
+        return ckpts[-1] if ckpts else None
     if manifest and manifest.get("status") == "finished":
         raise RunDirError(f"{out} already holds a finished run; pass --overwrite to replace it")
     if ckpts:
@@ -102,8 +101,6 @@ def prepare(out: Path, recipe_hash: str, *, resume: bool, overwrite: bool, force
             f"{out} holds an unfinished run (newest {ckpts[-1].name}); pass --resume to continue it "
             "or --overwrite to start over"
         )
-    if occupied and manifest is None:
-        raise RunDirError(f"{out} is not empty and holds no posttrain run; choose another output_dir or --overwrite")
     if occupied:
         _clear(out)  # an unfinished run that never reached a checkpoint: nothing to keep
     return None

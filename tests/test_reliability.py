@@ -118,9 +118,9 @@ def test_foreign_directory_is_never_cleared(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("precious")
-    for resume in (False, True):
+    for resume, overwrite in ((False, False), (True, False), (False, True)):
         with pytest.raises(runs.RunDirError, match="holds no posttrain run"):
-            runs.prepare(out, "h", resume=resume, overwrite=False)
+            runs.prepare(out, "h", resume=resume, overwrite=overwrite)
     assert (out / "notes.txt").read_text() == "precious"
 
 
