@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     recipe_args(v)
     v.add_argument("--no-data", action="store_true", help="check the recipe only; do not load tokenizer or data")
 
+    mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base model")
+    mg.add_argument("run_dir", help="a run directory holding a LoRA adapter")
+    mg.add_argument("--out", help="where to write the merged model (default RUN_DIR/merged)")
+
     pn = sub.add_parser("plan", help="estimate GPU memory per device for a recipe; say which knob to turn")
     recipe_args(pn)
     pn.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to fit, in GiB (default 80)")
@@ -50,6 +54,25 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--from", dest="start", metavar="STAGE", help="re-run this stage and every stage after it")
     group.add_argument("--only", metavar="STAGE", help="run only this stage (its upstream stages must be done)")
     pl.add_argument("--overwrite", action="store_true", help="re-run every stage")
+
+    g = sub.add_parser("generate", help="generate with a run's model, in the prompt template the run trained with")
+    g.add_argument("run_dir", help="a run directory (full model or LoRA adapter)")
+    g.add_argument("--prompt", action="append", required=True, help="an instruction; repeat for several")
+    g.add_argument("--input", help="an input for the instruction (the Alpaca template's ### Input)")
+    g.add_argument("--template", choices=("auto", "alpaca", "chat", "raw"), default="auto",
+                   help="auto: the template of the SFT run this model comes from (default)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+
+    r = sub.add_parser("report", help="PNG plots and a markdown summary of a run or pipeline directory")
+    r.add_argument("path", help="a run directory or a pipeline output_root")
+
+    d = sub.add_parser("demo", help="the whole pipeline offline on SmolLM2-135M-Instruct, measured on held-out data")
+    d.add_argument("--root", default="runs/demo", help="where data, runs and results go (default runs/demo)")
+    d.add_argument("--fast", action="store_true", default=None,
+                   help="a tiny random model and a few steps per stage (also DEMO_FAST=1)")
+    d.add_argument("--overwrite", action="store_true", help="re-run every stage")
     return p
 
 
@@ -93,6 +116,17 @@ def cmd_train(args) -> int:
                 keys[k] = m[k]
         shown = ", ".join(f"{k}={v:.4g}" for k, v in keys.items())
         print(f"finished {recipe.stage} run in {recipe.output_dir} ({shown})")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from pathlib import Path
+
+    from posttrain.merge import is_adapter, merge_adapter
+
+    if not is_adapter(Path(args.run_dir)):
+        raise PosttrainError(f"{args.run_dir} holds no LoRA adapter (adapter_config.json) to merge")
+    print(f"merged model written to {merge_adapter(Path(args.run_dir), Path(args.out) if args.out else None)}")
     return 0
 
 
@@ -142,11 +176,31 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from posttrain.generate import main as generate
+
+    return generate(args.run_dir, args.prompt, input_text=args.input, template=args.template,
+                    max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature)
+
+
+def cmd_report(args) -> int:
+    from posttrain.report import main as report
+
+    return report(args.path)
+
+
+def cmd_demo(args) -> int:
+    from posttrain.demo.run import main as demo
+
+    return demo(args.root, fast=args.fast, overwrite=args.overwrite)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     try:
-        return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline, "plan": cmd_plan}[args.command](args)
+        return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline, "plan": cmd_plan, "merge": cmd_merge,
+                "generate": cmd_generate, "report": cmd_report, "demo": cmd_demo}[args.command](args)
     except PosttrainError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under DDP every rank stops; one says why
             print(f"posttrain: error: {e}", file=sys.stderr)

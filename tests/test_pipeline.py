@@ -131,3 +131,15 @@ def test_validate_pipeline_shows_wiring(tmp_path, cli):
     assert "model=runs/rlhf_gpt2_lora/sft/merged; reward_model=runs/rlhf_gpt2_lora/reward" in out
     code, _, err = cli("pipeline", "sft_dpo_gpt2", "dpo.training.bta=1")
     assert code == 2 and "training.bta" in err
+
+
+def test_merge_command(fx, tmp_path, cli):
+    out = tmp_path / "lora"
+    code, _, err = cli("train", "alpaca_gpt2_lora", f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}",
+                       "peft.target_modules=[c_attn]", "training.max_steps=1", "training.eval_strategy=no",
+                       "data.eval_fraction=null", f"output_dir={out}")
+    assert code == 0, err
+    code, stdout, err = cli("merge", out, "--out", tmp_path / "merged")
+    assert code == 0 and (tmp_path / "merged" / "config.json").exists() and "merged model written" in stdout
+    code, _, err = cli("merge", tmp_path / "merged")
+    assert code == 2 and "holds no LoRA adapter" in err
