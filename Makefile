@@ -40,3 +40,18 @@ pipeline: install
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# The whole pipeline offline on SmolLM2-135M-Instruct with held-out measurements (DEMO_FAST=1: a tiny model, seconds).
+DEMO_FAST ?=
+.PHONY: demo
+demo: $(VENV)/.installed-demo
+	DEMO_FAST=$(DEMO_FAST) HF_HUB_OFFLINE=1 $(BIN)/posttrain demo $(ARGS)
+
+$(VENV)/.installed-demo: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[demo]"
+	touch $@
+
+# Benchmarks (bench/run.py): tables on stdout and in bench/RESULTS.md. BENCH_ARGS=--quick: a smoke run.
+.PHONY: bench
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

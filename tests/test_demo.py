@@ -1,0 +1,105 @@
+"""The demo's wiring, end to end on a tiny model (DEMO_FAST), plus `posttrain generate` and `report` on its runs.
+
+Fast mode measures nothing meaningful, so these tests check that every number is there, not that it moved.
+"""
+
+import json
+import math
+
+import pytest
+
+from posttrain.demo import data as demo_data
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from posttrain.demo.run import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    assert run_demo(root, fast=True) == 0
+    return root
+
+
+def _numbers(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _numbers(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _numbers(v)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield node
+
+
+def test_demo_runs_every_stage_and_measures_it(demo, capsys):
+    pipeline = json.loads((demo / "pipeline.json").read_text())
+    assert pipeline["status"] == "finished"
+    assert {s["stage"]: s["status"] for s in pipeline["stages"]} == dict.fromkeys(("sft", "reward", "ppo", "dpo"), "ran")
+    result = json.loads((demo / "demo.json").read_text())
+    assert result["fast"] is True and pipeline["demo"]["policies"].keys() == result["policies"].keys()
+    assert set(result["policies"]) == {"base", "sft", "ppo", "dpo"}
+    for name, m in result["policies"].items():
+        keys = ("exact_match", "reward_score") + (("preference_accuracy",) if name in ("sft", "dpo") else ())
+        for key in keys:
+            assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key)
+        assert len(m["answers"]) == result["held_out"]["prompts"]
+    for key in ("before", "after"):
+        assert 0 <= result["reward_model"][key]["accuracy"] <= 1
+    assert {"accuracy", "margin", "beta"} <= set(result["dpo"])
+    assert result["ppo"]["updates"] == 2 and math.isfinite(result["ppo"]["kl_last"])
+    assert all(math.isfinite(x) for x in _numbers(result))
+
+
+def test_demo_prints_the_table(demo, capsys):
+    from posttrain.demo.run import table
+
+    text = table(json.loads((demo / "demo.json").read_text()))
+    for needle in ("exact match", "base", "sft", "ppo", "dpo", "reward model accuracy", "DPO implicit reward",
+                   "PPO over 2 updates"):
+        assert needle in text
+
+
+def test_splits_never_overlap_and_are_deterministic(tmp_path):
+    a = demo_data.write_all(tmp_path / "a", {"train": 240, "dev": 24, "heldout": 24})
+    b = demo_data.write_all(tmp_path / "b", {"train": 240, "dev": 24, "heldout": 24})
+    assert all(a[k].read_text() == b[k].read_text() for k in a)
+
+    def keys(name):
+        rows = [json.loads(line) for line in a[name].read_text().splitlines()]
+        return {(r["task"], r["input"]) for r in rows} if "input" in rows[0] else {(r["task"], r["prompt"].split(
+            "### Input:\n")[1]) for r in rows}
+
+    train = keys("sft_train") | keys("pairs_train") | keys("prompts_train")
+    assert not train & keys("sft_heldout") and not train & keys("sft_dev")
+    assert not keys("sft_dev") & keys("sft_heldout")
+    pairs = [json.loads(line) for line in a["pairs_train"].read_text().splitlines()]
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    assert len({r["task"] for r in pairs}) == len(demo_data.TASKS)
+
+
+def test_generate_uses_the_runs_template(demo, cli):
+    from posttrain.generate import run_template
+
+    assert run_template(demo / "sft") == "alpaca"
+    assert run_template(demo / "dpo") == "alpaca"  # via the SFT run it started from
+    assert run_template(demo / "ppo") == "alpaca"
+    for run in ("sft", "dpo", "ppo"):  # LoRA adapters, merged in memory
+        code, out, err = cli("generate", demo / run, "--prompt", "Add the two numbers.", "--input", "2 + 3",
+                             "--max-new-tokens", "4")
+        assert code == 0, err
+        assert "template: alpaca" in out
+    code, _, err = cli("generate", demo / "reward", "--prompt", "hi")
+    assert code == 2 and "reward model" in err
+
+
+def test_report_writes_plots_and_summary(demo, cli):
+    pytest.importorskip("matplotlib")
+    code, out, err = cli("report", demo)
+    assert code == 0, err
+    for name in ("loss_sft.png", "loss_reward.png", "loss_dpo.png", "ppo_ppo.png", "accuracy.png", "report.md"):
+        assert (demo / name).is_file() and (demo / name).stat().st_size > 0, name
+    md = (demo / "report.md").read_text()
+    assert "| sft | sft | finished |" in md and "exact match" in md and "![accuracy](accuracy.png)" in md
+    code, _, err = cli("report", demo / "sft")  # a single run dir
+    assert code == 0, err
+    assert (demo / "sft" / "report.md").is_file() and (demo / "sft" / "loss_sft.png").is_file()
