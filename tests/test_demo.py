@@ -65,9 +65,7 @@ def test_splits_never_overlap_and_are_deterministic(tmp_path):
     assert all(a[k].read_text() == b[k].read_text() for k in a)
 
     def keys(name):
-        rows = [json.loads(line) for line in a[name].read_text().splitlines()]
-        return {(r["task"], r["input"]) for r in rows} if "input" in rows[0] else {(r["task"], r["prompt"].split(
-            "### Input:\n")[1]) for r in rows}
+        return {(r["task"], r["item"]) for r in map(json.loads, a[name].read_text().splitlines())}
 
     train = keys("sft_train") | keys("pairs_train") | keys("prompts_train")
     assert not train & keys("sft_heldout") and not train & keys("sft_dev")
@@ -84,8 +82,7 @@ def test_generate_uses_the_runs_template(demo, cli):
     assert run_template(demo / "dpo") == "alpaca"  # via the SFT run it started from
     assert run_template(demo / "ppo") == "alpaca"
     for run in ("sft", "dpo", "ppo"):  # LoRA adapters, merged in memory
-        code, out, err = cli("generate", demo / run, "--prompt", "Add the two numbers.", "--input", "2 + 3",
-                             "--max-new-tokens", "4")
+        code, out, err = cli("generate", demo / run, "--prompt", "What is 2 + 3?", "--max-new-tokens", "4")
         assert code == 0, err
         assert "template: alpaca" in out
     code, _, err = cli("generate", demo / "reward", "--prompt", "hi")
