@@ -499,6 +499,10 @@ def validate(
         training = schema.check_owned("training", training, schema.config_class(spec.config), c)
         if peft:
             peft = schema.check_owned("peft", peft, schema.lora_class(), c)
+            try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
+                schema.lora_class()(**{"task_type": "CAUSAL_LM", **peft})
+            except (ValueError, TypeError) as e:
+                c.fail("peft", f"LoraConfig refuses it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         if quant:
             quant = schema.check_owned("quantization", quant, schema.bnb_class(), c)
 

@@ -82,6 +82,8 @@ BAD = [
     ("zero-batch", BASE + "training: {per_device_train_batch_size: 0}\n", [], "per_device_train_batch_size"),
     ("eval-fraction-1", BASE.replace("d.jsonl", "d.jsonl, eval_fraction: 1.5"), [], "data.eval_fraction: 1.5"),
     ("lora-dropout", BASE + "peft: {lora_dropout: 1.0}\n", [], "peft.lora_dropout"),
+    ("lora-combination", BASE + "peft: {target_modules: all-linear, layers_to_transform: [1]}\n", [],
+     "peft: LoraConfig refuses it: `layers_to_transform` cannot be used when `target_modules` is a str"),
     ("max-length", BASE.replace("d.jsonl", "d.jsonl, max_length: 0"), [], "data.max_length"),
     ("4bit-and-8bit", BASE + "peft: {r: 8}\nquantization: {load_in_4bit: true, load_in_8bit: true}\n", [],
      "load_in_4bit and load_in_8bit are both true"),

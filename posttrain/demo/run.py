@@ -32,7 +32,7 @@ FAST_OVERRIDES = [
     "reward.training.max_steps=2", "reward.training.per_device_train_batch_size=4", "reward.training.logging_steps=1",
     "ppo.training.max_steps=2", "ppo.training.per_device_train_batch_size=4", "ppo.training.response_length=4",
     "dpo.training.max_steps=2", "dpo.training.per_device_train_batch_size=4", "dpo.training.logging_steps=1",
-]
+] + [f"{stage}.peft.layers_to_transform=[1]" for stage in ("sft", "reward", "ppo", "dpo")]  # the tiny model's top layer
 DATA_FILES = {"sft": ("sft_train", "sft_dev"), "reward": ("pairs_train", "pairs_dev"),
               "ppo": ("prompts_train", "prompts_dev"), "dpo": ("pairs_train", "pairs_dev")}
 
