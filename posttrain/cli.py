@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from posttrain import __version__
 from posttrain.errors import PosttrainError
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fast", action="store_true", default=None,
                    help="a tiny random model and a few steps per stage (also DEMO_FAST=1)")
     d.add_argument("--overwrite", action="store_true", help="re-run every stage")
+    d.add_argument("--prepare-only", action="store_true",
+                   help="only the one-time part: fetch and convert the model, write the data; train nothing")
     return p
 
 
@@ -85,6 +88,8 @@ def _setup_logging():
         log.propagate = False
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft and TRL read transformers' deprecated alias on every model wrap; nothing a user can act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _load(args):
@@ -192,7 +197,7 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from posttrain.demo.run import main as demo
 
-    return demo(args.root, fast=args.fast, overwrite=args.overwrite)
+    return demo(args.root, fast=args.fast, overwrite=args.overwrite, prepare_only=args.prepare_only)
 
 
 def main(argv: list[str] | None = None) -> int:

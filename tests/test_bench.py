@@ -43,7 +43,10 @@ def test_bench_quick_writes_numeric_tables(tmp_path, monkeypatch):
     ours = coll["runs"]["(b) posttrain: dynamic padding"][0]
     assert seed["eos"] == 0 and ours["eos"] == TINY["collator_rows"]  # the seed never trains EOS; we train each
     assert ours["positions"] < seed["positions"]
-    assert all(math.isfinite(x) and x > 0 for xs in coll["speedup_trained_tok_s"].values() for x in xs)
+    # the seed's labels are its prompt and response tokens; its response share is what ours trains, less EOS
+    assert seed["response"] == ours["response"] - TINY["collator_rows"] < seed["trained"]
+    assert all(math.isfinite(x) and x > 0 for by in coll["speedup_trained_tok_s"].values() for xs in by.values()
+               for x in xs)
     assert results["preprocessing"]["seconds"][1][0] > 0
     assert "torch" not in results["cli"]["help_imports"]
     assert any(t.startswith("- 5. GPU") for t in results["targets"])

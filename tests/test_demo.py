@@ -9,6 +9,7 @@ import math
 import pytest
 
 from posttrain.demo import data as demo_data
+from posttrain.demo.run import FAST_SIZES
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,13 @@ def test_report_writes_plots_and_summary(demo, cli):
     code, _, err = cli("report", demo / "sft")  # a single run dir
     assert code == 0, err
     assert (demo / "sft" / "report.md").is_file() and (demo / "sft" / "loss_sft.png").is_file()
+
+
+def test_prepare_only_writes_model_and_data_and_trains_nothing(tmp_path, cli):
+    code, out, err = cli("demo", "--fast", "--prepare-only", "--root", tmp_path)
+    assert code == 0, err
+    assert "demo prepared" in out
+    data = list((tmp_path / "data").glob("*/sft_train.jsonl"))
+    assert len(data) == 1 and data[0].read_text().count("\n") == FAST_SIZES["train"] // 2  # the SFT half of train
+    assert (tmp_path / "tiny-model" / "config.json").is_file()
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "pipeline.json").exists()

@@ -32,7 +32,7 @@ FAST_OVERRIDES = [
     "reward.training.max_steps=2", "reward.training.per_device_train_batch_size=4", "reward.training.logging_steps=1",
     "ppo.training.max_steps=2", "ppo.training.per_device_train_batch_size=4", "ppo.training.response_length=4",
     "dpo.training.max_steps=2", "dpo.training.per_device_train_batch_size=4", "dpo.training.logging_steps=1",
-] + [f"{stage}.peft.layers_to_transform=[1]" for stage in ("sft", "reward", "ppo", "dpo")]  # the tiny model's top layer
+]
 DATA_FILES = {"sft": ("sft_train", "sft_dev"), "reward": ("pairs_train", "pairs_dev"),
               "ppo": ("prompts_train", "prompts_dev"), "dpo": ("pairs_train", "pairs_dev")}
 
@@ -149,7 +149,8 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(root: str | Path = "runs/demo", *, fast: bool | None = None, overwrite: bool = False) -> int:
+def run_demo(root: str | Path = "runs/demo", *, fast: bool | None = None, overwrite: bool = False,
+             prepare_only: bool = False) -> int:
     from posttrain.pipeline import run_pipeline
 
     t0 = time.time()
@@ -159,6 +160,10 @@ def run_demo(root: str | Path = "runs/demo", *, fast: bool | None = None, overwr
     log.info("demo%s: preparing the model and data under %s", " (DEMO_FAST: tiny model)" if fast else "", root)
     base, critic, files = prepare(root, fast)
     t_prepared = time.time()
+    if prepare_only:
+        print(f"demo prepared in {t_prepared - t0:.0f} s: model {base}, value model {critic}, "
+              f"data {files['sft_train'].parent}", flush=True)
+        return 0
     code = run_pipeline(str(write_pipeline(root)), overrides(base, critic, files, fast), overwrite=overwrite)
     if code:
         return code
@@ -183,8 +188,8 @@ def run_demo(root: str | Path = "runs/demo", *, fast: bool | None = None, overwr
     return 0
 
 
-def main(root: str = "runs/demo", fast: bool | None = None, overwrite: bool = False) -> int:
+def main(root: str = "runs/demo", fast: bool | None = None, overwrite: bool = False, prepare_only: bool = False) -> int:
     try:
-        return run_demo(root, fast=fast, overwrite=overwrite)
+        return run_demo(root, fast=fast, overwrite=overwrite, prepare_only=prepare_only)
     except ImportError as e:
         raise PosttrainError(f"the demo needs its extra packages ({e}); pip install 'posttrain[demo]'") from None
