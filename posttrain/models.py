@@ -41,6 +41,18 @@ def _source_kwargs(model: dict) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def _gguf_kwargs(model: dict) -> dict:
+    """A GGUF checkpoint trains as a dense model: newer transformers keep GGUF blocks packed where a kernel
+    exists, so ask for every weight dequantized (older ones always dequantize and have no GgufConfig)."""
+    if not model.get("gguf_file"):
+        return {}
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
 def warn_remote_code(model: dict):
     if model.get("trust_remote_code"):
         log.warning("trust_remote_code is on: Python code shipped with '%s' will run on this machine",
@@ -88,7 +100,7 @@ def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
 
     warn_remote_code(model)
     dtype = torch_dtype(model.get("dtype") or "auto")
-    kw = _source_kwargs(model)
+    kw = {**_source_kwargs(model), **_gguf_kwargs(model)}
     kw["dtype"] = dtype
     if model.get("attn_implementation"):
         kw["attn_implementation"] = model["attn_implementation"]
@@ -122,7 +134,7 @@ def load_seq_cls(model: dict, tokenizer, quant: dict | None = None, num_labels: 
 
     warn_remote_code(model)
     dtype = torch_dtype(model.get("dtype") or "auto")
-    kw = {**_source_kwargs(model), "dtype": dtype, "num_labels": num_labels}
+    kw = {**_source_kwargs(model), **_gguf_kwargs(model), "dtype": dtype, "num_labels": num_labels}
     qc = quantization_config(quant, dtype)
     if qc is not None:
         kw["quantization_config"] = qc

@@ -111,3 +111,22 @@ def test_prepare_only_writes_model_and_data_and_trains_nothing(tmp_path, cli):
     assert len(data) == 1 and data[0].read_text().count("\n") == FAST_SIZES["train"] // 2  # the SFT half of train
     assert (tmp_path / "tiny-model" / "config.json").is_file()
     assert not (tmp_path / "sft").exists() and not (tmp_path / "pipeline.json").exists()
+
+
+def test_recipe_trains_straight_from_a_gguf_file(fx, tmp_path, cli):
+    """`model.gguf_file`: a recipe trains from a GGUF checkpoint (dequantized on load, LoRA on top). Needs the
+    demo's GGUF in the cache (`make demo ARGS=--prepare-only`) and the `gguf` package; skipped without them."""
+    pytest.importorskip("gguf")
+    from posttrain.demo import model as demo_model
+
+    gguf = demo_model.cache_dir() / "gguf" / demo_model.GGUF_NAME
+    if not gguf.is_file():
+        pytest.skip(f"no {gguf} (run `make demo ARGS=--prepare-only` once)")
+    out = tmp_path / "run"
+    code, _, err = cli("train", "recipes/demo/sft.yaml", f"model.name_or_path={gguf.parent}",
+                       f"model.gguf_file={gguf.name}", f"data.train={fx['alpaca']}", "data.eval=null",
+                       "training.max_steps=1", "training.per_device_train_batch_size=2", f"output_dir={out}")
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    assert (out / "adapter_model.safetensors").is_file()

@@ -87,13 +87,9 @@ def convert(gguf: Path, out: Path):
 
     log.info("converting %s to safetensors (once; ~30 s)", gguf.name)
     tmp = _fresh_tmp(out)
-    kw = {"gguf_file": gguf.name, "dtype": torch.float32}
-    try:  # newer transformers keep GGUF blocks packed when a kernel exists; the demo trains, so unpack all
-        from transformers import GgufConfig
+    from posttrain.models import _gguf_kwargs
 
-        kw["quantization_config"] = GgufConfig(dequantize=True)
-    except ImportError:
-        pass
+    kw = {"gguf_file": gguf.name, "dtype": torch.float32, **_gguf_kwargs({"gguf_file": gguf.name})}
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kw)
     if any(not p.dtype.is_floating_point for p in model.parameters()):
