@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH))
 
 import workload  # noqa: E402
 
-FULL = {"reps": 3, "sft_steps": 10, "dpo_steps": 8, "dpo": True, "collator_rows": 128, "prep_rows": 50_000,
+FULL = {"reps": 3, "overhead_reps": 5, "sft_steps": 40, "dpo_steps": 30, "dpo": True, "collator_rows": 128, "prep_rows": 50_000,
         "prep_reps": 2, "help_reps": 5, "validate_reps": 2}
 QUICK = {"reps": 1, "sft_steps": 3, "dpo_steps": 3, "dpo": False, "collator_rows": 16, "prep_rows": 5_000,
          "prep_reps": 1, "help_reps": 2, "validate_reps": 1}
@@ -435,8 +435,10 @@ def machine() -> list[str]:
                          ("posttrain", "torch", "transformers", "trl", "datasets", "accelerate", "tokenizers", "peft"))
     gpu = (f"{torch.cuda.get_device_name(0)} (the GPU section is not implemented yet)" if torch.cuda.is_available()
            else "not measured: no GPU available")
+    load = os.getloadavg()[0]
+    busy = "other work was running" if load > 0.5 * (os.cpu_count() or 1) else "little else was running"
     return [(f"- CPU: {cpu}, {os.cpu_count()} cores; RAM {mem / 2**20:.1f} GiB; load average at start "
-             f"{os.getloadavg()[0]:.2f} (a shared machine: other work was running)"),
+             f"{load:.2f} over the last minute ({busy})"),
             f"- GPU: {gpu}",
             f"- Python {platform.python_version()} on {platform.system()} {platform.release()}; {packages}",
             f"- torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS=1 for every child process)"]
@@ -450,7 +452,7 @@ def section_overhead(cfg, paths, tmp, results):
     text, targets = [], []
     for stage in ["sft", "dpo"] if cfg["dpo"] else ["sft"]:
         steps = cfg[f"{stage}_steps"]
-        res = results[f"overhead_{stage}"] = overhead(stage, paths, steps, cfg["reps"], tmp)
+        res = results[f"overhead_{stage}"] = overhead(stage, paths, steps, cfg.get("overhead_reps", cfg["reps"]), tmp)
         text.append(overhead_table(stage, res, steps))
         tp, su = res["throughput_ratio"], res["startup_overhead_s"]
         targets.append(f"- {stage.upper()} throughput ratio ≥ 0.98: {verdict(med(tp) >= 0.98)} (median {med(tp):.3f}, "
