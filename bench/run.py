@@ -176,12 +176,12 @@ class Counting:
         self.positions += ids.numel()
         # padding-free batches (TRL packing) carry no attention mask: every position is a real token
         self.real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
-        self.trained += int((labels != -100).sum())
+        trained = int((labels != -100).sum())
+        self.trained += trained
         self.eos += int((labels == self.eos_id).sum())
         # trained response tokens: the seed's rows say how many of their labels are response tokens (the rest are
         # its prompt tokens); every other variant trains only response tokens (+ EOS)
-        self.response += (sum(f["n_response"] for f in features) if "n_response" in features[0]
-                          else int((labels != -100).sum()))
+        self.response += sum(f["n_response"] for f in features) if "n_response" in features[0] else trained
         return batch
 
 

@@ -41,7 +41,7 @@ def _source_kwargs(model: dict) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def _gguf_kwargs(model: dict) -> dict:
+def gguf_kwargs(model: dict) -> dict:
     """A GGUF checkpoint trains as a dense model: newer transformers keep GGUF blocks packed where a kernel
     exists, so ask for every weight dequantized (older ones always dequantize and have no GgufConfig)."""
     if not model.get("gguf_file"):
@@ -100,7 +100,7 @@ def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
 
     warn_remote_code(model)
     dtype = torch_dtype(model.get("dtype") or "auto")
-    kw = {**_source_kwargs(model), **_gguf_kwargs(model)}
+    kw = {**_source_kwargs(model), **gguf_kwargs(model)}
     kw["dtype"] = dtype
     if model.get("attn_implementation"):
         kw["attn_implementation"] = model["attn_implementation"]
@@ -134,7 +134,7 @@ def load_seq_cls(model: dict, tokenizer, quant: dict | None = None, num_labels: 
 
     warn_remote_code(model)
     dtype = torch_dtype(model.get("dtype") or "auto")
-    kw = {**_source_kwargs(model), **_gguf_kwargs(model), "dtype": dtype, "num_labels": num_labels}
+    kw = {**_source_kwargs(model), **gguf_kwargs(model), "dtype": dtype, "num_labels": num_labels}
     qc = quantization_config(quant, dtype)
     if qc is not None:
         kw["quantization_config"] = qc

@@ -495,12 +495,13 @@ def validate(
     extra = {k: raw[k] for k in spec.keys if k in raw}
     if check_owners:
         from posttrain import schema  # imports the owning libraries (and torch)
+        from posttrain.models import lora_config
 
         training = schema.check_owned("training", training, schema.config_class(spec.config), c)
         if peft:
             peft = schema.check_owned("peft", peft, schema.lora_class(), c)
             try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
-                schema.lora_class()(**{"task_type": "CAUSAL_LM", **peft})
+                lora_config(peft)
             except (ValueError, TypeError) as e:
                 c.fail("peft", f"LoraConfig refuses it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         if quant:

@@ -87,9 +87,9 @@ def convert(gguf: Path, out: Path):
 
     log.info("converting %s to safetensors (once; ~30 s)", gguf.name)
     tmp = _fresh_tmp(out)
-    from posttrain.models import _gguf_kwargs
+    from posttrain.models import gguf_kwargs
 
-    kw = {"gguf_file": gguf.name, "dtype": torch.float32, **_gguf_kwargs({"gguf_file": gguf.name})}
+    kw = {"gguf_file": gguf.name, "dtype": torch.float32, **gguf_kwargs({"gguf_file": gguf.name})}
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kw)
     if any(not p.dtype.is_floating_point for p in model.parameters()):
