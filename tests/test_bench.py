@@ -45,6 +45,10 @@ def test_bench_quick_writes_numeric_tables(tmp_path, monkeypatch):
     assert ours["positions"] < seed["positions"]
     # the seed's labels are its prompt and response tokens; its response share is what ours trains, less EOS
     assert seed["response"] == ours["response"] - TINY["collator_rows"] < seed["trained"]
+    # (b2) trains the seed's labels through our collator: every token the seed trains, plus each row's EOS
+    every = coll["runs"]["(b2) (b), every token a label as in the seed"][0]
+    assert every["trained"] == seed["trained"] + TINY["collator_rows"]
+    assert every["response"] == ours["response"] and every["positions"] == ours["positions"]
     assert all(math.isfinite(x) and x > 0 for by in coll["speedup_trained_tok_s"].values() for xs in by.values()
                for x in xs)
     assert results["preprocessing"]["seconds"][1][0] > 0
