@@ -46,6 +46,10 @@ def test_demo_runs_every_stage_and_measures_it(demo, capsys):
         assert len(m["answers"]) == result["held_out"]["prompts"]
     for key in ("before", "after"):
         assert 0 <= result["reward_model"][key]["accuracy"] <= 1
+    for name in ("ppo", "dpo"):  # paired against SFT: the exact-match difference is gained - lost
+        vs, n = result["policies"][name]["vs_sft"], result["held_out"]["prompts"]
+        em = result["policies"][name]["exact_match"] - result["policies"]["sft"]["exact_match"]
+        assert math.isclose(em, (vs["gained"] - vs["lost"]) / n, abs_tol=1e-9), name
     assert {"accuracy", "margin", "beta"} <= set(result["dpo"])
     assert result["ppo"]["updates"] == 2 and math.isfinite(result["ppo"]["kl_last"])
     assert all(math.isfinite(x) for x in _numbers(result))
@@ -56,7 +60,7 @@ def test_demo_prints_the_table(demo, capsys):
 
     text = table(json.loads((demo / "demo.json").read_text()))
     for needle in ("exact match", "base", "sft", "ppo", "dpo", "reward model accuracy", "DPO implicit reward",
-                   "PPO over 2 updates"):
+                   "PPO over 2 updates", "relative to SFT"):
         assert needle in text
 
 

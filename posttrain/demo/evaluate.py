@@ -71,8 +71,9 @@ def policy_metrics(model_dir, prompts: list[dict], pairs: list[dict] | None, *, 
                    name: str) -> dict:
     """Greedy answers and exact match on held-out prompts and, given pairs, their log-probs, for one policy."""
     model, tokenizer = load_policy(model_dir)
+    # one batch of 64: on a CPU, 60 prompts in one batch take 2/3 of the time they take in batches of 16
     answers = generate(model, tokenizer, [r["prompt"] for r in prompts], max_new_tokens=max_new_tokens,
-                       desc=f"{name}: answering {len(prompts)} held-out prompts")
+                       batch_size=64, desc=f"{name}: answering {len(prompts)} held-out prompts")
     hits = [a == r["answer"] for a, r in zip(answers, prompts)]
     per_task: dict[str, list[int]] = {}
     for r, hit in zip(prompts, hits):

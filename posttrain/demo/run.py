@@ -115,6 +115,13 @@ def measure(root: Path, base: Path, files: dict[str, Path], max_new_tokens: int)
                                     desc=f"reward model: scoring {name}'s answers")
         m["reward_score"] = sum(scores) / len(scores)
 
+    # paired, on the same prompts: how many answers each stage turned right and turned wrong relative to SFT
+    sft_hits = [a == r["answer"] for a, r in zip(result["policies"]["sft"]["answers"], prompts)]
+    for name in ("ppo", "dpo"):
+        hits = [a == r["answer"] for a, r in zip(result["policies"][name]["answers"], prompts)]
+        result["policies"][name]["vs_sft"] = {"gained": sum(h and not s for h, s in zip(hits, sft_hits)),
+                                              "lost": sum(s and not h for h, s in zip(hits, sft_hits))}
+
     beta = (_resolved(root / "dpo").get("training") or {}).get("beta", 0.1)
     result["dpo"] = {"beta": beta, **ev.dpo_implicit_reward(result["policies"]["dpo"], result["policies"]["sft"], beta)}
     result["ppo"] = ppo_curve(root / "ppo")
@@ -140,6 +147,10 @@ def table(result: dict) -> str:
         f"DPO implicit reward on held-out pairs (beta {dpo['beta']}, reference = SFT): accuracy "
         f"{dpo['accuracy']:.3f}, margin {dpo['margin']:.3f} (both 0 before DPO)",
     ]
+    changed = [f"{n.upper()} +{pol[n]['vs_sft']['gained']} / -{pol[n]['vs_sft']['lost']}" for n in names
+               if "vs_sft" in pol[n]]
+    if changed:
+        lines.append(f"answers turned right / wrong relative to SFT, same {held['prompts']} prompts: " + ", ".join(changed))
     if ppo:
         lines.append(f"PPO over {ppo['updates']} updates: mean reward {ppo['score_first']:.3f} (first third) -> "
                      f"{ppo['score_last']:.3f} (last third), KL {ppo['kl_last']:.3f} (last third)")
