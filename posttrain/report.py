@@ -131,6 +131,9 @@ def summary_markdown(path: Path, found: list[tuple[str, Path]], images: list[Pat
         rm, dpo, ppo = demo["reward_model"], demo["dpo"], demo.get("ppo") or {}
         lines += ["", f"- reward model accuracy: {rm['before']['accuracy']:.3f} before, {rm['after']['accuracy']:.3f} after",
                   f"- DPO implicit reward (reference = SFT): accuracy {dpo['accuracy']:.3f}, margin {dpo['margin']:.3f}"]
+        changed = [f"{n} +{pol[n]['vs_sft']['gained']} / -{pol[n]['vs_sft']['lost']}" for n in names if "vs_sft" in pol[n]]
+        if changed:
+            lines.append("- answers turned right / wrong relative to SFT (same prompts): " + ", ".join(changed))
         if ppo:
             lines.append(f"- PPO mean reward {ppo['score_first']:.3f} -> {ppo['score_last']:.3f}, "
                          f"KL {ppo['kl_last']:.3f} ({ppo['updates']} updates)")

@@ -102,6 +102,7 @@ def test_report_writes_plots_and_summary(demo, cli):
         assert (demo / name).is_file() and (demo / name).stat().st_size > 0, name
     md = (demo / "report.md").read_text()
     assert "| sft | sft | finished |" in md and "exact match" in md and "![accuracy](accuracy.png)" in md
+    assert "relative to SFT (same prompts): ppo +" in md
     code, _, err = cli("report", demo / "sft")  # a single run dir
     assert code == 0, err
     assert (demo / "sft" / "report.md").is_file() and (demo / "sft" / "loss_sft.png").is_file()
