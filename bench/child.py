@@ -4,7 +4,7 @@
     child.py RESULT.json plain_trl_sft|plain_trl_dpo ARGV...
 
 Writes time to first step (wall, from the top of this file before any import; and process CPU time),
-steady-state steps per wall second and per CPU second, the median steady-state step time, peak RSS, wall time (including the final save)
+steady-state steps per wall second and per CPU second, peak RSS, wall time (including the final save)
 and the final train loss to RESULT.json. CPU time barely moves when a neighbour takes the other core.
 """
 
@@ -15,7 +15,6 @@ T0 = time.time()
 import importlib  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -75,9 +74,6 @@ def main():
         "first_step_cpu_s": timer.cpu_ends[0] if timer.ends else None,
         "steps_per_s": (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else None,
         "steps_per_cpu_s": (len(ends) - 1) / (cpu_ends[-1] - cpu_ends[0]) if len(ends) > 1 else None,
-        # one step's duration, the median of the steady-state steps: a burst of neighbour load slows a few steps
-        # and moves the mean above, but not this
-        "median_step_s": statistics.median(b - a for a, b in zip(ends, ends[1:])) if len(ends) > 1 else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "wall_s": wall,
         "train_loss": timer.train_loss,
