@@ -79,7 +79,7 @@ def policy_metrics(model_dir, prompts: list[dict], pairs: list[dict] | None, *, 
     for r, hit in zip(prompts, hits):
         per_task.setdefault(r["task"], []).append(int(hit))
     out = {"exact_match": sum(hits) / len(hits), "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
-           "answers": answers}
+           "answers": answers, "correct": hits}
     if pairs:
         lp_c = completion_logps(model, tokenizer, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
                                 desc=f"{name}: log-probs of chosen")

@@ -116,9 +116,9 @@ def measure(root: Path, base: Path, files: dict[str, Path], max_new_tokens: int)
         m["reward_score"] = sum(scores) / len(scores)
 
     # paired, on the same prompts: how many answers each stage turned right and turned wrong relative to SFT
-    sft_hits = [a == r["answer"] for a, r in zip(result["policies"]["sft"]["answers"], prompts)]
+    sft_hits = result["policies"]["sft"]["correct"]
     for name in ("ppo", "dpo"):
-        hits = [a == r["answer"] for a, r in zip(result["policies"][name]["answers"], prompts)]
+        hits = result["policies"][name]["correct"]
         result["policies"][name]["vs_sft"] = {"gained": sum(h and not s for h, s in zip(hits, sft_hits)),
                                               "lost": sum(s and not h for h, s in zip(hits, sft_hits))}
 
@@ -186,7 +186,7 @@ def run_demo(root: str | Path = "runs/demo", *, fast: bool | None = None, overwr
         "measure": round(time.time() - t_trained, 1), "total": round(time.time() - t0, 1)})
     runs.write_json_atomic(root / "demo.json", result)
     summary = {k: v for k, v in result.items() if k != "policies"}
-    summary["policies"] = {n: {k: v for k, v in m.items() if k not in ("answers", "logp_chosen", "logp_rejected")}
+    summary["policies"] = {n: {k: v for k, v in m.items() if k not in ("answers", "correct", "logp_chosen", "logp_rejected")}
                            for n, m in result["policies"].items()}
     pipeline_json = root / "pipeline.json"
     doc = json.loads(pipeline_json.read_text()) if pipeline_json.is_file() else {}
