@@ -1,7 +1,8 @@
 """`posttrain generate`: try a run's model, prompted in the template the run was trained with.
 
-The template comes from the run's recipe.resolved.yaml, following the model chain back to the SFT run
-that taught it (a DPO or PPO run trains on prompts already written in that template):
+The template comes from the run's recipe.resolved.yaml, following the model chain back to the supervised
+run that taught it (the first one whose data format is a supervised one; a DPO or PPO run trains on
+prompts already written in that template):
 alpaca -> the Alpaca template, messages -> the tokenizer's chat template, prompt_completion -> the raw
 prompt. Without an SFT run in the chain: the chat template if the tokenizer has one, else raw.
 """
@@ -35,10 +36,18 @@ def run_template(path: str | Path) -> str | None:
         recipe = _recipe_of(p)
         if recipe is None:
             return None
-        if recipe.get("stage") == "sft":
-            return _BY_FORMAT.get((recipe.get("data") or {}).get("format"), "raw")
+        fmt = (recipe.get("data") or {}).get("format")
+        if fmt in _BY_FORMAT:
+            return _BY_FORMAT[fmt]
         p = Path(str((recipe.get("model") or {}).get("name_or_path", "")))
     return None
+
+
+def _output_of(stage) -> str | None:
+    from posttrain import stages
+
+    spec = stages.all_stages().get(stage)
+    return spec.output if spec else None
 
 
 def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
@@ -66,7 +75,7 @@ def load_policy(path: str | Path):
     if not path.is_dir():
         raise PosttrainError(f"{path}: no such directory")
     recipe = _recipe_of(path)
-    if recipe and recipe.get("stage") == "reward" and path.name != "merged":
+    if recipe and _output_of(recipe.get("stage")) == "reward_model" and path.name != "merged":
         raise PosttrainError(f"{path} holds a reward model (a scalar score head), not a policy that generates text")
     try:
         if is_adapter(path):
