@@ -3,6 +3,8 @@
 alpaca             {instruction, input (optional), output | response} -> classic Alpaca template
 prompt_completion  {prompt, completion}
 messages           {messages: [{role, content}, ...]} -> chat template, loss on assistant turns only
+(preference {prompt?, chosen, rejected}, unpaired {prompt, completion, label} and prompt {prompt} rows are
+tokenized by TRL; clean_pairs_or_prompts checks them)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ COLUMNS = {
     "prompt_completion": (("prompt", "completion"), {}),
     "messages": (("messages",), {}),
     "preference": (("chosen", "rejected"), {}),
+    "unpaired": (("prompt", "completion", "label"), {}),  # KTO: one completion, desirable (true) or not
     "prompt": (("prompt",), {}),
 }
 
