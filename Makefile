@@ -51,7 +51,8 @@ $(VENV)/.installed-demo: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[demo]"
 	touch $@
 
-# Benchmarks (bench/run.py): tables on stdout and in bench/RESULTS.md. BENCH_ARGS=--quick: a smoke run.
+# Benchmarks (bench/run.py runs the list in it; bench/<name>.py runs one): each rewrites its section of
+# bench/RESULTS.md. BENCH_ARGS=--quick: a smoke run.
 .PHONY: bench
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

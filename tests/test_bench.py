@@ -1,4 +1,4 @@
-"""Smoke test: bench/run.py runs every section at tiny sizes and writes a report with numeric tables.
+"""Smoke test: bench/run.py runs every benchmark at tiny sizes and writes a report with numeric tables.
 
 No timing assertions: the numbers come from a shared, noisy machine; `make bench` is where they count.
 """
