@@ -16,7 +16,7 @@ ACCEL  ?= auto
 ACCEL_NAME := $(if $(filter auto,$(ACCEL)),$(if $(shell command -v nvidia-smi 2>/dev/null),ddp,cpu_2proc),$(ACCEL))
 POSTTRAIN := $(if $(filter-out 1,$(NPROC)),$(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCEL_NAME).yaml --num_processes $(NPROC) -m posttrain,$(BIN)/posttrain)
 
-.PHONY: install test sft reward ppo dpo grpo rloo pipeline validate clean
+.PHONY: install test test-fast lint sft reward ppo dpo grpo rloo pipeline validate clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TEST_ARGS) tests
+
+# The unit-level tests: everything not marked slow (no training, no subprocesses, no demo).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(TEST_ARGS) tests
+
+lint: install
+	$(BIN)/ruff check posttrain tests bench
 
 validate: install
 	$(BIN)/posttrain validate $(RECIPE) $(ARGS)

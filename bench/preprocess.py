@@ -66,7 +66,8 @@ def preprocessing(paths: dict, n_rows: int, reps: int, tmp: Path) -> dict:
 
 def preprocessing_table(res: dict) -> str:
     n, t = res["rows"], res["seconds"]
-    rates = {1: [n / s for s in t[1]], 2: [n / s for s in t[2]], "tokenizer": [res["sample_rows"] / s for s in t["tokenizer"]]}
+    rates = {1: [n / s for s in t[1]], 2: [n / s for s in t[2]],
+             "tokenizer": [res["sample_rows"] / s for s in t["tokenizer"]]}
     names = {1: "tokenize_dataset, num_proc=1", 2: "tokenize_dataset, num_proc=2",
              "tokenizer": f"fast tokenizer alone, same texts ({res['sample_rows']:,}-row sample)"}
     rows = [[names[k], cell(t[k]), cell(rates[k], "{:,.0f}"), cell([r / b for r, b in zip(rates[k], rates[1])])]

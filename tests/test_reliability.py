@@ -28,7 +28,7 @@ def _losses(out):
 
 
 def _spawn(argv, prelude=""):
-    code = prelude + "\nfrom posttrain.cli import main\nraise SystemExit(main(%r))" % (argv,)
+    code = prelude + f"\nfrom posttrain.cli import main\nraise SystemExit(main({argv!r}))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
