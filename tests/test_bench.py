@@ -8,6 +8,10 @@ import math
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs every benchmark
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"reps": 1, "sft_steps": 3, "dpo": False, "collator_rows": 8, "prep_rows": 300, "prep_reps": 1,
         "help_reps": 1, "validate_reps": 0}

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
+
 FAST = ["training.max_steps=6", "training.logging_steps=1", "training.warmup_steps=0",
         "training.gradient_accumulation_steps=1", "training.eval_steps=3", "training.save_steps=3"]
 
