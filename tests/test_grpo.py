@@ -105,9 +105,9 @@ class _Crash(Exception):
 
 @pytest.mark.slow
 def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
-    from transformers import TrainerCallback
-
     import dataclasses
+
+    from transformers import TrainerCallback
 
     from posttrain import stages
     from posttrain.stages import grpo
@@ -143,9 +143,7 @@ def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
     (["rewards=[{rule: length_penalty, target: 4}]", "data.max_length=2"], "no prompt fits data.max_length=2"),
 ], ids=["missing-data-column", "prompts-too-long"])
 def test_data_problems_exit_2_before_any_model_loads(fx, tmp_path, cli, monkeypatch, extra, expected):
-    import dataclasses
 
-    from posttrain import stages
     from posttrain.stages import grpo
 
     monkeypatch.setattr(grpo, "load_causal_lm", lambda *a, **k: pytest.fail("loaded the policy"))

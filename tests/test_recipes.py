@@ -3,8 +3,8 @@
 
 import pytest
 
-from posttrain.recipe import RECIPES_DIR, apply_overrides, load_recipe
 from posttrain import stages
+from posttrain.recipe import RECIPES_DIR, apply_overrides, load_recipe
 
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 PIPELINES = sorted((RECIPES_DIR / "pipelines").glob("*.yaml"))

@@ -92,9 +92,9 @@ class _Crash(Exception):
 
 def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch):
     """Stop after checkpoint-3, resume, end at step 6 with the same loss as an uninterrupted run."""
-    from transformers import TrainerCallback
-
     import dataclasses
+
+    from transformers import TrainerCallback
 
     from posttrain import stages
     from posttrain.stages import sft

@@ -140,9 +140,8 @@ def _agree(decide):
         except PosttrainError as e:
             error = (type(e), str(e))
     if world_size() > 1:
-        from accelerate.utils import broadcast_object_list
-
         from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
 
         PartialState()  # initialises the process group when launched by accelerate/torchrun
         box = [(result, error)]
