@@ -18,8 +18,7 @@ import dataclasses
 import math
 import re
 
-from posttrain.util import Where, as_number, did_you_mean
-from posttrain.util import show as _show
+from posttrain.util import Where, as_number, did_you_mean, show
 
 # rule -> (required keys, optional keys) besides `rule` and `weight`
 RULES = {
@@ -46,7 +45,7 @@ class RewardSpec:
 def _weight(w: Where, key: str, value) -> float:
     value = as_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        w.fail(key, f"expected a number, got {_show(value)}")
+        w.fail(key, f"expected a number, got {show(value)}")
     return float(value)
 
 
@@ -66,12 +65,12 @@ def _rule_options(w: Where, where: str, rule: str, item: dict) -> dict:
     if "column" in opts:
         col = opts["column"]
         if not isinstance(col, str) or not col.strip():
-            w.fail(f"{where}.column", f"expected a data column name, got {_show(col)}")
+            w.fail(f"{where}.column", f"expected a data column name, got {show(col)}")
         if col in RESERVED_COLUMNS:
             w.fail(f"{where}.column", f"'{col}' is not a reference column (TRL passes it to rewards itself)")
     if "pattern" in opts:
         if not isinstance(opts["pattern"], str):
-            w.fail(f"{where}.pattern", f"expected a regular expression, got {_show(opts['pattern'])}")
+            w.fail(f"{where}.pattern", f"expected a regular expression, got {show(opts['pattern'])}")
         try:
             re.compile(opts["pattern"])
         except re.error as e:
@@ -79,7 +78,7 @@ def _rule_options(w: Where, where: str, rule: str, item: dict) -> dict:
     if "target" in opts:
         t = opts["target"]
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            w.fail(f"{where}.target", f"expected a positive number of tokens, got {_show(t)}")
+            w.fail(f"{where}.target", f"expected a positive number of tokens, got {show(t)}")
     return opts
 
 
@@ -91,14 +90,14 @@ def parse_rewards(raw, where: Where | None = None) -> list[RewardSpec]:
     if raw is None or raw == []:
         w.fail("rewards", f"is empty; list at least one reward model or rule ({example})")
     if not isinstance(raw, list):
-        w.fail("rewards", f"expected a list of reward models and/or rules ({example}), got {_show(raw)}")
+        w.fail("rewards", f"expected a list of reward models and/or rules ({example}), got {show(raw)}")
     specs, names = [], set()
     for i, item in enumerate(raw):
         where = f"rewards[{i}]"
         if isinstance(item, str):
             item = {"model": item}
         if not isinstance(item, dict):
-            w.fail(where, f"expected a reward model path, {{model: path}} or {{rule: ...}}, got {_show(item)}")
+            w.fail(where, f"expected a reward model path, {{model: path}} or {{rule: ...}}, got {show(item)}")
         if "model" in item and "rule" in item:
             w.fail(where, "set either model or rule, not both")
         if "model" not in item and "rule" not in item:
@@ -109,7 +108,7 @@ def parse_rewards(raw, where: Where | None = None) -> list[RewardSpec]:
             _check_keys(w, where, item, MODEL_KEYS)
             path = item["model"]
             if not isinstance(path, str) or not path.strip():
-                w.fail(f"{where}.model", f"expected a reward model path or hub id, got {_show(path)}")
+                w.fail(f"{where}.model", f"expected a reward model path or hub id, got {show(path)}")
             base, model, rule, opts = path.rstrip("/").split("/")[-1], path, None, {}
         else:
             rule = item["rule"]
