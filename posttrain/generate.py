@@ -3,7 +3,8 @@
 The template comes from the run's recipe.resolved.yaml, following the model chain back to the SFT run
 that taught it (a DPO or PPO run trains on prompts already written in that template):
 alpaca -> the Alpaca template, messages -> the tokenizer's chat template, prompt_completion -> the raw
-prompt. Without an SFT run in the chain: the chat template if the tokenizer has one, else raw.
+prompt; a recipe's `data.template` (e.g. chat for alpaca rows) wins. The chat template is the one saved
+with the run's tokenizer, i.e. the recipe's `model.chat_template` when it set one. Without an SFT run in the chain: the chat template if the tokenizer has one, else raw.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def run_template(path: str | Path) -> str | None:
         if recipe is None:
             return None
         if recipe.get("stage") == "sft":
-            return _BY_FORMAT.get((recipe.get("data") or {}).get("format"), "raw")
+            data = recipe.get("data") or {}
+            return data.get("template") or _BY_FORMAT.get(data.get("format"), "raw")
         p = Path(str((recipe.get("model") or {}).get("name_or_path", "")))
     return None
 
@@ -46,7 +48,9 @@ def format_prompt(template: str, tokenizer, instruction: str, input_text: str | 
         from posttrain.data.formats import alpaca_prompt
 
         return alpaca_prompt(instruction, input_text)
-    text = f"{instruction}\n\n{input_text}" if input_text else instruction
+    from posttrain.data.formats import user_text
+
+    text = user_text(instruction, input_text)
     if template == "chat":
         if getattr(tokenizer, "chat_template", None) is None:
             raise PosttrainError("template 'chat': this tokenizer has no chat template; use --template raw or alpaca")

@@ -77,20 +77,40 @@ MODEL_KEYS = {
     "gguf_file": Key((str,), help="GGUF file inside name_or_path; dequantized on load"),
     "trust_remote_code": Key((bool,), False),
     "attn_implementation": Key((str,)),
+    "chat_template": Key((str,), help="inline Jinja, or a .jinja file relative to the recipe that names it"),
 }
 DATA_KEYS = {
-    "train": Key((str,), required=True, help="hub dataset id or a local jsonl/json/csv/parquet file"),
+    "train": Key((str, list), required=True,
+                 help="hub dataset id or a local jsonl/json/csv/parquet file, or a list of sources (a mixture)"),
     "name": Key((str,), help="hub dataset configuration name"),
     "split": Key((str,), "train"),
     "format": Key((str,), choices=tuple(FORMATS)),
     "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
-    "eval": Key((str,), help="separate eval source (hub id or local file)"),
+    "eval": Key((str, list), help="separate eval source (hub id or local file), or a list of sources"),
     "eval_split": Key((str,), "train"),
-    "eval_fraction": Key((int, float), min=0, max=1, min_open=True, max_open=True),
+    "eval_fraction": Key((int, float), help="a fraction in (0, 1) of the training rows, or a row count >= 1"),
+    "seed": Key((int,), min=0, help="seed for sampling and shuffling a mixture; default training.seed"),
+    "train_on": Key((str,), choices=("assistant", "all", "last_assistant"),
+                    help="which tokens of a conversation are trained (default assistant)"),
+    "template": Key((str,), choices=("alpaca", "raw", "chat"),
+                    help="how alpaca/prompt_completion rows are written; chat: the tokenizer's chat template"),
     "max_length": Key((int,), 1024, min=2),
     "pad_to_multiple_of": Key((int,), min=1),
     "num_proc": Key((int,), min=1),
 }
+
+# One entry of a data.train / data.eval list (a mixture); a plain string is {source: it}.
+SOURCE_KEYS = {
+    "source": Key((str,), required=True, help="hub dataset id or a local jsonl/json/csv/parquet file"),
+    "name": Key((str,), help="hub dataset configuration name"),
+    "split": Key((str,), "train", help="split with an optional slice, e.g. train[:1000]"),
+    "format": Key((str,), choices=(*FORMATS, "sharegpt"), help="this source's row format; default data.format"),
+    "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
+    "weight": Key((int, float), min=0, min_open=True, help="fraction of its usable rows to take; > 1 repeats rows"),
+    "rows": Key((int,), min=1, help="how many rows to take (more than it has repeats rows)"),
+}
+# data.format -> the source formats a mixture may hold, written in data.format's columns
+MIXABLE = {"messages": ("messages", "sharegpt", "alpaca", "prompt_completion")}
 
 # training.* keys that posttrain sets itself, with where the user should say it instead.
 MANAGED_TRAINING_KEYS = {
@@ -254,6 +274,7 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
         raise RecipeError(f"{path}: extends: cycle ({cycle})")
     data, lines = read_yaml(path)
     where = {k: f"{path.name}:{n}" for k, n in lines.items()}
+    _anchor_template(data, path)
     parent = data.pop("extends", None)
     if parent is None:
         return data, where
@@ -264,6 +285,19 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
         raise RecipeError(f"{path.name}:{lines['extends']}: extends: file not found: {parent_path}")
     base, base_where = load_raw(parent_path, (*_chain, path))
     return deep_merge(base, data), {**base_where, **where}
+
+
+def _is_template_path(value) -> bool:
+    """A chat_template value names a file unless it holds Jinja ({{ }} or {% %})."""
+    return isinstance(value, str) and "{{" not in value and "{%" not in value and "\n" not in value
+
+
+def _anchor_template(data: dict, path: Path):
+    """A relative model.chat_template path is relative to the recipe file that says it (also via extends:)."""
+    model = data.get("model")
+    value = model.get("chat_template") if isinstance(model, dict) else None
+    if _is_template_path(value) and value.strip() and not Path(value).expanduser().is_absolute():
+        model["chat_template"] = str((path.parent / value).resolve())
 
 
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -405,6 +439,82 @@ def _secret_keys(node, prefix=""):
             yield from _secret_keys(v, dotted + ".")
 
 
+def _check_data(c: _Checker, data: dict, given: dict, stage: str):
+    """Mixture entries, eval_fraction as fraction or count, and the options that depend on the format."""
+    from posttrain.data.formats import TEMPLATES
+
+    fmt = data["format"]
+    ef = data["eval_fraction"]
+    if ef is not None:
+        if isinstance(ef, float) and not 0 < ef < 1:
+            c.fail("data.eval_fraction", f"{ef} is out of range (a fraction must be > 0 and < 1; an integer is a row "
+                                         f"count)")
+        if isinstance(ef, int) and ef < 1:
+            c.fail("data.eval_fraction", f"{ef} is out of range (a row count must be >= 1)")
+    for split, split_key in (("train", "split"), ("eval", "eval_split")):
+        value = data[split]
+        if not isinstance(value, list):
+            continue
+        if not value:
+            c.fail(f"data.{split}", "an empty list; give at least one source")
+        if split_key in given:
+            c.fail(f"data.{split_key}", f"data.{split} is a list: give each source its own `split:`")
+        entries = []
+        for i, e in enumerate(value):
+            dotted = f"data.{split}[{i}]"
+            if isinstance(e, str):
+                e = {"source": e}
+            if not isinstance(e, dict):
+                c.fail(dotted, f"expected a source (a string, or a mapping with `source:`), got {_show(e)}")
+            entry = c.own_section(dotted, e, SOURCE_KEYS)
+            if entry["weight"] is not None and entry["rows"] is not None:
+                c.fail(f"{dotted}.rows", "set weight or rows, not both")
+            src_fmt = entry["format"] or fmt
+            if src_fmt != fmt and src_fmt not in MIXABLE.get(fmt, ()):
+                can = MIXABLE.get(fmt)
+                c.fail(f"{dotted}.format", f"'{src_fmt}' rows cannot be read as '{fmt}' data"
+                       + (f" (a {fmt} mixture takes {', '.join(can)})" if can else f" (give it {fmt} rows)"))
+            for src, dst in (entry["column_map"] or {}).items():
+                if not isinstance(src, str) or not isinstance(dst, str):
+                    c.fail(f"{dotted}.column_map.{src}", "expected column name: column name")
+            entries.append({k: entry[k] for k in e if entry[k] is not None})
+        data[split] = entries
+    lists = [s for s in ("train", "eval") if isinstance(data[s], list)]
+    strings = [s for s in ("train", "eval") if isinstance(data[s], str)]
+    for key in ("name", "column_map"):
+        if key in given and lists and not strings:
+            c.fail(f"data.{key}", f"data.{' and data.'.join(lists)} is a list: give each source its own `{key}:`")
+    if data["template"] is not None and data["template"] not in TEMPLATES[fmt]:
+        c.fail("data.template", f"'{data['template']}' is not a way to write {fmt} rows (one of "
+                                f"{', '.join(TEMPLATES[fmt])})")
+    if "train_on" in given and stage != "sft":
+        c.fail("data.train_on", f"only sft data has tokens to choose from; {stage} trains on what TRL computes")
+
+
+def _chat_template(c: _Checker, value: str) -> str:
+    """The template's text: inline Jinja as given, or the named .jinja file's content; its syntax checked."""
+    text = value
+    if _is_template_path(value):
+        p = Path(value).expanduser()
+        if not p.is_file():
+            c.fail("model.chat_template", f"file not found: {value} (an inline template holds Jinja: "
+                                          "{% ... %} or {{ ... }})")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            c.fail("model.chat_template", f"cannot read {value}: {e}")
+    try:
+        from jinja2.exceptions import TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string(text)
+    except ImportError:  # jinja2 comes with transformers; without it, the tokenizer checks at load
+        pass
+    except TemplateSyntaxError as e:
+        c.fail("model.chat_template", f"not a valid Jinja template: {e.message} (template line {e.lineno})")
+    return text
+
+
 def validate(
     raw: dict,
     *,
@@ -450,6 +560,9 @@ def validate(
             c.fail(f"data.column_map.{src}", "expected column name: column name")
     if data["eval"] and data["eval_fraction"]:
         c.fail("data.eval_fraction", "set either data.eval or data.eval_fraction, not both")
+    _check_data(c, data, raw.get("data") or {}, stage)
+    if model["chat_template"] is not None:
+        model["chat_template"] = _chat_template(c, model["chat_template"])
 
     output_dir = raw.get("output_dir")
     if output_dir is None:

@@ -8,6 +8,7 @@ by training.max_completion_length.
 
 from __future__ import annotations
 
+from posttrain.data.mixture import label
 from posttrain.errors import DataError, RecipeError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
 from posttrain.recipe import STAGES, Recipe
@@ -85,7 +86,7 @@ def load_prompts(recipe: Recipe, args, tokenizer, specs):
     for s in specs:
         col = s.options.get("column")
         if col is not None and col not in train.column_names:
-            raise DataError(f"{recipe.data['train']}: reward {s.name} reads column '{col}', which the data lacks "
+            raise DataError(f"{label(recipe.data)}: reward {s.name} reads column '{col}', which the data lacks "
                             f"(columns: {', '.join(train.column_names)}; rename with data.column_map)")
     with args.main_process_first(desc="measuring prompts"):
         train = drop_long_prompts(train, tokenizer, recipe.data["max_length"], stats["train"], "train")

@@ -11,6 +11,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from posttrain.data.mixture import label
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
 from posttrain.recipe import Recipe
@@ -76,7 +77,7 @@ def prepare_data(recipe: Recipe, tokenizer, args):
     data = recipe.data
     train, eval_ds, stats = load_pairs(recipe, args)
     splits = {"train": train, "eval": eval_ds}
-    sources = {"train": data["train"], "eval": data.get("eval") or f"{data['train']} (eval split)"}
+    sources = {"train": label(data), "eval": label(data, "eval") if data.get("eval") else f"{label(data)} (eval split)"}
     with args.main_process_first(desc="tokenizing prompts"):
         for split, ds in splits.items():
             if ds is not None:
@@ -85,7 +86,7 @@ def prepare_data(recipe: Recipe, tokenizer, args):
     train, eval_ds = splits["train"], splits["eval"]
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if len(train) < batch:  # TRL's dataloader drops the last ragged batch and would then wait forever
-        raise DataError(f"{data['train']}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "
+        raise DataError(f"{label(data)}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "
                         f"one PPO batch (per_device_train_batch_size x gradient_accumulation_steps = {batch})")
     return train, eval_ds, stats
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from posttrain.data.collator import SFTCollator, tokenize_dataset
+from posttrain.data.mixture import label
 from posttrain.data.sources import load_splits
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
 from posttrain.recipe import Recipe
@@ -23,14 +24,17 @@ def prepare_data(recipe: Recipe, tokenizer, args):
     """Load, format and tokenize train/eval once (main process first under DDP)."""
     data = recipe.data
     with args.main_process_first(desc="tokenizing the dataset"):
-        train, eval_ds = load_splits(data, seed=args.seed)
-        train, stats = tokenize_dataset(train, data["format"], tokenizer, data["max_length"], data["train"],
-                                        data.get("num_proc"))
+        train, eval_ds, sources = load_splits(data, seed=args.seed)
+        how = {"train_on": data.get("train_on") or "assistant", "template": data.get("template")}
+        train, stats = tokenize_dataset(train, data["format"], tokenizer, data["max_length"], label(data),
+                                        data.get("num_proc"), **how)
         stats = {"train": stats}
         if eval_ds is not None:
             eval_ds, stats["eval"] = tokenize_dataset(eval_ds, data["format"], tokenizer, data["max_length"],
-                                                      data.get("eval") or f"{data['train']} (eval split)",
-                                                      data.get("num_proc"))
+                                                      label(data, "eval") if data.get("eval")
+                                                      else f"{label(data)} (eval split)",
+                                                      data.get("num_proc"), **how)
+        stats["sources"] = sources
     return train, eval_ds, stats
 
 
