@@ -16,7 +16,10 @@ ACCEL  ?= auto
 ACCEL_NAME := $(if $(filter auto,$(ACCEL)),$(if $(shell command -v nvidia-smi 2>/dev/null),ddp,cpu_2proc),$(ACCEL))
 POSTTRAIN := $(if $(filter-out 1,$(NPROC)),$(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCEL_NAME).yaml --num_processes $(NPROC) -m posttrain,$(BIN)/posttrain)
 
-.PHONY: install test sft reward ppo dpo grpo rloo pipeline validate clean
+# One make target per stage: every module in posttrain/stages/ but the shared ones is a stage (see its STAGE).
+STAGES := $(filter-out __init__ common,$(basename $(notdir $(wildcard posttrain/stages/*.py))))
+
+.PHONY: install test $(STAGES) pipeline validate recipes clean
 
 install: $(VENV)/.installed
 
@@ -32,8 +35,11 @@ test: install
 validate: install
 	$(BIN)/posttrain validate $(RECIPE) $(ARGS)
 
-sft reward ppo dpo grpo rloo: install
+$(STAGES): install
 	$(POSTTRAIN) train $(RECIPE) $(ARGS) --stage $@
+
+recipes: install
+	$(BIN)/posttrain recipes
 
 pipeline: install
 	$(POSTTRAIN) pipeline $(PIPELINE) $(ARGS)

@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import TYPE_CHECKING
+
+from posttrain import stages
 from posttrain.errors import PosttrainError
-from posttrain.recipe import Recipe
+from posttrain.util import first_line
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 GIB = 1024**3
 
@@ -41,7 +47,7 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
                                          trust_remote_code=bool(model_section.get("trust_remote_code")),
                                          **({"gguf_file": model_section["gguf_file"]} if model_section.get("gguf_file") else {}))
     except Exception as e:
-        raise PosttrainError(f"plan needs the model config of '{name}': {str(e).splitlines()[0]}") from None
+        raise PosttrainError(f"plan needs the model config of '{name}': {first_line(e)}") from None
     if seq_cls:
         cfg.num_labels = 1
     with torch.device("meta"):
@@ -83,8 +89,9 @@ def _activations(a: Arch, batch: int, seq: int, checkpointing: bool) -> float:
 
 def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none") -> dict:
     t = recipe.training
+    fp = stages.get(recipe.stage).footprint
     wb = _weight_bytes(recipe)
-    policy = _arch(recipe.model, recipe.peft, seq_cls=recipe.stage == "reward")
+    policy = _arch(recipe.model, recipe.peft, seq_cls=fp.scoring)
     train_bytes = 2.0 if wb < 2 else wb  # LoRA weights on a quantized base train in 16 bit
     parts = {
         "weights": policy.params * wb,
@@ -92,30 +99,21 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none") -> dict:
         "optimizer": policy.trainable * 8.0,
     }
     other, notes = 0.0, []
-    stage = recipe.stage
-    if stage == "dpo" and not recipe.peft and not t.get("precompute_ref_log_probs"):
+    if holds_reference(recipe, fp):
         other += policy.params * wb
         notes.append("reference copy of the policy")
-    if stage == "ppo":
-        if not recipe.peft:
-            other += policy.params * wb
-            notes.append("reference copy")
+    if fp.reward_and_value_models:
         rm = _arch({"name_or_path": recipe.extra["reward_model"]}, None, seq_cls=True) \
             if _reachable(recipe.extra["reward_model"]) else policy
         other += rm.params * wb * 2 + rm.params * (train_bytes + 8.0)  # reward + value, the value model trains
         notes.append("reward model, value model (trained)")
-    if stage in ("grpo", "rloo") and t.get("beta", 0.0 if stage == "grpo" else 0.05) and not recipe.peft:
-        other += policy.params * wb
-        notes.append("reference copy")
     parts["other models"] = other
     batch = t.get("per_device_train_batch_size", 8)
     seq = recipe.data.get("max_length") or 1024
-    if stage == "ppo":
-        seq += t.get("response_length", 53)
-    if stage in ("grpo", "rloo"):
-        seq += t.get("max_completion_length", 256)
-    if stage in ("dpo", "reward"):
-        batch *= 2  # chosen and rejected
+    if fp.generated_tokens:
+        key, default = fp.generated_tokens
+        seq += t.get(key, default)
+    batch *= fp.sequences_per_row  # e.g. chosen and rejected
     # posttrain turns activation checkpointing on by default on GPUs (see stages/common.device_defaults)
     checkpointing = t.get("activation_checkpointing", t.get("gradient_checkpointing", True))
     parts["activations"] = _activations(policy, batch, seq, bool(checkpointing))
@@ -128,6 +126,17 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none") -> dict:
     total = sum(parts.values()) * 1.1  # +10%: CUDA context, allocator fragmentation, buffers
     return {"parts": parts, "total": total, "params": policy.params, "trainable": policy.trainable,
             "batch": batch, "seq": seq, "checkpointing": bool(checkpointing), "notes": notes}
+
+
+def holds_reference(recipe: Recipe, fp: stages.Footprint) -> bool:
+    """Whether the stage keeps a frozen copy of the policy as its reference model."""
+    if recipe.peft or fp.reference is None:  # with LoRA the reference is the policy, adapter disabled
+        return False
+    if fp.reference == "unless_peft_or_precompute":
+        return not recipe.training.get("precompute_ref_log_probs")
+    if fp.reference == "if_beta":
+        return bool(recipe.training.get("beta", fp.beta_default))
+    return True
 
 
 def _reachable(name_or_path: str) -> bool:
@@ -144,7 +153,8 @@ def advice(recipe: Recipe, est: dict, gpu_gib: float) -> list[str]:
         tips.append("add a `peft:` section (LoRA): gradients and optimizer state only for the adapter")
     elif not recipe.quantization:
         tips.append("add `quantization: {load_in_4bit: true}` (QLoRA): the base weights in 4 bits")
-    if recipe.stage == "dpo" and not recipe.peft and not t.get("precompute_ref_log_probs"):
+    fp = stages.get(recipe.stage).footprint
+    if fp.reference == "unless_peft_or_precompute" and holds_reference(recipe, fp):
         tips.append("set training.precompute_ref_log_probs: true (no reference model in memory)")
     if t.get("per_device_train_batch_size", 8) > 1:
         tips.append("halve training.per_device_train_batch_size and double gradient_accumulation_steps")

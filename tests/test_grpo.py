@@ -103,6 +103,9 @@ class _Crash(Exception):
 def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
     from transformers import TrainerCallback
 
+    import dataclasses
+
+    from posttrain import stages
     from posttrain.stages import grpo
 
     class CrashAt2(TrainerCallback):
@@ -119,10 +122,11 @@ def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
 
     out = tmp_path / "resume"
     args = _args(fx, out, "[{rule: length_penalty, target: 4}]")
-    monkeypatch.setattr(grpo, "build", crashing_build)
+    registry = stages.all_stages()
+    monkeypatch.setitem(registry, "grpo", dataclasses.replace(grpo.STAGE, build=crashing_build))
     with pytest.raises(_Crash):
         cli("train", "grpo_gpt2", *args)
-    monkeypatch.setattr(grpo, "build", real_build)
+    monkeypatch.setitem(registry, "grpo", grpo.STAGE)
     assert _manifest(out)["status"] == "failed" and (out / "checkpoint-1").is_dir()
     code, _, err = cli("train", "grpo_gpt2", *args, "--resume")
     assert code == 0, err
@@ -135,6 +139,9 @@ def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
     (["rewards=[{rule: length_penalty, target: 4}]", "data.max_length=2"], "no prompt fits data.max_length=2"),
 ], ids=["missing-data-column", "prompts-too-long"])
 def test_data_problems_exit_2_before_any_model_loads(fx, tmp_path, cli, monkeypatch, extra, expected):
+    import dataclasses
+
+    from posttrain import stages
     from posttrain.stages import grpo
 
     monkeypatch.setattr(grpo, "load_causal_lm", lambda *a, **k: pytest.fail("loaded the policy"))

@@ -154,7 +154,8 @@ def test_refused_row_shape_names_the_column(tmp_path):
 @pytest.mark.parametrize("data,message", [
     ({"train": [{"source": "a.jsonl", "wieght": 2}]}, r"data\.train\[0\]\.wieght: unknown key in data\.train\[0\]; "
                                                       r"did you mean 'weight'\?"),
-    ({"train": ["a.jsonl", {"source": "b.jsonl", "weight": 1, "rows": 3}]}, r"data\.train\[1\]\.rows: set weight or rows"),
+    ({"train": ["a.jsonl", {"source": "b.jsonl", "weight": 1, "rows": 3}]},
+     r"data\.train\[1\]\.rows: set weight or rows"),
     ({"train": ["a.jsonl", {"source": "b.jsonl", "weight": -1}]}, r"data\.train\[1\]\.weight: -1 is out of range"),
     ({"train": [{"split": "train"}]}, r"data\.train\[0\]\.source: is required"),
     ({"train": ["a.jsonl", 3]}, r"data\.train\[1\]: expected a source"),
@@ -173,7 +174,7 @@ def test_bad_mixture_entries_name_the_key(data, message):
 
 
 def test_train_on_only_for_sft():
-    with pytest.raises(RecipeError, match="data.train_on: only sft data"):
+    with pytest.raises(RecipeError, match="data.train_on: only supervised data"):
         _data("dpo", train="a.jsonl", train_on="all")
 
 

@@ -91,6 +91,9 @@ def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch)
     """Stop after checkpoint-3, resume, end at step 6 with the same loss as an uninterrupted run."""
     from transformers import TrainerCallback
 
+    import dataclasses
+
+    from posttrain import stages
     from posttrain.stages import sft
 
     ref = tmp_path / "ref"
@@ -109,10 +112,11 @@ def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch)
         return trainer, stats
 
     out = tmp_path / "crash"
-    monkeypatch.setattr(sft, "build", crashing_build)
+    registry = stages.all_stages()
+    monkeypatch.setitem(registry, "sft", dataclasses.replace(sft.STAGE, build=crashing_build))
     with pytest.raises(_Crash):
         cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"))
-    monkeypatch.setattr(sft, "build", real_build)
+    monkeypatch.setitem(registry, "sft", sft.STAGE)
     assert _manifest(out)["status"] == "failed" and (out / "checkpoint-3").is_dir()
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from posttrain import runs
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
-from posttrain.recipe import STAGES, Recipe
+from posttrain.util import first_line, is_main_process, world_size
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
+    from posttrain.stages import Stage
 
 log = logging.getLogger("posttrain")
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def device_defaults(training: dict) -> dict:
@@ -59,17 +59,17 @@ def build_config(recipe: Recipe, **managed):
 
     Errors raised by the config's own checks (impossible combinations) become RecipeErrors.
     """
+    from posttrain import stages
     from posttrain.schema import config_class
 
-    cls = config_class(STAGES[recipe.stage].config)
+    cls = config_class(stages.get(recipe.stage).trl_config)
     kw = device_defaults(recipe.training)
     kw.update(managed)
     kw["output_dir"] = recipe.output_dir
     try:
         return cls(**kw)
     except (ValueError, TypeError, ArithmeticError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RecipeError(f"training: {cls.__name__} rejects these settings: {first}") from None
+        raise RecipeError(f"training: {cls.__name__} rejects these settings: {first_line(e)}") from None
 
 
 def model_facts(model) -> dict:
@@ -95,12 +95,8 @@ def headline_metrics(trainer, train_result) -> dict:
     return out
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _barrier():
-    if _world_size() > 1:
+    if world_size() > 1:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
@@ -115,7 +111,7 @@ def _agree(decide):
             result = decide()
         except PosttrainError as e:
             error = (type(e), str(e))
-    if _world_size() > 1:
+    if world_size() > 1:
         from accelerate.utils import broadcast_object_list
 
         from accelerate import PartialState
@@ -129,14 +125,14 @@ def _agree(decide):
     return result
 
 
-def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-        resumable: bool = True, extra_metrics=None, save=None) -> dict:
+def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool = False, force: bool = False) -> dict:
     """Lock the output dir, train, save atomically, and keep the manifest true at every point.
 
-    `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add stage metrics;
-    `save(trainer, path)` replaces trainer.save_model for the final model. Every rank trains, saves
-    (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
+    From the stage: `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add
+    stage metrics; `save(trainer, path)` replaces trainer.save_model for the final model. Every rank
+    trains, saves (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
     """
+    build, resumable, extra_metrics, save = stage.build, stage.resumable, stage.extra_metrics, stage.save
     out = Path(recipe.output_dir)
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
@@ -153,10 +149,10 @@ def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False,
         try:
             trainer, data_stats = build(recipe)
             a = trainer.args
-            batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * _world_size()
+            batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * world_size()
             if main:
                 log.info("effective batch %d = %d per device x %d accumulation x %d process(es)",
-                         batch, a.per_device_train_batch_size, a.gradient_accumulation_steps, _world_size())
+                         batch, a.per_device_train_batch_size, a.gradient_accumulation_steps, world_size())
                 manifest.update(device=str(a.device), data=data_stats, effective_batch=batch,
                                 model=model_facts(getattr(trainer, "policy_model", trainer.model)))
             if resumable:

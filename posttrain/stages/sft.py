@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from posttrain.data.collator import SFTCollator, tokenize_dataset
 from posttrain.data.mixture import label
 from posttrain.data.sources import load_splits
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
-from posttrain.recipe import Recipe
-from posttrain.stages import common
+from posttrain.stages import Footprint, Stage, common
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 
 def config(recipe: Recipe):
@@ -59,5 +63,22 @@ def build(recipe: Recipe):
     return trainer, stats
 
 
-def train(recipe: Recipe, **kw) -> dict:
-    return common.run(recipe, build, **kw)
+STAGE = Stage(
+    name="sft",
+    summary="supervised fine-tuning with exact prompt masking (trl.SFTTrainer)",
+    trl_config="trl:SFTConfig",
+    formats=("alpaca", "prompt_completion", "messages"),
+    make_config=config,
+    build=build,
+    headline=("eval_loss", "train_loss"),
+    footprint=Footprint(),
+    managed={
+        "dataset_kwargs": "posttrain prepares the dataset itself",
+        "dataset_text_field": "choose the input shape with `data.format`",
+        "completion_only_loss": "posttrain always masks the prompt exactly (see README: prompt masking)",
+        "assistant_only_loss": "use `data.train_on` (assistant, the default for messages data; all; last_assistant)",
+        "packing": "not compatible with exact per-row prompt masking in this version",
+        "padding_free": "not compatible with exact per-row prompt masking in this version",
+    },
+    position=10,
+)
