@@ -19,7 +19,7 @@ POSTTRAIN := $(if $(filter-out 1,$(NPROC)),$(BIN)/accelerate launch --config_fil
 # One make target per stage: every module in posttrain/stages/ but the shared ones is a stage (see its STAGE).
 STAGES := $(filter-out __init__ common,$(basename $(notdir $(wildcard posttrain/stages/*.py))))
 
-.PHONY: install test $(STAGES) pipeline validate recipes clean
+.PHONY: install test test-fast lint $(STAGES) pipeline validate recipes clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TEST_ARGS) tests
+
+# The unit-level tests: everything not marked slow (no training, no subprocesses, no demo).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(TEST_ARGS) tests
+
+lint: install
+	$(BIN)/ruff check posttrain tests bench
 
 validate: install
 	$(BIN)/posttrain validate $(RECIPE) $(ARGS)
@@ -57,7 +64,8 @@ $(VENV)/.installed-demo: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[demo]"
 	touch $@
 
-# Benchmarks (bench/run.py): tables on stdout and in bench/RESULTS.md. BENCH_ARGS=--quick: a smoke run.
+# Benchmarks (bench/run.py runs the list in it; bench/<name>.py runs one): each rewrites its section of
+# bench/RESULTS.md. BENCH_ARGS=--quick: a smoke run.
 .PHONY: bench
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""One timed training run in its own process (bench/run.py's overhead section).
+"""One timed training run in its own process (bench/overhead.py).
 
     child.py RESULT.json posttrain:STAGE ARGV...       # posttrain.cli.main(ARGV), a timer added to the trainer
     child.py RESULT.json plain_trl_sft|plain_trl_dpo ARGV...

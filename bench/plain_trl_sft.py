@@ -1,6 +1,6 @@
 """SFT written by hand with TRL, the way a user would: parse -> load -> trainer -> train -> save.
 
-The baseline for bench/run.py's overhead section. Prompt/completion data goes through TRL's own
+The baseline for bench/overhead.py. Prompt/completion data goes through TRL's own
 tokenization and completion-only loss. bf16 and activation checkpointing are switched off because this
 is a CPU (TRL's bf16 default raises there; checkpointing only slows a CPU run) — what posttrain picks.
 

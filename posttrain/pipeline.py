@@ -145,7 +145,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, check_o
         if not _has(explicit, "output_dir") and not _has(explicit_cli, "output_dir"):
             raw["output_dir"] = f"{root}/{name}"
         merge_inputs = _wire(name, raw, [stages[d] for d in deps[name]],
-                             lambda key: _has(explicit, key) or _has(explicit_cli, key))
+                             lambda key, a=explicit, b=explicit_cli: _has(a, key) or _has(b, key))
         raw = apply_overrides(raw, per_stage[name], where)
         try:
             recipe = validate(raw, where=where, source=str(recipe_path), default_name=name, check_owners=check_owners)

@@ -14,7 +14,6 @@ ZeRO-3/FSDP divide weights, gradients and optimizer state by the number of GPUs;
 from __future__ import annotations
 
 import dataclasses
-
 from typing import TYPE_CHECKING
 
 from posttrain import stages
@@ -54,8 +53,9 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
         cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
         model = cls.from_config(cfg)
         if peft:
-            from posttrain.models import lora_config
             from peft import get_peft_model
+
+            from posttrain.models import lora_config
 
             model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
     params = sum(p.numel() for p in model.parameters())

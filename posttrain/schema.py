@@ -13,7 +13,7 @@ import inspect
 import os
 import types
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from posttrain.util import Where, as_number, did_you_mean, show
@@ -38,7 +38,7 @@ def bnb_class():
     return BitsAndBytesConfig
 
 
-@lru_cache(maxsize=None)
+@cache
 def fields_of(cls) -> dict[str, Any]:
     """Option name -> annotation: dataclass fields plus the named parameters of __init__
     (BitsAndBytesConfig is a dataclass whose options live only in its hand-written __init__)."""

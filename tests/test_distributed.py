@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # launches processes
+
 REPO = Path(__file__).resolve().parent.parent
 PROBE = """
 import dataclasses, hashlib, json, os, sys

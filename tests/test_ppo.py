@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from posttrain.data.trl_rows import drop_long_prompts
 from posttrain.errors import DataError, RecipeError
 from posttrain.recipe import load_recipe
-from posttrain.data.trl_rows import drop_long_prompts
 from posttrain.stages import ppo
 
 LONG_PROMPTS = 2  # prompts over data.max_length, which must be dropped and counted
@@ -90,6 +90,7 @@ def test_prompts_tokenize_to_input_ids_only(tokenizer):
         tokenize_prompts(chat, plain, 64)
 
 
+@pytest.mark.slow
 def test_build_wires_four_distinct_models_or_three_with_lora(fx, reward_dir, prompts, tmp_path):
     recipe = load_recipe("ppo_gpt2", _args(fx, reward_dir, prompts, tmp_path / "full"))
     trainer, stats = ppo.build(recipe)
@@ -107,6 +108,7 @@ def test_build_wires_four_distinct_models_or_three_with_lora(fx, reward_dir, pro
     assert trainer.ref_model is None and trainer.is_peft_model  # reference = policy with the adapter off
 
 
+@pytest.mark.slow
 def test_ppo_logs_reward_and_kl_writes_samples_and_saves_the_policy(fx, reward_dir, prompts, tmp_path, cli):
     out = tmp_path / "ppo"
     # stop_token null: TRL then sets the policy's generation eos to None; the saved model must still stop at EOS.
@@ -139,6 +141,7 @@ def test_ppo_logs_reward_and_kl_writes_samples_and_saves_the_policy(fx, reward_d
     _generate(model, tok)
 
 
+@pytest.mark.slow
 def test_ppo_lora_saves_an_adapter_that_reloads(fx, reward_dir, prompts, tmp_path, cli):
     out = tmp_path / "ppo_lora"
     # with an eval set: TRL prints sample generations from it, and samples.jsonl takes its first prompts

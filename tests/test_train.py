@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
+
 FAST = ["training.max_steps=6", "training.logging_steps=1", "training.warmup_steps=0",
         "training.gradient_accumulation_steps=1", "training.eval_steps=3", "training.save_steps=3"]
 
@@ -67,7 +69,8 @@ def test_lora_saves_adapter_that_reloads(fx, tmp_path, cli):
 
 def test_qlora_trains_on_cpu(fx, tmp_path, cli):
     out = tmp_path / "qlora"
-    code, _, err = cli("train", "alpaca_gpt2_qlora", *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no"))
+    code, _, err = cli("train", "alpaca_gpt2_qlora",
+                       *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no"))
     assert code == 0, err
     cfg = json.loads((out / "adapter_config.json").read_text())
     m = _manifest(out)
@@ -89,9 +92,9 @@ class _Crash(Exception):
 
 def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch):
     """Stop after checkpoint-3, resume, end at step 6 with the same loss as an uninterrupted run."""
-    from transformers import TrainerCallback
-
     import dataclasses
+
+    from transformers import TrainerCallback
 
     from posttrain import stages
     from posttrain.stages import sft
@@ -121,7 +124,8 @@ def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch)
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"))
     assert code == 2 and "pass --resume" in err
-    code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no", "training.seed=1"), "--resume")
+    code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no", "training.seed=1"),
+                       "--resume")
     assert code == 2 and "different recipe" in err
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"), "--resume")

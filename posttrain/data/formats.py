@@ -4,8 +4,9 @@ alpaca             {instruction, input (optional), output | response} -> classic
 prompt_completion  {prompt, completion}
 messages           {messages: [{role, content}, ...]} -> chat template; sharegpt rows
                    ({conversations: [{from, value}, ...]}) are read as messages too
-preference         {prompt (optional), chosen, rejected}: text or conversations, made one shape per row
-prompt             {prompt}: text or a conversation
+(preference {prompt?, chosen, rejected}, unpaired {prompt, completion, label} and prompt {prompt} rows are
+tokenized by TRL; clean_pairs_or_prompts checks them. Preference and prompt rows may be text or
+conversations; the loader makes each row one shape.)
 
 `data.template` picks how alpaca/prompt_completion rows are written (alpaca | raw | chat: through the
 tokenizer's chat template); `data.train_on` picks which tokens of a conversation are trained.
@@ -33,6 +34,7 @@ COLUMNS = {
     "prompt_completion": (("prompt", "completion"), {}),
     "messages": (("messages",), {}),
     "preference": (("chosen", "rejected"), {}),
+    "unpaired": (("prompt", "completion", "label"), {}),  # KTO: one completion, desirable (true) or not
     "prompt": (("prompt",), {}),
 }
 
@@ -74,7 +76,7 @@ def _text(value) -> str | None:
 TRAIN_ON = ("assistant", "all", "last_assistant")
 # format -> the ways its rows can be written; the first is the default
 TEMPLATES = {"alpaca": ("alpaca", "chat"), "prompt_completion": ("raw", "chat"), "messages": ("chat",),
-             "preference": ("raw", "chat"), "prompt": ("raw", "chat")}
+             "preference": ("raw", "chat"), "prompt": ("raw", "chat"), "unpaired": ("raw",)}
 
 
 def user_text(instruction: str, input_text: str | None = None) -> str:

@@ -72,6 +72,34 @@ def build_config(recipe: Recipe, **managed):
         raise RecipeError(f"training: {cls.__name__} rejects these settings: {first_line(e)}") from None
 
 
+def training_with_defaults(recipe: Recipe) -> dict:
+    """The recipe's `training:` over the stage's TRL config defaults, for checks that need a field's
+    effective value before the config is built."""
+    import dataclasses
+
+    from posttrain import stages
+    from posttrain.schema import config_class
+
+    fields = dataclasses.fields(config_class(stages.get(recipe.stage).trl_config))
+    return {**{f.name: f.default for f in fields if f.init and f.default is not dataclasses.MISSING},
+            **recipe.training}
+
+
+def last_logged(*keys: str):
+    """An `extra_metrics` for the manifest: the last logged value of each key and of its eval_ form."""
+
+    def metrics(trainer) -> dict:
+        out = {}
+        for entry in trainer.state.log_history:
+            for key in keys:
+                for k in (key, f"eval_{key}"):
+                    if k in entry:
+                        out[k] = entry[k]
+        return out
+
+    return metrics
+
+
 def model_facts(model) -> dict:
     params = list(model.parameters())
     return {
@@ -112,9 +140,8 @@ def _agree(decide):
         except PosttrainError as e:
             error = (type(e), str(e))
     if world_size() > 1:
-        from accelerate.utils import broadcast_object_list
-
         from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
 
         PartialState()  # initialises the process group when launched by accelerate/torchrun
         box = [(result, error)]

@@ -31,16 +31,6 @@ def reference(recipe: Recipe, args, tokenizer):
     return ref.eval()
 
 
-def preference_metrics(trainer) -> dict:
-    """Reward accuracy and margin: the eval values when there is eval data, else the last logged."""
-    out = {}
-    for entry in trainer.state.log_history:
-        for key in ("rewards/accuracies", "rewards/margins", "eval_rewards/accuracies", "eval_rewards/margins"):
-            if key in entry:
-                out[key] = entry[key]
-    return out
-
-
 def build(recipe: Recipe):
     from transformers import set_seed
     from trl import DPOTrainer
@@ -64,7 +54,7 @@ STAGE = Stage(
     formats=("preference",),
     make_config=config,
     build=build,
-    extra_metrics=preference_metrics,
+    extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins"),
     keys=("ref_model",),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
     footprint=Footprint(sequences_per_row=2, reference="unless_peft_or_precompute"),

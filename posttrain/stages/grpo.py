@@ -30,13 +30,7 @@ def check_rewards(recipe: Recipe, where: Where):
 def check_groups(recipe: Recipe, where: Where):
     """Each generation batch must hold whole groups of num_generations completions. TRL checks this too,
     but its message names generation_batch_size, which it derives and users rarely set."""
-    import dataclasses
-
-    from posttrain import stages
-    from posttrain.schema import config_class
-
-    fields = dataclasses.fields(config_class(stages.get(recipe.stage).trl_config))
-    t = {**{f.name: f.default for f in fields if f.init}, **recipe.training}
+    t = common.training_with_defaults(recipe)
     world = world_size()
     procs = f"{world} process{'es' if world > 1 else ''}"
     n = t["num_generations"]
@@ -75,9 +69,14 @@ def load_prompts(recipe: Recipe, args, tokenizer, specs):
             raise DataError(f"{label(recipe.data)}: reward {s.name} reads column '{col}', which the data lacks "
                             f"(columns: {', '.join(train.column_names)}; rename with data.column_map)")
     with args.main_process_first(desc="measuring prompts"):
-        train = drop_long_prompts(train, tokenizer, recipe.data["max_length"], stats["train"], "train")
-        if eval_ds is not None:
-            eval_ds = drop_long_prompts(eval_ds, tokenizer, recipe.data["max_length"], stats["eval"], "eval")
+        splits = {"train": train, "eval": eval_ds}
+        for split, ds in splits.items():
+            if ds is not None:
+                splits[split] = drop_long_prompts(ds, tokenizer, recipe.data["max_length"], stats[split], split)
+                if not len(splits[split]):
+                    raise DataError(f"{split} split: no prompt fits data.max_length={recipe.data['max_length']} "
+                                    "tokens; raise it")
+        train, eval_ds = splits["train"], splits["eval"]
     return train, eval_ds, stats
 
 
