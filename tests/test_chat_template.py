@@ -55,6 +55,7 @@ def test_bad_template_is_refused(fx, tmp_path, line, message):
         load_recipe(str(_recipe(tmp_path, fx, line)))
 
 
+@pytest.mark.slow
 def test_template_renders_the_rows_is_saved_and_generate_uses_it(fx, tmp_path, cli):
     from transformers import AutoTokenizer
 

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from tiny import write_jsonl
 
 from posttrain.data.sources import load_splits
 from posttrain.errors import DataError, RecipeError
 from posttrain.recipe import validate
-from tiny import write_jsonl
 
 
 def _data(stage="sft", check=False, **data):
@@ -178,6 +178,7 @@ def test_train_on_only_for_sft():
         _data("dpo", train="a.jsonl", train_on="all")
 
 
+@pytest.mark.slow
 def test_mixture_recipe_through_the_cli_records_sources_in_the_manifest(fx, shapes, tmp_path, cli):
     recipe = tmp_path / "mix.yaml"
     recipe.write_text(f"""
@@ -205,6 +206,7 @@ output_dir: {tmp_path / 'run'}
     assert m["data"]["sources"]["seed"] == 42
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["reward_gpt2", "dpo_gpt2"])
 @pytest.mark.parametrize("name", ["pref_str_prompt", "pref_one_msg"])
 def test_string_prompt_conversational_chosen_trains(fx, shapes, tmp_path, cli, recipe, name):
@@ -217,6 +219,7 @@ def test_string_prompt_conversational_chosen_trains(fx, shapes, tmp_path, cli, r
     assert m["status"] == "finished" and m["data"]["train"]["kept"] == 24
 
 
+@pytest.mark.slow
 def test_sharegpt_sft_trains(fx, shapes, tmp_path, cli):
     out = tmp_path / "run"
     code, _, err = cli("train", "alpaca_gpt2", f"model.name_or_path={fx['model']}", f"data.train={shapes['sharegpt']}",
