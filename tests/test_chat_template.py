@@ -139,3 +139,12 @@ def test_validate_preview_says_what_is_trained(fx, cli):
                          "training.eval_strategy=no")
     assert code == 0, err
     assert "train_on: last_assistant (the last assistant turn)" in out
+
+
+def test_shipped_chat_recipe_copies_with_its_template(tmp_path):
+    from posttrain.shipped import copy
+
+    target = copy("chat_mixture_gpt2", str(tmp_path))
+    assert (tmp_path / "templates" / "chatml.jinja").is_file()
+    recipe = load_recipe(str(target))
+    assert "<|im_start|>" in recipe.model["chat_template"] and len(recipe.data["train"]) == 3

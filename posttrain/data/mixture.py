@@ -320,10 +320,11 @@ def _align(parts: list, sources: list[_Source], fmt: str) -> list:
         if p.features != parts[0].features:
             try:
                 p = p.cast(parts[0].features)
-            except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise several types for one meaning
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise DataError(f"{s.where}: its rows do not have the same shape as {sources[0].where}'s "
-                                f"({first[:160]})") from None
+            except Exception:  # noqa: BLE001 - pyarrow/datasets raise several types for one meaning
+                col = next(c for c in common if p.features[c] != parts[0].features[c])
+                raise DataError(f"{s.where}: column '{col}' does not have the same shape as in {sources[0].where} "
+                                f"({str(p.features[col])[:120]} vs {str(parts[0].features[col])[:120]}); give the "
+                                f"sources rows of one shape") from None
         out.append(p)
     return out
 
