@@ -73,7 +73,6 @@ def _text(value) -> str | None:
     return value if value.strip() else None
 
 
-TRAIN_ON = ("assistant", "all", "last_assistant")
 # format -> the ways its rows can be written; the first is the default
 TEMPLATES = {"alpaca": ("alpaca", "chat"), "prompt_completion": ("raw", "chat"), "messages": ("chat",),
              "preference": ("raw", "chat"), "prompt": ("raw", "chat"), "unpaired": ("raw",)}
