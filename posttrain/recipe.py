@@ -81,20 +81,40 @@ MODEL_KEYS = {
     "gguf_file": Key((str,), help="GGUF file inside name_or_path; dequantized on load"),
     "trust_remote_code": Key((bool,), False),
     "attn_implementation": Key((str,)),
+    "chat_template": Key((str,), help="inline Jinja, or a .jinja file relative to the recipe that names it"),
 }
 DATA_KEYS = {
-    "train": Key((str,), required=True, help="hub dataset id or a local jsonl/json/csv/parquet file"),
+    "train": Key((str, list), required=True,
+                 help="hub dataset id or a local jsonl/json/csv/parquet file, or a list of sources (a mixture)"),
     "name": Key((str,), help="hub dataset configuration name"),
     "split": Key((str,), "train"),
     "format": Key((str,)),  # the stage's formats: checked by data_format_fits_stage
     "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
-    "eval": Key((str,), help="separate eval source (hub id or local file)"),
+    "eval": Key((str, list), help="separate eval source (hub id or local file), or a list of sources"),
     "eval_split": Key((str,), "train"),
-    "eval_fraction": Key((int, float), range=Range(0, 1, min_open=True, max_open=True)),
+    "eval_fraction": Key((int, float), help="a fraction in (0, 1) of the training rows, or a row count >= 1"),
+    "seed": Key((int,), range=NON_NEGATIVE, help="seed for sampling and shuffling a mixture; default training.seed"),
+    "train_on": Key((str,), choices=("assistant", "all", "last_assistant"),
+                    help="which tokens of a conversation are trained (default assistant)"),
+    "template": Key((str,), choices=("alpaca", "raw", "chat"),
+                    help="how alpaca/prompt_completion rows are written; chat: the tokenizer's chat template"),
     "max_length": Key((int,), 1024, range=Range(2)),
     "pad_to_multiple_of": Key((int,), range=AT_LEAST_1),
     "num_proc": Key((int,), range=AT_LEAST_1),
 }
+
+# One entry of a data.train / data.eval list (a mixture); a plain string is {source: it}.
+SOURCE_KEYS = {
+    "source": Key((str,), required=True, help="hub dataset id or a local jsonl/json/csv/parquet file"),
+    "name": Key((str,), help="hub dataset configuration name"),
+    "split": Key((str,), "train", help="split with an optional slice, e.g. train[:1000]"),
+    "format": Key((str,), help="this source's row format; default data.format"),
+    "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
+    "weight": Key((int, float), range=POSITIVE, help="fraction of its usable rows to take; > 1 repeats rows"),
+    "rows": Key((int,), range=AT_LEAST_1, help="how many rows to take (more than it has repeats rows)"),
+}
+# data.format -> the other source formats a mixture may hold (read into data.format's columns)
+MIXABLE = {"messages": ("sharegpt", "alpaca", "prompt_completion")}
 
 # training.* keys that posttrain sets itself for every stage, with where the user should say it instead.
 # A stage adds its own in its `managed`.
@@ -248,6 +268,7 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
         raise RecipeError(f"{path}: extends: cycle ({cycle})")
     data, lines = read_yaml(path)
     where = {k: f"{path.name}:{n}" for k, n in lines.items()}
+    _anchor_template(data, path)
     parent = data.pop("extends", None)
     if parent is None:
         return data, where
@@ -258,6 +279,19 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
         raise RecipeError(f"{path.name}:{lines['extends']}: extends: file not found: {parent_path}")
     base, base_where = load_raw(parent_path, (*_chain, path))
     return deep_merge(base, data), {**base_where, **where}
+
+
+def _is_template_path(value) -> bool:
+    """A chat_template value names a file unless it holds Jinja ({{ }} or {% %})."""
+    return isinstance(value, str) and "{{" not in value and "{%" not in value and "\n" not in value
+
+
+def _anchor_template(data: dict, path: Path):
+    """A relative model.chat_template path is relative to the recipe file that says it (also via extends:)."""
+    model = data.get("model")
+    value = model.get("chat_template") if isinstance(model, dict) else None
+    if _is_template_path(value) and value.strip() and not Path(value).expanduser().is_absolute():
+        model["chat_template"] = str((path.parent / value).resolve())
 
 
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -429,6 +463,100 @@ def column_map_is_names(d: Draft):
             d.where.fail(f"data.column_map.{src}", "expected column name: column name")
 
 
+def data_sources(d: Draft):
+    """data.train / data.eval lists (mixtures): each entry's keys, and formats the mixture can read."""
+    data, given = d.data, d.raw.get("data") or {}
+    fmt = data["format"]
+    for split, split_key in (("train", "split"), ("eval", "eval_split")):
+        value = data[split]
+        if not isinstance(value, list):
+            continue
+        if not value:
+            d.where.fail(f"data.{split}", "an empty list; give at least one source")
+        if split_key in given:
+            d.where.fail(f"data.{split_key}", f"data.{split} is a list: give each source its own `split:`")
+        entries = []
+        for i, e in enumerate(value):
+            dotted = f"data.{split}[{i}]"
+            if isinstance(e, str):
+                e = {"source": e}
+            if not isinstance(e, dict):
+                d.where.fail(dotted, f"expected a source (a string, or a mapping with `source:`), got {show(e)}")
+            entry = own_section(d.where, dotted, e, SOURCE_KEYS)
+            if entry["weight"] is not None and entry["rows"] is not None:
+                d.where.fail(f"{dotted}.rows", "set weight or rows, not both")
+            src_fmt = entry["format"] or fmt
+            known = (*stages.formats(), "sharegpt")
+            if src_fmt not in known:
+                d.where.fail(f"{dotted}.format", f"'{src_fmt}' is not one of {', '.join(known)}"
+                             f"{did_you_mean(src_fmt, known)}")
+            if src_fmt != fmt and src_fmt not in MIXABLE.get(fmt, ()):
+                can = MIXABLE.get(fmt)
+                d.where.fail(f"{dotted}.format", f"'{src_fmt}' rows cannot be read as '{fmt}' data"
+                             + (f" (a {fmt} mixture also takes {', '.join(can)})" if can else f" (give it {fmt} rows)"))
+            for src, dst in (entry["column_map"] or {}).items():
+                if not isinstance(src, str) or not isinstance(dst, str):
+                    d.where.fail(f"{dotted}.column_map.{src}", "expected column name: column name")
+            entries.append({k: entry[k] for k in e if entry[k] is not None})
+        data[split] = entries
+    lists = [s for s in ("train", "eval") if isinstance(data[s], list)]
+    if lists and not any(isinstance(data[s], str) for s in ("train", "eval")):
+        for key in ("name", "column_map"):
+            if key in given:
+                d.where.fail(f"data.{key}", f"data.{' and data.'.join(lists)} is a list: give each source its own "
+                             f"`{key}:`")
+
+
+def eval_fraction_or_count(d: Draft):
+    ef = d.data["eval_fraction"]
+    if isinstance(ef, float) and not 0 < ef < 1:
+        d.where.fail("data.eval_fraction", f"{ef} is out of range (a fraction must be > 0 and < 1; an integer is a "
+                     f"row count)")
+    if isinstance(ef, int) and ef < 1:
+        d.where.fail("data.eval_fraction", f"{ef} is out of range (a row count must be >= 1)")
+
+
+def template_and_train_on_fit_format(d: Draft):
+    from posttrain.data.formats import TEMPLATES
+
+    fmt, template = d.data["format"], d.data["template"]
+    if template is not None and template not in TEMPLATES.get(fmt, ()):
+        d.where.fail("data.template", f"'{template}' is not a way to write {fmt} rows (one of "
+                     f"{', '.join(TEMPLATES.get(fmt, ()))})")
+    if d.data["train_on"] is not None and fmt not in ("alpaca", "prompt_completion", "messages"):
+        d.where.fail("data.train_on", f"only supervised data ({fmt} is not) has tokens to choose from; "
+                     f"{d.stage.name} trains on what TRL computes")
+
+
+def chat_template_text(d: Draft):
+    """model.chat_template becomes the template's text (a .jinja file is read now), its syntax checked, so the
+    resolved recipe (and its hash) holds what renders the data."""
+    value = d.model["chat_template"]
+    if value is None:
+        return
+    text = value
+    if _is_template_path(value):
+        p = Path(value).expanduser()
+        if not p.is_file():
+            d.where.fail("model.chat_template", f"file not found: {value} (an inline template holds Jinja: "
+                         "{% ... %} or {{ ... }})")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            d.where.fail("model.chat_template", f"cannot read {value}: {e}")
+    try:
+        from jinja2.exceptions import TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:  # jinja2 comes with transformers; without it, the tokenizer checks at load
+        d.model["chat_template"] = text
+        return
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string(text)
+    except TemplateSyntaxError as e:
+        d.where.fail("model.chat_template", f"not a valid Jinja template: {e.message} (template line {e.lineno})")
+    d.model["chat_template"] = text
+
+
 def one_eval_source(d: Draft):
     if d.data["eval"] and d.data["eval_fraction"]:
         d.where.fail("data.eval_fraction", "set either data.eval or data.eval_fraction, not both")
@@ -496,7 +624,8 @@ def ranges(d: Draft):
 
 
 CHECKS = (no_secrets, known_stage, top_level_keys, model_section, data_section, data_format_fits_stage,
-          column_map_is_names, one_eval_source, output_dir, training_section, managed_training_keys, one_precision,
+          column_map_is_names, data_sources, eval_fraction_or_count, template_and_train_on_fit_format,
+          chat_template_text, one_eval_source, output_dir, training_section, managed_training_keys, one_precision,
           eval_strategy_needs_eval_data, peft_and_quantization, ranges)
 
 

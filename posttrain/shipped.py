@@ -90,10 +90,20 @@ def copy(name: str, dest: str | None = None, *, overwrite: bool = False) -> Path
         raise PosttrainError(f"{target} exists; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, target)
+    copied = [(src, target)]
     for parent in _chain(src)[1:]:
         rel = parent.relative_to(src.parent.resolve()) if parent.is_relative_to(src.parent.resolve()) else None
         there = target.parent / (rel if rel is not None else parent.name)
         if not there.exists():
             there.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(parent, there)
+        copied.append((parent, there))
+    for file, there in copied:  # a model.chat_template file it names (relative to it) goes along too
+        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        tpl = (doc.get("model") or {}).get("chat_template") if isinstance(doc, dict) else None
+        if isinstance(tpl, str) and "{" not in tpl and not Path(tpl).is_absolute() and (file.parent / tpl).is_file():
+            dest_tpl = there.parent / tpl
+            if not dest_tpl.exists():
+                dest_tpl.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file.parent / tpl, dest_tpl)
     return target

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from posttrain.data.formats import clean_pairs_or_prompts
+from posttrain.data.mixture import label
 from posttrain.data.sources import load_splits
 from posttrain.errors import DataError
 
@@ -20,12 +21,14 @@ def load_pairs(recipe: Recipe, args, keep_extra: bool = False):
     """Train/eval preference (or prompt) rows, checked and cleaned, main process first."""
     data = recipe.data
     with args.main_process_first(desc="checking the dataset"):
-        train, eval_ds = load_splits(data, seed=args.seed)
-        train, stats = clean_pairs_or_prompts(train, data["format"], data["train"], keep_extra)
+        train, eval_ds, sources = load_splits(data, seed=args.seed)
+        train, stats = clean_pairs_or_prompts(train, data["format"], label(data), keep_extra)
         stats = {"train": stats}
         if eval_ds is not None:
-            eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"], data.get("eval") or data["train"],
+            eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"],
+                                                            label(data, "eval" if data.get("eval") else "train"),
                                                             keep_extra)
+        stats["sources"] = sources  # per source: rows read, kept, dropped, taken (the manifest's data.sources)
     return train, eval_ds, stats
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
@@ -65,7 +66,7 @@ def load_prompts(recipe: Recipe, args, tokenizer, specs):
     for s in specs:
         col = s.options.get("column")
         if col is not None and col not in train.column_names:
-            raise DataError(f"{recipe.data['train']}: reward {s.name} reads column '{col}', which the data lacks "
+            raise DataError(f"{label(recipe.data)}: reward {s.name} reads column '{col}', which the data lacks "
                             f"(columns: {', '.join(train.column_names)}; rename with data.column_map)")
     with args.main_process_first(desc="measuring prompts"):
         splits = {"train": train, "eval": eval_ds}

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
@@ -61,7 +62,7 @@ def prepare_data(recipe: Recipe, tokenizer, args):
             eval_ds = drop_long_prompts(eval_ds, tokenizer, data["max_length"], stats["eval"], "eval", keep_ids=True)
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if len(train) < batch:  # TRL's dataloader drops the last ragged batch and would then wait forever
-        raise DataError(f"{data['train']}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "
+        raise DataError(f"{label(data)}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "
                         f"one PPO batch (per_device_train_batch_size x gradient_accumulation_steps = {batch})")
     return train, eval_ds, stats
 
