@@ -69,8 +69,10 @@ def test_lora_saves_adapter_that_reloads(fx, tmp_path, cli):
 
 def test_qlora_trains_on_cpu(fx, tmp_path, cli):
     out = tmp_path / "qlora"
+    # No eval pass: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights for inference and cannot
+    # for layers narrower than its 64-wide block (the tiny model's are 32); real models are wider.
     code, _, err = cli("train", "alpaca_gpt2_qlora",
-                       *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no"))
+                       *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no", "data.eval_fraction=null"))
     assert code == 0, err
     cfg = json.loads((out / "adapter_config.json").read_text())
     m = _manifest(out)
