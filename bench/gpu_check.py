@@ -35,8 +35,7 @@ CONFIGS = REPO / "tests" / "data" / "configs"
 PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 2048}
-WORDS = ("ka ri to na me su lo vi de pa ne ro mi ta sa ku be lu fo ga hi jo wa ze an el in or um ex al on "
-         "ur is").split()
+WORDS = ["ka", "ri", "to", "na", "me", "su", "lo", "vi", "de", "pa", "ne", "ro", "mi", "ta", "sa", "ku", "be", "lu", "fo", "ga", "hi", "jo", "wa", "ze", "an", "el", "in", "or", "um", "ex", "al", "on", "ur", "is"]
 
 
 class Sizes:
@@ -62,8 +61,12 @@ def _text(rng: random.Random, n: int) -> str:
 def build_assets(work: Path, s: Sizes) -> dict:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                              PreTrainedTokenizerFast)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
 
     from posttrain.data.formats import alpaca_prompt
 
@@ -334,7 +337,7 @@ def main(argv=None) -> int:
         t = time.time()
         try:
             facts = run_row(name, r, meter)
-        except Exception as e:  # one row failing must not lose the others' numbers
+        except Exception as e:  # noqa: BLE001 - one row failing must not lose the others' numbers
             traceback.print_exc()
             table.append([name, f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"]
                          + [""] * 6)
@@ -355,7 +358,7 @@ def main(argv=None) -> int:
         try:
             run_plain(a, s, work, meter)
             plain = meter.rates()[0]
-        except Exception:
+        except Exception:  # noqa: BLE001 - the table is written whatever happens
             traceback.print_exc()
     ours = results.get("sft full bf16", {}).get("steps_per_s")
     lines = [
@@ -363,14 +366,14 @@ def main(argv=None) -> int:
         "",
         f"- Device: {device}",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {_versions()}",
-        f"- Models random-initialised from tests/data/configs ({a['small_shape']}, {a['1b_shape']}); a byte-level "
+        (f"- Models random-initialised from tests/data/configs ({a['small_shape']}, {a['1b_shape']}); a byte-level "
         f"BPE tokenizer trained on synthetic text ({s.vocab} tokens); posttrain's defaults for the device (on a GPU: "
         f"bf16, activation checkpointing, sdpa); SFT {s.batch} x {s.seq} tokens, DPO/reward {s.pref_batch} pairs of "
-        f"~{int(0.9 * s.seq)} tokens each; {s.steps} steps (online stages {s.online_steps}), rates from the end of the first step.",
-        "- tokens/s: tokens through forwards that build a graph (generation and reference passes excluded); "
+        f"~{int(0.9 * s.seq)} tokens each; {s.steps} steps (online stages {s.online_steps}), rates from the end of the first step."),
+        ("- tokens/s: tokens through forwards that build a graph (generation and reference passes excluded); "
         "MFU = 6 x all parameters x tokens/s / peak (LoRA rows do ~4N of work, so their MFU overstates; "
         "recomputation under checkpointing is not counted). Memory: torch.cuda.max_memory_allocated vs "
-        "`posttrain plan` (its total, with 10% overhead).",
+        "`posttrain plan` (its total, with 10% overhead)."),
         f"- plain TRL (bench/plain_trl_sft.py, same model, rows, batch and length as `sft full bf16`): "
         f"{fmt(plain)} steps/s vs posttrain {fmt(ours)} steps/s"
         + (f" (posttrain/plain = {ours / plain:.2f})" if ours and plain else ""),

@@ -50,15 +50,15 @@ class Footprint:
     generated_tokens_default: int = 0
     reward_and_value_models: bool = False  # PPO: a frozen reward model and a trained value model
     reward_models_key: str | None = None  # a recipe key listing reward models held frozen (grpo/rloo `rewards`)
-    # which logits the loss keeps: "sft" (TRL SFT loss_type: chunked_nll by default, else full fp32),
+    # which logits the loss keeps: "sft_loss" (TRL SFT loss_type: chunked_nll by default, else full fp32),
     # "per_token_logps" (full logits in the compute dtype, a log-softmax per row kept for backward),
     # "generated_logps" (the same over generated tokens only: TRL passes logits_to_keep), "none" (scoring)
-    logits: str = "sft"
+    logits: str = "sft_loss"
 
 
 # Temporary: the stage registry moves these into posttrain/stages/<stage>.py.
 FOOTPRINTS = {
-    "sft": Footprint(logits="sft"),
+    "sft": Footprint(logits="sft_loss"),
     "reward": Footprint(scoring=True, sequences_per_row=2, logits="none"),
     "dpo": Footprint(sequences_per_row=2, reference="unless_peft_or_precompute", logits="per_token_logps"),
     "ppo": Footprint(reference="unless_peft", generated_tokens_key="response_length", generated_tokens_default=53,
@@ -94,13 +94,17 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
     name = model_section["name_or_path"]
     try:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+        )
         from transformers.pytorch_utils import Conv1D
 
         cfg = AutoConfig.from_pretrained(name, revision=model_section.get("revision"),
                                          trust_remote_code=bool(model_section.get("trust_remote_code")),
                                          **({"gguf_file": model_section["gguf_file"]} if model_section.get("gguf_file") else {}))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
         raise PosttrainError(f"plan needs the model config of '{name}': {_first_line(e)}") from None
     if seq_cls:
         cfg.num_labels = 1
@@ -108,7 +112,7 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
         with torch.device("meta"):
             cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
             model = cls.from_config(cfg, trust_remote_code=bool(model_section.get("trust_remote_code")))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
         raise PosttrainError(f"plan cannot build '{name}' from its config: {_first_line(e)}") from None
     attn = model_section.get("attn_implementation") or getattr(model.config, "_attn_implementation", None) or "sdpa"
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -124,12 +128,12 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
 
             with torch.device("meta"):
                 model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
             raise RecipeError(f"peft: {_first_line(e)}") from None
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    get = lambda *names: next((getattr(text, n) for n in names if getattr(text, n, None)), 0)  # noqa: E731
+    get = lambda *names: next((getattr(text, n) for n in names if getattr(text, n, None)), 0)
     hidden, heads = get("hidden_size", "n_embd", "d_model"), get("num_attention_heads", "n_head")
     head_dim = get("head_dim") or hidden // max(heads, 1)
     kv_heads = get("num_key_value_heads") or heads
@@ -173,7 +177,7 @@ def _logits(fp: Footprint, recipe: Recipe, a: Arch, rows: int, seq: int, generat
     """Bytes of the logits the loss keeps, as TRL 1.12 computes them, and a note saying how."""
     if fp.scoring or fp.logits == "none":
         return 0.0, "scalar head: no vocabulary logits"
-    if fp.logits == "sft":
+    if fp.logits == "sft_loss":
         if recipe.training.get("loss_type", "chunked_nll") == "chunked_nll" and not recipe.training.get("use_liger_kernel"):
             # fp32 logits, log-probs and their gradient for one chunk of tokens, plus the head's weight in fp32
             # and its fp32 gradient while a chunk runs
@@ -222,8 +226,9 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
         other += frozen if frozen else policy.params * cb
         notes.append("reference copy of the policy")
     if fp.reward_and_value_models:
-        rm = _arch({"name_or_path": recipe.extra["reward_model"]}, None, seq_cls=True) \
-            if _reachable(recipe.extra["reward_model"]) else policy
+        spec = recipe.extra["reward_model"]
+        spec = dict(spec) if isinstance(spec, dict) else {"name_or_path": str(spec)}
+        rm = _arch(spec, None, seq_cls=True) if _reachable(spec["name_or_path"]) else policy
         other += rm.params * cb + rm.params * cb * 4  # reward (frozen) + value (weights, gradients, AdamW)
         notes.append("reward model, value model (trained)")
     for path in _reward_model_paths(recipe, fp):

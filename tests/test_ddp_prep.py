@@ -56,7 +56,7 @@ def test_slow_tokenization_outlives_a_small_ddp_timeout(fx, tmp_path):
            "data.split=train", "data.eval_fraction=null", "training.eval_strategy=no", "training.max_steps=1",
            "training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=1",
            "training.save_strategy=no", f"training.ddp_timeout={TIMEOUT_S}", f"output_dir={out}"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-12000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["code"] for r in ranks] == [0, 0]
