@@ -35,10 +35,13 @@ def main(argv=None, callbacks=()):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model)
     dataset = load_dataset("json", data_files=args.data, split="train")
+    # transformers renamed gradient_checkpointing -> activation_checkpointing after 5.17
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
+        else "gradient_checkpointing"
     config = SFTConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         max_length=args.max_length, learning_rate=args.learning_rate, logging_steps=args.logging_steps,
-        save_strategy="no", seed=args.seed, bf16=args.bf16, activation_checkpointing=args.activation_checkpointing,
+        save_strategy="no", seed=args.seed, bf16=args.bf16, **{ckpt: args.activation_checkpointing},
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=list(callbacks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -73,6 +74,11 @@ def build_config(recipe: Recipe, **managed):
     cls = config_class(STAGES[recipe.stage].config)
     kw = device_defaults(recipe.training)
     kw.update(managed)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for new, old in (("activation_checkpointing", "gradient_checkpointing"),
+                     ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")):
+        if new not in names and new in kw:  # transformers before the rename (5.17, the GPU image, has only the old)
+            kw[old] = kw.pop(new)
     kw["output_dir"] = recipe.output_dir
     # Create the process group ourselves: TrainingArguments creates it while the config is built, and on CPU
     # (gloo) without passing ddp_timeout at all.
