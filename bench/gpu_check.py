@@ -107,7 +107,8 @@ def build_assets(work: Path, s: Sizes) -> dict:
         cfg.bos_token_id = cfg.eos_token_id = fast.eos_token_id
         cfg.pad_token_id = None
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 1B: seconds on a GPU
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         path = work / f"model-{key}"
         model.save_pretrained(path)
         fast.save_pretrained(path)
@@ -269,6 +270,17 @@ def run_plain(a: dict, s: Sizes, work: Path, meter: Meter):
     plain_trl_sft.main(argv, callbacks=[Hook(), meter.callback()])
 
 
+def _plain_steps(a: dict, s: Sizes, work: Path) -> float | None:
+    meter = Meter()
+    _reset_memory()
+    try:
+        run_plain(a, s, work, meter)
+    except Exception:  # noqa: BLE001 - the table is written whatever happens
+        traceback.print_exc()
+        return None
+    return meter.rates()[0]
+
+
 def device_line() -> tuple[str, float | None]:
     import torch
 
@@ -319,7 +331,7 @@ def main(argv=None) -> int:
     a = build_assets(work, s)
     device, peak = device_line()
     print(f"gpu_check: {device}; assets built in {time.time() - t0:.0f} s", flush=True)
-    table, results = [], {}
+    table, results, plain = [], {}, None
     for name, key, mapping in rows(a, s):
         if args.only and name not in args.only:
             continue
@@ -351,15 +363,8 @@ def main(argv=None) -> int:
                       fmt(mfu and 100 * mfu, "{:.1f}%"), fmt(measured and measured / 2**30, "{:.2f}"),
                       f"{est / 2**30:.2f}", fmt(measured and measured / est, "{:.2f}")])
         print(f"gpu_check: {name}: {results[name]}", flush=True)
-    plain = None
-    if not args.only or "plain TRL sft" in args.only:
-        meter = Meter()
-        _reset_memory()
-        try:
-            run_plain(a, s, work, meter)
-            plain = meter.rates()[0]
-        except Exception:  # noqa: BLE001 - the table is written whatever happens
-            traceback.print_exc()
+        if name == "sft full bf16":  # the same setting by hand with TRL, next to it in time
+            plain = _plain_steps(a, s, work)
     ours = results.get("sft full bf16", {}).get("steps_per_s")
     lines = [
         "# GPU check (`make gpu-check`, bench/gpu_check.py)" + (" — DRY RUN (tiny shapes, CPU)" if args.dry_run else ""),
