@@ -63,3 +63,28 @@ def test_slow_tokenization_outlives_a_small_ddp_timeout(fx, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
     assert ranks[1]["control_timed_out"] is True, ranks
     assert TIMEOUT_S - 1 < ranks[1]["control_s"] < SLOW_S, ranks  # it was the recipe's timeout, not 30 min
+
+
+def test_a_failure_during_preprocessing_stops_the_other_ranks_with_its_line(monkeypatch):
+    """In-process, with a plain key-value store standing in for the process group's: the main process posts
+    its error, and a replica waiting for it raises that one line instead of waiting forever."""
+    import pytest
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    from posttrain.errors import DataError, PosttrainError
+    from posttrain.stages import common
+
+    store = dist.HashStore()
+    monkeypatch.setattr(distributed_c10d, "_get_default_store", lambda: store)
+    monkeypatch.setattr(common, "_distributed_state", lambda timeout_s=None: None)
+    monkeypatch.setattr(common, "_prep_calls", iter([7, 7]))  # both "ranks" run the same (7th) block
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(DataError), common.main_process_first("tokenizing"):
+        raise DataError("rows.jsonl: no column 'output'")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(PosttrainError, match="^rows.jsonl: no column 'output'$"), common.main_process_first("tokenizing"):
+        raise AssertionError("a replica must not run the block after the main process failed")
