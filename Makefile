@@ -69,3 +69,20 @@ $(VENV)/.installed-demo: $(VENV)/.installed
 .PHONY: bench
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# GPU check (bench/gpu_check.py): every stage a few steps on one GPU, speed, MFU, peak memory vs `plan`, plain TRL
+# side by side; writes bench/GPU.md. No network needed there: `make gpu-wheels` (here) puts the wheels the GPU
+# image lacks into .whl/ for Python 3.12 x86-64, and bench/gpu_check.sh installs them into .site/.
+# GPU_ARGS=--dry-run: tiny shapes, one step per row, on CPU.
+GPU_ARGS ?=
+GPU_WHEELS ?= trl==1.12.0 datasets==5.2.0 bitsandbytes==0.50.2 dill==0.4.1 multiprocess==0.70.19 \
+	requests==2.34.2 urllib3==2.8.0 idna==3.20 charset-normalizer==3.5.3 certifi==2026.10.19.post1
+.PHONY: gpu-check gpu-wheels
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash bench/gpu_check.sh $(GPU_ARGS)
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	du -sh .whl

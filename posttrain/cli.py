@@ -97,6 +97,8 @@ def _setup_logging():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft and TRL read transformers' deprecated alias on every model wrap; nothing a user can act on
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # bitsandbytes on an AVX512-bf16 CPU warns at import that an optional hub kernel is missing; 4-bit still works
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _load(args):

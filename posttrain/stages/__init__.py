@@ -22,16 +22,24 @@ from posttrain.util import did_you_mean
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-    """What a stage holds in GPU memory besides the policy's own training state (read by `plan`)."""
+    """What a stage holds in GPU memory, as far as `posttrain plan` is concerned."""
 
-    scoring: bool = False  # the trained model is a sequence classifier: no vocabulary logits
-    sequences_per_row: int = 1  # 2 for chosen + rejected
-    # when a frozen reference copy of the policy is held: "unless_peft" | "unless_peft_or_precompute" |
-    # "if_beta" (when training.beta, default `beta_default`, is non-zero and there is no LoRA)
+    scoring: bool = False  # the trained model is a sequence classifier: a scalar head, no vocabulary logits
+    sequences_per_row: int = 1  # 2: chosen and rejected go through the model in one forward
+    # when a frozen reference copy of the policy is held: None (never), "unless_peft" (the disabled adapter
+    # is the reference), "unless_peft_or_precompute" (+ training.precompute_ref_log_probs), "if_beta"
+    # (only when training.beta, default `beta_default`, is non-zero, and not with peft)
     reference: str | None = None
     beta_default: float = 0.0
-    generated_tokens: tuple[str, int] | None = None  # (training key, its TRL default): tokens added to a prompt
-    reward_and_value_models: bool = False  # holds a reward model and a trained value model (PPO)
+    # the training key that bounds generated tokens appended to each prompt, and its TRL default
+    generated_tokens_key: str | None = None
+    generated_tokens_default: int = 0
+    reward_and_value_models: bool = False  # PPO: a frozen reward model and a trained value model
+    reward_models_key: str | None = None  # a recipe key listing reward models held frozen (grpo/rloo `rewards`)
+    # which logits the loss keeps: "sft_loss" (TRL SFT loss_type: chunked_nll by default, else full fp32),
+    # "per_token_logps" (full logits in the compute dtype, a log-softmax per row kept for backward),
+    # "generated_logps" (the same over generated tokens only: TRL passes logits_to_keep), "none" (scoring)
+    logits: str = "sft_loss"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,6 @@ STAGE = Stage(
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins"),
     keys=("ref_model",),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
-    footprint=Footprint(sequences_per_row=2, reference="unless_peft_or_precompute"),
+    footprint=Footprint(sequences_per_row=2, reference="unless_peft_or_precompute", logits="per_token_logps"),
     position=30,
 )

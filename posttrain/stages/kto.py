@@ -106,7 +106,7 @@ STAGE = Stage(
     extra_metrics=common.last_logged("rewards/margins", "rewards/chosen", "rewards/rejected", "kl"),
     keys=("ref_model",),
     headline=("eval_rewards/margins", "eval_kl", "rewards/margins", "kl"),
-    footprint=Footprint(reference="unless_peft_or_precompute"),
+    footprint=Footprint(sequences_per_row=2, reference="unless_peft_or_precompute", logits="per_token_logps"),
     checks=(check_kl_batch,),
     position=40,
 )

@@ -46,6 +46,6 @@ STAGE = Stage(
     build=build,
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins", "log_odds_ratio", "nll_loss"),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
-    footprint=Footprint(sequences_per_row=2),
+    footprint=Footprint(sequences_per_row=2, logits="per_token_logps"),
     position=50,
 )

@@ -199,8 +199,8 @@ STAGE = Stage(
     inputs={"reward_model": "reward_model"},
     resumable=False,
     headline=("objective/scores", "objective/kl", "last_logged_score", "last_logged_kl"),
-    footprint=Footprint(reference="unless_peft", generated_tokens=("response_length", 53),
-                        reward_and_value_models=True),
+    footprint=Footprint(reference="unless_peft", generated_tokens_key="response_length", generated_tokens_default=53,
+                        reward_and_value_models=True, logits="per_token_logps"),
     managed={"sft_model_path": "set `model.name_or_path`", "reward_model_path": "set the top-level `reward_model`"},
     position=60,
 )

@@ -56,6 +56,6 @@ STAGE = Stage(
     save=save_merged,
     output="reward_model",
     headline=("eval_accuracy", "eval_margin", "accuracy", "margin"),
-    footprint=Footprint(scoring=True, sequences_per_row=2),
+    footprint=Footprint(scoring=True, sequences_per_row=2, logits="none"),
     position=20,
 )

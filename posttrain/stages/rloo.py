@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from posttrain.stages import Footprint, grpo
+from posttrain.stages import grpo
 
 if TYPE_CHECKING:
     from posttrain.recipe import Recipe
@@ -25,6 +25,6 @@ STAGE = dataclasses.replace(
     summary="online RL on prompts with a leave-one-out baseline (trl.RLOOTrainer); keys as grpo",
     trl_config="trl:RLOOConfig",
     build=build,
-    footprint=Footprint(reference="if_beta", beta_default=0.05, generated_tokens=("max_completion_length", 256)),
+    footprint=dataclasses.replace(grpo.STAGE.footprint, beta_default=0.05),
     position=80,
 )

@@ -71,7 +71,7 @@ STAGE = Stage(
     make_config=config,
     build=build,
     headline=("eval_loss", "train_loss"),
-    footprint=Footprint(),
+    footprint=Footprint(logits="sft_loss"),
     managed={
         "dataset_kwargs": "posttrain prepares the dataset itself",
         "dataset_text_field": "choose the input shape with `data.format`",
