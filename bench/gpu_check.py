@@ -231,25 +231,17 @@ def _peak() -> float | None:
 
 def run_row(name: str, r, meter: Meter) -> dict:
     """Train `r` with its stage module, the meter hooked into the trainer the stage builds."""
-    from posttrain.stages import stage_module
+    from posttrain import stages
 
-    module = stage_module(r.stage)
-    real = module.build
     facts = {}
 
-    def build(rec):
-        trainer, stats = real(rec)
+    def hook(trainer):
         trainer.add_callback(meter.callback())
         model = getattr(trainer, "policy_model", None) or trainer.model  # PPO: the policy inside its wrapper
         model.register_forward_pre_hook(meter.hook, with_kwargs=True)
         facts["params"] = sum(p.numel() for p in model.parameters())
-        return trainer, stats
 
-    module.build = build
-    try:
-        module.train(r, overwrite=True)
-    finally:
-        module.build = real
+    stages.get(r.stage).train(r, overwrite=True, on_build=hook)
     return facts
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.plan import FOOTPRINTS, GIB, Footprint, estimate
+from posttrain import stages
+from posttrain.plan import GIB, estimate
 from posttrain.recipe import load_recipe
+from posttrain.stages import Footprint
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
 
@@ -107,10 +109,8 @@ def test_qlora_keeps_the_linears_in_4_bits_and_the_rest_in_fp32():
     assert qlora["parts"]["optimizer"] == adapters * 8
 
 
-def test_footprint_is_a_parameter_and_covers_every_stage():
-    from posttrain.recipe import STAGES
-
-    assert set(FOOTPRINTS) == set(STAGES)
+def test_footprint_is_a_parameter_and_declared_by_every_stage():
+    assert all(isinstance(s.footprint, Footprint) for s in stages.all_stages().values())
     r = _real("alpaca_gpt2", "smollm2-135m")
     scored = estimate(r, footprint=Footprint(scoring=True, logits="none"))
     assert scored["parts"]["logits"] == 0 and estimate(r)["parts"]["logits"] > 0

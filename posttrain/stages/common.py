@@ -236,7 +236,8 @@ def _agree(decide, timeout_s: float | None = None):
     return result
 
 
-def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool = False, force: bool = False) -> dict:
+def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+        on_build=None) -> dict:
     """Lock the output dir, train, save atomically, and keep the manifest true at every point.
 
     From the stage: `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add
@@ -260,6 +261,8 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
                 log.info("resuming from %s", ckpt)
         try:
             trainer, data_stats = build(recipe)
+            if on_build is not None:  # e.g. a benchmark's callbacks and hooks on the trainer the stage built
+                on_build(trainer)
             a = trainer.args
             batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * world_size()
             if main:
