@@ -152,7 +152,8 @@ def advice(recipe: Recipe, est: dict, gpu_gib: float) -> list[str]:
     if not recipe.peft:
         tips.append("add a `peft:` section (LoRA): gradients and optimizer state only for the adapter")
     elif not recipe.quantization:
-        tips.append("add `quantization: {load_in_4bit: true}` (QLoRA): the base weights in 4 bits")
+        tips.append("add `quantization: {load_in_4bit: true}` (QLoRA: NF4, double quantization and bf16 "
+                    "compute by default): the base weights in 4 bits")
     fp = stages.get(recipe.stage).footprint
     if fp.reference == "unless_peft_or_precompute" and holds_reference(recipe, fp):
         tips.append("set training.precompute_ref_log_probs: true (no reference model in memory)")
