@@ -133,6 +133,13 @@ def classify(stage, section: str, key: str) -> Option:
     return Option(section, key, PASSED if key in passed(stage, section) else "unclassified")
 
 
+def unclassified(stage, section: str, values: dict) -> list[str]:
+    """Keys of a checked section that its class has but nobody classified (a library newer than the
+    snapshot): they are passed through, and validation warns."""
+    known = passed(stage, section) | set(managed(stage, section)) | set(refused(stage, section))
+    return [k for k in values if k not in known]
+
+
 def refuse(where: Where, stage, section: str, values: dict | None):
     """Refuse the managed and refused keys of a section (tables only: cheap, before any import)."""
     if not values:
@@ -384,7 +391,7 @@ def foreign_hint(key: str, value=None) -> str:
     else:
         shown = f.value(value) if f.value else value if _simple(value) else None
         suggestion = f"`{f.target}: {_render(shown)}`" if shown is not None else f"`{f.target}`"
-    return f"; did you mean {suggestion}?{' (' + f.note + ')' if f.note else ''} ({key} is another tool's name)"
+    return f"; did you mean {suggestion}?{' (' + f.note + ')' if f.note else ''}"
 
 
 def _elsewhere(stage, section: str, key: str) -> str:
@@ -420,8 +427,6 @@ def unknown(where: Where, dotted: str, known, *, value=None, stage=None, note: s
     key = dotted.rsplit(".", 1)[-1]
     section = dotted.rsplit(".", 1)[0] if "." in dotted else "recipe"
     hint = foreign_hint(key, value) or _elsewhere(stage, section, key) or did_you_mean(key, known)
-    if section == "peft.target_modules" or section.startswith("data.column_map"):
-        hint = did_you_mean(key, known)
     where.fail(dotted, f"unknown key in {section}{hint}{note}")
 
 

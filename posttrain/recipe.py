@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,8 @@ import yaml
 from posttrain import needs, options, stages
 from posttrain.errors import RecipeError
 from posttrain.util import Where, as_number, did_you_mean, show, type_words
+
+log = logging.getLogger("posttrain")
 
 # The recipes shipped inside the package (`posttrain recipes` lists them); the checkout's recipes/ links here.
 RECIPES_DIR = Path(str(resources.files("posttrain") / "recipes"))
@@ -504,6 +507,10 @@ def training_fits_trl_config(d: Draft):
     from posttrain import schema
 
     d.training = schema.check_owned("training", d.training, schema.config_class(d.stage.trl_config), d.where, d.stage)
+    new = options.unclassified(d.stage, "training", d.training)
+    if new:
+        log.warning("training.%s: passed to %s, but this posttrain version has not classified %s (a newer TRL than "
+                    "it was tested with?)", ", ".join(new), d.stage.trl_config, "it" if len(new) == 1 else "them")
 
 
 def peft_fits_lora_config(d: Draft):

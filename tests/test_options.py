@@ -2,6 +2,7 @@
 defaults, other tools' names, and `key: null` under extends. Fast: nothing trains, nothing loads."""
 
 import dataclasses
+import logging
 
 import pytest
 import yaml
@@ -44,6 +45,18 @@ def test_a_field_nobody_classified_fails_the_walk(monkeypatch):
     monkeypatch.setattr(options, "installed_fields",
                         lambda path: real(path) + (["shiny_new_option"] if path == "trl:DPOConfig" else []))
     assert options.audit()["trl:DPOConfig"]["unclassified"] == ["shiny_new_option"]
+
+
+def test_a_field_the_snapshot_lacks_is_passed_with_a_warning(tmp_path, monkeypatch, caplog):
+    snap = options.snapshot()
+    snap["trl:SFTConfig"].remove("neftune_noise_alpha")
+    monkeypatch.setattr(options, "snapshot", lambda: snap)
+    monkeypatch.setattr(logging.getLogger("posttrain"), "propagate", True)  # the CLI turns it off
+    with caplog.at_level("WARNING", logger="posttrain"):
+        r = load_recipe(str(_write(tmp_path, BASE + "training: {neftune_noise_alpha: 5}\n")))
+    assert r.training["neftune_noise_alpha"] == 5
+    assert "training.neftune_noise_alpha: passed to trl:SFTConfig, but this posttrain version has not " \
+           "classified it" in caplog.text
 
 
 def test_classify_answers_for_every_section():
@@ -185,6 +198,15 @@ def test_load_in_4bit_alone_means_nf4_double_quant_and_16bit_compute_where_there
     assert resolved == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
                         "bnb_4bit_compute_dtype": "bfloat16" if bf16_supported() else "float32"}
     assert r.quantization == resolved  # what models.quantization_config receives
+
+
+def test_qlora_computes_in_bf16_on_a_gpu_that_has_it(tmp_path, monkeypatch):
+    from posttrain import models
+
+    monkeypatch.setattr(models, "bf16_supported", lambda: True)
+    r = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
+    assert r.quantization["bnb_4bit_compute_dtype"] == "bfloat16"
+    assert "bnb_4bit_compute_dtype: bfloat16" in r.to_yaml()  # recipe.resolved.yaml says so
 
 
 def test_every_qlora_field_stays_settable(tmp_path):
