@@ -257,8 +257,11 @@ def render_doc() -> str:
               "An unknown key that another tool uses (TRL scripts, alignment-handbook, LLaMA-Factory, axolotl) is",
               "answered with the posttrain key, at any level of the recipe:", "",
               "| their key | posttrain |", "|---|---|"]
-    lines += [f"| `{k}` | {'`' + f.target + '`' if _is_key(f.target) else f.target}"
-              f"{' (' + f.note + ')' if f.note else ''} |" for k, f in FOREIGN.items()]
+    for k, f in FOREIGN.items():
+        theirs, ours = f"`{k}`", f"`{f.target}`" if _is_key(f.target) else f.target
+        if f.example is not None:
+            theirs, ours = f"`{k}: {_render(f.example)}`", f"`{f.target}: {_render(f.value(f.example))}`"
+        lines.append(f"| {theirs} | {ours}{' (' + f.note + ')' if f.note else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -271,6 +274,7 @@ class Foreign:
     target: str  # a dotted posttrain key, or a phrase (e.g. a CLI flag)
     note: str = ""
     value: Callable[[Any], Any] | None = None  # the value to suggest, from theirs (None: show theirs if simple)
+    example: Any = None  # for the doc: a value of theirs that `value` translates
 
 
 def _all_linear(v):
@@ -304,16 +308,16 @@ FOREIGN: dict[str, Foreign] = {
     # LoRA / quantization
     "lora_r": Foreign("peft.r"),
     "lora_rank": Foreign("peft.r"),
-    "lora_target": Foreign("peft.target_modules", value=_all_linear),
-    "lora_target_modules": Foreign("peft.target_modules", value=_all_linear),
-    "lora_target_linear": Foreign("peft.target_modules", value=lambda v: "all-linear"),
+    "lora_target": Foreign("peft.target_modules", value=_all_linear, example='all'),
+    "lora_target_modules": Foreign("peft.target_modules", value=_all_linear, example='all'),
+    "lora_target_linear": Foreign("peft.target_modules", value=lambda v: "all-linear", example=True),
     "lora_modules_to_save": Foreign("peft.modules_to_save"),
     "use_peft": Foreign("a `peft:` section, e.g. `peft: {r: 16, lora_alpha: 32, target_modules: all-linear}`"),
     "finetuning_type": Foreign("a `peft:` section for LoRA (omit it for full fine-tuning)"),
     "adapter": Foreign("a `peft:` section (plus `quantization: {load_in_4bit: true}` for QLoRA)"),
-    "quantization_bit": Foreign("quantization", value=_quant_block),
-    "load_in_4bit": Foreign("quantization", value=lambda v: {"load_in_4bit": True}),
-    "load_in_8bit": Foreign("quantization", value=lambda v: {"load_in_8bit": True}),
+    "quantization_bit": Foreign("quantization", value=_quant_block, example=4),
+    "load_in_4bit": Foreign("quantization", value=lambda v: {"load_in_4bit": True}, example=True),
+    "load_in_8bit": Foreign("quantization", value=lambda v: {"load_in_8bit": True}, example=True),
     # data
     "dataset": Foreign("data.train"),
     "datasets": Foreign("data.train"),
@@ -351,9 +355,9 @@ FOREIGN: dict[str, Foreign] = {
     "tokenizer_name": Foreign("model.tokenizer"),
     "tokenizer_type": Foreign("model.tokenizer"),
     "torch_dtype": Foreign("model.dtype"),
-    "flash_attention": Foreign("model.attn_implementation", value=lambda v: "flash_attention_2"),
-    "flash_attn": Foreign("model.attn_implementation", value=lambda v: "flash_attention_2"),
-    "sdp_attention": Foreign("model.attn_implementation", value=lambda v: "sdpa"),
+    "flash_attention": Foreign("model.attn_implementation", value=lambda v: "flash_attention_2", example=True),
+    "flash_attn": Foreign("model.attn_implementation", value=lambda v: "flash_attention_2", example=True),
+    "sdp_attention": Foreign("model.attn_implementation", value=lambda v: "sdpa", example=True),
     # stage inputs and preference settings
     "ref_model_name_or_path": Foreign("ref_model"),
     "reward_model_name_or_path": Foreign("reward_model"),

@@ -172,7 +172,7 @@ def test_flash_attention_needs_the_package_and_a_gpu(tmp_path, monkeypatch):
     (BASE + "training: {loss_type: nl}\n", "did you mean 'nll'"),
     (BASE + "training: {lr_scheduler_type: cosine_with_restart}\n", "did you mean 'cosine_with_restarts'"),
     (BASE + "training: {optim: adamw_torh}\n", "did you mean 'adamw_torch'"),
-    (BASE + "training: {truncation_mode: keep_middle}\n", "is not one of keep_end, keep_start"),
+    (DPO + "training: {truncation_mode: keep_middle}\n", "is not one of keep_end, keep_start"),
     (BASE.replace("gpt2}", "gpt2, attn_implementation: spda}"), "did you mean 'sdpa'"),
 ])
 def test_enumerated_values_are_checked_against_the_installed_library(tmp_path, text, says):
