@@ -97,6 +97,9 @@ def packages(where: Where, training: dict):
         _need(where, "training.use_liger_kernel", "the Liger kernels", "liger_kernel", "liger-kernel")
     if training.get("use_vllm"):
         _need(where, "training.use_vllm", "generation with vLLM", "vllm", "vllm")
+    if training.get("generate_during_eval") and not (installed("wandb") or installed("comet_ml")):
+        where.fail("training.generate_during_eval", "logs its samples to wandb or comet, and neither is installed "
+                   "(pip install wandb)")
     optim = training.get("optim")
     if isinstance(optim, str):
         # specific names first: adamw_torch_8bit is torchao's, not bitsandbytes'
@@ -106,23 +109,28 @@ def packages(where: Where, training: dict):
                 break
 
 
+HUB_UPLOADS = ("push_to_hub", "log_completions_hub_repo")  # training settings that upload to the hub
+
+
 def hub(where: Where, training: dict):
-    """push_to_hub uploads at every save and at the end: without the hub the run fails after training."""
-    if not training.get("push_to_hub"):
+    """push_to_hub uploads at every save and at the end (log_completions_hub_repo at every log): without
+    the hub or a token the run fails after it trained."""
+    key = next((k for k in HUB_UPLOADS if training.get(k)), None)
+    if key is None:
         return
     from posttrain.hub import hub_reachable
 
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        where.fail("training.push_to_hub", "true, but HF_HUB_OFFLINE is set (or the hub is unreachable): the run "
-                   "would fail at its first upload; set push_to_hub: false or run online")
+        where.fail(f"training.{key}", "uploads to the Hugging Face hub, but this process is offline (HF_HUB_OFFLINE is "
+                   "set, or validate found the hub unreachable): the run would fail at its first upload")
     if not hub_reachable():
-        where.fail("training.push_to_hub", "true, but the Hugging Face hub is not reachable from here: the run "
-                   "would fail at its first upload; set push_to_hub: false or run online")
+        where.fail(f"training.{key}", "uploads to the Hugging Face hub, which is not reachable from here: the run "
+                   "would fail at its first upload")
     from huggingface_hub import get_token
 
     if not get_token():
-        where.fail("training.push_to_hub", "true, but no Hugging Face token is set: `hf auth login` or set HF_TOKEN "
-                   "in the environment")
+        where.fail(f"training.{key}", "uploads to the Hugging Face hub, but no token is set: `hf auth login`, or "
+                   "HF_TOKEN in the environment")
 
 
 FLASH = {

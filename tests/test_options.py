@@ -117,6 +117,26 @@ def test_push_to_hub_offline_is_refused(tmp_path, monkeypatch):
     assert "training.push_to_hub" in msg and "HF_HUB_OFFLINE" in msg
 
 
+def test_push_to_hub_without_a_token_is_refused(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from posttrain import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    msg = _refused(tmp_path, BASE + "training: {push_to_hub: true}\n")
+    assert "training.push_to_hub" in msg and "no token" in msg
+
+
+def test_orpo_generate_during_eval_needs_wandb_or_comet(tmp_path, monkeypatch):
+    from posttrain import needs
+
+    monkeypatch.setattr(needs, "installed", lambda module: module not in ("wandb", "comet_ml"))
+    msg = _refused(tmp_path, DPO.replace("dpo", "orpo") + "training: {generate_during_eval: true}\n")
+    assert "training.generate_during_eval" in msg and "pip install wandb" in msg
+
+
 def test_liger_without_liger_kernel(tmp_path, monkeypatch):
     from posttrain import needs
 
