@@ -20,6 +20,7 @@ Regenerate the snapshot and docs/options.md after a TRL/peft/transformers upgrad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -111,6 +112,7 @@ def refused(stage, section: str = "training") -> dict[str, str]:
     return REFUSED_SECTIONS[SECTION_OWNERS[section]]
 
 
+@functools.cache
 def snapshot() -> dict[str, list[str]]:
     return json.loads(SNAPSHOT.read_text(encoding="utf-8"))
 
@@ -342,7 +344,7 @@ FOREIGN: dict[str, Foreign] = {
     "num_proc": Foreign("data.num_proc"),
     "template": Foreign("model.chat_template"),
     "chat_template": Foreign("model.chat_template"),
-    "train_on_inputs": Foreign("nothing: posttrain always masks the prompt exactly (README: prompt masking)"),
+    "train_on_inputs": Foreign("nothing to set: the prompt is always masked, exactly (README: prompt masking)"),
     "sample_packing": Foreign("training.packing"),
     # model
     "model_name_or_path": Foreign("model.name_or_path"),
@@ -390,12 +392,12 @@ def foreign_hint(key: str, value=None) -> str:
     f = FOREIGN.get(str(key))
     if f is None:
         return ""
-    if not _is_key(f.target):
-        suggestion = f.target  # a phrase
-    else:
-        shown = f.value(value) if f.value else value if _simple(value) else None
-        suggestion = f"`{f.target}: {_render(shown)}`" if shown is not None else f"`{f.target}`"
-    return f"; did you mean {suggestion}?{' (' + f.note + ')' if f.note else ''}"
+    note = f" ({f.note})" if f.note else ""
+    if not _is_key(f.target):  # a phrase: a flag, a section to add
+        return f"; in posttrain that is {f.target}{note}"
+    shown = f.value(value) if f.value else value if _simple(value) else None
+    suggestion = f"`{f.target}: {_render(shown)}`" if shown is not None else f"`{f.target}`"
+    return f"; did you mean {suggestion}?{note}"
 
 
 def _elsewhere(stage, section: str, key: str) -> str:
@@ -441,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args == ["--write"]:
         SNAPSHOT.write_text(json.dumps(generate_snapshot(), indent=1) + "\n", encoding="utf-8")
+        snapshot.cache_clear()
         DOC.parent.mkdir(exist_ok=True)
         DOC.write_text(render_doc(), encoding="utf-8")
         print(f"wrote {SNAPSHOT} and {DOC}")

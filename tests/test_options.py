@@ -48,7 +48,7 @@ def test_a_field_nobody_classified_fails_the_walk(monkeypatch):
 
 
 def test_a_field_the_snapshot_lacks_is_passed_with_a_warning(tmp_path, monkeypatch, caplog):
-    snap = options.snapshot()
+    snap = {k: list(v) for k, v in options.snapshot().items()}  # a copy: snapshot() is cached
     snap["trl:SFTConfig"].remove("neftune_noise_alpha")
     monkeypatch.setattr(options, "snapshot", lambda: snap)
     monkeypatch.setattr(logging.getLogger("posttrain"), "propagate", True)  # the CLI turns it off
