@@ -247,7 +247,8 @@ def advice(recipe: Recipe, est: dict, gpu_gib: float, footprint: Footprint | Non
     if not recipe.peft:
         tips.append("add a `peft:` section (LoRA): gradients and optimizer state only for the adapter")
     elif not recipe.quantization:
-        tips.append("add `quantization: {load_in_4bit: true}` (QLoRA): the base weights in 4 bits")
+        tips.append("add `quantization: {load_in_4bit: true}` (QLoRA: NF4, double quantization and bf16 "
+                    "compute by default): the base weights in 4 bits")
     if fp.reference == "unless_peft_or_precompute" and _reference_held(fp, recipe):
         tips.append("set training.precompute_ref_log_probs: true (no reference model in memory)")
     if t.get("per_device_train_batch_size", 8) > 1:

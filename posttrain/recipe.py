@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 from importlib import resources
 from pathlib import Path
@@ -20,9 +21,11 @@ from typing import Any
 
 import yaml
 
-from posttrain import stages
+from posttrain import needs, options, stages
 from posttrain.errors import RecipeError
 from posttrain.util import Where, as_number, did_you_mean, show, type_words
+
+log = logging.getLogger("posttrain")
 
 # The recipes shipped inside the package (`posttrain recipes` lists them); the checkout's recipes/ links here.
 RECIPES_DIR = Path(str(resources.files("posttrain") / "recipes"))
@@ -116,13 +119,7 @@ SOURCE_KEYS = {
 # data.format -> the other source formats a mixture may hold (read into data.format's columns)
 MIXABLE = {"messages": ("sharegpt", "alpaca", "prompt_completion")}
 
-# training.* keys that posttrain sets itself for every stage, with where the user should say it instead.
-# A stage adds its own in its `managed`.
-MANAGED_TRAINING_KEYS = {
-    "output_dir": "set `output_dir` at the top level of the recipe",
-    "max_length": "set `data.max_length`",
-    "remove_unused_columns": "posttrain prepares the dataset itself",
-}
+# Which training/peft/quantization keys posttrain manages or refuses: posttrain.options (the one place).
 
 # Ranges of well-known fields of the owning classes (their types come from the classes themselves).
 RANGES = {
@@ -136,7 +133,6 @@ RANGES = {
     "training.save_steps": POSITIVE,
     "training.save_total_limit": AT_LEAST_1,
     "training.warmup_steps": NON_NEGATIVE,
-    "training.warmup_ratio": FRACTION,
     "training.weight_decay": NON_NEGATIVE,
     "training.max_grad_norm": NON_NEGATIVE,
     "training.adam_beta1": OPEN_FRACTION,
@@ -247,11 +243,15 @@ def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
     return data, _key_lines(node)
 
 
-def deep_merge(base: dict, child: dict) -> dict:
+def deep_merge(base: dict, child: dict, *, null_removes: bool = False) -> dict:
+    """Child wins, mappings merge key by key. With null_removes (a child recipe over its `extends:`),
+    `key: null` removes the inherited key, so the default applies (e.g. `peft: null`: full fine-tuning)."""
     out = copy.deepcopy(base)
     for k, v in child.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
+        if v is None and null_removes:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v, null_removes=null_removes)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -278,7 +278,7 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
     if not parent_path.is_file():
         raise RecipeError(f"{path.name}:{lines['extends']}: extends: file not found: {parent_path}")
     base, base_where = load_raw(parent_path, (*_chain, path))
-    return deep_merge(base, data), {**base_where, **where}
+    return deep_merge(base, data, null_removes=True), {**base_where, **where}
 
 
 def _is_template_path(value) -> bool:
@@ -356,7 +356,7 @@ class Draft:
     extra: dict = dataclasses.field(default_factory=dict)
 
 
-def own_section(where: Where, name: str, values, spec: dict[str, Key]) -> dict:
+def own_section(where: Where, name: str, values, spec: dict[str, Key], stage=None) -> dict:
     """Check one of our own sections against its Key table; returns it with defaults filled in."""
     if values is None:
         values = {}
@@ -366,7 +366,7 @@ def own_section(where: Where, name: str, values, spec: dict[str, Key]) -> dict:
     for k, v in values.items():
         dotted = f"{name}.{k}"
         if k not in spec:
-            where.unknown(dotted, spec)
+            options.unknown(where, dotted, spec, value=v, stage=stage)
         key = spec[k]
         if v is None:
             if key.required:
@@ -430,7 +430,7 @@ def top_level_keys(d: Draft):
                 users = [s.name for s in stages.all_stages().values() if k in s.keys]
                 d.where.fail(k, f"is not used by a {d.stage.name} recipe (only by {', '.join(users)})")
             continue
-        d.where.unknown(str(k), TOP_KEYS + list(d.stage.keys))
+        options.unknown(d.where, str(k), TOP_KEYS + list(d.stage.keys), value=d.raw[k], stage=d.stage)
     for k in d.stage.required:
         if d.raw.get(k) in (None, "", []):
             d.where.fail(k, f"is required for stage {d.stage.name}")
@@ -438,11 +438,11 @@ def top_level_keys(d: Draft):
 
 
 def model_section(d: Draft):
-    d.model = own_section(d.where, "model", d.raw.get("model"), MODEL_KEYS)
+    d.model = own_section(d.where, "model", d.raw.get("model"), MODEL_KEYS, d.stage)
 
 
 def data_section(d: Draft):
-    d.data = own_section(d.where, "data", d.raw.get("data"), DATA_KEYS)
+    d.data = own_section(d.where, "data", d.raw.get("data"), DATA_KEYS, d.stage)
 
 
 def data_format_fits_stage(d: Draft):
@@ -578,11 +578,12 @@ def training_section(d: Draft):
     d.training = training
 
 
-def managed_training_keys(d: Draft):
-    managed = {**MANAGED_TRAINING_KEYS, **d.stage.managed}
-    for k in d.training:
-        if k in managed:
-            d.where.fail(f"training.{k}", f"is set by posttrain: {managed[k]}")
+def managed_or_refused_keys(d: Draft):
+    """Keys posttrain sets itself, or cannot honour (posttrain.options): refused with where/why."""
+    options.refuse(d.where, d.stage, "training", d.training)
+    for section in ("peft", "quantization"):
+        if isinstance(d.raw.get(section), dict):
+            options.refuse(d.where, d.stage, section, d.raw[section])
 
 
 def one_precision(d: Draft):
@@ -625,7 +626,7 @@ def ranges(d: Draft):
 
 CHECKS = (no_secrets, known_stage, top_level_keys, model_section, data_section, data_format_fits_stage,
           column_map_is_names, data_sources, eval_fraction_or_count, template_and_train_on_fit_format,
-          chat_template_text, one_eval_source, output_dir, training_section, managed_training_keys, one_precision,
+          chat_template_text, one_eval_source, output_dir, training_section, managed_or_refused_keys, one_precision,
           eval_strategy_needs_eval_data, peft_and_quantization, ranges)
 
 
@@ -634,7 +635,11 @@ CHECKS = (no_secrets, known_stage, top_level_keys, model_section, data_section, 
 def training_fits_trl_config(d: Draft):
     from posttrain import schema
 
-    d.training = schema.check_owned("training", d.training, schema.config_class(d.stage.trl_config), d.where)
+    d.training = schema.check_owned("training", d.training, schema.config_class(d.stage.trl_config), d.where, d.stage)
+    new = options.unclassified(d.stage, "training", d.training)
+    if new:
+        log.warning("training.%s: passed to %s, but this posttrain version has not classified %s (a newer TRL than "
+                    "it was tested with?)", ", ".join(new), d.stage.trl_config, "it" if len(new) == 1 else "them")
 
 
 def peft_fits_lora_config(d: Draft):
@@ -643,7 +648,11 @@ def peft_fits_lora_config(d: Draft):
     from posttrain import schema
     from posttrain.models import lora_config
 
-    d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where)
+    d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where, d.stage)
+    targets = d.peft.get("target_modules")
+    if targets == "all" or targets == ["all"]:
+        d.where.fail("peft.target_modules", "no module is named 'all'; did you mean `all-linear`? (every linear layer "
+                     "but the output head; `all` is LLaMA-Factory's spelling)")
     try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
         lora_config(d.peft)
     except (ValueError, TypeError) as e:
@@ -654,10 +663,41 @@ def quantization_fits_bnb_config(d: Draft):
     if d.quantization:
         from posttrain import schema
 
-        d.quantization = schema.check_owned("quantization", d.quantization, schema.bnb_class(), d.where)
+        d.quantization = qlora_defaults(schema.check_owned("quantization", d.quantization, schema.bnb_class(),
+                                                           d.where, d.stage), d.model)
 
 
-OWNER_CHECKS = (training_fits_trl_config, peft_fits_lora_config, quantization_fits_bnb_config)
+def qlora_defaults(quant: dict, model: dict) -> dict:
+    """`load_in_4bit: true` means QLoRA as the paper and every other tool mean it: NF4 weights, double
+    quantization, and 16-bit compute where the device has it. Written into the resolved recipe, so the
+    run directory says what was used; any of them set in the recipe wins.
+
+    Compute dtype: model.dtype when the recipe sets one (not `auto`); else bfloat16 where the GPU supports
+    it, and float32 otherwise (CPU, GPUs without bf16: fp16 compute can overflow, so it is opt-in)."""
+    if not quant.get("load_in_4bit"):
+        return quant
+    out = dict(quant)
+    out.setdefault("bnb_4bit_quant_type", "nf4")
+    out.setdefault("bnb_4bit_use_double_quant", True)
+    if out.get("bnb_4bit_compute_dtype") is None:
+        from posttrain.models import _DTYPES, bf16_supported
+
+        dtype = model.get("dtype") or "auto"
+        out["bnb_4bit_compute_dtype"] = _DTYPES[dtype] if dtype != "auto" else \
+            "bfloat16" if bf16_supported() else "float32"
+    return out
+
+
+def needs_what_it_uses(d: Draft):
+    """Packages, the hub, files, a GPU: what a setting needs, checked now instead of at the first step."""
+    needs.report_to(d.where, d.training)
+    needs.packages(d.where, d.training)
+    needs.hub(d.where, d.training)
+    needs.attention(d.where, d.model)
+    needs.quantization(d.where, d.quantization)
+
+
+OWNER_CHECKS = (training_fits_trl_config, peft_fits_lora_config, quantization_fits_bnb_config, needs_what_it_uses)
 
 
 def validate(

@@ -11,6 +11,7 @@ import enum
 import importlib
 import inspect
 import os
+import re
 import types
 import typing
 from functools import cache
@@ -58,6 +59,36 @@ def fields_of(cls) -> dict[str, Any]:
             if ann is float:
                 ann = float | int
         out[name] = ann
+    return out
+
+
+# Fields whose accepted values the library states only in the field's help text (a str field that its
+# trainer checks at the first step): read from there, so the list is the installed library's own.
+HELP_CHOICES = ("loss_type", "f_divergence_type", "vllm_importance_sampling_mode")
+
+
+def _choices_in_help(text: str) -> list[str]:
+    """The quoted names after "Possible values are" / "Supported values are" in a help text, up to the end
+    of that sentence, leaving out parenthesised asides."""
+    m = re.search(r"(?:Possible|Supported|Valid|Allowed) (?:values|options)[^:.]*?(?:are|:)", text)
+    if not m:
+        return []
+    rest = re.split(r"\.(?:\s|$)", re.sub(r"\([^()]*\)", "", text[m.end():]))[0]
+    return list(dict.fromkeys(re.findall(r"[`']+([A-Za-z0-9_\-]+)[`']+", rest)))
+
+
+@cache
+def field_choices(cls) -> dict[str, list]:
+    """Option name -> the values it accepts, where the class says so beyond its annotation: dataclass field
+    metadata `choices` (what HfArgumentParser enforces on the command line), or the help text (HELP_CHOICES)."""
+    out = {}
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            choices = list(f.metadata.get("choices") or ())
+            if not choices and f.name in HELP_CHOICES:
+                choices = _choices_in_help(f.metadata.get("help", ""))
+            if len(choices) >= 2:
+                out[f.name] = choices
     return out
 
 
@@ -151,17 +182,27 @@ def choices_of(ann) -> list:
     return []
 
 
-def check_owned(section: str, values: dict, cls, where: Where) -> dict:
+def check_owned(section: str, values: dict, cls, where: Where, stage=None) -> dict:
     """Type-check a recipe section against cls's options; unknown keys get a did-you-mean."""
     known = fields_of(cls)
     out = {}
     for k, v in values.items():
         dotted = f"{section}.{k}"
         if k not in known:
-            where.unknown(dotted, known, f" ({cls.__name__} has no such option)")
+            from posttrain import options
+
+            options.unknown(where, dotted, known, value=v, stage=stage, note=f" ({cls.__name__} has no such option)")
+        choices = field_choices(cls).get(k)
         got = coerce(v, known[k])
+        if got is _NO and choices and isinstance(v, str) and coerce([v], known[k]) is not _NO:
+            got = [v]  # a list-of-names field (dpo loss_type) given one name: TRL accepts that too
         if got is _NO:
             hint = did_you_mean(v, choices_of(known[k])) if isinstance(v, str) else ""
             where.fail(dotted, f"expected {describe(known[k])}, got {show(v)}{hint}")
+        if choices and got is not None:
+            for item in got if isinstance(got, list) else [got]:
+                if item not in choices:
+                    where.fail(dotted, f"'{item}' is not one of {', '.join(map(str, choices))}"
+                               f"{did_you_mean(item, choices)}")
         out[k] = got
     return out

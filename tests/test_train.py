@@ -78,6 +78,17 @@ def test_qlora_trains_on_cpu(fx, tmp_path, cli):
     m = _manifest(out)
     assert cfg["r"] == 16 and m["status"] == "finished"
     assert m["model"]["quantized"] == "4bit" and 0 < m["model"]["trainable_parameters"] < m["model"]["parameters"]
+    resolved = (out / "recipe.resolved.yaml").read_text()
+    assert "bnb_4bit_quant_type: nf4" in resolved and "bnb_4bit_compute_dtype: float32" in resolved  # CPU
+
+
+def test_bare_load_in_4bit_trains_as_qlora_on_cpu(fx, tmp_path, cli):
+    out = tmp_path / "bare"
+    code, _, err = cli("train", "alpaca_gpt2_lora", "quantization.load_in_4bit=true", "data.eval_fraction=null",
+                       *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no"))
+    assert code == 0, err
+    assert "bnb_4bit_use_double_quant: true" in (out / "recipe.resolved.yaml").read_text()
+    assert _manifest(out)["model"]["quantized"] == "4bit"
 
 
 def test_messages_format_trains(fx, tmp_path, cli):

@@ -59,7 +59,9 @@ class Stage:
     resumable: bool = True
     headline: tuple[str, ...] = ()  # metrics shown after a run, in pipeline summaries and reports
     footprint: Footprint = Footprint()
-    managed: dict = dataclasses.field(default_factory=dict)  # training.* keys the stage sets -> where to say it
+    # training.* keys the stage sets -> where to say it; keys it cannot honour -> why (see posttrain.options)
+    managed: dict = dataclasses.field(default_factory=dict)
+    refused: dict = dataclasses.field(default_factory=dict)
     checks: tuple[Callable, ...] = ()  # check(recipe, where) at validation; where.fail(dotted, msg) to refuse
     save: Callable | None = None  # save(trainer, path) instead of trainer.save_model
     extra_metrics: Callable | None = None  # extra_metrics(trainer) -> dict, added to the manifest

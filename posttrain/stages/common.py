@@ -68,7 +68,8 @@ def device_defaults(training: dict) -> dict:
 def build_config(recipe: Recipe, **managed):
     """The stage's TRL config from `training:` plus posttrain's managed keys.
 
-    Errors raised by the config's own checks (impossible combinations) become RecipeErrors.
+    Any error raised by the config's own checks (impossible combinations, a DeepSpeed config it cannot
+    read, a missing integration) becomes a one-line RecipeError.
     """
     from posttrain import stages
     from posttrain.schema import config_class
@@ -87,7 +88,7 @@ def build_config(recipe: Recipe, **managed):
     _distributed_state(kw["ddp_timeout"])
     try:
         args = cls(**kw)
-    except (ValueError, TypeError, ArithmeticError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever the constructor raises, validate reports it in one line
         raise RecipeError(f"training: {cls.__name__} rejects these settings: {first_line(e)}") from None
     # The stages tokenize inside `args.main_process_first(...)`; ours waits without a collective (see below).
     args.main_process_first = _MainProcessFirst(args.ddp_timeout)

@@ -201,6 +201,11 @@ STAGE = Stage(
     headline=("objective/scores", "objective/kl", "last_logged_score", "last_logged_kl"),
     footprint=Footprint(reference="unless_peft", generated_tokens_key="response_length", generated_tokens_default=53,
                         reward_and_value_models=True, logits="per_token_logps"),
-    managed={"sft_model_path": "set `model.name_or_path`", "reward_model_path": "set the top-level `reward_model`"},
+    managed={"sft_model_path": "set `model.name_or_path`", "reward_model_path": "set the top-level `reward_model`",
+             "world_size": "posttrain sets it from the launcher's WORLD_SIZE"},
+    refused={k: "TRL computes it at run time from per_device_train_batch_size, gradient_accumulation_steps, "
+             "num_mini_batches and the number of processes" for k in
+             ("num_total_batches", "micro_batch_size", "local_batch_size", "batch_size", "local_mini_batch_size",
+              "mini_batch_size")},
     position=60,
 )

@@ -79,6 +79,12 @@ STAGE = Stage(
         "assistant_only_loss": "use `data.train_on` (assistant, the default for messages data; all; last_assistant)",
         "packing": "not compatible with exact per-row prompt masking in this version",
         "padding_free": "not compatible with exact per-row prompt masking in this version",
+        "eval_packing": "not compatible with exact per-row prompt masking in this version",
+        "packing_strategy": "not compatible with exact per-row prompt masking in this version",
+        # TRL applies these while preparing the dataset, which posttrain does itself (dataset_kwargs above)
+        "truncation_mode": "posttrain cuts each row at `data.max_length`, keeping the prompt and the start of the "
+                           "response",
+        "shuffle_dataset": "the trainer's sampler shuffles the rows every epoch (`training.train_sampling_strategy`)",
     },
     position=10,
 )
