@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from posttrain.data import packing
 from posttrain.errors import RecipeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +104,8 @@ MANAGED_TRAINING_KEYS = {
     "assistant_only_loss": "use `data.format: messages`, which trains on assistant turns only",
     "sft_model_path": "set `model.name_or_path`",
     "reward_model_path": "set the top-level `reward_model`",
-    "packing": "not compatible with exact per-row prompt masking in this version",
-    "padding_free": "not compatible with exact per-row prompt masking in this version",
 }
+# training.packing / padding_free and friends: honoured or refused by posttrain.data.packing.check_recipe
 
 # Range rules for well-known fields of the owning classes: (min, max, min_open, max_open).
 RANGES = {
@@ -463,6 +463,7 @@ def validate(
     for k in training:
         if k in MANAGED_TRAINING_KEYS:
             c.fail(f"training.{k}", f"is set by posttrain: {MANAGED_TRAINING_KEYS[k]}")
+    packing.check_recipe(stage, training, model, c.fail)
     if training.get("bf16") and training.get("fp16"):
         c.fail("training.fp16", "bf16 and fp16 are both true; pick one")
     has_eval = bool(data["eval"] or data["eval_fraction"])

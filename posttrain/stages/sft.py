@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from posttrain.data import packing
 from posttrain.data.collator import SFTCollator, tokenize_dataset
 from posttrain.data.sources import load_splits
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
@@ -16,6 +17,7 @@ def config(recipe: Recipe):
         max_length=recipe.data["max_length"],
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
+        packing=False,  # training.packing is honoured by our collator (data/packing.py), never by TRL's
     )
 
 
@@ -43,13 +45,17 @@ def build(recipe: Recipe):
     train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
     set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    pack = bool(recipe.training.get("packing"))
+    if pack:
+        packing.check_model(model)
+    collate = packing.PackedCollator if pack else SFTCollator
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=SFTCollator(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
+        data_collator=collate(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
         peft_config=lora_config(recipe.peft),
     )
     return trainer, stats

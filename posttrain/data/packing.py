@@ -1,0 +1,146 @@
+"""Packing for SFT: a batch's rows in one sequence, no padding, no attention or label across rows.
+
+`training.packing: true` makes sft collate with PackedCollator instead of SFTCollator. The rows keep the
+labels data/collator.py built (prompt -100, EOS trained); the batch becomes one row of shape [1, total]:
+
+- position_ids restart at 0 for every row. That is the whole isolation signal: transformers 5's
+  masking_utils (`find_packed_sequence_indices`) turns restarting position_ids into a block-diagonal
+  causal mask for eager/sdpa/flex, and flash_attention_2/3 turn them into cu_seqlens for the varlen kernel
+  (`_is_packed_sequence`, batch size 1). Both only happen with no attention_mask and no cache, so the
+  collator returns no attention_mask, and TRL's SFTTrainer.compute_loss passes use_cache=False.
+- each row's first label is -100. The loss shifts labels by one inside the flat sequence
+  (transformers' ForCausalLMLoss: position t is scored against labels[t + 1]), so the last token of a row
+  would otherwise be trained to predict the next row's first token. In an unpadded row alone the first
+  label is never a target either, so this changes no trained token: packed trains exactly what unpacked trains.
+
+Only architectures whose mask is built that way can be packed; ISOLATING lists the ones checked against
+the installed transformers source (tests/test_packing.py keeps that true) and tested for GPT-2 and Llama.
+This module imports no torch at import time: recipe validation calls `check_recipe`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+IGNORE_INDEX = -100
+
+# model_type -> the decoder passes position_ids to masking_utils' create_causal_mask (or its sliding-window
+# twin) and takes positions from position_ids (learned or rotary), so restarting position_ids isolate rows.
+ISOLATING = frozenset({
+    "gpt2", "gpt_bigcode", "gptj", "codegen", "gpt_neox",
+    "llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "smollm3", "olmo", "olmo2",
+    "granite", "cohere", "phi", "stablelm", "glm4", "helium", "deepseek_v3",
+})
+# Attention implementations that read the packed boundaries (see the module docstring).
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+# Why other architectures cannot isolate rows, for the refusal.
+KNOWN_NOT = {
+    "opt": "its causal mask is built without position_ids",
+    "bloom": "ALiBi position bias is computed from the attention mask, not position_ids",
+    "falcon": "ALiBi position bias is computed from the attention mask, not position_ids",
+    "mpt": "ALiBi position bias is computed from the attention mask, not position_ids",
+    "gemma3": "its masks are built partly without position_ids",
+}
+
+
+class PackedCollator:
+    """Concatenate a batch's rows into one sequence: input_ids, labels and position_ids of shape [1, total].
+
+    pad_to_multiple_of pads the tail with a dummy row (pad ids, labels -100, its own positions from 0), so
+    no real row attends to the padding.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]):
+        import torch
+
+        ids, labels, positions = [], [], []
+        for f in features:
+            n = len(f["input_ids"])
+            ids.extend(f["input_ids"])
+            labels.append(IGNORE_INDEX)  # never a target of the previous row's last token
+            labels.extend(f["labels"][1:])
+            positions.extend(range(n))
+        total = len(ids)
+        if self.pad_to_multiple_of:
+            extra = -total % self.pad_to_multiple_of
+            ids.extend([self.pad_token_id] * extra)
+            labels.extend([IGNORE_INDEX] * extra)
+            positions.extend(range(extra))
+        as_row = lambda v: torch.tensor([v], dtype=torch.long)  # noqa: E731
+        return {"input_ids": as_row(ids), "labels": as_row(labels), "position_ids": as_row(positions)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (no torch): the recipe names the switch, the model's config says whether rows stay apart.
+
+SFT_REFUSED = {
+    "padding_free": "use `training.packing: true` (posttrain's packing is padding-free and keeps exact labels)",
+    "packing_strategy": "posttrain packs each batch's rows as they come (see README: Packing)",
+    "eval_packing": "eval batches are packed like train batches when `training.packing` is true",
+}
+DPO_PADDING_FREE = ("TRL 1.12's DPOTrainer ignores it (disabled after a refactor, it falls back to padding); "
+                    "remove it")
+
+
+def model_type(model: dict) -> str | None:
+    """The model's `model_type` from its config.json (a local directory, or the hub cache); None if unknown."""
+    if model.get("gguf_file"):
+        return None
+    path = Path(model["name_or_path"])
+    cfg = path / "config.json"
+    if not cfg.is_file() and not path.exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(model["name_or_path"], "config.json", revision=model.get("revision"))
+            cfg = Path(found) if isinstance(found, str) else None
+        except Exception:  # not a hub id either: loading the model will say so
+            cfg = None
+    try:
+        return json.loads(cfg.read_text()).get("model_type") if cfg and cfg.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def packing_problem(kind: str | None, attn: str | None) -> str | None:
+    """Why rows packed for this architecture/attention would attend to each other; None if they cannot."""
+    if attn and attn not in ATTENTION:
+        return f"attention implementation '{attn}' is not known to keep packed rows apart (use one of {', '.join(ATTENTION)})"
+    if kind is not None and kind not in ISOLATING:
+        why = KNOWN_NOT.get(kind, "transformers does not build its attention mask from position_ids")
+        return f"model type '{kind}' cannot keep packed rows apart ({why}); packing supports {', '.join(sorted(ISOLATING))}"
+    return None
+
+
+def check_recipe(stage: str, training: dict, model: dict, fail) -> None:
+    """Packing keys of a recipe: honoured (sft packing on an architecture that isolates rows) or refused
+    with fail(dotted_key, message)."""
+    if stage == "sft":
+        for k, why in SFT_REFUSED.items():
+            if k in training:
+                fail(f"training.{k}", f"is set by posttrain: {why}")
+        if training.get("packing"):
+            problem = packing_problem(model_type(model), model.get("attn_implementation"))
+            if problem:
+                fail("training.packing", problem)
+    elif stage == "dpo" and training.get("padding_free"):
+        fail("training.padding_free", DPO_PADDING_FREE)
+    else:
+        for k in ("padding_free", "packing"):
+            if k in training and not (stage == "dpo" and k == "padding_free"):
+                fail(f"training.{k}", f"packing is for sft only; TRL 1.12 has no padding-free mode for {stage}")
+
+
+def check_model(loaded) -> None:
+    """The same check on a loaded model (its config is known only now for GGUF or an uncached hub id)."""
+    from posttrain.errors import RecipeError
+
+    cfg = loaded.config
+    problem = packing_problem(getattr(cfg, "model_type", None), getattr(cfg, "_attn_implementation", None))
+    if problem:
+        raise RecipeError(f"training.packing: {problem}")
