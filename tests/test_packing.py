@@ -23,24 +23,27 @@ def rows(fx, tokenizer):
     from datasets import Dataset
 
     raw = Dataset.from_list([json.loads(line) for line in Path(fx["alpaca"]).read_text().splitlines()])
-    ds, _ = tokenize_dataset(raw, "alpaca", tokenizer, 64, "alpaca")
+    ds, _ = tokenize_dataset(raw, "alpaca", tokenizer, 512, "alpaca")
     return [ds[i] for i in range(len(ds))]
 
 
-def _llama(vocab: int, tmp: Path) -> Path:
+def _llama(tokenizer, tmp: Path) -> Path:
+    """A tiny random Llama (rotary positions, grouped KV heads, no dropout) with the fixture's tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     LlamaForCausalLM(cfg).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     return tmp
 
 
 @pytest.fixture(scope="module")
 def models(fx, tokenizer, tmp_path_factory):
-    return {"gpt2": Path(fx["model"]), "llama": _llama(len(tokenizer), tmp_path_factory.mktemp("llama"))}
+    return {"gpt2": Path(fx["model"]), "llama": _llama(tokenizer, tmp_path_factory.mktemp("llama"))}
 
 
 def _row_loss(logits, labels):
@@ -60,7 +63,7 @@ def test_packed_rows_equal_rows_alone(models, rows, tokenizer, arch, attn):
 
     model = AutoModelForCausalLM.from_pretrained(models[arch], dtype=torch.float32, attn_implementation=attn).eval()
     batch_rows = rows[:5]
-    packed = packing.PackedCollator(tokenizer.pad_token_id)(batch_rows)
+    packed = packing.PackedCollator(tokenizer.eos_token_id)(batch_rows)
     assert set(packed) == {"input_ids", "labels", "position_ids"}  # no attention_mask: that would hide the boundaries
     with torch.no_grad():
         out = model(**packed, use_cache=False)  # what TRL's SFTTrainer.compute_loss passes
@@ -89,7 +92,7 @@ def test_packed_rows_equal_rows_alone(models, rows, tokenizer, arch, attn):
 
 def test_decoded_labels_are_output_plus_eos(fx, rows, tokenizer):
     raw = [json.loads(line) for line in Path(fx["alpaca"]).read_text().splitlines()]
-    packed = packing.PackedCollator(tokenizer.pad_token_id)(rows[:4])
+    packed = packing.PackedCollator(tokenizer.eos_token_id)(rows[:4])
     labels, start = packed["labels"][0].tolist(), 0
     for r, src in zip(rows[:4], raw[:4]):
         n = len(r["input_ids"])
@@ -105,7 +108,7 @@ def test_cache_on_would_leak_across_rows(models, rows, tokenizer):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(models["gpt2"], attn_implementation="sdpa").eval()
-    packed = packing.PackedCollator(tokenizer.pad_token_id)(rows[:2])
+    packed = packing.PackedCollator(tokenizer.eos_token_id)(rows[:2])
     with torch.no_grad():
         on = model(**packed, use_cache=True).logits
         off = model(**packed, use_cache=False).logits
@@ -113,8 +116,8 @@ def test_cache_on_would_leak_across_rows(models, rows, tokenizer):
 
 
 def test_packed_batches_train_the_same_tokens_as_padded(rows, tokenizer):
-    pad = SFTCollator(tokenizer.pad_token_id)
-    pack = packing.PackedCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)
+    pad = SFTCollator(tokenizer.eos_token_id)
+    pack = packing.PackedCollator(tokenizer.eos_token_id, pad_to_multiple_of=8)
     padded = packed = 0
     for i in range(0, len(rows), 8):
         b = rows[i:i + 8]
@@ -125,32 +128,35 @@ def test_packed_batches_train_the_same_tokens_as_padded(rows, tokenizer):
     assert packed == padded == sum(sum(t != IGNORE_INDEX for t in r["labels"][1:]) for r in rows)
 
 
-def _args(fx, out, *extra):
-    return [f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}", f"output_dir={out}",
+def _args(fx, out, *extra, model=None):
+    return [f"model.name_or_path={model or fx['model']}", f"data.train={fx['alpaca']}", f"output_dir={out}",
             "training.max_steps=3", "training.logging_steps=1", "training.warmup_steps=0", "training.eval_steps=3",
             "training.save_steps=3", "training.gradient_accumulation_steps=1", *extra]
 
 
-def test_packed_sft_run_matches_padded_run(fx, tmp_path, cli):
-    """The real CLI/stage path: a packed run finishes, writes the manifest, and logs the losses of the padded
-    run (same rows per step, same trained tokens)."""
-    logs = {}
+@pytest.mark.parametrize("recipe", ["alpaca_gpt2", "alpaca_gpt2_lora"])
+def test_packed_sft_run_matches_padded_run(fx, models, tmp_path, cli, recipe):
+    """The real CLI/stage path, full fine-tune and LoRA: a packed run finishes, writes the manifest, and logs
+    the losses of the padded run (same rows per step, same trained tokens). The Llama fixture has no dropout,
+    so the two runs see the same computation."""
+    peft = ["peft.target_modules=all-linear"] if "lora" in recipe else []
+    got = {}
     for name, extra in (("padded", []), ("packed", ["training.packing=true"])):
         out = tmp_path / name
-        code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, *extra))
+        code, _, err = cli("train", recipe, *_args(fx, out, *peft, *extra, model=models["llama"]))
         assert code == 0, err
         m = json.loads((out / "manifest.json").read_text())
         assert m["status"] == "finished" and m["metrics"]["global_step"] == 3
-        logs[name] = [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
-    assert logs["packed"] == pytest.approx(logs["padded"], abs=1e-4)
-    assert json.loads((tmp_path / "packed/manifest.json").read_text())["metrics"]["eval_loss"] == pytest.approx(
-        json.loads((tmp_path / "padded/manifest.json").read_text())["metrics"]["eval_loss"], abs=1e-4)
+        got[name] = ([e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e],
+                     m["metrics"]["eval_loss"])
+    assert got["packed"][0] == pytest.approx(got["padded"][0], abs=1e-4)
+    assert got["packed"][1] == pytest.approx(got["padded"][1], abs=1e-4)
 
 
 def test_packed_qlora_run(fx, tmp_path, cli):
     out = tmp_path / "qlora"
     code, _, err = cli("train", "alpaca_gpt2_qlora", *_args(fx, out, "training.packing=true", "training.max_steps=2",
-                                                            "training.eval_strategy=no"))
+                                                            "training.eval_strategy=no", "data.eval_fraction=null"))
     assert code == 0, err
     assert json.loads((out / "manifest.json").read_text())["model"]["quantized"] == "4bit"
 
