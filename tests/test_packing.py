@@ -55,13 +55,17 @@ def _row_loss(logits, labels):
                            ignore_index=IGNORE_INDEX), int((tgt != IGNORE_INDEX).sum())
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", packing.SEGMENT_SDPA])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_packed_rows_equal_rows_alone(models, rows, tokenizer, arch, attn):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(models[arch], dtype=torch.float32, attn_implementation=attn).eval()
+    segments = attn == packing.SEGMENT_SDPA
+    model = AutoModelForCausalLM.from_pretrained(models[arch], dtype=torch.float32,
+                                                 attn_implementation="sdpa" if segments else attn).eval()
+    if segments:
+        assert packing.use_segment_sdpa(model) and model.config._attn_implementation == attn
     batch_rows = rows[:5]
     packed = packing.PackedCollator(tokenizer.eos_token_id)(batch_rows)
     assert set(packed) == {"input_ids", "labels", "position_ids"}  # no attention_mask: that would hide the boundaries

@@ -33,7 +33,7 @@ ISOLATING = frozenset({
     "granite", "cohere", "phi", "stablelm", "glm4", "helium", "deepseek_v3",
 })
 # Attention implementations that read the packed boundaries (see the module docstring).
-ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "posttrain_segment_sdpa")
 # Why other architectures cannot isolate rows, for the refusal.
 KNOWN_NOT = {
     "opt": "its causal mask is built without position_ids",
@@ -73,6 +73,66 @@ class PackedCollator:
             positions.extend(range(extra))
         as_row = lambda v: torch.tensor([v], dtype=torch.long)  # noqa: E731
         return {"input_ids": as_row(ids), "labels": as_row(labels), "position_ids": as_row(positions)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment-wise sdpa: the same isolation without a [total x total] mask.
+#
+# With plain sdpa, transformers materialises a block-diagonal mask over the whole pack and attends
+# [total x total]: attention grows with the square of the pack, so on this CPU a pack of 8 rows was slower
+# than padding them (bench/packing.py). SEGMENT_SDPA is a registered attention implementation (transformers'
+# AttentionInterface, no patching) that runs sdpa causally on each row of the pack, as the flash varlen
+# kernel does on GPU: cost sum(n_i^2) instead of total^2. Its mask function skips building the packed
+# mask only where that mask would be causal-per-row; anything else (a padding mask, a cache offset, custom
+# mask functions) gets the ordinary sdpa mask and attention.
+
+SEGMENT_SDPA = "posttrain_segment_sdpa"
+
+
+def _segment_mask(*args, attention_mask=None, q_length=None, kv_length=None, q_offset=0, kv_offset=0,
+                  use_vmap=False, **kwargs):
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and q_length == kv_length and not use_vmap and not q_offset and not kv_offset:
+        return None  # causal within each row: _segment_sdpa splits the rows by position_ids
+    return sdpa_mask(*args, attention_mask=attention_mask, q_length=q_length, kv_length=kv_length,
+                     q_offset=q_offset, kv_offset=kv_offset, use_vmap=use_vmap, **kwargs)
+
+
+def _segment_sdpa(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if position_ids is None:
+        raise RuntimeError(f"{SEGMENT_SDPA}: the model passed no position_ids to attention; cannot find the rows")
+    step = torch.diff(position_ids, dim=-1) != 1
+    if not step.any():
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    if query.shape[0] != 1:
+        raise RuntimeError(f"{SEGMENT_SDPA}: packed rows must be flattened into one sequence (batch size 1)")
+    starts = [0, *(step[0].nonzero().view(-1) + 1).tolist(), query.shape[2]]
+    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, **kwargs)[0]
+            for a, b in zip(starts, starts[1:])]
+    return torch.cat(outs, dim=1), None
+
+
+def use_segment_sdpa(model) -> bool:
+    """Switch a model on sdpa to SEGMENT_SDPA for packed training; False (unchanged) where its masks are not
+    plain causal (sliding-window layers) or it is not on sdpa."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    cfg = model.config
+    layer_types = getattr(cfg, "layer_types", None) or []
+    sliding = getattr(cfg, "sliding_window", None) and any(t != "full_attention" for t in layer_types or ["?"])
+    if cfg._attn_implementation != "sdpa" or sliding:
+        return False
+    AttentionInterface.register(SEGMENT_SDPA, _segment_sdpa)
+    AttentionMaskInterface.register(SEGMENT_SDPA, _segment_mask)
+    model.set_attn_implementation(SEGMENT_SDPA)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ def build(recipe: Recipe):
     pack = bool(recipe.training.get("packing"))
     if pack:
         packing.check_model(model)
+        packing.use_segment_sdpa(model)  # sdpa -> per-row sdpa: no [total x total] mask (see data/packing.py)
     collate = packing.PackedCollator if pack else SFTCollator
     trainer = SFTTrainer(
         model=model,
