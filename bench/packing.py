@@ -84,8 +84,8 @@ def workloads(quick: bool) -> dict:
 
     paths = workload.build()
     tok = AutoTokenizer.from_pretrained(paths["model"])
-    alpaca = workload.alpaca_rows(96 if quick else 320, seed=11)
-    demo = demo_data.build()["sft_train"][: 64 if quick else 256]
+    alpaca = workload.alpaca_rows(96 if quick else 256, seed=11)
+    demo = demo_data.build()["sft_train"][: 64 if quick else 192]
     llama_dir = workload.CACHE / "llama-smollm2-width-4l"
     if not (llama_dir / "config.json").exists():
         torch.manual_seed(0)

@@ -92,6 +92,14 @@ def test_packed_rows_equal_rows_alone(models, rows, tokenizer, arch, attn):
     # the model's own loss over the pack (shift inside the flat sequence) = token mean over the rows
     with torch.no_grad():
         assert abs(float(model(**packed, use_cache=False).loss) - total_loss / total_n) < ATOL
+    if segments:  # a padded batch (eval, anything with an attention mask) still gets the ordinary sdpa mask
+        padded = SFTCollator(tokenizer.eos_token_id)(batch_rows)
+        with torch.no_grad():
+            logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+            for i, r in enumerate(batch_rows):
+                n = len(r["input_ids"])
+                alone = model(input_ids=torch.tensor([r["input_ids"]])).logits[0]
+                assert torch.allclose(logits[i, :n], alone, atol=ATOL)
 
 
 def test_decoded_labels_are_output_plus_eos(fx, rows, tokenizer):
