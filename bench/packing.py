@@ -185,8 +185,9 @@ def table(res: dict) -> str:
         for v in VARIANTS:
             rs = runs[v]
             rate = [r["trained"] / r["cpu"] for r in rs]
-            ratio = lambda other, clock: statistics.median(  # noqa: E731
-                (a["trained"] / a[clock]) / (b["trained"] / b[clock]) for a, b in zip(rs, runs[other]))
+            def ratio(other, clock, rs=rs, runs=runs):
+                return statistics.median((a["trained"] / a[clock]) / (b["trained"] / b[clock])
+                                         for a, b in zip(rs, runs[other]))
             out.append(f"| {v} | {rs[0]['steps']} | {rs[0]['trained']} | {rs[0]['positions']} | "
                        f"{statistics.median(rate):.0f} | {ratio('padded', 'cpu'):.2f}x | {ratio('padded', 'wall'):.2f}x | "
                        f"{ratio('trl', 'cpu'):.2f}x |")
@@ -198,7 +199,7 @@ def write_section(path: Path, body: str):
     text = path.read_text() if path.exists() else ""
     section = f"{BEGIN}\n## Packing: trained tokens per second (bench/packing.py)\n\n{body}\n{END}"
     if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.DOTALL)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

@@ -239,7 +239,7 @@ def _builds_masks_from_position_ids(src: str) -> bool:
     for args in calls:
         spread = re.fullmatch(r"\s*\*\*(\w+)\s*,?\s*", args)
         if "position_ids" not in args and not (
-                spread and re.search(spread.group(1) + r"\s*=\s*\{[^}]*\"position_ids\"", src, re.S)):
+                spread and re.search(spread.group(1) + r"\s*=\s*\{[^}]*\"position_ids\"", src, re.DOTALL)):
             return False
     return True
 
@@ -260,3 +260,24 @@ def test_refused_architectures_really_cannot(kind):
 
     src = (Path(transformers.__file__).parent / "models" / kind / f"modeling_{kind}.py").read_text()
     assert not _builds_masks_from_position_ids(src), kind
+
+
+def test_bench_helpers(tmp_path):
+    """bench/packing.py: bins fit their budget and keep every row once; its RESULTS.md section is replaced
+    in place, the rest of the file kept."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_packing", Path(__file__).parent.parent / "bench/packing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lengths = [5, 90, 40, 60, 7, 33, 96, 1]
+    bins = bench.bfd_bins(lengths, 96)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 96 for b in bins)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\nother section\n")
+    bench.write_section(out, "first")
+    bench.write_section(out, "second")
+    text = out.read_text()
+    assert text.startswith("# Results\n\nother section\n") and "second" in text and "first" not in text
+    assert text.count(bench.BEGIN) == 1

@@ -20,6 +20,7 @@ This module imports no torch at import time: recipe validation calls `check_reci
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ ISOLATING = frozenset({
     "granite", "cohere", "phi", "stablelm", "glm4", "helium", "deepseek_v3",
 })
 # Attention implementations that read the packed boundaries (see the module docstring).
-ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "posttrain_segment_sdpa")
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 # Why other architectures cannot isolate rows, for the refusal.
 KNOWN_NOT = {
     "opt": "its causal mask is built without position_ids",
@@ -114,7 +115,7 @@ def _segment_sdpa(module, query, key, value, attention_mask, position_ids=None, 
         raise RuntimeError(f"{SEGMENT_SDPA}: packed rows must be flattened into one sequence (batch size 1)")
     starts = [0, *(step[0].nonzero().view(-1) + 1).tolist(), query.shape[2]]
     outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, **kwargs)[0]
-            for a, b in zip(starts, starts[1:])]
+            for a, b in itertools.pairwise(starts)]
     return torch.cat(outs, dim=1), None
 
 
@@ -170,9 +171,10 @@ def model_type(model: dict) -> str | None:
 def packing_problem(kind: str | None, attn: str | None) -> str | None:
     """Why rows packed for this architecture/attention would attend to each other; None if they cannot."""
     if attn and attn not in ATTENTION:
-        return f"attention implementation '{attn}' is not known to keep packed rows apart (use one of {', '.join(ATTENTION)})"
+        return (f"attention implementation '{attn}' is not known to keep packed rows apart "
+                f"(use one of {', '.join(ATTENTION)})")
     if kind is not None and kind not in ISOLATING:
-        why = KNOWN_NOT.get(kind, "transformers does not build its attention mask from position_ids")
+        why = KNOWN_NOT.get(kind, "not among the architectures checked to build their masks from position_ids")
         return f"model type '{kind}' cannot keep packed rows apart ({why}); packing supports {', '.join(sorted(ISOLATING))}"
     return None
 
