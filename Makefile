@@ -16,7 +16,10 @@ ACCEL  ?= auto
 ACCEL_NAME := $(if $(filter auto,$(ACCEL)),$(if $(shell command -v nvidia-smi 2>/dev/null),ddp,cpu_2proc),$(ACCEL))
 POSTTRAIN := $(if $(filter-out 1,$(NPROC)),$(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCEL_NAME).yaml --num_processes $(NPROC) -m posttrain,$(BIN)/posttrain)
 
-.PHONY: install test sft reward ppo dpo grpo rloo pipeline validate clean
+# One make target per stage: every module in posttrain/stages/ but the shared ones is a stage (see its STAGE).
+STAGES := $(filter-out __init__ common,$(basename $(notdir $(wildcard posttrain/stages/*.py))))
+
+.PHONY: install test test-fast lint $(STAGES) pipeline validate recipes clean
 
 install: $(VENV)/.installed
 
@@ -29,11 +32,21 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TEST_ARGS) tests
 
+# The unit-level tests: everything not marked slow (no training, no subprocesses, no demo).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(TEST_ARGS) tests
+
+lint: install
+	$(BIN)/ruff check posttrain tests bench
+
 validate: install
 	$(BIN)/posttrain validate $(RECIPE) $(ARGS)
 
-sft reward ppo dpo grpo rloo: install
+$(STAGES): install
 	$(POSTTRAIN) train $(RECIPE) $(ARGS) --stage $@
+
+recipes: install
+	$(BIN)/posttrain recipes
 
 pipeline: install
 	$(POSTTRAIN) pipeline $(PIPELINE) $(ARGS)
@@ -51,7 +64,25 @@ $(VENV)/.installed-demo: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[demo]"
 	touch $@
 
-# Benchmarks (bench/run.py): tables on stdout and in bench/RESULTS.md. BENCH_ARGS=--quick: a smoke run.
+# Benchmarks (bench/run.py runs the list in it; bench/<name>.py runs one): each rewrites its section of
+# bench/RESULTS.md. BENCH_ARGS=--quick: a smoke run.
 .PHONY: bench
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# GPU check (bench/gpu_check.py): every stage a few steps on one GPU, speed, MFU, peak memory vs `plan`, plain TRL
+# side by side; writes bench/GPU.md. No network needed there: `make gpu-wheels` (here) puts the wheels the GPU
+# image lacks into .whl/ for Python 3.12 x86-64, and bench/gpu_check.sh installs them into .site/.
+# GPU_ARGS=--dry-run: tiny shapes, one step per row, on CPU.
+GPU_ARGS ?=
+GPU_WHEELS ?= trl==1.12.0 datasets==5.2.0 bitsandbytes==0.50.2 dill==0.4.1 multiprocess==0.70.19 \
+	requests==2.34.2 urllib3==2.8.0 idna==3.20 charset-normalizer==3.5.3 certifi==2026.10.19.post1
+.PHONY: gpu-check gpu-wheels
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash bench/gpu_check.sh $(GPU_ARGS)
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	du -sh .whl

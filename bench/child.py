@@ -1,4 +1,4 @@
-"""One timed training run in its own process (bench/run.py's overhead section).
+"""One timed training run in its own process (bench/overhead.py).
 
     child.py RESULT.json posttrain:STAGE ARGV...       # posttrain.cli.main(ARGV), a timer added to the trainer
     child.py RESULT.json plain_trl_sft|plain_trl_dpo ARGV...
@@ -43,17 +43,20 @@ class StepTimer(TrainerCallback):
 
 def run(runner: str, argv: list[str], timer: StepTimer) -> int:
     if runner.startswith("posttrain:"):
+        import dataclasses
+
+        from posttrain import stages
         from posttrain.cli import main
 
-        stage = importlib.import_module(f"posttrain.stages.{runner.split(':')[1]}")
-        real = stage.build
+        registry = stages.all_stages()
+        stage = registry[runner.split(":")[1]]
 
         def build(recipe):
-            trainer, stats = real(recipe)
+            trainer, stats = stage.build(recipe)
             trainer.add_callback(timer)
             return trainer, stats
 
-        stage.build = build
+        registry[stage.name] = dataclasses.replace(stage, build=build)
         return main(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     importlib.import_module(runner).main(argv, callbacks=[timer])

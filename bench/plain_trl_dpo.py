@@ -1,6 +1,6 @@
 """DPO written by hand with TRL, the way a user would: parse -> load -> trainer -> train -> save.
 
-The baseline for bench/run.py's overhead section. ref_model=None: TRL loads a frozen reference copy of
+The baseline for bench/overhead.py. ref_model=None: TRL loads a frozen reference copy of
 the model, as posttrain's dpo stage does by default. bf16 and activation checkpointing are off (a CPU).
 
     python bench/plain_trl_dpo.py --model DIR --data pairs.jsonl --output_dir OUT --max_steps 10

@@ -7,8 +7,10 @@ hundreds, so padding every row to max_length wastes most of the compute.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -21,6 +23,40 @@ SYLLABLES = ("ka ri to na me su lo vi de pa ne ro mi ta sa ku be lu fo ga hi jo 
 # GPT-2 small is 768 wide x 12 layers; this keeps a 1-thread CPU step under a second.
 MODEL = {"n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 1024}
 VOCAB = 4096
+MAX_LENGTH = 512
+# every benchmark process (and child process): offline, one torch thread, quiet
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+             "TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+@contextlib.contextmanager
+def measuring():
+    """One torch thread, no progress bars, errors-only logging; restored on exit (the smoke test runs in pytest).
+
+    On a shared 2-core machine a second torch thread fights the neighbour and makes steps several times
+    slower and far noisier.
+    """
+    for k, v in CHILD_ENV.items():
+        os.environ.setdefault(k, v)
+    import datasets
+    import torch
+    import transformers
+
+    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    bars = datasets.is_progress_bar_enabled(), transformers.utils.logging.is_progress_bar_enabled()
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        transformers.logging.set_verbosity(verbosity)
+        if bars[0]:
+            datasets.enable_progress_bars()
+        if bars[1]:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def _lexicon(rng: random.Random, n: int = 4000) -> list[str]:
@@ -141,4 +177,4 @@ def describe(paths: dict[str, Path]) -> str:
             f"{params / 1e6:.2f}M parameters) with a byte-level BPE tokenizer trained on the synthetic text "
             f"(pad = EOS, as GPT-2); {len(rows)} synthetic Alpaca-like rows, tokens per row (prompt + response + "
             f"EOS): median {pct(0.5)}, mean {sum(lengths) / len(lengths):.0f}, p90 {pct(0.9)}, p99 {pct(0.99)}, "
-            f"max {lengths[-1]}; {sum(n > 512 for n in lengths) / len(lengths):.1%} longer than 512")
+            f"max {lengths[-1]}; {sum(n > MAX_LENGTH for n in lengths) / len(lengths):.1%} longer than {MAX_LENGTH}")

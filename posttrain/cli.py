@@ -10,6 +10,7 @@ import warnings
 
 from posttrain import __version__
 from posttrain.errors import PosttrainError
+from posttrain.util import is_main_process
 
 log = logging.getLogger("posttrain")
 
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="PNG plots and a markdown summary of a run or pipeline directory")
     r.add_argument("path", help="a run directory or a pipeline output_root")
 
+    rc = sub.add_parser("recipes", help="list the shipped recipes; `recipes copy NAME [DEST]` copies one to edit")
+    rc.add_argument("action", nargs="?", choices=("list", "copy"), default="list")
+    rc.add_argument("name", nargs="?", help="with copy: a shipped recipe or pipeline name")
+    rc.add_argument("dest", nargs="?", help="with copy: a file or directory (default ./NAME.yaml)")
+    rc.add_argument("--overwrite", action="store_true", help="with copy: replace an existing file")
+
     d = sub.add_parser("demo", help="the whole pipeline offline on SmolLM2-135M-Instruct, measured on held-out data")
     d.add_argument("--root", default="runs/demo", help="where data, runs and results go (default runs/demo)")
     d.add_argument("--fast", action="store_true", default=None,
@@ -90,6 +97,8 @@ def _setup_logging():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft and TRL read transformers' deprecated alias on every model wrap; nothing a user can act on
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # bitsandbytes on an AVX512-bf16 CPU warns at import that an optional hub kernel is missing; 4-bit still works
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _load(args):
@@ -106,19 +115,14 @@ def _load(args):
 
 def cmd_train(args) -> int:
     recipe = _load(args)
-    from posttrain.stages import stage_module
+    from posttrain import stages
 
-    module = stage_module(recipe.stage)
-    module.config(recipe)  # impossible training combinations fail here, before anything loads
-    manifest = module.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
+    stage = stages.get(recipe.stage)
+    stage.make_config(recipe)  # impossible training combinations fail here, before anything loads
+    manifest = stage.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
-        from posttrain.pipeline import headline
-
         m = manifest.get("metrics", {})
-        keys = {**{k: m[k] for k in ("train_loss", "eval_loss") if k in m}, **headline(recipe.stage, m)}
-        for k in ("last_logged_score", "last_logged_kl"):
-            if k in m:
-                keys[k] = m[k]
+        keys = {**{k: m[k] for k in ("train_loss", "eval_loss") if k in m}, **stages.headline(recipe.stage, m)}
         shown = ", ".join(f"{k}={v:.4g}" for k, v in keys.items())
         print(f"finished {recipe.stage} run in {recipe.output_dir} ({shown})")
     return 0
@@ -160,14 +164,9 @@ def cmd_validate(args) -> int:
     recipe = _load(args)
     print(f"# {recipe.source}: {recipe.stage} recipe, hash {recipe.hash}")
     print(recipe.to_yaml(), end="")
-    from posttrain.stages import stage_module
+    from posttrain import stages
 
-    try:
-        module = stage_module(recipe.stage)
-    except PosttrainError as e:
-        print(f"ok: recipe checked against its TRL config, LoraConfig and BitsAndBytesConfig ({e})")
-        return 0
-    cfg = module.config(recipe)
+    cfg = stages.get(recipe.stage).make_config(recipe)
     print(f"ok: recipe checked (training -> {type(cfg).__name__}"
           + (", peft -> LoraConfig" if recipe.peft else "")
           + (", quantization -> BitsAndBytesConfig" if recipe.quantization else "") + ")")
@@ -194,6 +193,20 @@ def cmd_report(args) -> int:
     return report(args.path)
 
 
+def cmd_recipes(args) -> int:
+    from posttrain import shipped
+
+    if args.action == "copy":
+        if not args.name:
+            raise PosttrainError("recipes copy: name the recipe to copy, e.g. `posttrain recipes copy alpaca_gpt2`")
+        print(f"copied to {shipped.copy(args.name, args.dest, overwrite=args.overwrite)}")
+        return 0
+    if args.name:
+        raise PosttrainError(f"recipes {args.action}: takes no name (did you mean `posttrain recipes copy {args.name}`?)")
+    print(shipped.listing())
+    return 0
+
+
 def cmd_demo(args) -> int:
     from posttrain.demo.run import main as demo
 
@@ -205,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline, "plan": cmd_plan, "merge": cmd_merge,
-                "generate": cmd_generate, "report": cmd_report, "demo": cmd_demo}[args.command](args)
+                "generate": cmd_generate, "report": cmd_report, "recipes": cmd_recipes, "demo": cmd_demo}[args.command](args)
     except PosttrainError as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # under DDP every rank stops; one says why
+        if is_main_process():  # under DDP every rank stops; one says why
             print(f"posttrain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,9 +1,12 @@
 """`posttrain generate`: try a run's model, prompted in the template the run was trained with.
 
-The template comes from the run's recipe.resolved.yaml, following the model chain back to the SFT run
-that taught it (a DPO or PPO run trains on prompts already written in that template):
+The template comes from the run's recipe.resolved.yaml, following the model chain back to the supervised
+run that taught it (the first one whose data format is a supervised one; a DPO or PPO run trains on
+prompts already written in that template):
 alpaca -> the Alpaca template, messages -> the tokenizer's chat template, prompt_completion -> the raw
-prompt. Without an SFT run in the chain: the chat template if the tokenizer has one, else raw.
+prompt; a recipe's `data.template` (e.g. chat for alpaca rows) wins. Without an SFT run in the chain:
+the chat template if the tokenizer has one, else raw. The chat template is the one saved with the run's
+tokenizer: the recipe's `model.chat_template` when it set one.
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ def run_template(path: str | Path) -> str | None:
         recipe = _recipe_of(p)
         if recipe is None:
             return None
-        if recipe.get("stage") == "sft":
-            return _BY_FORMAT.get((recipe.get("data") or {}).get("format"), "raw")
+        data = recipe.get("data") or {}
+        if data.get("format") in _BY_FORMAT:
+            return data.get("template") or _BY_FORMAT[data["format"]]
         p = Path(str((recipe.get("model") or {}).get("name_or_path", "")))
     return None
+
+
+def _output_of(stage) -> str | None:
+    from posttrain import stages
+
+    spec = stages.all_stages().get(stage)
+    return spec.output if spec else None
 
 
 def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
@@ -46,7 +57,9 @@ def format_prompt(template: str, tokenizer, instruction: str, input_text: str | 
         from posttrain.data.formats import alpaca_prompt
 
         return alpaca_prompt(instruction, input_text)
-    text = f"{instruction}\n\n{input_text}" if input_text else instruction
+    from posttrain.data.formats import user_text
+
+    text = user_text(instruction, input_text)
     if template == "chat":
         if getattr(tokenizer, "chat_template", None) is None:
             raise PosttrainError("template 'chat': this tokenizer has no chat template; use --template raw or alpaca")
@@ -66,7 +79,7 @@ def load_policy(path: str | Path):
     if not path.is_dir():
         raise PosttrainError(f"{path}: no such directory")
     recipe = _recipe_of(path)
-    if recipe and recipe.get("stage") == "reward" and path.name != "merged":
+    if recipe and _output_of(recipe.get("stage")) == "reward_model" and path.name != "merged":
         raise PosttrainError(f"{path} holds a reward model (a scalar score head), not a policy that generates text")
     try:
         if is_adapter(path):

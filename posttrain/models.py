@@ -66,7 +66,11 @@ def _load_error(what: str, name: str, e: Exception) -> PosttrainError:
 
 def load_tokenizer(model: dict, *, distinct_pad: bool = False):
     """Tokenizer with a pad token. Without one, EOS doubles as pad (padding is masked by position,
-    so EOS is still trained); `distinct_pad` adds a new pad token instead (PPO needs one)."""
+    so EOS is still trained); `distinct_pad` adds a new pad token instead (PPO needs one).
+
+    The recipe's `model.chat_template` (its text: recipe validation reads a .jinja file) replaces the
+    tokenizer's own. Set here, it renders the data, is saved with the tokenizer in the run dir, and so
+    reaches `posttrain generate` and the next pipeline stage, which load the run's tokenizer."""
     from transformers import AutoTokenizer
 
     name = model.get("tokenizer") or model["name_or_path"]
@@ -75,6 +79,8 @@ def load_tokenizer(model: dict, *, distinct_pad: bool = False):
         tok = AutoTokenizer.from_pretrained(name, **kw)
     except Exception as e:
         raise _load_error("tokenizer", name, e) from None
+    if model.get("chat_template"):
+        tok.chat_template = model["chat_template"]
     if tok.pad_token is None or (distinct_pad and tok.pad_token_id == tok.eos_token_id):
         if distinct_pad or tok.eos_token is None:
             tok.add_special_tokens({"pad_token": "<|pad|>"})

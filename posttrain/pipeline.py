@@ -22,31 +22,23 @@ import time
 from pathlib import Path
 
 from posttrain import runs
+from posttrain import stages as registry
 from posttrain.errors import PosttrainError, RecipeError
 from posttrain.recipe import (
     Recipe,
     apply_overrides,
     deep_merge,
-    did_you_mean,
     load_raw,
     read_yaml,
     resolve_pipeline_path,
     resolve_recipe_path,
     validate,
 )
+from posttrain.util import did_you_mean
 
 log = logging.getLogger("posttrain")
 
-POLICY_STAGES = ("sft", "dpo", "ppo", "grpo", "rloo")  # stages whose output is a causal LM
 ENTRY_KEYS = ("recipe", "after")
-HEADLINE = {
-    "sft": ("eval_loss", "train_loss"),
-    "reward": ("eval_accuracy", "eval_margin", "accuracy", "margin"),
-    "dpo": ("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
-    "ppo": ("objective/scores", "objective/kl"),
-    "grpo": ("reward/mean", "reward/last"),
-    "rloo": ("reward/mean", "reward/last"),
-}
 
 
 @dataclasses.dataclass
@@ -153,7 +145,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, check_o
         if not _has(explicit, "output_dir") and not _has(explicit_cli, "output_dir"):
             raw["output_dir"] = f"{root}/{name}"
         merge_inputs = _wire(name, raw, [stages[d] for d in deps[name]],
-                             lambda key: _has(explicit, key) or _has(explicit_cli, key))
+                             lambda key, a=explicit, b=explicit_cli: _has(a, key) or _has(b, key))
         raw = apply_overrides(raw, per_stage[name], where)
         try:
             recipe = validate(raw, where=where, source=str(recipe_path), default_name=name, check_owners=check_owners)
@@ -167,8 +159,8 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, check_o
 def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> list[str]:
     """Point this stage at its upstream outputs, unless the stage entry set the key itself."""
     merge_inputs = []
-    policies = [u for u in upstream if u.recipe.stage in POLICY_STAGES]
-    rewards = [u for u in upstream if u.recipe.stage == "reward"]
+    kind = {u.name: registry.get(u.recipe.stage).output for u in upstream}
+    policies = [u for u in upstream if kind[u.name] == "policy"]
     if len(policies) > 1 and not explicit("model.name_or_path"):
         raise RecipeError(f"stages.{name}: comes after several policy stages "
                           f"({', '.join(u.name for u in policies)}); set model.name_or_path in its entry")
@@ -182,15 +174,20 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> list[str]:
             raw["model"]["name_or_path"] = up.output_dir
         for key in ("gguf_file", "revision", "tokenizer"):
             raw["model"].pop(key, None)  # those described the original model, not the stage output
-    if rewards:
-        out = rewards[0].recipe.output_dir
-        if raw.get("stage") == "ppo" and not explicit("reward_model"):
-            raw["reward_model"] = out
-        elif raw.get("stage") in ("grpo", "rloo") and not explicit("rewards"):
-            items = list(raw.get("rewards") or [])
+    consumer = registry.all_stages().get(raw.get("stage"))  # an unknown stage is refused by validate
+    for output, key in (consumer.inputs.items() if consumer else ()):
+        producers = [u for u in upstream if kind[u.name] == output]
+        if not producers or explicit(key.removesuffix("[]")):
+            continue
+        out = producers[0].recipe.output_dir
+        if key.endswith("[]"):
+            key = key.removesuffix("[]")
+            items = list(raw.get(key) or [])
             if not any(isinstance(i, dict) and i.get("model") == out or i == out for i in items):
                 items.append({"model": out})
-            raw["rewards"] = items
+            raw[key] = items
+        else:
+            raw[key] = out
     return merge_inputs
 
 
@@ -201,14 +198,9 @@ def _status(stage: Stage) -> str:
     return "stale" if m else "new"
 
 
-def headline(stage_type: str, metrics: dict) -> dict:
-    return {k: metrics[k] for k in HEADLINE.get(stage_type, ()) if k in metrics}
-
-
 def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None, only: str | None = None,
                  overwrite: bool = False) -> int:
     from posttrain.merge import merge_adapter
-    from posttrain.stages import stage_module
 
     name, root, stages = load_pipeline(name_or_path, overrides)
     names = [s.name for s in stages]
@@ -224,7 +216,7 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
         forced = {only}
     selected = [s for s in stages if not only or s.name == only]
     for s in stages:  # build every stage's TRL config now: a bad one fails before the first stage trains
-        stage_module(s.recipe.stage).config(s.recipe)
+        registry.get(s.recipe.stage).make_config(s.recipe)
 
     summary, failed = [], None
     for s in selected:
@@ -254,7 +246,7 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
             try:
                 for up in s.merge_inputs:
                     merge_adapter(Path(up))
-                stage_module(s.recipe.stage).train(s.recipe, resume=resume, overwrite=not resume)
+                registry.get(s.recipe.stage).train(s.recipe, resume=resume, overwrite=not resume)
                 row["status"] = "ran"
             except PosttrainError as e:
                 row["status"], row["error"], failed = "failed", str(e), s.name
@@ -262,7 +254,7 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
                 row["status"], row["error"], failed = "failed", f"{type(e).__name__}: {e}", s.name
             row["duration_s"] = round(time.time() - t0, 1)
         m = runs.read_manifest(Path(s.recipe.output_dir)) or {}
-        row["metrics"] = headline(s.recipe.stage, m.get("metrics") or {})
+        row["metrics"] = registry.headline(s.recipe.stage, m.get("metrics") or {})
 
     Path(root).mkdir(parents=True, exist_ok=True)
     runs.write_json_atomic(Path(root) / "pipeline.json", {
@@ -307,22 +299,18 @@ def format_summary(rows: list[dict]) -> str:
 
 def describe(name_or_path: str, overrides=None) -> str:
     """`posttrain validate` for a pipeline: every stage resolved and wired, nothing loaded."""
-    from posttrain.stages import stage_module
-
     name, root, stages = load_pipeline(name_or_path, overrides)
     out = [f"# pipeline {name}: {len(stages)} stages, outputs under {root}"]
     for s in stages:
         try:
-            stage_module(s.recipe.stage).config(s.recipe)
-            checked = "checked"
+            registry.get(s.recipe.stage).make_config(s.recipe)
         except PosttrainError as e:
-            if "not implemented" not in str(e):
-                raise RecipeError(f"stage {s.name}: {e}") from None
-            checked = "validated (stage not trainable in this version)"
+            raise RecipeError(f"stage {s.name}: {e}") from None
+        checked = "checked"
         wiring = [f"model={s.recipe.model['name_or_path']}"]
-        for key in ("reward_model", "value_model", "ref_model"):
-            if key in s.recipe.extra:
-                wiring.append(f"{key}={s.recipe.extra[key]}")
+        for key, value in s.recipe.extra.items():
+            if isinstance(value, str):
+                wiring.append(f"{key}={value}")
         after = f" after {', '.join(s.after)}" if s.after else ""
         out.append(f"ok: {s.name} ({s.recipe.stage}){after}: {checked}; {'; '.join(wiring)} -> {s.recipe.output_dir}")
     return "\n".join(out)

@@ -1,24 +1,43 @@
 """`posttrain plan RECIPE`: estimate GPU memory per device before a run, and the knob to turn if it won't fit.
 
-Reads only model configs (the model is built on the `meta` device: no weights are loaded). The
-estimate is deliberately simple and says what it counts:
-  weights      parameters x bytes per parameter (bf16/fp16 2, fp32 4, 8-bit 1, 4-bit ~0.55)
+Reads only model configs (the model is built on the `meta` device: no weights are loaded). What a stage
+holds is described by its `Footprint`; the estimate counts, per device:
+  weights      frozen parameters x bytes of their dtype (bf16 2, fp32 4); under 4/8-bit quantization the
+               linear layers at 0.5625/1.0625 bytes (with block scales) and everything else in fp32,
+               because peft's prepare_model_for_kbit_training upcasts it; LoRA adapters in fp32 (peft
+               autocasts adapters of a 16-bit base to fp32)
   gradients    trainable parameters x bytes of their dtype
-  optimizer    AdamW: 2 states per trainable parameter, fp32 (8 bytes)
+  optimizer    AdamW: 2 states per trainable parameter, in the parameter's dtype (torch keeps bf16 states
+               for bf16 weights: 4 bytes; fp32 adapters: 8)
   other models what the stage holds besides the policy (reference copy, reward and value models)
-  activations  per layer and token: hidden x (34 + 5 x heads x seq / hidden) bytes without activation
-               checkpointing (Korthikanti et al. 2022), 2 x hidden bytes with it; plus fp32 logits
-ZeRO-3/FSDP divide weights, gradients and optimizer state by the number of GPUs; ZeRO-2 the last two.
+  activations  per layer and token, in the compute dtype: attention block 5h + 3kv values (norm input,
+               q/k/v input, q/k/v, rotated q/k, attention output), MLP 2h + 4I (gated: gate, up, act,
+               product) or 2h + 2I; without activation checkpointing for every layer, with it the layer
+               input (h) of every layer plus one layer recomputed
+  attention    eager attention keeps the scores: softmax output in fp32 plus its copy in the compute dtype,
+               6 bytes x heads x seq per token and layer (O(seq^2) per sequence); sdpa and flash attention
+               keep only a logsumexp (4 bytes x heads per token: O(seq)). Default: what transformers picks.
+  logits       what TRL 1.12 keeps for the loss (see _logits)
+ZeRO-3/FSDP divide weights, gradients, optimizer and other models by the number of GPUs; ZeRO-2 the
+gradients and optimizer. Not counted: KV cache while generating (online stages), CUDA context beyond
+the 10% margin.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from posttrain.errors import PosttrainError
-from posttrain.recipe import Recipe
+from posttrain import stages
+from posttrain.errors import PosttrainError, RecipeError
+from posttrain.stages import Footprint
+from posttrain.util import first_line as _first_line
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 GIB = 1024**3
+SFT_CHUNK_TOKENS = 256  # trl.trainer.sft_trainer._CHUNKED_LM_HEAD_CHUNK_SIZE in TRL 1.12
 
 
 @dataclasses.dataclass
@@ -28,97 +47,178 @@ class Arch:
     hidden: int
     layers: int
     heads: int
+    kv_dim: int  # width of k (and of v): kv_heads x head_dim
+    intermediate: int
+    gated_mlp: bool
     vocab: int
+    attn_implementation: str
+    quantizable: int  # parameters of the linear layers a 4/8-bit load quantizes (not the output head)
 
 
 def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
+    """The model built on `meta` from its config. Every failure is one PosttrainError line."""
     name = model_section["name_or_path"]
     try:
+        import torch
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+        )
+        from transformers.pytorch_utils import Conv1D
+
         cfg = AutoConfig.from_pretrained(name, revision=model_section.get("revision"),
                                          trust_remote_code=bool(model_section.get("trust_remote_code")),
                                          **({"gguf_file": model_section["gguf_file"]} if model_section.get("gguf_file") else {}))
-    except Exception as e:
-        raise PosttrainError(f"plan needs the model config of '{name}': {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
+        raise PosttrainError(f"plan needs the model config of '{name}': {_first_line(e)}") from None
     if seq_cls:
         cfg.num_labels = 1
-    with torch.device("meta"):
-        cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
-        model = cls.from_config(cfg)
-        if peft:
-            from posttrain.models import lora_config
+    try:
+        with torch.device("meta"):
+            cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
+            model = cls.from_config(cfg, trust_remote_code=bool(model_section.get("trust_remote_code")))
+    except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
+        raise PosttrainError(f"plan cannot build '{name}' from its config: {_first_line(e)}") from None
+    attn = model_section.get("attn_implementation") or getattr(model.config, "_attn_implementation", None) or "sdpa"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = head if head is not None else getattr(model, "score", None)
+    quantizable = sum(m.weight.numel() for m in model.modules()
+                      if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head)
+    gated = any(n.endswith(("gate_proj", "w1", "gate_up_proj")) for n, _ in model.named_modules())
+    if peft:
+        from posttrain.models import lora_config
+
+        try:
             from peft import get_peft_model
 
-            model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
+            with torch.device("meta"):
+                model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
+        except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
+            raise RecipeError(f"peft: {_first_line(e)}") from None
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    get = lambda *names: next((getattr(text, n) for n in names if getattr(text, n, None)), 0)  # noqa: E731
-    return Arch(params, trainable, get("hidden_size", "n_embd", "d_model"), get("num_hidden_layers", "n_layer"),
-                get("num_attention_heads", "n_head"), get("vocab_size"))
+    def get(*names):
+        return next((getattr(text, n) for n in names if getattr(text, n, None)), 0)
+
+    hidden, heads = get("hidden_size", "n_embd", "d_model"), get("num_attention_heads", "n_head")
+    head_dim = get("head_dim") or hidden // max(heads, 1)
+    kv_heads = get("num_key_value_heads") or heads
+    inter = get("intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
+    return Arch(params, trainable, hidden, get("num_hidden_layers", "n_layer"), heads, kv_heads * head_dim, inter,
+                gated, get("vocab_size"), attn, quantizable)
 
 
-def _weight_bytes(recipe: Recipe) -> float:
-    q = recipe.quantization or {}
-    if q.get("load_in_4bit"):
-        return 0.55  # 4 bits + block scales
-    if q.get("load_in_8bit"):
-        return 1.0
+def _compute_bytes(recipe: Recipe) -> float:
     dtype = recipe.model.get("dtype") or "auto"
     return 4.0 if dtype in ("fp32", "float32") else 2.0  # auto on a bf16-capable GPU: bf16
 
 
-def _activations(a: Arch, batch: int, seq: int, checkpointing: bool) -> float:
-    if checkpointing:
-        per_layer = 2 * a.hidden * seq * batch
-        one_layer = seq * batch * a.hidden * (34 + 5 * a.heads * seq / max(a.hidden, 1))
-        body = per_layer * a.layers + one_layer
-    else:
-        body = seq * batch * a.hidden * (34 + 5 * a.heads * seq / max(a.hidden, 1)) * a.layers
-    logits = 2 * 4 * batch * seq * a.vocab  # fp32 logits and their gradient
-    return body + logits
+def _policy_bytes(recipe: Recipe, a: Arch) -> tuple[float, float]:
+    """(frozen weights, bytes per trainable parameter) of the policy."""
+    q = recipe.quantization or {}
+    cb = _compute_bytes(recipe)
+    if q.get("load_in_4bit") or q.get("load_in_8bit"):
+        per = 0.5 + 4 / 64 if q.get("load_in_4bit") else 1.0 + 4 / 64  # + an fp32 absmax per 64-value block
+        frozen = a.params - a.trainable
+        dense = a.quantizable * per + (frozen - a.quantizable) * 4.0  # the rest upcast to fp32 by peft
+        return dense, 4.0
+    if recipe.peft:
+        return (a.params - a.trainable) * cb, 4.0  # adapters in fp32 (peft autocast_adapter_dtype)
+    return 0.0, cb
 
 
-def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none") -> dict:
+def _layer_bytes(a: Arch, cb: float) -> float:
+    """Activation bytes one layer keeps per token, attention scores excluded."""
+    attn = 5 * a.hidden + 3 * a.kv_dim
+    mlp = 2 * a.hidden + (4 if a.gated_mlp else 2) * a.intermediate
+    return cb * (attn + mlp)
+
+
+def _score_bytes(a: Arch, seq: int) -> float:
+    """Attention bytes per token and layer: O(seq) scores under eager, a logsumexp otherwise."""
+    return 6.0 * a.heads * seq if a.attn_implementation == "eager" else 4.0 * a.heads
+
+
+def _logits(fp: Footprint, recipe: Recipe, a: Arch, rows: int, seq: int, generated: int, cb: float) -> tuple[float, str]:
+    """Bytes of the logits the loss keeps, as TRL 1.12 computes them, and a note saying how."""
+    if fp.scoring or fp.logits == "none":
+        return 0.0, "scalar head: no vocabulary logits"
+    if fp.logits == "sft_loss":
+        if recipe.training.get("loss_type", "chunked_nll") == "chunked_nll" and not recipe.training.get("use_liger_kernel"):
+            # fp32 logits, log-probs and their gradient for one chunk of tokens, plus the head's weight in fp32
+            # and its fp32 gradient while a chunk runs
+            return SFT_CHUNK_TOKENS * a.vocab * 4 * 3 + a.vocab * a.hidden * 4 * 2, \
+                f"TRL chunked_nll: {SFT_CHUNK_TOKENS} tokens of fp32 logits at a time"
+        # transformers' loss: logits in the compute dtype, upcast to fp32, log-softmax kept, fp32 gradient
+        return rows * seq * a.vocab * (cb + 4 + 4), "full logits upcast to fp32 for the loss"
+    if fp.logits == "generated_logps":
+        return rows * generated * a.vocab * cb * 3, "logits of generated tokens only (logits_to_keep)"
+    # per_token_logps: logits, a log-softmax per row kept for backward, and their gradient
+    return rows * seq * a.vocab * cb * 3, "full logits in the compute dtype, log-softmax per row"
+
+
+def _reference_held(fp: Footprint, recipe: Recipe) -> bool:
     t = recipe.training
-    wb = _weight_bytes(recipe)
-    policy = _arch(recipe.model, recipe.peft, seq_cls=recipe.stage == "reward")
-    train_bytes = 2.0 if wb < 2 else wb  # LoRA weights on a quantized base train in 16 bit
+    if fp.reference is None or recipe.peft:
+        return False
+    if fp.reference == "unless_peft_or_precompute":
+        return not t.get("precompute_ref_log_probs")
+    if fp.reference == "if_beta":
+        return bool(t.get("beta", fp.beta_default))
+    return True
+
+
+def _reward_model_paths(recipe: Recipe, fp: Footprint) -> list[str]:
+    if not fp.reward_models_key:
+        return []
+    from posttrain.rewards import parse_rewards
+
+    return [s.model for s in parse_rewards(recipe.extra.get(fp.reward_models_key)) if s.model]
+
+
+def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: Footprint | None = None) -> dict:
+    fp = footprint or stages.get(recipe.stage).footprint
+    t = recipe.training
+    cb = _compute_bytes(recipe)
+    policy = _arch(recipe.model, recipe.peft, seq_cls=fp.scoring)
+    frozen, train_bytes = _policy_bytes(recipe, policy)
     parts = {
-        "weights": policy.params * wb,
+        "weights": frozen + policy.trainable * train_bytes,
         "gradients": policy.trainable * train_bytes,
-        "optimizer": policy.trainable * 8.0,
+        "optimizer": policy.trainable * train_bytes * 2,
     }
     other, notes = 0.0, []
-    stage = recipe.stage
-    if stage == "dpo" and not recipe.peft and not t.get("precompute_ref_log_probs"):
-        other += policy.params * wb
+    if _reference_held(fp, recipe):
+        other += frozen if frozen else policy.params * cb
         notes.append("reference copy of the policy")
-    if stage == "ppo":
-        if not recipe.peft:
-            other += policy.params * wb
-            notes.append("reference copy")
-        rm = _arch({"name_or_path": recipe.extra["reward_model"]}, None, seq_cls=True) \
-            if _reachable(recipe.extra["reward_model"]) else policy
-        other += rm.params * wb * 2 + rm.params * (train_bytes + 8.0)  # reward + value, the value model trains
+    if fp.reward_and_value_models:
+        spec = recipe.extra["reward_model"]
+        spec = dict(spec) if isinstance(spec, dict) else {"name_or_path": str(spec)}
+        rm = _arch(spec, None, seq_cls=True) if _reachable(spec["name_or_path"]) else policy
+        other += rm.params * cb + rm.params * cb * 4  # reward (frozen) + value (weights, gradients, AdamW)
         notes.append("reward model, value model (trained)")
-    if stage in ("grpo", "rloo") and t.get("beta", 0.0 if stage == "grpo" else 0.05) and not recipe.peft:
-        other += policy.params * wb
-        notes.append("reference copy")
+    for path in _reward_model_paths(recipe, fp):
+        rm = _arch({"name_or_path": path}, None, seq_cls=True) if _reachable(path) else policy
+        other += rm.params * cb
+        notes.append(f"reward model {path}")
     parts["other models"] = other
-    batch = t.get("per_device_train_batch_size", 8)
-    seq = recipe.data.get("max_length") or 1024
-    if stage == "ppo":
-        seq += t.get("response_length", 53)
-    if stage in ("grpo", "rloo"):
-        seq += t.get("max_completion_length", 256)
-    if stage in ("dpo", "reward"):
-        batch *= 2  # chosen and rejected
+    rows = t.get("per_device_train_batch_size", 8) * fp.sequences_per_row
+    generated = t.get(fp.generated_tokens_key, fp.generated_tokens_default) if fp.generated_tokens_key else 0
+    seq = (recipe.data.get("max_length") or 1024) + generated
     # posttrain turns activation checkpointing on by default on GPUs (see stages/common.device_defaults)
-    checkpointing = t.get("activation_checkpointing", t.get("gradient_checkpointing", True))
-    parts["activations"] = _activations(policy, batch, seq, bool(checkpointing))
+    checkpointing = bool(t.get("activation_checkpointing", t.get("gradient_checkpointing", True)))
+    tokens = rows * seq
+    layer = _layer_bytes(policy, cb)
+    score = _score_bytes(policy, seq)
+    if checkpointing:
+        parts["activations"] = tokens * (cb * policy.hidden * policy.layers + layer)
+        parts["attention"] = tokens * score  # one layer's, while it is recomputed
+    else:
+        parts["activations"] = tokens * layer * policy.layers
+        parts["attention"] = tokens * score * policy.layers
+    parts["logits"], logits_note = _logits(fp, recipe, policy, rows, seq, generated, cb)
     if gpus > 1 and sharding in ("zero3", "fsdp"):
         for k in ("weights", "gradients", "optimizer", "other models"):
             parts[k] /= gpus
@@ -127,7 +227,8 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none") -> dict:
             parts[k] /= gpus
     total = sum(parts.values()) * 1.1  # +10%: CUDA context, allocator fragmentation, buffers
     return {"parts": parts, "total": total, "params": policy.params, "trainable": policy.trainable,
-            "batch": batch, "seq": seq, "checkpointing": bool(checkpointing), "notes": notes}
+            "batch": rows, "seq": seq, "checkpointing": checkpointing, "notes": notes,
+            "attn_implementation": policy.attn_implementation, "logits_note": logits_note}
 
 
 def _reachable(name_or_path: str) -> bool:
@@ -136,15 +237,18 @@ def _reachable(name_or_path: str) -> bool:
     return Path(name_or_path).exists()
 
 
-def advice(recipe: Recipe, est: dict, gpu_gib: float) -> list[str]:
+def advice(recipe: Recipe, est: dict, gpu_gib: float, footprint: Footprint | None = None) -> list[str]:
+    fp = footprint or stages.get(recipe.stage).footprint
     t, tips = recipe.training, []
     if not est["checkpointing"]:
         tips.append("turn on training.activation_checkpointing (activations are recomputed, not stored)")
+    if est["attn_implementation"] == "eager" and est["parts"]["attention"] > 0.1 * est["total"]:
+        tips.append("set model.attn_implementation: sdpa (eager attention stores seq x seq scores)")
     if not recipe.peft:
         tips.append("add a `peft:` section (LoRA): gradients and optimizer state only for the adapter")
     elif not recipe.quantization:
         tips.append("add `quantization: {load_in_4bit: true}` (QLoRA): the base weights in 4 bits")
-    if recipe.stage == "dpo" and not recipe.peft and not t.get("precompute_ref_log_probs"):
+    if fp.reference == "unless_peft_or_precompute" and _reference_held(fp, recipe):
         tips.append("set training.precompute_ref_log_probs: true (no reference model in memory)")
     if t.get("per_device_train_batch_size", 8) > 1:
         tips.append("halve training.per_device_train_batch_size and double gradient_accumulation_steps")
@@ -156,14 +260,16 @@ def _size(n: float) -> str:
     return f"{n / GIB:8.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:8.2f} MiB"
 
 
-def report(recipe: Recipe, gpu_gib: float, gpus: int = 1, sharding: str = "none") -> tuple[str, bool]:
-    est = estimate(recipe, gpus, sharding)
+def report(recipe: Recipe, gpu_gib: float, gpus: int = 1, sharding: str = "none",
+           footprint: Footprint | None = None) -> tuple[str, bool]:
+    est = estimate(recipe, gpus, sharding, footprint)
     lines = [f"memory plan for {recipe.source} ({recipe.stage}): {est['params'] / 1e6:.3g}M parameters, "
              f"{est['trainable'] / 1e6:.3g}M trainable; batch {est['batch']} x {est['seq']} tokens per device; "
-             f"activation checkpointing {'on' if est['checkpointing'] else 'off'}"
+             f"activation checkpointing {'on' if est['checkpointing'] else 'off'}; "
+             f"attention {est['attn_implementation']}"
              + (f"; {gpus} GPUs, {sharding}" if gpus > 1 else "")]
     for k, v in est["parts"].items():
-        lines.append(f"  {k:<13} {_size(v)}")
+        lines.append(f"  {k:<13} {_size(v)}" + (f"  ({est['logits_note']})" if k == "logits" else ""))
     if est["notes"]:
         lines.append(f"  (other models: {', '.join(est['notes'])})")
     lines.append(f"  {'total':<13} {_size(est['total'])} per device (incl. 10% overhead)")
@@ -172,5 +278,5 @@ def report(recipe: Recipe, gpu_gib: float, gpus: int = 1, sharding: str = "none"
         lines.append(f"fits a {gpu_gib:g} GiB GPU ({est['total'] / (gpu_gib * GIB):.0%} of it)")
     else:
         lines.append(f"does NOT fit a {gpu_gib:g} GiB GPU; try, in this order:")
-        lines += [f"  - {tip}" for tip in advice(recipe, est, gpu_gib)]
+        lines += [f"  - {tip}" for tip in advice(recipe, est, gpu_gib, footprint)]
     return "\n".join(lines), fits

@@ -35,17 +35,12 @@ def preview(recipe: Recipe, out=None):
     except PosttrainError as e:
         print(f"not checked: tokenizer and data ({e})", file=out)
         return
-    from posttrain.data.sources import load_source
+    from posttrain.data.mixture import preview_rows
 
     data = recipe.data
-    split = data["split"].split("[")[0] + "[:8]"
     try:
-        ds = load_source(data["train"], split, data.get("name"))
-        if data.get("column_map"):
-            from posttrain.data.sources import rename_columns
-
-            ds = rename_columns(ds, data["column_map"], data["train"])
-        cols = resolve_columns(ds.column_names, data["format"], data["train"])
+        ds, where = preview_rows(data)
+        cols = resolve_columns(ds.column_names, data["format"], where)
     except PosttrainError as e:
         print(f"not checked: data ({e})", file=out)
         return
@@ -53,19 +48,25 @@ def preview(recipe: Recipe, out=None):
         from posttrain.data.formats import clean_pairs_or_prompts
 
         try:
-            cleaned, _ = clean_pairs_or_prompts(ds, data["format"], data["train"], keep_extra=True)
+            cleaned, _ = clean_pairs_or_prompts(ds, data["format"], where, keep_extra=True)
         except PosttrainError as e:
             print(f"data problem: {e}", file=out)
             return
         row = cleaned[0]
-        print(f"\nexample: first usable row of {data['train']} ({data['format']} format)", file=out)
+        print(f"\nexample: first usable row of {where} ({data['format']} format)", file=out)
         for key, value in row.items():
             text = value if isinstance(value, str) else repr(value)
             n = len(tokenizer(text)["input_ids"]) if isinstance(value, str) else None
             print(f"  {key}: {text!r}" + (f"  ({n} tokens)" if n is not None else ""), file=out)
         return
     rows = [ds[i] for i in range(len(ds))]
-    encoded = encode_batch(rows, data["format"], cols, tokenizer, data["max_length"])
+    train_on = data.get("train_on") or "assistant"
+    try:
+        encoded = encode_batch(rows, data["format"], cols, tokenizer, data["max_length"], train_on=train_on,
+                               template=data.get("template"))
+    except PosttrainError as e:
+        print(f"data problem: {e}", file=out)
+        return
     pick = next((i for i, e in enumerate(encoded) if e and e["status"] != "prompt"), None)
     if pick is None:
         print(f"warning: none of the first {len(rows)} rows has a token to train (empty fields or prompts "
@@ -75,6 +76,10 @@ def preview(recipe: Recipe, out=None):
     trained = sum(lab != IGNORE_INDEX for lab in e["labels"])
     color = getattr(out, "isatty", lambda: False)()
     legend = "dim = masked (-100), green = trained" if color else "[masked]..[/masked] = label -100, [trained]..[/trained] = loss"
-    print(f"\nexample: row {pick} of {data['train']} ({len(e['input_ids'])} tokens: "
-          f"{len(e['input_ids']) - trained} masked, {trained} trained; {legend})", file=out)
+    chatty = data["format"] == "messages" or data.get("template") == "chat"
+    what = {"assistant": "assistant turns", "all": "every token", "last_assistant": "the last assistant turn"}
+    trains = f"train_on: {train_on} ({what[train_on]})" if chatty else \
+        ("train_on: all (prompt and response)" if train_on == "all" else "trains the response")
+    print(f"\nexample: row {pick} of {where} ({len(e['input_ids'])} tokens: "
+          f"{len(e['input_ids']) - trained} masked, {trained} trained; {trains}; {legend})", file=out)
     print(render_example(tokenizer, e["input_ids"], e["labels"], color), file=out)

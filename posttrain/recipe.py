@@ -11,48 +11,54 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from posttrain.data import packing
+from posttrain import stages
 from posttrain.errors import RecipeError
+from posttrain.util import Where, as_number, did_you_mean, show, type_words
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPES_DIR = REPO_ROOT / "recipes"
+# The recipes shipped inside the package (`posttrain recipes` lists them); the checkout's recipes/ links here.
+RECIPES_DIR = Path(str(resources.files("posttrain") / "recipes"))
 
-
-@dataclasses.dataclass(frozen=True)
-class StageSpec:
-    config: str  # "module:Class" of the TRL config that owns the `training:` section
-    formats: tuple[str, ...]  # data formats the stage accepts; the first is the default
-    keys: tuple[str, ...] = ()  # stage-specific top-level keys
-    required: tuple[str, ...] = ()
-
-
-STAGES: dict[str, StageSpec] = {
-    "sft": StageSpec("trl:SFTConfig", ("alpaca", "prompt_completion", "messages")),
-    "reward": StageSpec("trl:RewardConfig", ("preference",)),
-    "dpo": StageSpec("trl:DPOConfig", ("preference",), keys=("ref_model",)),
-    "ppo": StageSpec(
-        "trl.experimental.ppo:PPOConfig",
-        ("prompt",),
-        keys=("reward_model", "value_model", "ref_model"),
-        required=("reward_model",),
-    ),
-    "grpo": StageSpec("trl:GRPOConfig", ("prompt",), keys=("rewards",), required=("rewards",)),
-    "rloo": StageSpec("trl:RLOOConfig", ("prompt",), keys=("rewards",), required=("rewards",)),
-}
-STAGE_KEYS = sorted({k for s in STAGES.values() for k in s.keys})
-FORMATS = sorted({f for s in STAGES.values() for f in s.formats})
 TOP_KEYS = ["stage", "extends", "description", "model", "data", "peft", "quantization", "training", "output_dir"]
 
 DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A numeric range; `open` ends exclude their bound."""
+
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+
+    def check(self, where: Where, dotted: str, value):
+        value = as_number(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return  # the type check reports it
+        lo, hi = self.min, self.max
+        bad = (lo is not None and (value < lo or (self.min_open and value == lo))) or (
+            hi is not None and (value > hi or (self.max_open and value == hi)))
+        if bad:
+            lo_s = "" if lo is None else f"{'>' if self.min_open else '>='} {lo}"
+            hi_s = "" if hi is None else f"{'<' if self.max_open else '<='} {hi}"
+            where.fail(dotted, f"{value} is out of range (must be {' and '.join(x for x in (lo_s, hi_s) if x)})")
+
+
+POSITIVE = Range(0, None, min_open=True)
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)
+OPEN_FRACTION = Range(0, 1, max_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +69,7 @@ class Key:
     default: Any = None
     required: bool = False
     choices: tuple | None = None
-    min: float | None = None
-    max: float | None = None
-    min_open: bool = False  # min is exclusive
-    max_open: bool = False
+    range: Range | None = None
     help: str = ""
 
 
@@ -78,58 +81,72 @@ MODEL_KEYS = {
     "gguf_file": Key((str,), help="GGUF file inside name_or_path; dequantized on load"),
     "trust_remote_code": Key((bool,), False),
     "attn_implementation": Key((str,)),
+    "chat_template": Key((str,), help="inline Jinja, or a .jinja file relative to the recipe that names it"),
 }
 DATA_KEYS = {
-    "train": Key((str,), required=True, help="hub dataset id or a local jsonl/json/csv/parquet file"),
+    "train": Key((str, list), required=True,
+                 help="hub dataset id or a local jsonl/json/csv/parquet file, or a list of sources (a mixture)"),
     "name": Key((str,), help="hub dataset configuration name"),
     "split": Key((str,), "train"),
-    "format": Key((str,), choices=tuple(FORMATS)),
+    "format": Key((str,)),  # the stage's formats: checked by data_format_fits_stage
     "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
-    "eval": Key((str,), help="separate eval source (hub id or local file)"),
+    "eval": Key((str, list), help="separate eval source (hub id or local file), or a list of sources"),
     "eval_split": Key((str,), "train"),
-    "eval_fraction": Key((int, float), min=0, max=1, min_open=True, max_open=True),
-    "max_length": Key((int,), 1024, min=2),
-    "pad_to_multiple_of": Key((int,), min=1),
-    "num_proc": Key((int,), min=1),
+    "eval_fraction": Key((int, float), help="a fraction in (0, 1) of the training rows, or a row count >= 1"),
+    "seed": Key((int,), range=NON_NEGATIVE, help="seed for sampling and shuffling a mixture; default training.seed"),
+    "train_on": Key((str,), choices=("assistant", "all", "last_assistant"),
+                    help="which tokens of a conversation are trained (default assistant)"),
+    "template": Key((str,), choices=("alpaca", "raw", "chat"),
+                    help="how alpaca/prompt_completion rows are written; chat: the tokenizer's chat template"),
+    "max_length": Key((int,), 1024, range=Range(2)),
+    "pad_to_multiple_of": Key((int,), range=AT_LEAST_1),
+    "num_proc": Key((int,), range=AT_LEAST_1),
 }
 
-# training.* keys that posttrain sets itself, with where the user should say it instead.
+# One entry of a data.train / data.eval list (a mixture); a plain string is {source: it}.
+SOURCE_KEYS = {
+    "source": Key((str,), required=True, help="hub dataset id or a local jsonl/json/csv/parquet file"),
+    "name": Key((str,), help="hub dataset configuration name"),
+    "split": Key((str,), "train", help="split with an optional slice, e.g. train[:1000]"),
+    "format": Key((str,), help="this source's row format; default data.format"),
+    "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
+    "weight": Key((int, float), range=POSITIVE, help="fraction of its usable rows to take; > 1 repeats rows"),
+    "rows": Key((int,), range=AT_LEAST_1, help="how many rows to take (more than it has repeats rows)"),
+}
+# data.format -> the other source formats a mixture may hold (read into data.format's columns)
+MIXABLE = {"messages": ("sharegpt", "alpaca", "prompt_completion")}
+
+# training.* keys that posttrain sets itself for every stage, with where the user should say it instead.
+# A stage adds its own in its `managed`.
 MANAGED_TRAINING_KEYS = {
     "output_dir": "set `output_dir` at the top level of the recipe",
     "max_length": "set `data.max_length`",
-    "dataset_kwargs": "posttrain prepares the dataset itself",
     "remove_unused_columns": "posttrain prepares the dataset itself",
-    "dataset_text_field": "choose the input shape with `data.format`",
-    "completion_only_loss": "posttrain always masks the prompt exactly (see README: prompt masking)",
-    "assistant_only_loss": "use `data.format: messages`, which trains on assistant turns only",
-    "sft_model_path": "set `model.name_or_path`",
-    "reward_model_path": "set the top-level `reward_model`",
 }
-# training.packing / padding_free and friends: honoured or refused by posttrain.data.packing.check_recipe
 
-# Range rules for well-known fields of the owning classes: (min, max, min_open, max_open).
+# Ranges of well-known fields of the owning classes (their types come from the classes themselves).
 RANGES = {
-    "training.learning_rate": (0, None, True, False),
-    "training.num_train_epochs": (0, None, True, False),
-    "training.per_device_train_batch_size": (1, None, False, False),
-    "training.per_device_eval_batch_size": (1, None, False, False),
-    "training.gradient_accumulation_steps": (1, None, False, False),
-    "training.logging_steps": (0, None, True, False),
-    "training.eval_steps": (0, None, True, False),
-    "training.save_steps": (0, None, True, False),
-    "training.save_total_limit": (1, None, False, False),
-    "training.warmup_steps": (0, None, False, False),
-    "training.warmup_ratio": (0, 1, False, False),
-    "training.weight_decay": (0, None, False, False),
-    "training.max_grad_norm": (0, None, False, False),
-    "training.adam_beta1": (0, 1, False, True),
-    "training.adam_beta2": (0, 1, False, True),
-    "training.adam_epsilon": (0, None, True, False),
-    "training.seed": (0, None, False, False),
-    "training.beta": (0, None, False, False),
-    "peft.r": (1, None, False, False),
-    "peft.lora_alpha": (0, None, True, False),
-    "peft.lora_dropout": (0, 1, False, True),
+    "training.learning_rate": POSITIVE,
+    "training.num_train_epochs": POSITIVE,
+    "training.per_device_train_batch_size": AT_LEAST_1,
+    "training.per_device_eval_batch_size": AT_LEAST_1,
+    "training.gradient_accumulation_steps": AT_LEAST_1,
+    "training.logging_steps": POSITIVE,
+    "training.eval_steps": POSITIVE,
+    "training.save_steps": POSITIVE,
+    "training.save_total_limit": AT_LEAST_1,
+    "training.warmup_steps": NON_NEGATIVE,
+    "training.warmup_ratio": FRACTION,
+    "training.weight_decay": NON_NEGATIVE,
+    "training.max_grad_norm": NON_NEGATIVE,
+    "training.adam_beta1": OPEN_FRACTION,
+    "training.adam_beta2": OPEN_FRACTION,
+    "training.adam_epsilon": POSITIVE,
+    "training.seed": NON_NEGATIVE,
+    "training.beta": NON_NEGATIVE,
+    "peft.r": AT_LEAST_1,
+    "peft.lora_alpha": POSITIVE,
+    "peft.lora_dropout": OPEN_FRACTION,
 }
 
 
@@ -169,31 +186,28 @@ def recipe_hash(resolved: dict) -> str:
 
 
 def _resolve(name_or_path: str, kind: str, subdir: str) -> Path:
-    """A path to a file, or a bare name looked up as <subdir>/<name>.yaml (cwd first, then the package's)."""
+    """A path to a file, or a bare name looked up as <subdir>/<name>.yaml: in ./recipes first, then in
+    the recipes shipped with the package."""
     p = Path(name_or_path)
     if p.is_file():
         return p
     if p.suffix in (".yaml", ".yml") or "/" in name_or_path:
         raise RecipeError(f"{kind} file not found: {name_or_path}")
-    for root in (Path.cwd() / subdir, REPO_ROOT / subdir):
-        cand = root / f"{name_or_path}.yaml"
+    for root in (Path.cwd() / "recipes", RECIPES_DIR):
+        cand = root / subdir / f"{name_or_path}.yaml"
         if cand.is_file():
             return cand
-    names = sorted(q.stem for q in (REPO_ROOT / subdir).glob("*.yaml"))
-    raise RecipeError(f"{kind} '{name_or_path}' not found in {subdir}/{did_you_mean(name_or_path, names)}")
+    names = sorted(q.stem for q in (RECIPES_DIR / subdir).glob("*.yaml"))
+    raise RecipeError(f"{kind} '{name_or_path}' not found in recipes/{subdir + '/' if subdir else ''}"
+                      f"{did_you_mean(name_or_path, names)}")
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
-    return _resolve(name_or_path, "recipe", "recipes")
+    return _resolve(name_or_path, "recipe", "")
 
 
 def resolve_pipeline_path(name_or_path: str) -> Path:
-    return _resolve(name_or_path, "pipeline", "recipes/pipelines")
-
-
-def did_you_mean(word: str, candidates) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return _resolve(name_or_path, "pipeline", "pipelines")
 
 
 def _key_lines(node, prefix="", out=None) -> dict[str, int]:
@@ -254,6 +268,7 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
         raise RecipeError(f"{path}: extends: cycle ({cycle})")
     data, lines = read_yaml(path)
     where = {k: f"{path.name}:{n}" for k, n in lines.items()}
+    _anchor_template(data, path)
     parent = data.pop("extends", None)
     if parent is None:
         return data, where
@@ -264,6 +279,19 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str,
         raise RecipeError(f"{path.name}:{lines['extends']}: extends: file not found: {parent_path}")
     base, base_where = load_raw(parent_path, (*_chain, path))
     return deep_merge(base, data), {**base_where, **where}
+
+
+def _is_template_path(value) -> bool:
+    """A chat_template value names a file unless it holds Jinja ({{ }} or {% %})."""
+    return isinstance(value, str) and "{{" not in value and "{%" not in value and "\n" not in value
+
+
+def _anchor_template(data: dict, path: Path):
+    """A relative model.chat_template path is relative to the recipe file that says it (also via extends:)."""
+    model = data.get("model")
+    value = model.get("chat_template") if isinstance(model, dict) else None
+    if _is_template_path(value) and value.strip() and not Path(value).expanduser().is_absolute():
+        model["chat_template"] = str((path.parent / value).resolve())
 
 
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -307,90 +335,61 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, check_
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation
+# Validation: a list of small named checks over a draft of the recipe, run in order. Each refuses
+# through `draft.where.fail(dotted_key, message)`, which prefixes the file:line that set the key.
 
 
-class _Checker:
-    def __init__(self, where: dict[str, str]):
-        self.where = where
+@dataclasses.dataclass
+class Draft:
+    """A recipe while it is being checked: the merged mapping and the sections read from it so far."""
 
-    def fail(self, dotted: str, msg: str):
-        loc = self.where.get(dotted)
-        if loc is None:  # fall back to the nearest enclosing key we know a line for
-            parts = dotted.split(".")
-            while parts and loc is None:
-                parts.pop()
-                loc = self.where.get(".".join(parts))
-        prefix = f"{loc}: " if loc else ""
-        raise RecipeError(f"{prefix}{dotted}: {msg}")
-
-    def unknown(self, dotted: str, known, note: str = ""):
-        key = dotted.rsplit(".", 1)[-1]
-        section = dotted.rsplit(".", 1)[0] if "." in dotted else "recipe"
-        self.fail(dotted, f"unknown key in {section}{did_you_mean(key, known)}{note}")
-
-    def range(self, dotted: str, value, lo, hi, lo_open, hi_open):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return
-        bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
-            hi is not None and (value > hi or (hi_open and value == hi))
-        )
-        if bad:
-            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-            self.fail(dotted, f"{value} is out of range (must be {' and '.join(s for s in (lo_s, hi_s) if s)})")
-
-    def own_section(self, name: str, values, spec: dict[str, Key]) -> dict:
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            self.fail(name, f"expected a mapping, got {_show(values)}")
-        out = {}
-        for k, v in values.items():
-            dotted = f"{name}.{k}"
-            if k not in spec:
-                self.unknown(dotted, spec)
-            key = spec[k]
-            if v is None:
-                if key.required:
-                    self.fail(dotted, "is required")
-                out[k] = key.default
-                continue
-            if int in key.types and float not in key.types and isinstance(v, float) and v.is_integer():
-                v = int(v)
-            if isinstance(v, str) and float in key.types:
-                v = _as_float(v, v)
-            if isinstance(v, bool) and bool not in key.types or not isinstance(v, key.types):
-                want = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in key.types)
-                self.fail(dotted, f"expected {want}, got {_show(v)}")
-            if key.choices and v not in key.choices:
-                self.fail(dotted, f"'{v}' is not one of {', '.join(map(str, key.choices))}{did_you_mean(v, key.choices)}")
-            self.range(dotted, v, key.min, key.max, key.min_open, key.max_open)
-            out[k] = v
-        for k, key in spec.items():
-            if k not in out:
-                if key.required:
-                    self.fail(f"{name}.{k}", f"is required ({key.help})" if key.help else "is required")
-                out[k] = key.default
-        return out
+    raw: dict
+    where: Where
+    default_name: str
+    stage: stages.Stage | None = None
+    model: dict = dataclasses.field(default_factory=dict)
+    data: dict = dataclasses.field(default_factory=dict)
+    training: dict = dataclasses.field(default_factory=dict)
+    peft: dict | None = None
+    quantization: dict | None = None
+    output_dir: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
-_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "a mapping", list: "a list"}
-
-
-def _show(v) -> str:
-    if isinstance(v, dict):
-        return "a mapping"
-    if isinstance(v, list):
-        return "a list"
-    return f"{v!r} ({type(v).__name__})"
-
-
-def _as_float(s: str, fallback):
-    try:
-        return float(s)
-    except ValueError:
-        return fallback
+def own_section(where: Where, name: str, values, spec: dict[str, Key]) -> dict:
+    """Check one of our own sections against its Key table; returns it with defaults filled in."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        where.fail(name, f"expected a mapping, got {show(values)}")
+    out = {}
+    for k, v in values.items():
+        dotted = f"{name}.{k}"
+        if k not in spec:
+            where.unknown(dotted, spec)
+        key = spec[k]
+        if v is None:
+            if key.required:
+                where.fail(dotted, "is required")
+            out[k] = key.default
+            continue
+        if int in key.types and float not in key.types and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if float in key.types:
+            v = as_number(v)
+        if isinstance(v, bool) and bool not in key.types or not isinstance(v, key.types):
+            where.fail(dotted, f"expected {type_words(key.types)}, got {show(v)}")
+        if key.choices and v not in key.choices:
+            where.fail(dotted, f"'{v}' is not one of {', '.join(map(str, key.choices))}{did_you_mean(v, key.choices)}")
+        if key.range:
+            key.range.check(where, dotted, v)
+        out[k] = v
+    for k, key in spec.items():
+        if k not in out:
+            if key.required:
+                where.fail(f"{name}.{k}", f"is required ({key.help})" if key.help else "is required")
+            out[k] = key.default
+    return out
 
 
 SECRET_KEYS = {"token", "hub_token", "use_auth_token", "api_key", "password", "secret"}
@@ -405,6 +404,262 @@ def _secret_keys(node, prefix=""):
             yield from _secret_keys(v, dotted + ".")
 
 
+def no_secrets(d: Draft):
+    for dotted in _secret_keys(d.raw):
+        d.where.fail(dotted, "secrets never go in a recipe (it is saved with the run); set HF_TOKEN etc. in the "
+                     "environment")
+
+
+def known_stage(d: Draft):
+    name = d.raw.get("stage")
+    if name is None:
+        d.where.fail("stage", f"is required (one of {', '.join(stages.names())})")
+    try:
+        d.stage = stages.get(name)
+    except RecipeError as e:
+        d.where.fail("stage", str(e).removeprefix("stage: "))
+
+
+def top_level_keys(d: Draft):
+    stage_keys = stages.stage_keys()
+    for k in d.raw:
+        if k in TOP_KEYS:
+            continue
+        if k in stage_keys:
+            if k not in d.stage.keys:
+                users = [s.name for s in stages.all_stages().values() if k in s.keys]
+                d.where.fail(k, f"is not used by a {d.stage.name} recipe (only by {', '.join(users)})")
+            continue
+        d.where.unknown(str(k), TOP_KEYS + list(d.stage.keys))
+    for k in d.stage.required:
+        if d.raw.get(k) in (None, "", []):
+            d.where.fail(k, f"is required for stage {d.stage.name}")
+    d.extra = {k: d.raw[k] for k in d.stage.keys if k in d.raw}
+
+
+def model_section(d: Draft):
+    d.model = own_section(d.where, "model", d.raw.get("model"), MODEL_KEYS)
+
+
+def data_section(d: Draft):
+    d.data = own_section(d.where, "data", d.raw.get("data"), DATA_KEYS)
+
+
+def data_format_fits_stage(d: Draft):
+    formats = d.stage.formats
+    if d.data["format"] is None:
+        d.data["format"] = formats[0]
+    fmt = d.data["format"]
+    if fmt not in stages.formats():
+        d.where.fail("data.format", f"'{fmt}' is not one of {', '.join(stages.formats())}"
+                     f"{did_you_mean(fmt, stages.formats())}")
+    if fmt not in formats:
+        d.where.fail("data.format", f"'{fmt}' data cannot train stage {d.stage.name} (expected {' or '.join(formats)})")
+
+
+def column_map_is_names(d: Draft):
+    for src, dst in (d.data["column_map"] or {}).items():
+        if not isinstance(src, str) or not isinstance(dst, str):
+            d.where.fail(f"data.column_map.{src}", "expected column name: column name")
+
+
+def data_sources(d: Draft):
+    """data.train / data.eval lists (mixtures): each entry's keys, and formats the mixture can read."""
+    data, given = d.data, d.raw.get("data") or {}
+    fmt = data["format"]
+    for split, split_key in (("train", "split"), ("eval", "eval_split")):
+        value = data[split]
+        if not isinstance(value, list):
+            continue
+        if not value:
+            d.where.fail(f"data.{split}", "an empty list; give at least one source")
+        if split_key in given:
+            d.where.fail(f"data.{split_key}", f"data.{split} is a list: give each source its own `split:`")
+        entries = []
+        for i, e in enumerate(value):
+            dotted = f"data.{split}[{i}]"
+            if isinstance(e, str):
+                e = {"source": e}
+            if not isinstance(e, dict):
+                d.where.fail(dotted, f"expected a source (a string, or a mapping with `source:`), got {show(e)}")
+            entry = own_section(d.where, dotted, e, SOURCE_KEYS)
+            if entry["weight"] is not None and entry["rows"] is not None:
+                d.where.fail(f"{dotted}.rows", "set weight or rows, not both")
+            src_fmt = entry["format"] or fmt
+            known = (*stages.formats(), "sharegpt")
+            if src_fmt not in known:
+                d.where.fail(f"{dotted}.format", f"'{src_fmt}' is not one of {', '.join(known)}"
+                             f"{did_you_mean(src_fmt, known)}")
+            if src_fmt != fmt and src_fmt not in MIXABLE.get(fmt, ()):
+                can = MIXABLE.get(fmt)
+                d.where.fail(f"{dotted}.format", f"'{src_fmt}' rows cannot be read as '{fmt}' data"
+                             + (f" (a {fmt} mixture also takes {', '.join(can)})" if can else f" (give it {fmt} rows)"))
+            for src, dst in (entry["column_map"] or {}).items():
+                if not isinstance(src, str) or not isinstance(dst, str):
+                    d.where.fail(f"{dotted}.column_map.{src}", "expected column name: column name")
+            entries.append({k: entry[k] for k in e if entry[k] is not None})
+        data[split] = entries
+    lists = [s for s in ("train", "eval") if isinstance(data[s], list)]
+    if lists and not any(isinstance(data[s], str) for s in ("train", "eval")):
+        for key in ("name", "column_map"):
+            if key in given:
+                d.where.fail(f"data.{key}", f"data.{' and data.'.join(lists)} is a list: give each source its own "
+                             f"`{key}:`")
+
+
+def eval_fraction_or_count(d: Draft):
+    ef = d.data["eval_fraction"]
+    if isinstance(ef, float) and not 0 < ef < 1:
+        d.where.fail("data.eval_fraction", f"{ef} is out of range (a fraction must be > 0 and < 1; an integer is a "
+                     f"row count)")
+    if isinstance(ef, int) and ef < 1:
+        d.where.fail("data.eval_fraction", f"{ef} is out of range (a row count must be >= 1)")
+
+
+def template_and_train_on_fit_format(d: Draft):
+    from posttrain.data.formats import TEMPLATES
+
+    fmt, template = d.data["format"], d.data["template"]
+    if template is not None and template not in TEMPLATES.get(fmt, ()):
+        d.where.fail("data.template", f"'{template}' is not a way to write {fmt} rows (one of "
+                     f"{', '.join(TEMPLATES.get(fmt, ()))})")
+    if d.data["train_on"] is not None and fmt not in ("alpaca", "prompt_completion", "messages"):
+        d.where.fail("data.train_on", f"only supervised data ({fmt} is not) has tokens to choose from; "
+                     f"{d.stage.name} trains on what TRL computes")
+
+
+def chat_template_text(d: Draft):
+    """model.chat_template becomes the template's text (a .jinja file is read now), its syntax checked, so the
+    resolved recipe (and its hash) holds what renders the data."""
+    value = d.model["chat_template"]
+    if value is None:
+        return
+    text = value
+    if _is_template_path(value):
+        p = Path(value).expanduser()
+        if not p.is_file():
+            d.where.fail("model.chat_template", f"file not found: {value} (an inline template holds Jinja: "
+                         "{% ... %} or {{ ... }})")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            d.where.fail("model.chat_template", f"cannot read {value}: {e}")
+    try:
+        from jinja2.exceptions import TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:  # jinja2 comes with transformers; without it, the tokenizer checks at load
+        d.model["chat_template"] = text
+        return
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string(text)
+    except TemplateSyntaxError as e:
+        d.where.fail("model.chat_template", f"not a valid Jinja template: {e.message} (template line {e.lineno})")
+    d.model["chat_template"] = text
+
+
+def one_eval_source(d: Draft):
+    if d.data["eval"] and d.data["eval_fraction"]:
+        d.where.fail("data.eval_fraction", "set either data.eval or data.eval_fraction, not both")
+
+
+def output_dir(d: Draft):
+    out = d.raw.get("output_dir")
+    if out is None:
+        out = f"runs/{d.default_name}"
+    if not isinstance(out, str) or not out.strip():
+        d.where.fail("output_dir", f"expected a directory path, got {show(out)}")
+    d.output_dir = out
+
+
+def training_section(d: Draft):
+    training = d.raw.get("training") or {}
+    if not isinstance(training, dict):
+        d.where.fail("training", f"expected a mapping, got {show(training)}")
+    d.training = training
+
+
+def managed_training_keys(d: Draft):
+    managed = {**MANAGED_TRAINING_KEYS, **d.stage.managed}
+    for k in d.training:
+        if k in managed:
+            d.where.fail(f"training.{k}", f"is set by posttrain: {managed[k]}")
+
+
+def one_precision(d: Draft):
+    if d.training.get("bf16") and d.training.get("fp16"):
+        d.where.fail("training.fp16", "bf16 and fp16 are both true; pick one")
+
+
+def eval_strategy_needs_eval_data(d: Draft):
+    strategy = d.training.get("eval_strategy", "no")
+    has_eval = bool(d.data["eval"] or d.data["eval_fraction"])
+    if strategy not in (None, False, "no") and not has_eval:  # False: YAML's reading of a bare `no`
+        d.where.fail("training.eval_strategy", f"'{strategy}' needs eval data: set data.eval_fraction or data.eval")
+
+
+def peft_and_quantization(d: Draft):
+    peft, quant = d.raw.get("peft"), d.raw.get("quantization")
+    if peft is not None and not isinstance(peft, dict):
+        d.where.fail("peft", f"expected a mapping of LoraConfig options (or null), got {show(peft)}")
+    if quant is not None and not isinstance(quant, dict):
+        d.where.fail("quantization", f"expected a mapping of BitsAndBytesConfig options (or null), got {show(quant)}")
+    if quant:
+        if quant.get("load_in_4bit") and quant.get("load_in_8bit"):
+            d.where.fail("quantization.load_in_8bit", "load_in_4bit and load_in_8bit are both true; pick one")
+        if not (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
+            d.where.fail("quantization", "set load_in_4bit: true or load_in_8bit: true")
+        if not peft:
+            d.where.fail("quantization", "a quantized model cannot be fully fine-tuned; add a `peft:` section (QLoRA)")
+        if d.model["gguf_file"]:
+            d.where.fail("quantization", "cannot combine with model.gguf_file (GGUF weights are dequantized on load)")
+    d.peft, d.quantization = peft or None, quant or None
+
+
+def ranges(d: Draft):
+    sections = {"training": d.training, "peft": d.peft or {}}
+    for dotted, rule in RANGES.items():
+        section, key = dotted.split(".")
+        if sections[section].get(key) is not None:
+            rule.check(d.where, dotted, sections[section][key])
+
+
+CHECKS = (no_secrets, known_stage, top_level_keys, model_section, data_section, data_format_fits_stage,
+          column_map_is_names, data_sources, eval_fraction_or_count, template_and_train_on_fit_format,
+          chat_template_text, one_eval_source, output_dir, training_section, managed_training_keys, one_precision,
+          eval_strategy_needs_eval_data, peft_and_quantization, ranges)
+
+
+# Checks against the installed classes that own a section (they import TRL, peft, transformers: no model).
+
+def training_fits_trl_config(d: Draft):
+    from posttrain import schema
+
+    d.training = schema.check_owned("training", d.training, schema.config_class(d.stage.trl_config), d.where)
+
+
+def peft_fits_lora_config(d: Draft):
+    if not d.peft:
+        return
+    from posttrain import schema
+    from posttrain.models import lora_config
+
+    d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where)
+    try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
+        lora_config(d.peft)
+    except (ValueError, TypeError) as e:
+        d.where.fail("peft", f"LoraConfig refuses it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def quantization_fits_bnb_config(d: Draft):
+    if d.quantization:
+        from posttrain import schema
+
+        d.quantization = schema.check_owned("quantization", d.quantization, schema.bnb_class(), d.where)
+
+
+OWNER_CHECKS = (training_fits_trl_config, peft_fits_lora_config, quantization_fits_bnb_config)
+
+
 def validate(
     raw: dict,
     *,
@@ -414,118 +669,28 @@ def validate(
     check_owners: bool = True,
 ) -> Recipe:
     """Check a merged recipe mapping. With check_owners, the owned sections are checked against the
-    installed TRL/peft/transformers classes (imports them; loads no model or data)."""
-    c = _Checker(where or {})
+    installed TRL/peft/transformers classes (imports them; loads no model or data), then the stage's
+    own checks run."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of keys")
-    for dotted in _secret_keys(raw):
-        c.fail(dotted, "secrets never go in a recipe (it is saved with the run); set HF_TOKEN etc. in the environment")
-    stage = raw.get("stage")
-    if stage is None:
-        c.fail("stage", f"is required (one of {', '.join(STAGES)})")
-    if not isinstance(stage, str) or stage not in STAGES:
-        c.fail("stage", f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}{did_you_mean(stage, STAGES)}")
-    spec = STAGES[stage]
-    for k in raw:
-        if k in TOP_KEYS:
-            continue
-        if k in STAGE_KEYS:
-            if k not in spec.keys:
-                users = [s for s, sp in STAGES.items() if k in sp.keys]
-                c.fail(k, f"is not used by a {stage} recipe (only by {', '.join(users)})")
-            continue
-        c.unknown(str(k), TOP_KEYS + list(spec.keys))
-    for k in spec.required:
-        if raw.get(k) in (None, "", []):
-            c.fail(k, f"is required for stage {stage}")
+    d = Draft(raw=raw, where=Where(where), default_name=default_name)
+    for check in CHECKS + (OWNER_CHECKS if check_owners else ()):
+        check(d)
+    recipe = _recipe(d, source)
+    for check in d.stage.checks:
+        check(recipe, d.where)
+    return recipe
 
-    model = c.own_section("model", raw.get("model"), MODEL_KEYS)
-    data = c.own_section("data", raw.get("data"), DATA_KEYS)
-    if data["format"] is None:
-        data["format"] = spec.formats[0]
-    if data["format"] not in spec.formats:
-        c.fail("data.format", f"'{data['format']}' data cannot train stage {stage} (expected {' or '.join(spec.formats)})")
-    for src, dst in (data["column_map"] or {}).items():
-        if not isinstance(src, str) or not isinstance(dst, str):
-            c.fail(f"data.column_map.{src}", "expected column name: column name")
-    if data["eval"] and data["eval_fraction"]:
-        c.fail("data.eval_fraction", "set either data.eval or data.eval_fraction, not both")
 
-    output_dir = raw.get("output_dir")
-    if output_dir is None:
-        output_dir = f"runs/{default_name}"
-    if not isinstance(output_dir, str) or not output_dir.strip():
-        c.fail("output_dir", f"expected a directory path, got {_show(output_dir)}")
-
-    training = raw.get("training") or {}
-    if not isinstance(training, dict):
-        c.fail("training", f"expected a mapping, got {_show(training)}")
-    for k in training:
-        if k in MANAGED_TRAINING_KEYS:
-            c.fail(f"training.{k}", f"is set by posttrain: {MANAGED_TRAINING_KEYS[k]}")
-    packing.check_recipe(stage, training, model, c.fail)
-    if training.get("bf16") and training.get("fp16"):
-        c.fail("training.fp16", "bf16 and fp16 are both true; pick one")
-    has_eval = bool(data["eval"] or data["eval_fraction"])
-    strategy = training.get("eval_strategy", "no")
-    if strategy not in (None, False, "no") and not has_eval:  # False: YAML's reading of a bare `no`
-        c.fail("training.eval_strategy", f"'{strategy}' needs eval data: set data.eval_fraction or data.eval")
-
-    peft = raw.get("peft")
-    if peft is not None and not isinstance(peft, dict):
-        c.fail("peft", f"expected a mapping of LoraConfig options (or null), got {_show(peft)}")
-    quant = raw.get("quantization")
-    if quant is not None and not isinstance(quant, dict):
-        c.fail("quantization", f"expected a mapping of BitsAndBytesConfig options (or null), got {_show(quant)}")
-    if quant:
-        if quant.get("load_in_4bit") and quant.get("load_in_8bit"):
-            c.fail("quantization.load_in_8bit", "load_in_4bit and load_in_8bit are both true; pick one")
-        if not (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
-            c.fail("quantization", "set load_in_4bit: true or load_in_8bit: true")
-        if not peft:
-            c.fail("quantization", "a quantized model cannot be fully fine-tuned; add a `peft:` section (QLoRA)")
-        if model["gguf_file"]:
-            c.fail("quantization", "cannot combine with model.gguf_file (GGUF weights are dequantized on load)")
-
-    for dotted, rule in RANGES.items():
-        sec, key = dotted.split(".")
-        values = {"training": training, "peft": peft or {}}[sec]
-        if values.get(key) is not None:
-            c.range(dotted, _as_float(values[key], values[key]) if isinstance(values[key], str) else values[key], *rule)
-
-    extra = {k: raw[k] for k in spec.keys if k in raw}
-    if check_owners:
-        from posttrain import schema  # imports the owning libraries (and torch)
-        from posttrain.models import lora_config
-
-        training = schema.check_owned("training", training, schema.config_class(spec.config), c)
-        if peft:
-            peft = schema.check_owned("peft", peft, schema.lora_class(), c)
-            try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
-                lora_config(peft)
-            except (ValueError, TypeError) as e:
-                c.fail("peft", f"LoraConfig refuses it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        if quant:
-            quant = schema.check_owned("quantization", quant, schema.bnb_class(), c)
-
-    shown = lambda d: {k: v for k, v in d.items() if v is not None}  # noqa: E731 - unset keys stay out of the file
-    resolved = {"stage": stage, "model": shown(model), "data": shown(data)}
-    if peft:
-        resolved["peft"] = peft
-    if quant:
-        resolved["quantization"] = quant
-    resolved.update(extra)
-    resolved["training"] = training
-    resolved["output_dir"] = output_dir
-    return Recipe(
-        stage=stage,
-        model=model,
-        data=data,
-        training=training,
-        output_dir=output_dir,
-        peft=peft or None,
-        quantization=quant or None,
-        extra=extra,
-        source=source,
-        resolved=resolved,
-    )
+def _recipe(d: Draft, source: str) -> Recipe:
+    shown = lambda section: {k: v for k, v in section.items() if v is not None}  # noqa: E731 - unset keys stay out
+    resolved = {"stage": d.stage.name, "model": shown(d.model), "data": shown(d.data)}
+    if d.peft:
+        resolved["peft"] = d.peft
+    if d.quantization:
+        resolved["quantization"] = d.quantization
+    resolved.update(d.extra)
+    resolved["training"] = d.training
+    resolved["output_dir"] = d.output_dir
+    return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
+                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=source, resolved=resolved)

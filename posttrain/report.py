@@ -107,13 +107,13 @@ def _fmt(v) -> str:
 def summary_markdown(path: Path, found: list[tuple[str, Path]], images: list[Path], demo: dict | None) -> str:
     lines = [f"# posttrain report: {path.name}", ""]
     lines += ["| run | stage | status | duration | key metrics |", "|---|---|---|---|---|"]
-    from posttrain.pipeline import headline
+    from posttrain import stages
 
     for name, run_dir in found:
         m = runs.read_manifest(run_dir) or {}
         metrics = m.get("metrics") or {}
-        keys = {**{k: metrics[k] for k in ("train_loss", "eval_loss", "last_logged_score", "last_logged_kl")
-                   if k in metrics}, **headline(m.get("stage", ""), metrics)}
+        keys = {**{k: metrics[k] for k in ("train_loss", "eval_loss") if k in metrics},
+                **stages.headline(m.get("stage", ""), metrics)}
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in keys.items()) or "-"
         dur = m.get("duration_s")
         lines.append(f"| {name} | {m.get('stage', '?')} | {m.get('status', '?')} | "

@@ -18,8 +18,7 @@ import dataclasses
 import math
 import re
 
-from posttrain.errors import RecipeError
-from posttrain.recipe import _show, did_you_mean
+from posttrain.util import Where, as_number, did_you_mean, show
 
 # rule -> (required keys, optional keys) besides `rule` and `weight`
 RULES = {
@@ -43,86 +42,80 @@ class RewardSpec:
     options: dict = dataclasses.field(default_factory=dict)  # the rule's own keys (column, pattern, target)
 
 
-def _fail(key: str, msg: str):
-    raise RecipeError(f"{key}: {msg}")
-
-
-def _weight(key: str, value) -> float:
-    if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+def _weight(w: Where, key: str, value) -> float:
+    value = as_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(key, f"expected a number, got {_show(value)}")
+        w.fail(key, f"expected a number, got {show(value)}")
     return float(value)
 
 
-def _check_keys(where: str, item: dict, known: tuple[str, ...]):
+def _check_keys(w: Where, where: str, item: dict, known: tuple[str, ...]):
     for k in item:
         if k not in known:
-            _fail(f"{where}.{k}", f"unknown key in {where}{did_you_mean(k, known)}")
+            w.fail(f"{where}.{k}", f"unknown key in {where}{did_you_mean(k, known)}")
 
 
-def _rule_options(where: str, rule: str, item: dict) -> dict:
+def _rule_options(w: Where, where: str, rule: str, item: dict) -> dict:
     required, optional = RULES[rule]
-    _check_keys(where, item, ("rule", "weight", *required, *optional))
+    _check_keys(w, where, item, ("rule", "weight", *required, *optional))
     for k in required:
         if item.get(k) is None:
-            _fail(f"{where}.{k}", f"is required for rule {rule}")
+            w.fail(f"{where}.{k}", f"is required for rule {rule}")
     opts = {k: item[k] for k in (*required, *optional) if item.get(k) is not None}
     if "column" in opts:
         col = opts["column"]
         if not isinstance(col, str) or not col.strip():
-            _fail(f"{where}.column", f"expected a data column name, got {_show(col)}")
+            w.fail(f"{where}.column", f"expected a data column name, got {show(col)}")
         if col in RESERVED_COLUMNS:
-            _fail(f"{where}.column", f"'{col}' is not a reference column (TRL passes it to rewards itself)")
+            w.fail(f"{where}.column", f"'{col}' is not a reference column (TRL passes it to rewards itself)")
     if "pattern" in opts:
         if not isinstance(opts["pattern"], str):
-            _fail(f"{where}.pattern", f"expected a regular expression, got {_show(opts['pattern'])}")
+            w.fail(f"{where}.pattern", f"expected a regular expression, got {show(opts['pattern'])}")
         try:
             re.compile(opts["pattern"])
         except re.error as e:
-            _fail(f"{where}.pattern", f"not a valid regular expression ({e})")
+            w.fail(f"{where}.pattern", f"not a valid regular expression ({e})")
     if "target" in opts:
         t = opts["target"]
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            _fail(f"{where}.target", f"expected a positive number of tokens, got {_show(t)}")
+            w.fail(f"{where}.target", f"expected a positive number of tokens, got {show(t)}")
     return opts
 
 
-def parse_rewards(raw) -> list[RewardSpec]:
-    """Validate a recipe's `rewards:` value; RecipeError with the dotted key (`rewards[1].rule`) if wrong."""
+def parse_rewards(raw, where: Where | None = None) -> list[RewardSpec]:
+    """Validate a recipe's `rewards:` value; RecipeError with the dotted key (`rewards[1].rule`) if wrong,
+    prefixed with the file:line `where` knows for it."""
+    w = where or Where()
     example = "e.g. [{model: runs/reward_gpt2}, {rule: exact_match, column: answer}]"
     if raw is None or raw == []:
-        _fail("rewards", f"is empty; list at least one reward model or rule ({example})")
+        w.fail("rewards", f"is empty; list at least one reward model or rule ({example})")
     if not isinstance(raw, list):
-        _fail("rewards", f"expected a list of reward models and/or rules ({example}), got {_show(raw)}")
+        w.fail("rewards", f"expected a list of reward models and/or rules ({example}), got {show(raw)}")
     specs, names = [], set()
     for i, item in enumerate(raw):
         where = f"rewards[{i}]"
         if isinstance(item, str):
             item = {"model": item}
         if not isinstance(item, dict):
-            _fail(where, f"expected a reward model path, {{model: path}} or {{rule: ...}}, got {_show(item)}")
+            w.fail(where, f"expected a reward model path, {{model: path}} or {{rule: ...}}, got {show(item)}")
         if "model" in item and "rule" in item:
-            _fail(where, "set either model or rule, not both")
+            w.fail(where, "set either model or rule, not both")
         if "model" not in item and "rule" not in item:
-            _check_keys(where, item, ("model", "rule", "weight"))
-            _fail(where, f"expected {{model: path}} or {{rule: one of {', '.join(RULES)}}}")
-        weight = _weight(f"{where}.weight", item["weight"]) if item.get("weight") is not None else 1.0
+            _check_keys(w, where, item, ("model", "rule", "weight"))
+            w.fail(where, f"expected {{model: path}} or {{rule: one of {', '.join(RULES)}}}")
+        weight = _weight(w, f"{where}.weight", item["weight"]) if item.get("weight") is not None else 1.0
         if "model" in item:
-            _check_keys(where, item, MODEL_KEYS)
+            _check_keys(w, where, item, MODEL_KEYS)
             path = item["model"]
             if not isinstance(path, str) or not path.strip():
-                _fail(f"{where}.model", f"expected a reward model path or hub id, got {_show(path)}")
+                w.fail(f"{where}.model", f"expected a reward model path or hub id, got {show(path)}")
             base, model, rule, opts = path.rstrip("/").split("/")[-1], path, None, {}
         else:
             rule = item["rule"]
             if not isinstance(rule, str) or rule not in RULES:
                 hint = did_you_mean(rule, RULES) or f" (rules: {', '.join(RULES)})"
-                _fail(f"{where}.rule", f"unknown rule {rule!r}{hint}")
-            base, model, opts = rule, None, _rule_options(where, rule, item)
+                w.fail(f"{where}.rule", f"unknown rule {rule!r}{hint}")
+            base, model, opts = rule, None, _rule_options(w, where, rule, item)
         name, n = base, 1
         while name in names:  # metrics are keyed by name: two items must not share one
             n += 1

@@ -13,8 +13,10 @@ import inspect
 import os
 import types
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any
+
+from posttrain.util import Where, as_number, did_you_mean, show
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -36,7 +38,7 @@ def bnb_class():
     return BitsAndBytesConfig
 
 
-@lru_cache(maxsize=None)
+@cache
 def fields_of(cls) -> dict[str, Any]:
     """Option name -> annotation: dataclass fields plus the named parameters of __init__
     (BitsAndBytesConfig is a dataclass whose options live only in its hand-written __init__)."""
@@ -95,12 +97,8 @@ def coerce(value, ann):
             return _NO
         if isinstance(value, (int, float)):
             return value
-        if isinstance(value, str):  # PyYAML reads 2e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                return _NO
-        return _NO
+        value = as_number(value)  # PyYAML reads 2e-4 (no dot) as a string
+        return value if isinstance(value, (int, float)) else _NO
     if ann is str:
         return value if isinstance(value, str) else _NO
     if origin in (list, tuple, typing.Sequence) or ann in (list, tuple):
@@ -153,19 +151,17 @@ def choices_of(ann) -> list:
     return []
 
 
-def check_owned(section: str, values: dict, cls, checker) -> dict:
+def check_owned(section: str, values: dict, cls, where: Where) -> dict:
     """Type-check a recipe section against cls's options; unknown keys get a did-you-mean."""
     known = fields_of(cls)
     out = {}
     for k, v in values.items():
         dotted = f"{section}.{k}"
         if k not in known:
-            checker.unknown(dotted, known, f" ({cls.__name__} has no such option)")
+            where.unknown(dotted, known, f" ({cls.__name__} has no such option)")
         got = coerce(v, known[k])
         if got is _NO:
-            from posttrain.recipe import _show, did_you_mean
-
             hint = did_you_mean(v, choices_of(known[k])) if isinstance(v, str) else ""
-            checker.fail(dotted, f"expected {describe(known[k])}, got {_show(v)}{hint}")
+            where.fail(dotted, f"expected {describe(known[k])}, got {show(v)}{hint}")
         out[k] = got
     return out

@@ -1,4 +1,4 @@
-"""Smoke test: bench/run.py runs every section at tiny sizes and writes a report with numeric tables.
+"""Smoke test: bench/run.py runs every benchmark at tiny sizes and writes a report with numeric tables.
 
 No timing assertions: the numbers come from a shared, noisy machine; `make bench` is where they count.
 """
@@ -7,6 +7,10 @@ import importlib.util
 import math
 import re
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # runs every benchmark
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"reps": 1, "sft_steps": 3, "dpo": False, "collator_rows": 8, "prep_rows": 300, "prep_reps": 1,

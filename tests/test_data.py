@@ -31,12 +31,13 @@ def test_local_file_types(tmp_path, rows, ext):
 def test_splits_eval_fraction_column_map_and_eval_source(tmp_path, rows):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = {"train": str(path), "split": "train[:10]", "eval_fraction": 0.2, "column_map": {"response": "output"}}
-    train, eval_ds = load_splits(data)
+    data = {"train": str(path), "split": "train[:10]", "eval_fraction": 0.2, "column_map": {"response": "output"},
+            "format": "alpaca"}
+    train, eval_ds, _ = load_splits(data)
     assert (len(train), len(eval_ds)) == (8, 2) and "output" in train.column_names
     assert not set(train["instruction"]) & set(eval_ds["instruction"])
-    data = {"train": str(path), "split": "train[:50%]", "eval": str(path), "eval_split": "train[50%:]"}
-    train, eval_ds = load_splits(data)
+    data = {"train": str(path), "split": "train[:50%]", "eval": str(path), "eval_split": "train[50%:]", "format": "alpaca"}
+    train, eval_ds, _ = load_splits(data)
     assert train["instruction"][0] == "Say 0." and eval_ds["instruction"][0] == "Say 10."
 
 

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # launches processes
+
 REPO = Path(__file__).resolve().parent.parent
 PROBE = """
-import hashlib, json, os, sys
+import dataclasses, hashlib, json, os, sys
 from transformers import TrainerCallback
+from posttrain import stages
 from posttrain.cli import main
 from posttrain.stages import {stage} as stage
 
@@ -27,12 +30,12 @@ class Probe(TrainerCallback):
         with open(os.path.join(sys.argv[1], f"probe-{{rank}}.json"), "w") as f:
             json.dump({{"world_size": args.world_size, "digest": digest.hexdigest()}}, f)
 
-real = stage.build
+real = stage.STAGE.build
 def build(recipe):
     trainer, stats = real(recipe)
     trainer.add_callback(Probe())
     return trainer, stats
-stage.build = build
+stages.all_stages()[stage.STAGE.name] = dataclasses.replace(stage.STAGE, build=build)
 raise SystemExit(main(sys.argv[2:]))
 """
 

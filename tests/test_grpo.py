@@ -39,6 +39,7 @@ def _generate(model, tokenizer):
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_grpo_mixed_rewards_trains_saves_and_reloads(fx, reward_model, tmp_path, cli):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,6 +66,7 @@ def test_grpo_mixed_rewards_trains_saves_and_reloads(fx, reward_model, tmp_path,
     _generate(model, tok)
 
 
+@pytest.mark.slow
 def test_grpo_lora_saves_adapter_that_reloads(fx, reward_model, tmp_path, cli):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
@@ -81,6 +83,7 @@ def test_grpo_lora_saves_adapter_that_reloads(fx, reward_model, tmp_path, cli):
     _generate(AutoPeftModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out))
 
 
+@pytest.mark.slow
 def test_rloo_trains_and_evaluates(fx, tmp_path, cli):
     out = tmp_path / "rloo"
     code, _, err = cli("train", "rloo_gpt2", *_args(fx, out, "[{rule: length_penalty, target: 2, weight: 2}]",
@@ -100,9 +103,13 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
+    import dataclasses
+
     from transformers import TrainerCallback
 
+    from posttrain import stages
     from posttrain.stages import grpo
 
     class CrashAt2(TrainerCallback):
@@ -119,10 +126,11 @@ def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
 
     out = tmp_path / "resume"
     args = _args(fx, out, "[{rule: length_penalty, target: 4}]")
-    monkeypatch.setattr(grpo, "build", crashing_build)
+    registry = stages.all_stages()
+    monkeypatch.setitem(registry, "grpo", dataclasses.replace(grpo.STAGE, build=crashing_build))
     with pytest.raises(_Crash):
         cli("train", "grpo_gpt2", *args)
-    monkeypatch.setattr(grpo, "build", real_build)
+    monkeypatch.setitem(registry, "grpo", grpo.STAGE)
     assert _manifest(out)["status"] == "failed" and (out / "checkpoint-1").is_dir()
     code, _, err = cli("train", "grpo_gpt2", *args, "--resume")
     assert code == 0, err
@@ -135,6 +143,7 @@ def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
     (["rewards=[{rule: length_penalty, target: 4}]", "data.max_length=2"], "no prompt fits data.max_length=2"),
 ], ids=["missing-data-column", "prompts-too-long"])
 def test_data_problems_exit_2_before_any_model_loads(fx, tmp_path, cli, monkeypatch, extra, expected):
+
     from posttrain.stages import grpo
 
     monkeypatch.setattr(grpo, "load_causal_lm", lambda *a, **k: pytest.fail("loaded the policy"))
@@ -213,7 +222,8 @@ BAD = [
     ("unknown-key-rule", ["rewards=[{rule: exact_match, column: answer, colum: x}]"],
      "rewards[0].colum: unknown key in rewards[0]; did you mean 'column'?"),
     ("unknown-key-model", ["rewards=[{model: m, target: 3}]"], "rewards[0].target: unknown key in rewards[0]"),
-    ("typo-rule-key", ["rewards=[{rul: exact_match}]"], "rewards[0].rul: unknown key in rewards[0]; did you mean 'rule'?"),
+    ("typo-rule-key", ["rewards=[{rul: exact_match}]"],
+     "rewards[0].rul: unknown key in rewards[0]; did you mean 'rule'?"),
     ("model-and-rule", ["rewards=[{model: m, rule: exact_match}]"], "rewards[0]: set either model or rule"),
     ("not-an-item", ["rewards=[m, 3]"], "rewards[1]: expected a reward model path"),
     ("bad-target", ["rewards=[{rule: length_penalty, target: 0}]"], "rewards[0].target: expected a positive number"),

@@ -121,8 +121,8 @@ def test_matches_trl_where_exact_and_right_where_trl_drops_a_token(fx, tokenizer
             {"prompt": "The opposite of slow is ", "completion": "quick"}]  # trailing space: BPE merges " quick"
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     trl = _trl_labels(tokenizer, fx["model"], rows, tmp_path)
-    ours = [e["labels"] for e in encode_batch(rows, "prompt_completion", {"prompt": "prompt", "completion": "completion"},
-                                              tokenizer, 256)]
+    columns = {"prompt": "prompt", "completion": "completion"}
+    ours = [e["labels"] for e in encode_batch(rows, "prompt_completion", columns, tokenizer, 256)]
     # exact boundary: identical labels, token for token
     assert trl[0] == ours[0]
     # trailing-space prompt: TRL's trained tokens do not decode to the completion; ours do

@@ -38,6 +38,7 @@ def _resolved(tmp_path, stage):
     return yaml.safe_load((tmp_path / "pipe" / stage / "recipe.resolved.yaml").read_text())
 
 
+@pytest.mark.slow
 def test_pipeline_runs_wires_skips_and_reruns_what_changed(fx, tmp_path, cli):
     path = _pipeline(fx, tmp_path)
     code, out, err = cli("pipeline", path)
@@ -73,6 +74,7 @@ def test_pipeline_runs_wires_skips_and_reruns_what_changed(fx, tmp_path, cli):
     assert code == 0 and _summary(tmp_path)[1] == dict.fromkeys(stages, "ran")
 
 
+@pytest.mark.slow
 def test_failed_stage_keeps_earlier_outputs_and_rerun_continues(fx, tmp_path, cli):
     bad = _pipeline(fx, tmp_path, dpo_data=str(tmp_path / "missing.jsonl"))
     code, out, _ = cli("pipeline", bad)
@@ -87,6 +89,7 @@ def test_failed_stage_keeps_earlier_outputs_and_rerun_continues(fx, tmp_path, cl
     assert _summary(tmp_path)[1] == {"sft": "skipped", "reward": "skipped", "ppo": "skipped", "dpo": "ran"}
 
 
+@pytest.mark.slow
 def test_lora_output_is_merged_for_the_next_stage(fx, tmp_path, cli):
     path = _pipeline(fx, tmp_path, sft_peft=True)
     code, _, err = cli("pipeline", path, "--only", "sft")
@@ -133,6 +136,7 @@ def test_validate_pipeline_shows_wiring(tmp_path, cli):
     assert code == 2 and "training.bta" in err
 
 
+@pytest.mark.slow
 def test_merge_command(fx, tmp_path, cli):
     out = tmp_path / "lora"
     code, _, err = cli("train", "alpaca_gpt2_lora", f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}",

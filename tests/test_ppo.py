@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from posttrain.data.trl_rows import drop_long_prompts
 from posttrain.errors import DataError, RecipeError
 from posttrain.recipe import load_recipe
 from posttrain.stages import ppo
@@ -72,18 +73,24 @@ def test_prompts_tokenize_to_input_ids_only(tokenizer):
     from datasets import Dataset
 
     chat = Dataset.from_list([{"prompt": [{"role": "user", "content": "2+2?"}]}])
-    ds, dropped = ppo.tokenize_prompts(chat, tokenizer, 64, "chat")
+    def tokenize_prompts(ds, tok, max_length):
+        stats = {}
+        ds = drop_long_prompts(ds, tok, max_length, stats, "train", keep_ids=True)
+        return ds, stats["dropped_over_max_length"]
+
+    ds, dropped = tokenize_prompts(chat, tokenizer, 64)
     assert ds.column_names == ["input_ids"] and dropped == 0
     assert tokenizer.decode(ds[0]["input_ids"]).endswith("<|im_start|>assistant\n")  # the generation prompt
     text = Dataset.from_list([{"prompt": "Add 1 and 2. "}, {"prompt": "word " * 50}])
-    ds, dropped = ppo.tokenize_prompts(text, tokenizer, 16, "text")
+    ds, dropped = tokenize_prompts(text, tokenizer, 16)
     assert dropped == 1 and ds[0]["input_ids"] == tokenizer("Add 1 and 2. ")["input_ids"]
     plain = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     plain.chat_template = None
     with pytest.raises(DataError, match="no chat template"):
-        ppo.tokenize_prompts(chat, plain, 64, "chat")
+        tokenize_prompts(chat, plain, 64)
 
 
+@pytest.mark.slow
 def test_build_wires_four_distinct_models_or_three_with_lora(fx, reward_dir, prompts, tmp_path):
     recipe = load_recipe("ppo_gpt2", _args(fx, reward_dir, prompts, tmp_path / "full"))
     trainer, stats = ppo.build(recipe)
@@ -101,6 +108,7 @@ def test_build_wires_four_distinct_models_or_three_with_lora(fx, reward_dir, pro
     assert trainer.ref_model is None and trainer.is_peft_model  # reference = policy with the adapter off
 
 
+@pytest.mark.slow
 def test_ppo_logs_reward_and_kl_writes_samples_and_saves_the_policy(fx, reward_dir, prompts, tmp_path, cli):
     out = tmp_path / "ppo"
     # stop_token null: TRL then sets the policy's generation eos to None; the saved model must still stop at EOS.
@@ -133,6 +141,7 @@ def test_ppo_logs_reward_and_kl_writes_samples_and_saves_the_policy(fx, reward_d
     _generate(model, tok)
 
 
+@pytest.mark.slow
 def test_ppo_lora_saves_an_adapter_that_reloads(fx, reward_dir, prompts, tmp_path, cli):
     out = tmp_path / "ppo_lora"
     # with an eval set: TRL prints sample generations from it, and samples.jsonl takes its first prompts

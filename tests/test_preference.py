@@ -16,6 +16,7 @@ def _manifest(out):
     return json.loads((out / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_reward_model_trains_scores_and_reports_accuracy(fx, tmp_path, cli, lora):
     out = tmp_path / "rm"
@@ -40,6 +41,7 @@ def test_reward_model_trains_scores_and_reports_accuracy(fx, tmp_path, cli, lora
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
 
 
+@pytest.mark.slow
 def test_reward_counts_pairs_dropped_over_max_length(fx, tmp_path, cli, tokenizer):
     rows = [json.loads(line) for line in fx["preference"].read_text().splitlines()]
     lengths = sorted(max(len(tokenizer(r["prompt"] + r[k])["input_ids"]) for k in ("chosen", "rejected")) for r in rows)
@@ -54,6 +56,7 @@ def test_reward_counts_pairs_dropped_over_max_length(fx, tmp_path, cli, tokenize
     assert code == 2 and "no training pair fits max_length=2" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["copy", "lora", "precompute", "explicit_ref"])
 def test_dpo_trains_with_each_reference_kind(fx, tmp_path, cli, variant):
     out = tmp_path / f"dpo_{variant}"
@@ -96,6 +99,7 @@ def test_validate_shows_a_checked_preference_row(fx, cli):
     assert "first usable row" in out and "chosen: '" in out and "rejected: '" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["reward_gpt2", "dpo_gpt2"])
 def test_conversational_preference_rows_train(fx, tmp_path, cli, recipe):
     rows = []

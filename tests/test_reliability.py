@@ -28,12 +28,13 @@ def _losses(out):
 
 
 def _spawn(argv, prelude=""):
-    code = prelude + "\nfrom posttrain.cli import main\nraise SystemExit(main(%r))" % (argv,)
+    code = prelude + f"\nfrom posttrain.cli import main\nraise SystemExit(main({argv!r}))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(fx, tmp_path, cli, lora):
     extra = ["peft={r: 4, lora_alpha: 8, target_modules: [c_attn]}"] if lora else []
@@ -75,6 +76,7 @@ KILL_MID_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_final_save_leaves_an_unfinished_run_that_resumes(fx, tmp_path, cli):
     out = tmp_path / "mid_save"
     proc = _spawn(["train", *_args(fx, out, "training.max_steps=5")], prelude=KILL_MID_SAVE)
@@ -124,6 +126,7 @@ def test_foreign_directory_is_never_cleared(tmp_path):
     assert (out / "notes.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_the_run_dir(fx, tmp_path, cli, monkeypatch):
     secret_hf, secret_wandb = "hf_SECRETtoken1234567890", "wandb_SECRET_0987654321"
     monkeypatch.setenv("HF_TOKEN", secret_hf)

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
+
 FAST = ["training.max_steps=6", "training.logging_steps=1", "training.warmup_steps=0",
         "training.gradient_accumulation_steps=1", "training.eval_steps=3", "training.save_steps=3"]
 
@@ -67,7 +69,10 @@ def test_lora_saves_adapter_that_reloads(fx, tmp_path, cli):
 
 def test_qlora_trains_on_cpu(fx, tmp_path, cli):
     out = tmp_path / "qlora"
-    code, _, err = cli("train", "alpaca_gpt2_qlora", *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no"))
+    # No eval pass: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights for inference and cannot
+    # for layers narrower than its 64-wide block (the tiny model's are 32); real models are wider.
+    code, _, err = cli("train", "alpaca_gpt2_qlora",
+                       *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no", "data.eval_fraction=null"))
     assert code == 0, err
     cfg = json.loads((out / "adapter_config.json").read_text())
     m = _manifest(out)
@@ -89,8 +94,11 @@ class _Crash(Exception):
 
 def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch):
     """Stop after checkpoint-3, resume, end at step 6 with the same loss as an uninterrupted run."""
+    import dataclasses
+
     from transformers import TrainerCallback
 
+    from posttrain import stages
     from posttrain.stages import sft
 
     ref = tmp_path / "ref"
@@ -109,15 +117,17 @@ def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch)
         return trainer, stats
 
     out = tmp_path / "crash"
-    monkeypatch.setattr(sft, "build", crashing_build)
+    registry = stages.all_stages()
+    monkeypatch.setitem(registry, "sft", dataclasses.replace(sft.STAGE, build=crashing_build))
     with pytest.raises(_Crash):
         cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"))
-    monkeypatch.setattr(sft, "build", real_build)
+    monkeypatch.setitem(registry, "sft", sft.STAGE)
     assert _manifest(out)["status"] == "failed" and (out / "checkpoint-3").is_dir()
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"))
     assert code == 2 and "pass --resume" in err
-    code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no", "training.seed=1"), "--resume")
+    code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no", "training.seed=1"),
+                       "--resume")
     assert code == 2 and "different recipe" in err
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"), "--resume")

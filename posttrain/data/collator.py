@@ -25,20 +25,23 @@ def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
-def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: int) -> list[dict | None]:
+def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: int, *, train_on: str = "assistant",
+                 template: str | None = None) -> list[dict | None]:
     """Tokenize rows into {input_ids, labels, n_prompt, status}; None for a row with an empty/null field.
 
     status is "ok", "truncated" (cut to max_length, some response trained) or "prompt" (the prompt
     alone fills max_length: nothing to train, the caller drops the row).
 
     All segments of a batch are tokenized in two calls (first segments with the tokenizer's special
-    tokens such as BOS, the rest without), then reassembled per row.
+    tokens such as BOS, the rest without), then reassembled per row. train_on and template: see
+    formats.segments.
     """
-    chat = fmt == "messages" or any(isinstance(r.get(cols.get("prompt", "")), list) for r in rows)
+    chat = fmt == "messages" or template == "chat" or any(isinstance(r.get(cols.get("prompt", "")), list)
+                                                         for r in rows)
     eos = tokenizer.eos_token_id
     if eos is None and not chat:
         raise DataError("the tokenizer has no EOS token; set one (tokenizer eos_token) so responses can end")
-    segs = [segments(r, fmt, cols, tokenizer) for r in rows]
+    segs = [segments(r, fmt, cols, tokenizer, train_on=train_on, template=template) for r in rows]
     firsts, rest = [], []
     for s in segs:
         if s:
@@ -70,7 +73,8 @@ def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: 
     return out
 
 
-def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_proc: int | None = None):
+def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_proc: int | None = None, *,
+                     train_on: str = "assistant", template: str | None = None):
     """Map a dataset to {input_ids, labels}; rows with nothing to train are dropped and counted.
 
     Returns (dataset, stats) where stats counts rows kept, dropped for an empty/null field, dropped
@@ -81,7 +85,7 @@ def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_
     def fn(batch):
         n = len(next(iter(batch.values())))
         rows = [{k: batch[k][i] for k in batch} for i in range(n)]
-        enc = encode_batch(rows, fmt, cols, tokenizer, max_length)
+        enc = encode_batch(rows, fmt, cols, tokenizer, max_length, train_on=train_on, template=template)
         status = ["empty" if e is None else e["status"] for e in enc]
         return {
             "input_ids": [e["input_ids"] if e else [] for e in enc],

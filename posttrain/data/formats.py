@@ -2,7 +2,14 @@
 
 alpaca             {instruction, input (optional), output | response} -> classic Alpaca template
 prompt_completion  {prompt, completion}
-messages           {messages: [{role, content}, ...]} -> chat template, loss on assistant turns only
+messages           {messages: [{role, content}, ...]} -> chat template; sharegpt rows
+                   ({conversations: [{from, value}, ...]}) are read as messages too
+(preference {prompt?, chosen, rejected}, unpaired {prompt, completion, label} and prompt {prompt} rows are
+tokenized by TRL; clean_pairs_or_prompts checks them. Preference and prompt rows may be text or
+conversations; the loader makes each row one shape.)
+
+`data.template` picks how alpaca/prompt_completion rows are written (alpaca | raw | chat: through the
+tokenizer's chat template); `data.train_on` picks which tokens of a conversation are trained.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ COLUMNS = {
     "prompt_completion": (("prompt", "completion"), {}),
     "messages": (("messages",), {}),
     "preference": (("chosen", "rejected"), {}),
+    "unpaired": (("prompt", "completion", "label"), {}),  # KTO: one completion, desirable (true) or not
     "prompt": (("prompt",), {}),
 }
 
@@ -65,42 +73,67 @@ def _text(value) -> str | None:
     return value if value.strip() else None
 
 
-def segments(row: dict, fmt: str, cols: dict[str, str], tokenizer=None) -> list[tuple[str, bool]] | None:
+# format -> the ways its rows can be written; the first is the default
+TEMPLATES = {"alpaca": ("alpaca", "chat"), "prompt_completion": ("raw", "chat"), "messages": ("chat",),
+             "preference": ("raw", "chat"), "prompt": ("raw", "chat"), "unpaired": ("raw",)}
+
+
+def user_text(instruction: str, input_text: str | None = None) -> str:
+    """An Alpaca instruction (and input) as one user message: what `generate --template chat` sends too."""
+    return f"{instruction}\n\n{input_text}" if input_text and input_text.strip() else instruction
+
+
+def segments(row: dict, fmt: str, cols: dict[str, str], tokenizer=None, *, train_on: str = "assistant",
+             template: str | None = None) -> list[tuple[str, bool]] | None:
     """[(text, trained), ...] for one row, or None when a required field is empty/null (row is skipped).
 
     Single-turn formats end with the response; the caller appends EOS. Chat segments come from the
-    chat template and already hold the end-of-turn tokens.
+    chat template and already hold the end-of-turn tokens. train_on "all" trains the prompt too.
     """
     if fmt == "alpaca":
         instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
         if instruction is None or output is None:
             return None
-        input_text = row.get(cols["input"]) if "input" in cols else None
-        return [(alpaca_prompt(instruction, _text(input_text)), False), (output, True)]
+        input_text = _text(row.get(cols["input"])) if "input" in cols else None
+        if template == "chat":
+            msgs = [{"role": "user", "content": user_text(instruction, input_text)},
+                    {"role": "assistant", "content": output}]
+            return chat_segments(msgs, tokenizer, train_on=train_on)
+        return _single(alpaca_prompt(instruction, input_text), output, train_on)
     if fmt == "prompt_completion":
         prompt, completion = row[cols["prompt"]], row[cols["completion"]]
         if isinstance(prompt, list) or isinstance(completion, list):
-            return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt))
+            return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on)
         prompt, completion = _text(prompt), _text(completion)
         if prompt is None or completion is None:
             return None
-        return [(prompt, False), (completion, True)]
+        if template == "chat":
+            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            return chat_segments(msgs, tokenizer, train_on=train_on)
+        return _single(prompt, completion, train_on)
     if fmt == "messages":
-        return chat_segments(row[cols["messages"]], tokenizer)
+        return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on)
     raise DataError(f"format '{fmt}' is not a supervised fine-tuning format")
 
 
-def chat_segments(messages, tokenizer, n_prompt: int = 0) -> list[tuple[str, bool]] | None:
+def _single(prompt: str, response: str, train_on: str) -> list[tuple[str, bool]]:
+    return [(prompt, train_on == "all"), (response, True)]
+
+
+def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assistant") -> list[tuple[str, bool]] | None:
     """Split a rendered conversation into masked and trained parts, one assistant turn at a time.
 
     Each assistant turn's text is what the template adds between "history + generation prompt" and
     "history + this turn" — so the trained text is exactly what the model must generate.
-    Turns before index n_prompt are never trained.
+    Turns before index n_prompt are never trained. train_on: "assistant" trains every assistant turn
+    after n_prompt, "last_assistant" only the last one, "all" every token of the rendered conversation
+    (TRL's default for conversational data).
     """
     if not isinstance(messages, list) or not messages:
         return None
     if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError("format 'messages' needs a tokenizer with a chat template; this tokenizer has none")
+        raise DataError("chat rows need a tokenizer with a chat template; this tokenizer has none "
+                        "(set model.chat_template)")
     for m in messages:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataError(f"a messages row must be a list of {{role, content}} mappings, got {m!r:.80}")
@@ -108,9 +141,16 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0) -> list[tuple[str, boo
     def render(msgs, gen):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
+    if train_on == "all":
+        if not any(m["role"] == "assistant" and _text(m["content"]) is not None for m in messages[n_prompt:]):
+            return None
+        return [(render(messages, False), True)]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= n_prompt]
+    if train_on == "last_assistant":
+        turns = turns[-1:]
     out, done = [], ""
     for i, m in enumerate(messages):
-        if m["role"] != "assistant" or i < n_prompt:
+        if i not in turns:
             continue
         if _text(m["content"]) is None:
             return None
@@ -125,6 +165,90 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0) -> list[tuple[str, boo
         out.append((full[len(head):], True))
         done = full
     return out or None
+
+
+# ---------------------------------------------------------------------------------------------
+# Row shapes: sharegpt turns, and preference/prompt rows that mix text and conversations
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool"}
+
+
+def _is_turns(value) -> bool:
+    """A conversation: a list of mappings (possibly empty)."""
+    return isinstance(value, list) and all(isinstance(m, dict) for m in value)
+
+
+def to_messages(turns, column: str) -> list[dict]:
+    """[{role, content}] from [{role, content}] or sharegpt [{from, value}] (human/gpt/system/tool)."""
+    if isinstance(turns, dict):  # a single message, e.g. a `chosen` that is one assistant turn
+        turns = [turns]
+    if not _is_turns(turns):
+        raise DataError(f"column '{column}': expected a list of {{role, content}} or {{from, value}} turns, "
+                        f"got {turns!r:.80}")
+    out = []
+    for m in turns:  # Arrow gives every turn every key seen in the column, so a missing key reads as None
+        if m.get("role") is not None and "content" in m:
+            out.append({"role": m["role"], "content": m["content"]})
+        elif m.get("from") is not None and "value" in m:
+            role = SHAREGPT_ROLES.get(str(m["from"]).lower())
+            if role is None:
+                raise DataError(f"column '{column}': sharegpt role {m['from']!r} is not one of "
+                                f"{', '.join(SHAREGPT_ROLES)}")
+            out.append({"role": role, "content": m["value"]})
+        else:
+            keys = sorted(k for k, v in m.items() if v is not None)
+            raise DataError(f"column '{column}': a turn needs keys role/content or from/value, got {keys}")
+    return out
+
+
+def messages_column(column_names) -> str | None:
+    """Where a messages source keeps its conversation: `messages`, else sharegpt's `conversations`."""
+    return next((c for c in ("messages", "conversations") if c in column_names), None)
+
+
+def as_messages_row(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
+    """One row of another SFT format as a conversation (for a messages mixture); None if a field is empty."""
+    if src_fmt in ("messages", "sharegpt"):
+        turns = row[cols["messages"]]
+        return to_messages(turns, cols["messages"]) if turns else None
+    if src_fmt == "alpaca":
+        instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
+        if instruction is None or output is None:
+            return None
+        input_text = _text(row.get(cols["input"])) if "input" in cols else None
+        return [{"role": "user", "content": user_text(instruction, input_text)},
+                {"role": "assistant", "content": output}]
+    if src_fmt == "prompt_completion":
+        prompt, completion = row[cols["prompt"]], row[cols["completion"]]
+        if isinstance(prompt, list) or isinstance(completion, list):
+            return to_messages(prompt, cols["prompt"]) + to_messages(completion, cols["completion"])
+        if _text(prompt) is None or _text(completion) is None:
+            return None
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    raise DataError(f"format '{src_fmt}' rows cannot be read as messages")
+
+
+def conversational(value) -> bool:
+    return isinstance(value, (list, dict)) and not isinstance(value, str)
+
+
+def pair_shape(row: dict, column: str, chat: bool):
+    """One field of a preference/prompt row in the row's shape: text stays text; with chat, a text prompt
+    becomes one user message and a text chosen/rejected one assistant message; conversations (or a single
+    message, or sharegpt turns) become [{role, content}]."""
+    value = row[column]
+    if conversational(value):
+        return to_messages(value, column)
+    if not chat:
+        return value
+    if value is None:
+        return []
+    return [{"role": "user" if column == "prompt" else "assistant", "content": value}]
+
+
+def row_is_chat(row: dict, columns) -> bool:
+    return any(conversational(row.get(c)) for c in columns)
 
 
 def _filled(value) -> bool:

@@ -15,7 +15,7 @@ labels data/collator.py built (prompt -100, EOS trained); the batch becomes one 
 
 Only architectures whose mask is built that way can be packed; ISOLATING lists the ones checked against
 the installed transformers source (tests/test_packing.py keeps that true) and tested for GPT-2 and Llama.
-This module imports no torch at import time: recipe validation calls `check_recipe`.
+This module imports no torch at import time: recipe validation runs `check_sft` / `check_dpo`.
 """
 
 from __future__ import annotations
@@ -139,13 +139,12 @@ def use_segment_sdpa(model) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Validation (no torch): the recipe names the switch, the model's config says whether rows stay apart.
 
-SFT_REFUSED = {
+# training.* keys sft refuses (its Stage.managed): packing has one switch, `training.packing`.
+SFT_MANAGED = {
     "padding_free": "use `training.packing: true` (posttrain's packing is padding-free and keeps exact labels)",
     "packing_strategy": "posttrain packs each batch's rows as they come (see README: Packing)",
     "eval_packing": "eval batches are packed like train batches when `training.packing` is true",
 }
-DPO_PADDING_FREE = ("TRL 1.12's DPOTrainer ignores it (disabled after a refactor, it falls back to padding); "
-                    "remove it")
 
 
 def model_type(model: dict) -> str | None:
@@ -179,23 +178,18 @@ def packing_problem(kind: str | None, attn: str | None) -> str | None:
     return None
 
 
-def check_recipe(stage: str, training: dict, model: dict, fail) -> None:
-    """Packing keys of a recipe: honoured (sft packing on an architecture that isolates rows) or refused
-    with fail(dotted_key, message)."""
-    if stage == "sft":
-        for k, why in SFT_REFUSED.items():
-            if k in training:
-                fail(f"training.{k}", f"is set by posttrain: {why}")
-        if training.get("packing"):
-            problem = packing_problem(model_type(model), model.get("attn_implementation"))
-            if problem:
-                fail("training.packing", problem)
-    elif stage == "dpo" and training.get("padding_free"):
-        fail("training.padding_free", DPO_PADDING_FREE)
-    else:
-        for k in ("padding_free", "packing"):
-            if k in training and not (stage == "dpo" and k == "padding_free"):
-                fail(f"training.{k}", f"packing is for sft only; TRL 1.12 has no padding-free mode for {stage}")
+def check_sft(recipe, where) -> None:
+    """sft's Stage check: `training.packing` only on an architecture and attention that keep rows apart."""
+    if recipe.training.get("packing"):
+        problem = packing_problem(model_type(recipe.model), recipe.model.get("attn_implementation"))
+        if problem:
+            where.fail("training.packing", problem)
+
+
+def check_dpo(recipe, where) -> None:
+    if recipe.training.get("padding_free"):
+        where.fail("training.padding_free", "TRL 1.12's DPOTrainer ignores it (disabled after a refactor, it "
+                                            "falls back to padding); remove it")
 
 
 def check_model(loaded) -> None:

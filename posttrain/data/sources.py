@@ -80,22 +80,14 @@ def _check_utf8(path: Path, builder: str):
 
 
 def load_splits(data: dict, seed: int = 42):
-    """Train and eval datasets for a validated `data:` section (eval may be None)."""
-    train = load_source(data["train"], data["split"], data.get("name"))
-    eval_ds = None
-    if data.get("eval"):
-        eval_ds = load_source(data["eval"], data.get("eval_split") or "train", data.get("name"))
-    elif data.get("eval_fraction"):
-        n_eval = max(1, round(len(train) * data["eval_fraction"]))
-        if n_eval >= len(train):
-            raise DataError(f"data.eval_fraction {data['eval_fraction']} leaves no training rows out of {len(train)}")
-        parts = train.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
-        train, eval_ds = parts["train"], parts["test"]
-    colmap = data.get("column_map") or {}
-    if colmap:
-        train = rename_columns(train, colmap, data["train"])
-        eval_ds = rename_columns(eval_ds, colmap, data.get("eval") or data["train"]) if eval_ds is not None else None
-    return train, eval_ds
+    """(train, eval or None, source stats) for a validated `data:` section.
+
+    data.train / data.eval may each be one source or a mixture (posttrain.data.mixture); the stats
+    record, per source, rows read, kept, dropped and taken, for the run's manifest.
+    """
+    from posttrain.data.mixture import load_mixture
+
+    return load_mixture(data, seed)
 
 
 def rename_columns(ds, column_map: dict, source: str):

@@ -17,11 +17,11 @@ import yaml
 from posttrain import runs
 from posttrain.demo import data as demo_data
 from posttrain.errors import PosttrainError
-from posttrain.recipe import REPO_ROOT
+from posttrain.recipe import RECIPES_DIR
 
 log = logging.getLogger("posttrain")
 
-PIPELINE = REPO_ROOT / "recipes" / "pipelines" / "demo.yaml"
+PIPELINE = RECIPES_DIR / "pipelines" / "demo.yaml"
 MAX_NEW_TOKENS = 16  # the longest answer (a date) is 11 tokens
 CRITIC_LAYERS = 4  # PPO's value model: the first layers of the base model (see model.small_critic)
 

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
 import logging
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from posttrain import runs
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
-from posttrain.recipe import STAGES, Recipe
+from posttrain.util import first_line, is_main_process, world_size
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
+    from posttrain.stages import Stage
 
 log = logging.getLogger("posttrain")
 
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+# Collective timeout posttrain uses unless training.ddp_timeout says otherwise. posttrain's own preprocessing
+# never waits in a collective (see main_process_first), but TRL's RewardTrainer/DPOTrainer tokenize preference
+# pairs inside accelerate's main_process_first, a barrier bounded by this timeout; transformers' 30 minutes is
+# what large datasets hit (LLaMA-Factory#2424, alignment-handbook#190).
+DDP_TIMEOUT_S = 4 * 3600
 
 
 def device_defaults(training: dict) -> dict:
@@ -51,6 +61,7 @@ def device_defaults(training: dict) -> dict:
     kw.setdefault("report_to", "none")
     kw.setdefault("dataloader_pin_memory", cuda)
     kw.setdefault("ddp_find_unused_parameters", False)  # True costs a graph traversal per step under DDP
+    kw.setdefault("ddp_timeout", DDP_TIMEOUT_S)
     return kw
 
 
@@ -59,17 +70,121 @@ def build_config(recipe: Recipe, **managed):
 
     Errors raised by the config's own checks (impossible combinations) become RecipeErrors.
     """
+    from posttrain import stages
     from posttrain.schema import config_class
 
-    cls = config_class(STAGES[recipe.stage].config)
+    cls = config_class(stages.get(recipe.stage).trl_config)
     kw = device_defaults(recipe.training)
     kw.update(managed)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for new, old in (("activation_checkpointing", "gradient_checkpointing"),
+                     ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")):
+        if new not in names and new in kw:  # transformers before the rename (5.17, the GPU image, has only the old)
+            kw[old] = kw.pop(new)
     kw["output_dir"] = recipe.output_dir
+    # Create the process group ourselves: TrainingArguments creates it while the config is built, and on CPU
+    # (gloo) without passing ddp_timeout at all.
+    _distributed_state(kw["ddp_timeout"])
     try:
-        return cls(**kw)
+        args = cls(**kw)
     except (ValueError, TypeError, ArithmeticError) as e:
+        raise RecipeError(f"training: {cls.__name__} rejects these settings: {first_line(e)}") from None
+    # The stages tokenize inside `args.main_process_first(...)`; ours waits without a collective (see below).
+    args.main_process_first = _MainProcessFirst(args.ddp_timeout)
+    return args
+
+
+class _MainProcessFirst:
+    """`args.main_process_first(desc=...)` bound to ours; a class, not a lambda: Trainer pickles its args."""
+
+    def __init__(self, timeout_s):
+        self.timeout_s = timeout_s
+
+    def __call__(self, local: bool = True, desc: str = "work"):
+        return main_process_first(desc, self.timeout_s)
+
+
+def _distributed_state(timeout_s: float | None = None):
+    """accelerate's PartialState, created (on first use) with the recipe's collective timeout: whoever creates it
+    first fixes the process group's timeout, and TrainingArguments would otherwise find it made with the default."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    if PartialState._shared_state or world_size() == 1:
+        return PartialState()
+    return PartialState(timeout=timedelta(seconds=timeout_s or DDP_TIMEOUT_S))
+
+
+_prep_calls = itertools.count()
+
+
+def _store_wait(store, done, prefix: str, desc: str):
+    """Poll the rendezvous store until done() holds; a failure another process posted stops this one too."""
+    while not done():
+        if store.check([f"{prefix}/error"]):
+            raise PosttrainError(store.get(f"{prefix}/error").decode())
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def main_process_first(desc: str = "work", timeout_s: float | None = None):
+    """Each node's main process runs the block first (tokenizing into the datasets cache), then the others
+    (reading the cache). Unlike TrainingArguments.main_process_first, nobody waits in a collective: the
+    others poll the process group's key-value store, so no NCCL/gloo timeout bounds the preprocessing, however
+    large the dataset. A failure on any process is posted to the store and stops every process with its line."""
+    if world_size() == 1:
+        yield
+        return
+    from torch.distributed import distributed_c10d
+
+    _distributed_state(timeout_s)
+    store = distributed_c10d._get_default_store()
+    prefix = f"posttrain/prep{next(_prep_calls)}"
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    node_main = f"{prefix}/main{rank - local}"
+    if local != 0:
+        _store_wait(store, lambda: store.check([node_main]), prefix, desc)
+    try:
+        yield
+    except BaseException as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RecipeError(f"training: {cls.__name__} rejects these settings: {first}") from None
+        store.set(f"{prefix}/error", first if isinstance(e, PosttrainError) else f"process {rank} failed while {desc}: "
+                  f"{type(e).__name__}: {first}")
+        raise
+    if local == 0:
+        store.set(node_main, "done")
+    store.add(f"{prefix}/finished", 1)
+    # and all leave together, so no process waits in the trainer's first collective while another still reads
+    _store_wait(store, lambda: store.add(f"{prefix}/finished", 0) >= world_size(), prefix, desc)
+
+
+def training_with_defaults(recipe: Recipe) -> dict:
+    """The recipe's `training:` over the stage's TRL config defaults, for checks that need a field's
+    effective value before the config is built."""
+    import dataclasses
+
+    from posttrain import stages
+    from posttrain.schema import config_class
+
+    fields = dataclasses.fields(config_class(stages.get(recipe.stage).trl_config))
+    return {**{f.name: f.default for f in fields if f.init and f.default is not dataclasses.MISSING},
+            **recipe.training}
+
+
+def last_logged(*keys: str):
+    """An `extra_metrics` for the manifest: the last logged value of each key and of its eval_ form."""
+
+    def metrics(trainer) -> dict:
+        out = {}
+        for entry in trainer.state.log_history:
+            for key in keys:
+                for k in (key, f"eval_{key}"):
+                    if k in entry:
+                        out[k] = entry[k]
+        return out
+
+    return metrics
 
 
 def model_facts(model) -> dict:
@@ -95,18 +210,12 @@ def headline_metrics(trainer, train_result) -> dict:
     return out
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _barrier():
-    if _world_size() > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+    if world_size() > 1:
+        _distributed_state().wait_for_everyone()
 
 
-def _agree(decide):
+def _agree(decide, timeout_s: float | None = None):
     """Run decide() on the main process and give every rank its result, or its PosttrainError: under
     DDP a refusal must stop all ranks, not leave the others waiting in a collective."""
     result, error = None, None
@@ -115,12 +224,10 @@ def _agree(decide):
             result = decide()
         except PosttrainError as e:
             error = (type(e), str(e))
-    if _world_size() > 1:
+    if world_size() > 1:
         from accelerate.utils import broadcast_object_list
 
-        from accelerate import PartialState
-
-        PartialState()  # initialises the process group when launched by accelerate/torchrun
+        _distributed_state(timeout_s)  # initialises the process group when launched by accelerate/torchrun
         box = [(result, error)]
         broadcast_object_list(box, from_process=0)
         result, error = box[0]
@@ -129,20 +236,22 @@ def _agree(decide):
     return result
 
 
-def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-        resumable: bool = True, extra_metrics=None, save=None) -> dict:
+def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+        on_build=None) -> dict:
     """Lock the output dir, train, save atomically, and keep the manifest true at every point.
 
-    `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add stage metrics;
-    `save(trainer, path)` replaces trainer.save_model for the final model. Every rank trains, saves
-    (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
+    From the stage: `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add
+    stage metrics; `save(trainer, path)` replaces trainer.save_model for the final model. Every rank
+    trains, saves (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
     """
+    build, resumable, extra_metrics, save = stage.build, stage.resumable, stage.extra_metrics, stage.save
     out = Path(recipe.output_dir)
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
     main = is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
-        ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force))
+        ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force),
+                      recipe.training.get("ddp_timeout"))
         manifest = None
         if main:
             (out / runs.RESOLVED).write_text(recipe.to_yaml())
@@ -152,11 +261,13 @@ def run(recipe: Recipe, build, *, resume: bool = False, overwrite: bool = False,
                 log.info("resuming from %s", ckpt)
         try:
             trainer, data_stats = build(recipe)
+            if on_build is not None:  # e.g. a benchmark's callbacks and hooks on the trainer the stage built
+                on_build(trainer)
             a = trainer.args
-            batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * _world_size()
+            batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * world_size()
             if main:
                 log.info("effective batch %d = %d per device x %d accumulation x %d process(es)",
-                         batch, a.per_device_train_batch_size, a.gradient_accumulation_steps, _world_size())
+                         batch, a.per_device_train_batch_size, a.gradient_accumulation_steps, world_size())
                 manifest.update(device=str(a.device), data=data_stats, effective_batch=batch,
                                 model=model_facts(getattr(trainer, "policy_model", trainer.model)))
             if resumable:

@@ -7,10 +7,15 @@ the recipe's `ref_model`; otherwise a second, frozen copy of the starting model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from posttrain.data import packing
+from posttrain.data.trl_rows import count_dropped_by_trl, load_pairs
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
-from posttrain.recipe import Recipe
-from posttrain.stages import common
-from posttrain.stages.reward import count_dropped_by_trl, load_pairs
+from posttrain.stages import Footprint, Stage, common
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 
 def config(recipe: Recipe):
@@ -25,16 +30,6 @@ def reference(recipe: Recipe, args, tokenizer):
     ref = load_causal_lm(model, recipe.quantization, tokenizer)
     ref.requires_grad_(False)
     return ref.eval()
-
-
-def preference_metrics(trainer) -> dict:
-    """Reward accuracy and margin: the eval values when there is eval data, else the last logged."""
-    out = {}
-    for entry in trainer.state.log_history:
-        for key in ("rewards/accuracies", "rewards/margins", "eval_rewards/accuracies", "eval_rewards/margins"):
-            if key in entry:
-                out[key] = entry[key]
-    return out
 
 
 def build(recipe: Recipe):
@@ -53,5 +48,17 @@ def build(recipe: Recipe):
     return trainer, stats
 
 
-def train(recipe: Recipe, **kw) -> dict:
-    return common.run(recipe, build, extra_metrics=preference_metrics, **kw)
+STAGE = Stage(
+    name="dpo",
+    summary="direct preference optimisation on preference pairs (trl.DPOTrainer)",
+    trl_config="trl:DPOConfig",
+    formats=("preference",),
+    make_config=config,
+    build=build,
+    extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins"),
+    keys=("ref_model",),
+    headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
+    footprint=Footprint(sequences_per_row=2, reference="unless_peft_or_precompute", logits="per_token_logps"),
+    checks=(packing.check_dpo,),
+    position=30,
+)

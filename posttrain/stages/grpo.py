@@ -8,30 +8,35 @@ by training.max_completion_length.
 
 from __future__ import annotations
 
-from posttrain.errors import DataError, RecipeError
+from typing import TYPE_CHECKING
+
+from posttrain.data.mixture import label
+from posttrain.data.trl_rows import drop_long_prompts, load_pairs
+from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
-from posttrain.recipe import STAGES, Recipe
 from posttrain.rewards import parse_rewards, rule_reward
-from posttrain.stages import common
-from posttrain.stages.reward import load_pairs
+from posttrain.stages import Footprint, Stage, common
+from posttrain.util import Where, world_size
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 
-def check_groups(recipe: Recipe):
+def check_rewards(recipe: Recipe, where: Where):
+    """`rewards:` items are reward models or known rules with their options (posttrain.rewards)."""
+    parse_rewards(recipe.extra.get("rewards"), where)
+
+
+def check_groups(recipe: Recipe, where: Where):
     """Each generation batch must hold whole groups of num_generations completions. TRL checks this too,
     but its message names generation_batch_size, which it derives and users rarely set."""
-    import dataclasses
-    import os
-
-    from posttrain.schema import config_class
-
-    fields = dataclasses.fields(config_class(STAGES[recipe.stage].config))
-    t = {**{f.name: f.default for f in fields if f.init}, **recipe.training}
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    t = common.training_with_defaults(recipe)
+    world = world_size()
     procs = f"{world} process{'es' if world > 1 else ''}"
     n = t["num_generations"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:  # 0 makes TRL divide by zero
-        raise RecipeError(f"training.num_generations: must be at least 2 (advantages compare the completions of "
-                          f"one prompt), got {n!r}")
+        where.fail("training.num_generations", f"must be at least 2 (advantages compare the completions of "
+                   f"one prompt), got {n!r}")
     if t["generation_batch_size"] is not None:
         batch, how = t["generation_batch_size"], "training.generation_batch_size"
     else:
@@ -39,45 +44,21 @@ def check_groups(recipe: Recipe):
         batch = t["per_device_train_batch_size"] * t[steps_key] * world
         how = f"per_device_train_batch_size {t['per_device_train_batch_size']} x {steps_key} {t[steps_key]} x {procs}"
     if batch % n:
-        raise RecipeError(f"training.num_generations: {n} does not divide the batch of {batch} completions ({how}); "
-                          f"each batch must hold whole groups of num_generations completions per prompt")
+        where.fail("training.num_generations", f"{n} does not divide the batch of {batch} completions ({how}); "
+                   f"each batch must hold whole groups of num_generations completions per prompt")
     # TRL checks the eval batch only for eval_strategy != "no", but common.run evaluates at the end whenever
     # there is eval data, and a partial group then crashes after all the training is done.
     key = "num_generations_eval" if t["num_generations_eval"] else "num_generations"
     eval_batch = t["per_device_eval_batch_size"] * world
     if (recipe.data.get("eval") or recipe.data.get("eval_fraction")) and (t[key] or 0) > 0 and eval_batch % t[key]:
-        raise RecipeError(f"training.{key}: {t[key]} does not divide the eval batch of {eval_batch} completions "
-                          f"(per_device_eval_batch_size {t['per_device_eval_batch_size']} x {procs})")
+        where.fail(f"training.{key}", f"{t[key]} does not divide the eval batch of {eval_batch} completions "
+                   f"(per_device_eval_batch_size {t['per_device_eval_batch_size']} x {procs})")
 
 
 def config(recipe: Recipe):
     specs = parse_rewards(recipe.extra.get("rewards"))
-    if "reward_weights" in recipe.training:
-        raise RecipeError("training.reward_weights: is set by posttrain: give items of `rewards:` a `weight`")
-    check_groups(recipe)
     # remove_unused_columns=False: rule rewards read the data's other columns (e.g. a reference answer)
     return common.build_config(recipe, reward_weights=[s.weight for s in specs], remove_unused_columns=False)
-
-
-def drop_long_prompts(ds, tokenizer, max_length: int, stats: dict, split: str):
-    def fits(prompts):
-        if isinstance(prompts[0], list):  # conversational: measure what the policy will see
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer(prompts)["input_ids"]  # as TRL tokenizes them
-        return [len(i) <= max_length for i in ids]
-
-    n = len(ds)
-    ds = ds.filter(fits, input_columns="prompt", batched=True, desc=f"Measuring {split} prompts")
-    stats["dropped_over_max_length"] = n - len(ds)
-    stats["kept"] = len(ds)
-    if n - len(ds):
-        common.log.warning("%s split: %d prompts longer than data.max_length=%d tokens were dropped",
-                           split, n - len(ds), max_length)
-    if not len(ds):
-        raise DataError(f"{split} split: no prompt fits data.max_length={max_length} tokens; raise it")
-    return ds
 
 
 def load_prompts(recipe: Recipe, args, tokenizer, specs):
@@ -85,12 +66,17 @@ def load_prompts(recipe: Recipe, args, tokenizer, specs):
     for s in specs:
         col = s.options.get("column")
         if col is not None and col not in train.column_names:
-            raise DataError(f"{recipe.data['train']}: reward {s.name} reads column '{col}', which the data lacks "
+            raise DataError(f"{label(recipe.data)}: reward {s.name} reads column '{col}', which the data lacks "
                             f"(columns: {', '.join(train.column_names)}; rename with data.column_map)")
     with args.main_process_first(desc="measuring prompts"):
-        train = drop_long_prompts(train, tokenizer, recipe.data["max_length"], stats["train"], "train")
-        if eval_ds is not None:
-            eval_ds = drop_long_prompts(eval_ds, tokenizer, recipe.data["max_length"], stats["eval"], "eval")
+        splits = {"train": train, "eval": eval_ds}
+        for split, ds in splits.items():
+            if ds is not None:
+                splits[split] = drop_long_prompts(ds, tokenizer, recipe.data["max_length"], stats[split], split)
+                if not len(splits[split]):
+                    raise DataError(f"{split} split: no prompt fits data.max_length={recipe.data['max_length']} "
+                                    "tokens; raise it")
+        train, eval_ds = splits["train"], splits["eval"]
     return train, eval_ds, stats
 
 
@@ -147,6 +133,22 @@ def reward_metrics(trainer) -> dict:
     return out
 
 
-def train(recipe: Recipe, **kw) -> dict:
-    # GRPOTrainer/RLOOTrainer keep transformers.Trainer.train, so checkpoints resume (resumable=True).
-    return common.run(recipe, build, extra_metrics=reward_metrics, **kw)
+# GRPOTrainer keeps transformers.Trainer.train, so checkpoints resume (resumable=True).
+STAGE = Stage(
+    name="grpo",
+    summary="online RL on prompts scored by reward models and/or rules, group-relative (trl.GRPOTrainer)",
+    trl_config="trl:GRPOConfig",
+    formats=("prompt",),
+    make_config=config,
+    build=build,
+    extra_metrics=reward_metrics,
+    keys=("rewards",),
+    required=("rewards",),
+    inputs={"reward_model": "rewards[]"},
+    headline=("reward/mean", "reward/last"),
+    footprint=Footprint(reference="if_beta", beta_default=0.0, generated_tokens_key="max_completion_length",
+                        generated_tokens_default=256, reward_models_key="rewards", logits="generated_logps"),
+    managed={"reward_weights": "give items of `rewards:` a `weight`"},
+    checks=(check_rewards, check_groups),
+    position=70,
+)

@@ -7,15 +7,19 @@ reference is the policy with its adapter disabled. TRL's PPOTrainer.train() cann
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from posttrain.data.mixture import label
+from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
-from posttrain.recipe import Recipe
-from posttrain.stages import common
-from posttrain.stages.reward import load_pairs
+from posttrain.stages import Footprint, Stage, common
+from posttrain.util import world_size
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 SAMPLES = "samples.jsonl"
 N_SAMPLES = 4
@@ -23,11 +27,11 @@ N_SAMPLES = 4
 
 def config(recipe: Recipe):
     training = recipe.training  # sft_model_path/reward_model_path are refused by recipe validation
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     managed = {"sft_model_path": recipe.model["name_or_path"], "reward_model_path": str(recipe.extra["reward_model"]),
                # PPOConfig's own `world_size` field (None until the trainer fills it) shadows TrainingArguments'
                # property, and main_process_first() compares it with 1 before the trainer exists.
-               "world_size": world_size}
+               "world_size": world}
     # Without a stop token TRL never ends a response early; EOS is what a chat/instruct policy stops on.
     if "stop_token" not in training and "stop_token_id" not in training:
         managed["stop_token"] = "eos"
@@ -38,7 +42,7 @@ def config(recipe: Recipe):
     # like max_steps over num_train_epochs in transformers, it wins over total_episodes.
     if args.max_steps > 0:
         args.total_episodes = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps \
-            * world_size
+            * world
     return args
 
 
@@ -49,43 +53,16 @@ def _model_spec(value, recipe: Recipe) -> dict:
     return spec
 
 
-def tokenize_prompts(ds, tokenizer, max_length: int, source: str):
-    """Prompt rows -> `input_ids` only. Chat prompts get the template and its generation prompt.
-    Prompts longer than max_length tokens are dropped (a cut prompt is a different question) and counted."""
-    chat = isinstance(ds[0]["prompt"], list)
-    if chat and getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(f"{source}: prompts are chat messages but the tokenizer has no chat template; "
-                        "use plain-text prompts or a model with a chat template")
-
-    def encode(prompt):
-        if chat:
-            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
-        return {"input_ids": tokenizer(prompt)["input_ids"]}
-
-    ds = ds.map(encode, input_columns=["prompt"], remove_columns=ds.column_names, desc=f"Tokenizing {source}")
-    n = len(ds)
-    ds = ds.filter(lambda ids: len(ids) <= max_length, input_columns=["input_ids"], desc=f"Checking {source}")
-    if n - len(ds):
-        common.log.warning("%s: dropped %d of %d prompts longer than max_length=%d tokens", source, n - len(ds), n,
-                           max_length)
-    return ds, n - len(ds)
-
-
 def prepare_data(recipe: Recipe, tokenizer, args):
     data = recipe.data
     train, eval_ds, stats = load_pairs(recipe, args)
-    splits = {"train": train, "eval": eval_ds}
-    sources = {"train": data["train"], "eval": data.get("eval") or f"{data['train']} (eval split)"}
     with args.main_process_first(desc="tokenizing prompts"):
-        for split, ds in splits.items():
-            if ds is not None:
-                splits[split], over = tokenize_prompts(ds, tokenizer, data["max_length"], sources[split])
-                stats[split].update(kept=len(splits[split]), dropped_over_max_length=over)
-    train, eval_ds = splits["train"], splits["eval"]
+        train = drop_long_prompts(train, tokenizer, data["max_length"], stats["train"], "train", keep_ids=True)
+        if eval_ds is not None:
+            eval_ds = drop_long_prompts(eval_ds, tokenizer, data["max_length"], stats["eval"], "eval", keep_ids=True)
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if len(train) < batch:  # TRL's dataloader drops the last ragged batch and would then wait forever
-        raise DataError(f"{data['train']}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "
+        raise DataError(f"{label(data)}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "
                         f"one PPO batch (per_device_train_batch_size x gradient_accumulation_steps = {batch})")
     return train, eval_ds, stats
 
@@ -209,5 +186,21 @@ def final_metrics(trainer) -> dict:
     return out
 
 
-def train(recipe: Recipe, **kw) -> dict:
-    return common.run(recipe, build, resumable=False, extra_metrics=final_metrics, **kw)
+STAGE = Stage(
+    name="ppo",
+    summary="online RL against a reward model with a value model (trl.experimental.ppo.PPOTrainer)",
+    trl_config="trl.experimental.ppo:PPOConfig",
+    formats=("prompt",),
+    make_config=config,
+    build=build,
+    extra_metrics=final_metrics,
+    keys=("reward_model", "value_model", "ref_model"),
+    required=("reward_model",),
+    inputs={"reward_model": "reward_model"},
+    resumable=False,
+    headline=("objective/scores", "objective/kl", "last_logged_score", "last_logged_kl"),
+    footprint=Footprint(reference="unless_peft", generated_tokens_key="response_length", generated_tokens_default=53,
+                        reward_and_value_models=True, logits="per_token_logps"),
+    managed={"sft_model_path": "set `model.name_or_path`", "reward_model_path": "set the top-level `reward_model`"},
+    position=60,
+)

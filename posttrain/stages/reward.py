@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-from posttrain.data.formats import clean_pairs_or_prompts
-from posttrain.data.sources import load_splits
+from typing import TYPE_CHECKING
+
+from posttrain.data.trl_rows import count_dropped_by_trl, load_pairs
 from posttrain.models import load_seq_cls, load_tokenizer, lora_config
-from posttrain.recipe import Recipe
-from posttrain.stages import common
+from posttrain.stages import Footprint, Stage, common
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 
 def config(recipe: Recipe):
     return common.build_config(recipe, max_length=recipe.data["max_length"])
-
-
-def load_pairs(recipe: Recipe, args, keep_extra: bool = False):
-    """Train/eval preference (or prompt) rows, checked and cleaned, main process first."""
-    data = recipe.data
-    with args.main_process_first(desc="checking the dataset"):
-        train, eval_ds = load_splits(data, seed=args.seed)
-        train, stats = clean_pairs_or_prompts(train, data["format"], data["train"], keep_extra)
-        stats = {"train": stats}
-        if eval_ds is not None:
-            eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"], data.get("eval") or data["train"],
-                                                            keep_extra)
-    return train, eval_ds, stats
-
-
-def count_dropped_by_trl(trainer, stats: dict):
-    """TRL drops (does not truncate) pairs longer than max_length: record how many, and warn."""
-    for split, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
-        if split in stats and ds is not None:
-            over = stats[split]["kept"] - len(ds)
-            stats[split]["dropped_over_max_length"] = over
-            stats[split]["kept"] = len(ds)
-            if over:
-                common.log.warning("%s split: %d pairs longer than max_length=%d were dropped by TRL",
-                                   split, over, trainer.args.max_length)
-    if not len(trainer.train_dataset):
-        from posttrain.errors import DataError
-
-        raise DataError(f"no training pair fits max_length={trainer.args.max_length}; raise data.max_length")
 
 
 def build(recipe: Recipe):
@@ -72,5 +46,16 @@ def save_merged(trainer, path: str):
         trainer.save_model(path)
 
 
-def train(recipe: Recipe, **kw) -> dict:
-    return common.run(recipe, build, save=save_merged, **kw)
+STAGE = Stage(
+    name="reward",
+    summary="a reward model: a scalar score head trained on preference pairs (trl.RewardTrainer)",
+    trl_config="trl:RewardConfig",
+    formats=("preference",),
+    make_config=config,
+    build=build,
+    save=save_merged,
+    output="reward_model",
+    headline=("eval_accuracy", "eval_margin", "accuracy", "margin"),
+    footprint=Footprint(scoring=True, sequences_per_row=2, logits="none"),
+    position=20,
+)

@@ -6,15 +6,25 @@ the policy from its `name_or_path` on disk.
 
 from __future__ import annotations
 
-from posttrain.recipe import Recipe
-from posttrain.stages import common, grpo
+import dataclasses
+from typing import TYPE_CHECKING
 
-config = grpo.config
+from posttrain.stages import grpo
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 
 def build(recipe: Recipe):
     return grpo.build(recipe, "RLOOTrainer")
 
 
-def train(recipe: Recipe, **kw) -> dict:
-    return common.run(recipe, build, extra_metrics=grpo.reward_metrics, **kw)
+STAGE = dataclasses.replace(
+    grpo.STAGE,
+    name="rloo",
+    summary="online RL on prompts with a leave-one-out baseline (trl.RLOOTrainer); keys as grpo",
+    trl_config="trl:RLOOConfig",
+    build=build,
+    footprint=dataclasses.replace(grpo.STAGE.footprint, beta_default=0.05),
+    position=80,
+)

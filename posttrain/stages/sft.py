@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from posttrain.data import packing
 from posttrain.data.collator import SFTCollator, tokenize_dataset
+from posttrain.data.mixture import label
 from posttrain.data.sources import load_splits
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
-from posttrain.recipe import Recipe
-from posttrain.stages import common
+from posttrain.stages import Footprint, Stage, common
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
 
 
 def config(recipe: Recipe):
@@ -25,14 +30,17 @@ def prepare_data(recipe: Recipe, tokenizer, args):
     """Load, format and tokenize train/eval once (main process first under DDP)."""
     data = recipe.data
     with args.main_process_first(desc="tokenizing the dataset"):
-        train, eval_ds = load_splits(data, seed=args.seed)
-        train, stats = tokenize_dataset(train, data["format"], tokenizer, data["max_length"], data["train"],
-                                        data.get("num_proc"))
+        train, eval_ds, sources = load_splits(data, seed=args.seed)
+        how = {"train_on": data.get("train_on") or "assistant", "template": data.get("template")}
+        train, stats = tokenize_dataset(train, data["format"], tokenizer, data["max_length"], label(data),
+                                        data.get("num_proc"), **how)
         stats = {"train": stats}
         if eval_ds is not None:
             eval_ds, stats["eval"] = tokenize_dataset(eval_ds, data["format"], tokenizer, data["max_length"],
-                                                      data.get("eval") or f"{data['train']} (eval split)",
-                                                      data.get("num_proc"))
+                                                      label(data, "eval") if data.get("eval")
+                                                      else f"{label(data)} (eval split)",
+                                                      data.get("num_proc"), **how)
+        stats["sources"] = sources
     return train, eval_ds, stats
 
 
@@ -62,5 +70,22 @@ def build(recipe: Recipe):
     return trainer, stats
 
 
-def train(recipe: Recipe, **kw) -> dict:
-    return common.run(recipe, build, **kw)
+STAGE = Stage(
+    name="sft",
+    summary="supervised fine-tuning with exact prompt masking (trl.SFTTrainer)",
+    trl_config="trl:SFTConfig",
+    formats=("alpaca", "prompt_completion", "messages"),
+    make_config=config,
+    build=build,
+    headline=("eval_loss", "train_loss"),
+    footprint=Footprint(logits="sft_loss"),
+    managed={
+        "dataset_kwargs": "posttrain prepares the dataset itself",
+        "dataset_text_field": "choose the input shape with `data.format`",
+        "completion_only_loss": "posttrain always masks the prompt exactly (see README: prompt masking)",
+        "assistant_only_loss": "use `data.train_on` (assistant, the default for messages data; all; last_assistant)",
+        **packing.SFT_MANAGED,
+    },
+    checks=(packing.check_sft,),
+    position=10,
+)

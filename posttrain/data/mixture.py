@@ -1,0 +1,376 @@
+"""Dataset mixtures: several sources, each read in its own row shape, sampled by weight or row count.
+
+`data.train` (and `data.eval`) is one source (a string, as always) or a list of entries
+`{source, name, split, format, column_map, weight | rows}`. Per source: load, rename columns, drop rows
+with an empty required field, then take `weight` x its usable rows (a weight over 1 repeats rows) or
+`rows` rows, seeded by `data.seed` (default training.seed). Sources are written in the recipe's format
+(a sharegpt or alpaca source in a messages mixture becomes messages; preference rows become one shape)
+and concatenated, and the mixture is shuffled. Index arrays do the sampling (`select`,
+`concatenate_datasets`); no Python loop runs over rows except to convert a row shape.
+
+One source without weight/rows is read as before: its rows in file order, eval_fraction split by
+`train_test_split`, so existing recipes produce the same runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from posttrain.data import formats
+from posttrain.data.sources import load_source, rename_columns
+from posttrain.errors import DataError
+
+log = logging.getLogger("posttrain")
+
+ENTRY_KEYS = ("source", "name", "split", "format", "column_map", "weight", "rows")
+CHAT_FORMATS = ("preference", "prompt")  # formats whose rows TRL renders itself: text or conversations
+
+
+def entries(data: dict, split: str = "train") -> list[dict]:
+    """The sources of data.train / data.eval as entry mappings (a string source takes the data-level keys)."""
+    value = data.get(split)
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [{"source": value, "name": data.get("name"), "column_map": data.get("column_map"),
+                 "split": data.get("split" if split == "train" else "eval_split") or "train",
+                 "format": data["format"], "plain": True}]
+    out = []
+    for e in value:
+        e = {"source": e} if isinstance(e, str) else dict(e)
+        e.setdefault("split", "train")
+        e["format"] = e.get("format") or data["format"]
+        e["plain"] = len(value) == 1 and e.get("weight") is None and e.get("rows") is None
+        out.append(e)
+    return out
+
+
+def label(data: dict, split: str = "train") -> str:
+    """How messages name the data: the source, or `mixture of N sources (a, b, ...)`."""
+    es = entries(data, split)
+    if len(es) == 1:
+        return es[0]["source"]
+    names = ", ".join(e["source"] for e in es[:3]) + (", ..." if len(es) > 3 else "")
+    return f"mixture of {len(es)} sources ({names})"
+
+
+def _entry_label(e: dict, split: str, i: int, n: int) -> str:
+    return e["source"] if n == 1 else f"data.{split}[{i}] ({e['source']})"
+
+
+# ---------------------------------------------------------------------------------------------
+# One source
+
+
+def source_columns(column_names, src_fmt: str, where: str) -> dict[str, str]:
+    """Format column -> source column, for a source read in its own format."""
+    if src_fmt in ("messages", "sharegpt"):
+        order = ("conversations", "messages") if src_fmt == "sharegpt" else ("messages", "conversations")
+        col = next((c for c in order if c in column_names), None)
+        if col is None:
+            raise DataError(f"{where}: format '{src_fmt}' needs a column 'messages' or 'conversations'; columns "
+                            f"found: {', '.join(column_names)} (rename with column_map)")
+        return {"messages": col}
+    cols = formats.resolve_columns(list(column_names), src_fmt, where)
+    if src_fmt == "preference" and "prompt" in column_names:
+        cols["prompt"] = "prompt"
+    return cols
+
+
+def _required(cols: dict, src_fmt: str) -> list[str]:
+    """Source columns that must be non-empty for a row to be usable."""
+    return [src for dst, src in cols.items() if not (src_fmt == "alpaca" and dst == "input")]
+
+
+def usable_mask(ds, columns: list[str]) -> np.ndarray:
+    """Rows whose columns are all filled (text not blank, lists not empty, not null/NaN), computed by Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if getattr(ds, "_indices", None) is not None:
+        ds = ds.flatten_indices()
+    mask = np.ones(len(ds), dtype=bool)
+    for name in columns:
+        col = ds.data.column(name)
+        t = col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            ok = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            ok = pc.greater(pc.list_value_length(col), 0)
+        elif pa.types.is_floating(t):
+            ok = pc.invert(pc.is_nan(col))
+        elif pa.types.is_null(t):
+            ok = pa.array(np.zeros(len(ds), dtype=bool))
+        else:
+            ok = pc.is_valid(col)
+        mask &= np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return mask
+
+
+def _is_canonical_chat(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and m.get("role") is not None and "content" in m and m.get("from") is None for m in value)
+
+
+def _chat_flag(ds, cols: dict) -> bool:
+    """Whether a preference/prompt source holds conversations (read from its first row)."""
+    row = ds[0] if len(ds) else {}
+    return formats.row_is_chat(row, [cols[c] for c in ("prompt", "chosen", "rejected") if c in cols])
+
+
+def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: bool, where: str):
+    """Rows of one source in the recipe format's columns (canonical names).
+
+    keep_extra keeps the source's other columns (one source: GRPO rewards read them); a mixture keeps
+    only the format's columns and those every source has (the caller decides).
+    """
+    extra = [c for c in ds.column_names if c not in cols.values()] if keep_extra else []
+    if fmt == "messages":
+        src_col = cols.get("messages")
+        first = ds[0][src_col] if src_col and len(ds) else None
+        if src_fmt == "messages" and src_col == "messages" and (first is None or _is_canonical_chat(first)):
+            out = ds
+        else:
+            def fn(batch):
+                n = len(next(iter(batch.values())))
+                rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+                return {"messages": [formats.as_messages_row(r, src_fmt, cols) or [] for r in rows]}
+
+            keep = [c for c in extra if c != "messages"]
+            out = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                         desc=f"Reading {where} as messages")
+        return out.select_columns(["messages"] + [c for c in extra if c != "messages"])
+    if fmt in CHAT_FORMATS:
+        fields = [c for c in ("prompt", "chosen", "rejected") if c in cols]
+        renames = {cols[c]: c for c in fields if cols[c] != c}
+        if renames:
+            ds = ds.rename_columns(renames)
+        first = ds[0] if len(ds) else {}
+        canonical = all(_is_canonical_chat(first.get(c)) for c in fields) if chat else \
+            not formats.row_is_chat(first, fields)
+        if not canonical:
+            def fn(batch):
+                n = len(batch[fields[0]])
+                rows = [{c: batch[c][i] for c in fields} for i in range(n)]
+                return {c: [formats.pair_shape(r, c, chat) for r in rows] for c in fields}
+
+            ds = ds.map(fn, batched=True, desc=f"Shaping {where} rows")
+        return ds.select_columns(fields + [c for c in extra if c not in fields])
+    # alpaca / prompt_completion: same format (validation refuses others); canonical names
+    renames = {src: dst for dst, src in cols.items() if src != dst}
+    if renames:
+        ds = ds.rename_columns(renames)
+    return ds.select_columns(list(cols) + [c for c in extra if c not in cols])
+
+
+class _Source:
+    """One loaded source: its rows, columns, usable rows, and what is taken from it."""
+
+    def __init__(self, entry: dict, fmt: str, where: str):
+        self.entry, self.where, self.fmt = entry, where, fmt
+        self.src_fmt = entry.get("format") or fmt
+        ds = load_source(entry["source"], entry.get("split") or "train", entry.get("name"))
+        if entry.get("column_map"):
+            ds = rename_columns(ds, entry["column_map"], where)
+        self.ds = ds
+        self.cols = source_columns(ds.column_names, self.src_fmt, where)
+        self.read = len(ds)
+        self.kept_idx = np.flatnonzero(usable_mask(ds, _required(self.cols, self.src_fmt)))
+        self.kept = len(self.kept_idx)
+        if self.kept < self.read:
+            log.warning("%s: dropped %d of %d rows with an empty or null field", where, self.read - self.kept,
+                        self.read)
+        if self.kept == 0:
+            raise DataError(f"{where}: no usable row (every row has an empty or null "
+                            f"{' / '.join(_required(self.cols, self.src_fmt))})")
+        if entry.get("rows") is not None:
+            self.target = int(entry["rows"])
+        else:
+            w = entry.get("weight")
+            self.target = int(round((1.0 if w is None else float(w)) * self.kept))
+        self.chat = fmt in CHAT_FORMATS and _chat_flag(ds, self.cols)
+
+    def stats(self, taken: int, n_eval: int | None = None) -> dict:
+        s = {"source": self.entry["source"], "split": self.entry.get("split") or "train"}
+        if self.src_fmt != self.fmt:
+            s["format"] = self.src_fmt
+        for k in ("weight", "rows"):
+            if self.entry.get(k) is not None:
+                s[k] = self.entry[k]
+        s.update(read=self.read, kept=self.kept, dropped=self.read - self.kept, taken=taken)
+        if n_eval is not None:
+            s["eval"] = n_eval
+        return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _apportion(total: int, weights: list[int]) -> list[int]:
+    """Split `total` over sources in proportion to `weights` (largest remainder: the parts sum to total)."""
+    s = sum(weights)
+    if s == 0:
+        return [0] * len(weights)
+    quotas = [total * w / s for w in weights]
+    parts = [int(q) for q in quotas]
+    for i in sorted(range(len(weights)), key=lambda i: quotas[i] - parts[i], reverse=True)[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def _take(pool: np.ndarray, n: int) -> np.ndarray:
+    """n indices from an already shuffled pool: whole copies of it, then its first n % len(pool)."""
+    if n <= 0 or not len(pool):
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([np.tile(pool, n // len(pool)), pool[: n % len(pool)]])
+
+
+def _n_eval(eval_fraction, total: int) -> int:
+    if isinstance(eval_fraction, int) and not isinstance(eval_fraction, bool):
+        return eval_fraction
+    return max(1, round(total * eval_fraction))
+
+
+def _plain(src: _Source, fmt: str, chat: bool, eval_fraction, seed: int):
+    """One source as before: its usable rows in order; eval_fraction carved by train_test_split."""
+    ds = src.ds if src.kept == src.read else src.ds.select(src.kept_idx)
+    ds = convert(ds, fmt, src.src_fmt, src.cols, chat=chat, keep_extra=True, where=src.where)
+    eval_ds = None
+    if eval_fraction:
+        n_eval = _n_eval(eval_fraction, len(ds))
+        if n_eval >= len(ds):
+            raise DataError(f"data.eval_fraction {eval_fraction} leaves no training rows out of {len(ds)}")
+        parts = ds.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+        ds, eval_ds = parts["train"], parts["test"]
+    return ds, eval_ds, src.stats(len(ds), len(eval_ds) if eval_ds is not None else None)
+
+
+def _mix(sources: list[_Source], fmt: str, chat: bool, eval_fraction, seed: int, split: str):
+    """Sample every source, write each in the recipe's format, concatenate, shuffle.
+
+    Returns (train, eval or None, per-source stats). With eval_fraction, the eval rows are held out of
+    each source in proportion to what it contributes, and never also trained on (even when repeated).
+    """
+    import datasets
+
+    targets = [s.target for s in sources]
+    evals = [0] * len(sources)
+    if eval_fraction:
+        n_eval = _n_eval(eval_fraction, sum(targets))
+        if n_eval >= sum(targets):
+            raise DataError(f"data.eval_fraction {eval_fraction} leaves no training rows out of {sum(targets)}")
+        evals = _apportion(n_eval, targets)
+    train_idx, eval_idx = [], []
+    for i, (s, t, e) in enumerate(zip(sources, targets, evals)):
+        if e >= s.kept and t > e:
+            raise DataError(f"{s.where}: data.eval_fraction holds out {e} of its {s.kept} usable rows, leaving none "
+                            f"to train on; lower eval_fraction or give the eval rows as data.eval")
+        rng = np.random.default_rng([seed, i])
+        perm = s.kept_idx[rng.permutation(s.kept)]
+        eval_idx.append(perm[:e])
+        train_idx.append(_take(perm[e:], t - e))
+        if t == 0:
+            log.warning("%s: its weight takes 0 of %d rows", s.where, s.kept)
+    if sum(len(t) for t in train_idx) == 0:
+        raise DataError(f"data.{split}: the mixture takes no rows (raise a weight or rows)")
+
+    parts, offsets = [], [0]
+    for s, tr, ev in zip(sources, train_idx, eval_idx):
+        needed = np.unique(np.concatenate([tr, ev]))
+        sub = convert(s.ds.select(needed), fmt, s.src_fmt, s.cols, chat=chat, keep_extra=True, where=s.where)
+        parts.append(sub)
+        # positions of the sampled rows inside `sub` (it holds each needed row once, in sorted order)
+        tr[:] = np.searchsorted(needed, tr)
+        ev[:] = np.searchsorted(needed, ev)
+        offsets.append(offsets[-1] + len(sub))
+    parts = _align(parts, sources, fmt)
+    mixed = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    rng = np.random.default_rng([seed, len(sources), 7])
+    glob_train = np.concatenate([off + tr for off, tr in zip(offsets, train_idx)])
+    glob_train = glob_train[rng.permutation(len(glob_train))]
+    train = mixed.select(glob_train)
+    eval_ds = None
+    if eval_fraction:
+        glob_eval = np.concatenate([off + ev for off, ev in zip(offsets, eval_idx)])
+        eval_ds = mixed.select(glob_eval[rng.permutation(len(glob_eval))])
+    stats = [s.stats(len(tr), len(ev) if eval_fraction else None) for s, tr, ev in zip(sources, train_idx, eval_idx)]
+    return train, eval_ds, stats
+
+
+def _align(parts: list, sources: list[_Source], fmt: str) -> list:
+    """Same columns and types in every part: the format's columns plus the extra ones all sources share;
+    an alpaca source without `input` gets an empty one; types cast to the first source's."""
+    if len(parts) == 1:
+        return parts
+    if fmt == "alpaca" and any("input" in p.column_names for p in parts):
+        parts = [p if "input" in p.column_names else p.add_column("input", [""] * len(p)) for p in parts]
+    if fmt == "preference":
+        has = ["prompt" in p.column_names for p in parts]
+        if any(has) and not all(has):
+            i = has.index(False)
+            raise DataError(f"{sources[i].where}: has no 'prompt' column but other sources of the mixture do; "
+                            f"preference sources must all have a prompt column or none")
+    common = [c for c in parts[0].column_names if all(c in p.column_names for p in parts[1:])]
+    parts = [p.select_columns(common) for p in parts]
+    out = [parts[0]]
+    for p, s in zip(parts[1:], sources[1:]):
+        if p.features != parts[0].features:
+            try:
+                p = p.cast(parts[0].features)
+            except Exception:  # noqa: BLE001 - pyarrow/datasets raise several types for one meaning
+                col = next(c for c in common if p.features[c] != parts[0].features[c])
+                raise DataError(f"{s.where}: column '{col}' does not have the same shape as in {sources[0].where} "
+                                f"({str(p.features[col])[:120]} vs {str(parts[0].features[col])[:120]}); give the "
+                                f"sources rows of one shape") from None
+        out.append(p)
+    return out
+
+
+def _load(data: dict, split: str, seed: int, eval_fraction=None):
+    es = entries(data, split)
+    fmt = data["format"]
+    n = len(es)
+    sources = [_Source(e, fmt, _entry_label(e, split, i, n)) for i, e in enumerate(es)]
+    # one shape for all: if any preference/prompt source is conversational (or data.template is chat), all are
+    chat = fmt in CHAT_FORMATS and (data.get("template") == "chat" or any(s.chat for s in sources))
+    if n == 1 and es[0].get("plain"):
+        ds, eval_ds, stats = _plain(sources[0], fmt, chat, eval_fraction, seed)
+        return ds, eval_ds, [stats], chat
+    ds, eval_ds, stats = _mix(sources, fmt, chat, eval_fraction, seed, split)
+    return ds, eval_ds, stats, chat
+
+
+def load_mixture(data: dict, seed: int = 42):
+    """(train, eval or None, stats) for a validated `data:` section; stats: {seed, train: [...], eval: [...]}."""
+    seed = data["seed"] if data.get("seed") is not None else seed
+    eval_fraction = None if data.get("eval") else data.get("eval_fraction")
+    train, eval_ds, train_stats, chat = _load(data, "train", seed, eval_fraction)
+    stats = {"seed": seed, "train": train_stats}
+    if data.get("eval"):
+        eval_ds, _, stats["eval"], eval_chat = _load(data, "eval", seed)
+        if data["format"] in CHAT_FORMATS and eval_chat != chat:
+            # train and eval must be one shape too: make the text side conversational
+            fix = lambda ds: convert(ds, data["format"], data["format"],  # noqa: E731
+                                     {c: c for c in ("prompt", "chosen", "rejected") if c in ds.column_names},
+                                     chat=True, keep_extra=True, where="data")
+            train, eval_ds = (fix(train), eval_ds) if eval_chat else (train, fix(eval_ds))
+    return train, eval_ds, stats
+
+
+def preview_rows(data: dict, n: int = 8):
+    """The first n rows of the first training source, read as the loader reads them (for `validate`).
+    Returns (dataset in the recipe format's columns, how to name the source)."""
+    e = entries(data, "train")[0]
+    fmt = data["format"]
+    where = e["source"] if len(entries(data, "train")) == 1 else f"data.train[0] ({e['source']})"
+    split = (e.get("split") or "train").split("[")[0] + f"[:{n}]"
+    ds = load_source(e["source"], split, e.get("name"))
+    if e.get("column_map"):
+        ds = rename_columns(ds, e["column_map"], where)
+    src_fmt = e.get("format") or fmt
+    cols = source_columns(ds.column_names, src_fmt, where)
+    chat = fmt in CHAT_FORMATS and (data.get("template") == "chat" or _chat_flag(ds, cols))
+    return convert(ds, fmt, src_fmt, cols, chat=chat, keep_extra=True, where=where), where

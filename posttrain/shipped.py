@@ -1,0 +1,109 @@
+"""The recipes shipped with posttrain: `posttrain recipes` lists them, `posttrain recipes copy` copies one.
+
+A recipe's description is the first comment line of its file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from posttrain.errors import PosttrainError, RecipeError
+from posttrain.recipe import RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path
+
+
+def _description(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def _chain(path: Path) -> list[Path]:
+    """The file and the files it extends, child first."""
+    out = [path]
+    while True:
+        doc = yaml.safe_load(out[-1].read_text(encoding="utf-8")) or {}
+        parent = doc.get("extends") if isinstance(doc, dict) else None
+        if not isinstance(parent, str):
+            return out
+        nxt = (out[-1].parent / parent).resolve()
+        if nxt in out or not nxt.is_file():
+            return out
+        out.append(nxt)
+
+
+def _merged_field(path: Path, *keys):
+    for p in _chain(path):
+        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        node = doc
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def listing() -> str:
+    rows = [("recipe", "stage", "model", "description")]
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        rows.append((p.stem, str(_merged_field(p, "stage") or "?"), str(_merged_field(p, "model", "name_or_path") or "-"),
+                     _description(p)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
+    lines += ["", "pipeline" + " " * 12 + "description"]
+    for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml")):
+        lines.append(f"{p.stem:<20}{_description(p)}")
+    lines += ["", "posttrain validate NAME | posttrain train NAME | posttrain pipeline NAME | "
+                  "posttrain recipes copy NAME [DEST]"]
+    return "\n".join(lines)
+
+
+def _source(name: str) -> Path:
+    try:
+        return resolve_recipe_path(name)
+    except RecipeError:
+        pass
+    try:
+        return resolve_pipeline_path(name)
+    except RecipeError:
+        pass
+    cand = RECIPES_DIR / name  # e.g. accelerate/ddp.yaml
+    if cand.is_file():
+        return cand
+    return resolve_recipe_path(name)  # raises with a did-you-mean
+
+
+def copy(name: str, dest: str | None = None, *, overwrite: bool = False) -> Path:
+    """Copy a shipped recipe to edit: DEST may be a directory or a file path (default ./NAME.yaml).
+    Files it `extends:` are copied next to it (unless already there), so the copy validates on its own."""
+    src = _source(name)
+    target = Path(dest) if dest else Path.cwd() / src.name
+    if target.is_dir():
+        target = target / src.name
+    if target.exists() and not overwrite:
+        raise PosttrainError(f"{target} exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, target)
+    copied = [(src, target)]
+    for parent in _chain(src)[1:]:
+        rel = parent.relative_to(src.parent.resolve()) if parent.is_relative_to(src.parent.resolve()) else None
+        there = target.parent / (rel if rel is not None else parent.name)
+        if not there.exists():
+            there.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(parent, there)
+        copied.append((parent, there))
+    for file, there in copied:  # a model.chat_template file it names (relative to it) goes along too
+        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        tpl = (doc.get("model") or {}).get("chat_template") if isinstance(doc, dict) else None
+        if isinstance(tpl, str) and "{" not in tpl and not Path(tpl).is_absolute() and (file.parent / tpl).is_file():
+            dest_tpl = there.parent / tpl
+            if not dest_tpl.exists():
+                dest_tpl.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file.parent / tpl, dest_tpl)
+    return target
