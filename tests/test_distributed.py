@@ -65,12 +65,15 @@ def _losses(out):
     return [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
 
 
-@pytest.mark.parametrize("stage,recipe,data", [("sft", "alpaca_gpt2", "alpaca"), ("dpo", "dpo_gpt2", "preference")])
-def test_two_processes_match_one(fx, tmp_path, stage, recipe, data):
+@pytest.mark.parametrize("stage,recipe,data,extra", [("sft", "alpaca_gpt2", "alpaca", []),
+                                                     ("sft", "alpaca_gpt2", "alpaca", ["training.packing=true"]),
+                                                     ("dpo", "dpo_gpt2", "preference", [])],
+                         ids=["sft", "sft-packed", "dpo"])
+def test_two_processes_match_one(fx, tmp_path, stage, recipe, data, extra):
     common = [recipe, f"model.name_or_path={fx['model']}", f"data.train={fx[data]}", "data.split=train",
               "data.eval_fraction=null", "data.eval=null", "training.eval_strategy=no", "training.max_steps=4",
               "training.logging_steps=1", "training.warmup_steps=0", "training.gradient_accumulation_steps=1",
-              "training.learning_rate=5e-3", "training.save_steps=100"]
+              "training.learning_rate=5e-3", "training.save_steps=100", *extra]
     runs = {}
     for nproc, per_device in ((2, 2), (1, 4)):
         out, probe = tmp_path / f"out{nproc}", tmp_path / f"probe{nproc}"

@@ -62,7 +62,8 @@ def test_a_field_the_snapshot_lacks_is_passed_with_a_warning(tmp_path, monkeypat
 def test_classify_answers_for_every_section():
     assert options.classify("sft", "training", "learning_rate").kind == options.PASSED
     assert options.classify("sft", "training", "output_dir").kind == options.MANAGED
-    assert options.classify("sft", "training", "packing").kind == options.MANAGED  # from the stage module
+    assert options.classify("sft", "training", "padding_free").kind == options.MANAGED  # from the stage module
+    assert options.classify("dpo", "training", "padding_free").kind == options.REFUSED  # likewise
     assert options.classify("ppo", "training", "mini_batch_size").kind == options.REFUSED
     assert options.classify("dpo", "training", "do_eval").kind == options.REFUSED
     assert options.classify("dpo", "peft", "r").kind == options.PASSED

@@ -58,5 +58,6 @@ STAGE = Stage(
     keys=("ref_model",),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
     footprint=Footprint(sequences_per_row=2, reference="unless_peft_or_precompute", logits="per_token_logps"),
+    refused={"padding_free": "TRL 1.12's DPOTrainer turns it off and pads (a warning, after loading); remove it"},
     position=30,
 )

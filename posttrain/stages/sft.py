@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from posttrain.data import packing
 from posttrain.data.collator import SFTCollator, tokenize_dataset
 from posttrain.data.mixture import label
 from posttrain.data.sources import load_splits
@@ -21,6 +22,7 @@ def config(recipe: Recipe):
         max_length=recipe.data["max_length"],
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
+        packing=False,  # training.packing is honoured by our collator (data/packing.py), never by TRL's
     )
 
 
@@ -51,13 +53,18 @@ def build(recipe: Recipe):
     train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
     set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    pack = bool(recipe.training.get("packing"))
+    if pack:
+        packing.check_model(model)
+        packing.use_segment_sdpa(model)  # sdpa -> per-row sdpa: no [total x total] mask (see data/packing.py)
+    collate = packing.PackedCollator if pack else SFTCollator
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=SFTCollator(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
+        data_collator=collate(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
         peft_config=lora_config(recipe.peft),
     )
     return trainer, stats
@@ -77,14 +84,12 @@ STAGE = Stage(
         "dataset_text_field": "choose the input shape with `data.format`",
         "completion_only_loss": "posttrain always masks the prompt exactly (see README: prompt masking)",
         "assistant_only_loss": "use `data.train_on` (assistant, the default for messages data; all; last_assistant)",
-        "packing": "not compatible with exact per-row prompt masking in this version",
-        "padding_free": "not compatible with exact per-row prompt masking in this version",
-        "eval_packing": "not compatible with exact per-row prompt masking in this version",
-        "packing_strategy": "not compatible with exact per-row prompt masking in this version",
+        **packing.SFT_MANAGED,
         # TRL applies these while preparing the dataset, which posttrain does itself (dataset_kwargs above)
         "truncation_mode": "posttrain cuts each row at `data.max_length`, keeping the prompt and the start of the "
                            "response",
         "shuffle_dataset": "the trainer's sampler shuffles the rows every epoch (`training.train_sampling_strategy`)",
     },
+    checks=(packing.check_sft,),
     position=10,
 )
