@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
@@ -37,10 +36,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
+import table as table_md  # noqa: E402
 import workload  # noqa: E402
 
 BATCH = 8
-BEGIN, END = "<!-- packing:begin -->", "<!-- packing:end -->"
 DEMO_MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
               "num_hidden_layers": 4, "max_position_embeddings": 512, "tie_word_embeddings": True}
 
@@ -195,16 +194,6 @@ def table(res: dict) -> str:
     return "\n".join(out)
 
 
-def write_section(path: Path, body: str):
-    text = path.read_text() if path.exists() else ""
-    section = f"{BEGIN}\n## Packing: trained tokens per second (bench/packing.py)\n\n{body}\n{END}"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.DOTALL)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3)
@@ -221,7 +210,8 @@ def main(argv=None):
              "optimisation), `packed-bfd` and `trl` put ~max_length x batch tokens in a step (fewer steps). "
              "Ratios: median over repetitions of (trained tokens/s) / (the other variant's, same repetition).")
     if not args.quick:
-        write_section(Path(args.out), f"{body}\n{notes}\n")
+        table_md.write_section("packing", "Packing: trained tokens per second (bench/packing.py)",
+                               f"{body}\n{notes}\n", out=args.out)
     return 0
 
 
