@@ -6,7 +6,7 @@ import sys
 
 from posttrain.data.collator import IGNORE_INDEX, encode_batch
 from posttrain.data.formats import resolve_columns
-from posttrain.errors import PosttrainError
+from posttrain.errors import PosttrainError, RecipeError
 from posttrain.recipe import Recipe
 
 
@@ -27,36 +27,41 @@ def render_example(tokenizer, input_ids: list[int], labels: list[int], color: bo
 
 
 def preview(recipe: Recipe, out=None):
+    """Check the data (bad local data raises: exit 2), then show one example as the stage will see it.
+    What cannot be checked offline (a hub dataset, a hub tokenizer) is said, not refused."""
     out = out or sys.stdout
-    from posttrain.models import load_tokenizer
+    from posttrain import preflight
+    from posttrain.models import is_local_path, load_tokenizer
 
+    samples = preflight.data(recipe)
+    for s in samples:
+        if s.rows is None:
+            print(f"not checked: {s.key} ({s.note})", file=out)
+    name = recipe.model.get("tokenizer") or recipe.model["name_or_path"]
     try:
-        tokenizer = load_tokenizer(recipe.model)
+        tokenizer = load_tokenizer(recipe.model, eos_token=recipe.training.get("eos_token"))
+    except RecipeError:
+        raise
     except PosttrainError as e:
-        print(f"not checked: tokenizer and data ({e})", file=out)
+        if is_local_path(name):
+            raise
+        print(f"not checked: tokenizer ({e})", file=out)
         return
-    from posttrain.data.sources import load_source
-
     data = recipe.data
-    split = data["split"].split("[")[0] + "[:8]"
-    try:
-        ds = load_source(data["train"], split, data.get("name"))
-        if data.get("column_map"):
-            from posttrain.data.sources import rename_columns
-
-            ds = rename_columns(ds, data["column_map"], data["train"])
-        cols = resolve_columns(ds.column_names, data["format"], data["train"])
-    except PosttrainError as e:
-        print(f"not checked: data ({e})", file=out)
+    if data["format"] not in preflight.TRL_FORMATS:  # the eval rows must format for SFT too
+        for s in samples[1:]:
+            if s.rows is not None:
+                eval_cols = resolve_columns(s.rows.column_names, data["format"], s.source)
+                encode_batch([s.rows[i] for i in range(len(s.rows))], data["format"], eval_cols, tokenizer,
+                             data["max_length"])
+    if samples[0].rows is None:
         return
-    if data["format"] in ("preference", "prompt"):  # TRL tokenizes these itself: show a checked row
+    ds = samples[0].rows
+    cols = resolve_columns(ds.column_names, data["format"], data["train"])
+    if data["format"] in preflight.TRL_FORMATS:  # TRL tokenizes these itself: show a checked row
         from posttrain.data.formats import clean_pairs_or_prompts
 
-        try:
-            cleaned, _ = clean_pairs_or_prompts(ds, data["format"], data["train"], keep_extra=True)
-        except PosttrainError as e:
-            print(f"data problem: {e}", file=out)
-            return
+        cleaned, _ = clean_pairs_or_prompts(ds, data["format"], data["train"], keep_extra=True)
         row = cleaned[0]
         print(f"\nexample: first usable row of {data['train']} ({data['format']} format)", file=out)
         for key, value in row.items():

@@ -102,6 +102,18 @@ MANAGED_TRAINING_KEYS = {
     "output_dir": "set `output_dir` at the top level of the recipe",
     "max_length": "set `data.max_length`",
     "remove_unused_columns": "posttrain prepares the dataset itself",
+    # one setting for every stage, mapped into each TRL config (and posttrain's own preprocessing)
+    "dataset_num_proc": "set `data.num_proc` (one preprocessing-workers setting for every stage)",
+    "pad_to_multiple_of": "set `data.pad_to_multiple_of`",
+    "resume_from_checkpoint": "use `posttrain train --resume` (continues from the newest checkpoint in output_dir)",
+    # posttrain loads every model and tokenizer itself (posttrain.models), so TRL's loading options never apply
+    "model_init_kwargs": "posttrain loads the models itself: set `model.dtype`, `model.attn_implementation`, "
+                         "`model.revision`, `model.trust_remote_code`",
+    "trust_remote_code": "set `model.trust_remote_code`",
+    "pad_token": "posttrain pads with the tokenizer's pad token, else EOS (padding is masked by position; PPO "
+                 "adds a distinct one); to pad with another, use a tokenizer that has it (`model.tokenizer`)",
+    "chat_template_path": "set `model.chat_template` (inline Jinja or a .jinja path): it formats the data, is saved "
+                          "with the run and used by `posttrain generate`",
 }
 
 # Ranges of well-known fields of the owning classes (their types come from the classes themselves).
@@ -528,7 +540,20 @@ def quantization_fits_bnb_config(d: Draft):
         d.quantization = schema.check_owned("quantization", d.quantization, schema.bnb_class(), d.where)
 
 
-OWNER_CHECKS = (training_fits_trl_config, peft_fits_lora_config, quantization_fits_bnb_config)
+def data_options_fit_stage(d: Draft):
+    """data.pad_to_multiple_of goes into the stage's TRL config (its collator pads); a stage whose
+    trainer has no such option cannot honour it. (sft: posttrain's own collator pads.)"""
+    if d.data.get("pad_to_multiple_of") is None or d.stage.name == "sft":
+        return
+    from posttrain import schema
+
+    cls = schema.config_class(d.stage.trl_config)
+    if "pad_to_multiple_of" not in schema.fields_of(cls):
+        d.where.fail("data.pad_to_multiple_of", f"the {d.stage.name} trainer cannot pad to a multiple "
+                     f"({cls.__name__} has no pad_to_multiple_of); remove it")
+
+
+OWNER_CHECKS = (training_fits_trl_config, peft_fits_lora_config, quantization_fits_bnb_config, data_options_fit_stage)
 
 
 def validate(

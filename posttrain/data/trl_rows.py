@@ -55,18 +55,19 @@ def prompt_ids(prompts: list, tokenizer) -> list[list[int]]:
     return tokenizer(list(prompts))["input_ids"]
 
 
-def drop_long_prompts(ds, tokenizer, max_length: int, stats: dict, split: str, *, keep_ids: bool = False):
+def drop_long_prompts(ds, tokenizer, max_length: int, stats: dict, split: str, *, keep_ids: bool = False,
+                      num_proc: int | None = None):
     """Drop prompts longer than max_length tokens (a cut prompt is a different question), counted in
-    stats. keep_ids: return only `input_ids` (PPO wants pre-tokenized prompts)."""
+    stats. keep_ids: return only `input_ids` (PPO wants pre-tokenized prompts). num_proc: data.num_proc."""
     n = len(ds)
     if keep_ids:
         ds = ds.map(lambda prompts: {"input_ids": prompt_ids(prompts, tokenizer)}, input_columns="prompt",
-                    batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split} prompts")
+                    batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {split} prompts")
         ds = ds.filter(lambda ids: [len(i) <= max_length for i in ids], input_columns="input_ids", batched=True,
-                       desc=f"Measuring {split} prompts")
+                       num_proc=num_proc, desc=f"Measuring {split} prompts")
     else:
         ds = ds.filter(lambda prompts: [len(i) <= max_length for i in prompt_ids(prompts, tokenizer)],
-                       input_columns="prompt", batched=True, desc=f"Measuring {split} prompts")
+                       input_columns="prompt", batched=True, num_proc=num_proc, desc=f"Measuring {split} prompts")
     stats["dropped_over_max_length"] = n - len(ds)
     stats["kept"] = len(ds)
     if n - len(ds):

@@ -60,10 +60,15 @@ def build_config(recipe: Recipe, **managed):
     Errors raised by the config's own checks (impossible combinations) become RecipeErrors.
     """
     from posttrain import stages
-    from posttrain.schema import config_class
+    from posttrain.schema import config_class, fields_of
 
     cls = config_class(stages.get(recipe.stage).trl_config)
     kw = device_defaults(recipe.training)
+    # data.* settings that TRL configs hold under their own names (refused under training.*)
+    fields = fields_of(cls)
+    for data_key, field in (("num_proc", "dataset_num_proc"), ("pad_to_multiple_of", "pad_to_multiple_of")):
+        if recipe.data.get(data_key) is not None and field in fields:
+            kw[field] = recipe.data[data_key]
     kw.update(managed)
     kw["output_dir"] = recipe.output_dir
     try:
@@ -159,8 +164,11 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
     stage metrics; `save(trainer, path)` replaces trainer.save_model for the final model. Every rank
     trains, saves (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
     """
+    from posttrain import preflight
+
     build, resumable, extra_metrics, save = stage.build, stage.resumable, stage.extra_metrics, stage.save
     out = Path(recipe.output_dir)
+    preflight.target_modules(recipe)  # a LoRA that matches no module fails here, before the run dir or weights
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
     main = is_main_process()
