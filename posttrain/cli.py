@@ -87,12 +87,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging():
-    if not log.handlers:
+    ours = [h for h in log.handlers if getattr(h, "posttrain_cli", False)]
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
+        handler.posttrain_cli = True
         handler.setFormatter(logging.Formatter("posttrain: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    for handler in ours:  # main() may run several times in one process (tests): write to today's stderr
+        handler.stream = sys.stderr  # not setStream: it flushes the old stream, which may be closed
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft and TRL read transformers' deprecated alias on every model wrap; nothing a user can act on

@@ -10,6 +10,7 @@ Each check raises a PosttrainError (one line, exit 2) or returns notes on what i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -52,6 +53,20 @@ def _in_cache(dataset_id: str) -> bool:
     return prepared.is_dir() and any(p.name.startswith(dataset_id.replace("/", "___")) for p in prepared.iterdir())
 
 
+@contextlib.contextmanager
+def _quiet():
+    """No progress bars while a few rows are read: a check's output is its verdict."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
 def _sample(key: str, source: str, split: str, data: dict) -> Sample:
     from posttrain.data.sources import is_local, load_source, rename_columns
 
@@ -79,16 +94,17 @@ def data(recipe: Recipe) -> list[Sample]:
     if d.get("eval"):
         sources.append(("data.eval", d["eval"], d.get("eval_split") or "train"))
     samples = []
-    for key, source, split in sources:
-        s = _sample(key, source, split, d)
-        if s.rows is not None:
-            try:
-                resolve_columns(s.rows.column_names, d["format"], source)
-                if d["format"] in TRL_FORMATS:
-                    clean_pairs_or_prompts(s.rows, d["format"], source, keep_extra=True)
-            except DataError as e:
-                raise DataError(f"{key}: {e}") from None
-        samples.append(s)
+    with _quiet():
+        for key, source, split in sources:
+            s = _sample(key, source, split, d)
+            if s.rows is not None:
+                try:
+                    resolve_columns(s.rows.column_names, d["format"], source)
+                    if d["format"] in TRL_FORMATS:
+                        clean_pairs_or_prompts(s.rows, d["format"], source, keep_extra=True)
+                except DataError as e:
+                    raise DataError(f"{key}: {e}") from None
+            samples.append(s)
     return samples
 
 
@@ -145,10 +161,14 @@ def target_modules(recipe: Recipe) -> str | None:
                               f"expression ({e})") from None
         if not any(pattern.fullmatch(n) for n in names):
             refuse(targets)
+    import warnings
+
     from peft import get_peft_model
 
     try:
-        get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
+        with warnings.catch_warnings():  # peft's notes on the layers (e.g. fan_in_fan_out) come again at train time
+            warnings.simplefilter("ignore")
+            get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
     except Exception as e:
         raise RecipeError(f"peft: LoRA cannot be applied to {what}: {first_line(e)}") from None
     return None
