@@ -8,6 +8,7 @@ by training.max_completion_length.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
@@ -111,6 +112,15 @@ def reward_funcs(specs, model: dict | None = None):
     return funcs, tokenizers
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
+
+
 def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
     import trl
     from transformers import set_seed
@@ -122,16 +132,23 @@ def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
     set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
     funcs, reward_tokenizers = reward_funcs(specs, recipe.model)
-    trainer = getattr(trl, trainer_class)(
-        model=model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=train,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        reward_processing_classes=reward_tokenizers,
-        peft_config=lora_config(recipe.peft),
-    )
+    # TRL warns that model_init_kwargs are ignored for an instantiated policy; they are for its reference copy
+    trl_log = logging.getLogger(f"trl.trainer.{trainer_class.removesuffix('Trainer').lower()}_trainer")
+    quiet = _DropMessage("model_init_kwargs")
+    trl_log.addFilter(quiet)
+    try:
+        trainer = getattr(trl, trainer_class)(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=train,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            reward_processing_classes=reward_tokenizers,
+            peft_config=lora_config(recipe.peft),
+        )
+    finally:
+        trl_log.removeFilter(quiet)
     # TRL names metrics after a reward model's directory name, which two items may share; ours are unique.
     trainer.reward_func_names = [s.name for s in specs]
     return trainer, stats
