@@ -121,7 +121,9 @@ def cmd_train(args) -> int:
 
     stage = stages.get(recipe.stage)
     stage.make_config(recipe)  # impossible training combinations fail here, before anything loads
-    # (peft.target_modules is checked against the model's modules by the run lifecycle, before weights load)
+    from posttrain import preflight
+
+    preflight.data(recipe)  # bad local data fails before the run dir exists; target_modules: in the run lifecycle
     manifest = stage.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
         m = manifest.get("metrics", {})

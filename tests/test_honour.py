@@ -81,6 +81,13 @@ def test_hub_dataset_and_hub_model_offline_stay_not_checked(fx, cli):
     assert "not checked: tokenizer" in out
 
 
+def test_train_refuses_bad_local_data_before_the_run_dir(fx, tmp_path, cli):
+    out_dir = tmp_path / "run"
+    code, out, err = cli("train", "dpo_gpt2", _model(fx), f"data.train={fx['alpaca']}", f"output_dir={out_dir}")
+    _one_line_error(code, out, err, "format 'preference' needs a column 'chosen'")
+    assert not out_dir.exists()
+
+
 def test_plan_refuses_bad_local_data(fx, tmp_path, cli):
     code, out, err = cli("plan", "alpaca_gpt2", _model(fx), f"data.train={tmp_path / 'nope.jsonl'}")
     _one_line_error(code, out, err, "data file not found")
