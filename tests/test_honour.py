@@ -275,6 +275,19 @@ def test_per_row_chat_template_kwargs_reach_the_template(fx, tokenizer):
     assert ("<no_think>4<|im_end|>\n", True) in honoured
 
 
+def test_ppo_chat_prompts_use_their_chat_template_kwargs(fx, tokenizer):
+    import datasets
+
+    from posttrain.data.trl_rows import drop_long_prompts
+
+    tok = type(tokenizer).from_pretrained(fx["model"])
+    tok.chat_template = THINK
+    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    ds = datasets.Dataset.from_list([{"prompt": chat, "chat_template_kwargs": {"enable_thinking": False}}])
+    ids = drop_long_prompts(ds, tok, 256, {}, "train", keep_ids=True)["input_ids"][0]
+    assert "<no_think>" in tok.decode(ids)
+
+
 def test_preference_rows_keep_their_chat_template_kwargs(tmp_path):
     import datasets
 
