@@ -121,9 +121,7 @@ def cmd_train(args) -> int:
 
     stage = stages.get(recipe.stage)
     stage.make_config(recipe)  # impossible training combinations fail here, before anything loads
-    from posttrain import preflight
-
-    preflight.data(recipe)  # bad local data fails before the run dir exists; target_modules: in the run lifecycle
+    # (data and peft.target_modules are checked by the run lifecycle, stages/common.run, before the run dir)
     manifest = stage.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
         m = manifest.get("metrics", {})

@@ -168,9 +168,11 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
 
     build, resumable, extra_metrics, save = stage.build, stage.resumable, stage.extra_metrics, stage.save
     out = Path(recipe.output_dir)
-    preflight.target_modules(recipe)  # a LoRA that matches no module fails here, before the run dir or weights
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
+    # what validate refuses fails here too, on every rank alike, before the run dir or any weights:
+    preflight.target_modules(recipe)  # a LoRA that matches no module
+    preflight.data(recipe)  # missing/unreadable local data, wrong columns, unusable rows
     main = is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
         ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force))
