@@ -143,6 +143,9 @@ def cmd_merge(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from posttrain.hub import go_offline_if_unreachable
+
+    go_offline_if_unreachable()  # plan reads configs and a few rows: from the cache, in seconds, when offline
     from posttrain import preflight, stages
     from posttrain.plan import report
 
