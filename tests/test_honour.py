@@ -273,6 +273,9 @@ def test_per_row_chat_template_kwargs_reach_the_template(fx, tokenizer):
     row = {"messages": msgs, "chat_template_kwargs": {"enable_thinking": False}}
     honoured = segments(row, "messages", resolve_columns(list(row), "messages", "x"), tok)
     assert ("<no_think>4<|im_end|>\n", True) in honoured
+    # another row's key, merged in by datasets as None, is not passed: the template sees it undefined
+    merged = {"messages": msgs, "chat_template_kwargs": {"enable_thinking": None, "other": False}}
+    assert segments(merged, "messages", resolve_columns(list(row), "messages", "x"), tok) == plain
 
 
 def test_ppo_chat_prompts_use_their_chat_template_kwargs(fx, tokenizer):

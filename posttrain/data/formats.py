@@ -113,7 +113,8 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, template_kwargs: dict 
 
     if template_kwargs is not None and not isinstance(template_kwargs, dict):
         raise DataError(f"column 'chat_template_kwargs': expected a mapping of template options, got {template_kwargs!r:.80}")
-    extra = template_kwargs or {}
+    # None: a key another row set (datasets merges the rows' mappings into one struct type)
+    extra = {k: v for k, v in (template_kwargs or {}).items() if v is not None}
 
     def render(msgs, gen):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **extra)

@@ -52,7 +52,8 @@ def prompt_ids(prompts: list, tokenizer, template_kwargs: list | None = None) ->
             raise DataError("prompts are chat messages but the tokenizer has no chat template; "
                             "use plain-text prompts or a model with a chat template")
         kwargs = template_kwargs or [None] * len(prompts)
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **(k or {}))
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True,
+                                               **{a: v for a, v in (k or {}).items() if v is not None})
                  for p, k in zip(prompts, kwargs)]
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
     return tokenizer(list(prompts))["input_ids"]
