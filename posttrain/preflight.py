@@ -79,7 +79,7 @@ def _sample(key: str, source: str, split: str, data: dict) -> Sample:
     except DataError as e:
         if not local and "cannot reach the Hugging Face hub" in str(e):
             return Sample(key, source, note=f"hub dataset '{source}': {e}")
-        raise DataError(f"{key}: {e}") from None
+        raise
     if data.get("column_map"):
         ds = rename_columns(ds, data["column_map"], source)
     return Sample(key, source, ds)
@@ -96,16 +96,21 @@ def data(recipe: Recipe) -> list[Sample]:
     samples = []
     with _quiet():
         for key, source, split in sources:
-            s = _sample(key, source, split, d)
-            if s.rows is not None:
-                try:
+            try:
+                s = _sample(key, source, split, d)
+                if s.rows is not None:
                     resolve_columns(s.rows.column_names, d["format"], source)
                     if d["format"] in TRL_FORMATS:
                         clean_pairs_or_prompts(s.rows, d["format"], source, keep_extra=True)
-                except DataError as e:
-                    raise DataError(f"{key}: {e}") from None
+            except DataError as e:
+                raise DataError(f"{_at(recipe, key)}{key}: {e}") from None
             samples.append(s)
     return samples
+
+
+def _at(recipe: Recipe, dotted: str) -> str:
+    loc = recipe.where.locate(dotted)
+    return f"{loc}: " if loc else ""
 
 
 def _linear_names(model) -> list[str]:
@@ -135,8 +140,8 @@ def target_modules(recipe: Recipe) -> str | None:
         model = meta_model(recipe.model, seq_cls)
     except Exception as e:
         if is_local_path(name):
-            raise PosttrainError(f"model.name_or_path: cannot read the model config of '{name}': {first_line(e)}") \
-                from None
+            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
+                                 f"config of '{name}': {first_line(e)}") from None
         return f"peft.target_modules (the config of model '{name}' is not reachable: {first_line(e)})"
     names = [n for n, _ in model.named_modules() if n]
     linear = _linear_names(model)
@@ -146,7 +151,7 @@ def target_modules(recipe: Recipe) -> str | None:
     def refuse(target: str):
         hint = "; did you mean 'all-linear'?" if str(target).lower() in ALL_LINEAR else did_you_mean(
             target, linear + ["all-linear"])
-        raise RecipeError(f"peft.target_modules: {target!r} matches no module of {what}{hint} "
+        recipe.where.fail("peft.target_modules", f"{target!r} matches no module of {what}{hint} "
                           f"(its linear layers: {', '.join(linear) or 'none'})")
 
     if isinstance(targets, (list, tuple)):
@@ -157,8 +162,8 @@ def target_modules(recipe: Recipe) -> str | None:
         try:
             pattern = re.compile(targets)
         except re.error as e:
-            raise RecipeError(f"peft.target_modules: {targets!r} is neither a module name nor a valid regular "
-                              f"expression ({e})") from None
+            recipe.where.fail("peft.target_modules", f"{targets!r} is neither a module name nor a valid "
+                              f"regular expression ({e})")
         if not any(pattern.fullmatch(n) for n in names):
             refuse(targets)
     import warnings
@@ -170,5 +175,5 @@ def target_modules(recipe: Recipe) -> str | None:
             warnings.simplefilter("ignore")
             get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
     except Exception as e:
-        raise RecipeError(f"peft: LoRA cannot be applied to {what}: {first_line(e)}") from None
+        raise RecipeError(f"{_at(recipe, 'peft')}peft: LoRA cannot be applied to {what}: {first_line(e)}") from None
     return None

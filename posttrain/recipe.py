@@ -161,6 +161,7 @@ class Recipe:
     source: str = ""
     resolved: dict = dataclasses.field(default_factory=dict)  # what is saved as recipe.resolved.yaml
     upstream: dict = dataclasses.field(default_factory=dict)  # pipeline: hashes of the stages it builds on
+    where: Where = dataclasses.field(default_factory=Where, repr=False, compare=False)  # file:line of each key
 
     @property
     def hash(self) -> str:
@@ -589,4 +590,5 @@ def _recipe(d: Draft, source: str) -> Recipe:
     resolved["training"] = d.training
     resolved["output_dir"] = d.output_dir
     return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
-                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=source, resolved=resolved)
+                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=source, resolved=resolved,
+                  where=d.where)
