@@ -327,3 +327,24 @@ def test_trl_loaded_reference_policy_gets_model_dtype_and_attention():
     assert cfg.model_init_kwargs == {"dtype": "bfloat16", "attn_implementation": "eager"}
     grpo = load_recipe("grpo_gpt2")  # beta 0: no reference, nothing to pass
     assert stages.get("grpo").make_config(grpo).model_init_kwargs is None
+
+
+def test_pipeline_validate_checks_data_and_first_stage_target_modules(fx, tmp_path, cli):
+    import yaml
+
+    def pipeline(sft_extra, dpo_data):
+        sft = {"recipe": "alpaca_gpt2", "model.name_or_path": str(fx["model"]), "data": {"train": str(fx["alpaca"])},
+               **sft_extra}
+        dpo = {"recipe": "dpo_gpt2", "after": "sft", "data": {"train": str(dpo_data), "eval_fraction": None}}
+        path = tmp_path / "pipe.yaml"
+        path.write_text(yaml.safe_dump({"output_root": str(tmp_path / "pipe"), "stages": {"sft": sft, "dpo": dpo}}))
+        return path
+
+    code, out, err = cli("validate", pipeline({}, fx["preference"]))
+    assert code == 0, err
+    code, out, err = cli("validate", pipeline({"peft": {"r": 4, "target_modules": "all"}}, fx["preference"]))
+    _one_line_error(code, out, err, "stage sft: ")
+    assert "did you mean 'all-linear'?" in err
+    code, out, err = cli("validate", pipeline({}, tmp_path / "missing.jsonl"))
+    _one_line_error(code, out, err, "stage dpo: ")
+    assert "data file not found" in err
