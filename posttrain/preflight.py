@@ -54,7 +54,7 @@ def _in_cache(dataset_id: str) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """No progress bars while a few rows are read: a check's output is its verdict."""
     from datasets.utils import logging as ds_logging
 
@@ -94,7 +94,7 @@ def data(recipe: Recipe) -> list[Sample]:
     if d.get("eval"):
         sources.append(("data.eval", d["eval"], d.get("eval_split") or "train"))
     samples = []
-    with _quiet():
+    with quiet():
         for key, source, split in sources:
             try:
                 s = _sample(key, source, split, d)

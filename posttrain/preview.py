@@ -61,7 +61,7 @@ def preview(recipe: Recipe, out=None):
     if data["format"] in preflight.TRL_FORMATS:  # TRL tokenizes these itself: show a checked row
         from posttrain.data.formats import clean_pairs_or_prompts
 
-        with preflight._quiet():
+        with preflight.quiet():
             cleaned, _ = clean_pairs_or_prompts(ds, data["format"], data["train"], keep_extra=True)
         row = cleaned[0]
         print(f"\nexample: first usable row of {data['train']} ({data['format']} format)", file=out)
