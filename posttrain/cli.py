@@ -10,7 +10,7 @@ import warnings
 
 from posttrain import __version__
 from posttrain.errors import PosttrainError
-from posttrain.util import is_main_process
+from posttrain.util import first_line, is_main_process
 
 log = logging.getLogger("posttrain")
 
@@ -87,12 +87,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging():
-    if not log.handlers:
+    ours = [h for h in log.handlers if getattr(h, "posttrain_cli", False)]
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
+        handler.posttrain_cli = True
         handler.setFormatter(logging.Formatter("posttrain: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    for handler in ours:  # main() may run several times in one process (tests): write to today's stderr
+        handler.stream = sys.stderr  # not setStream: it flushes the old stream, which may be closed
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft and TRL read transformers' deprecated alias on every model wrap; nothing a user can act on
@@ -119,6 +123,7 @@ def cmd_train(args) -> int:
 
     stage = stages.get(recipe.stage)
     stage.make_config(recipe)  # impossible training combinations fail here, before anything loads
+    # (data and peft.target_modules are checked by the run lifecycle, stages/common.run, before the run dir)
     manifest = stage.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
         m = manifest.get("metrics", {})
@@ -140,9 +145,23 @@ def cmd_merge(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from posttrain.hub import go_offline_if_unreachable
+
+    go_offline_if_unreachable()  # plan reads configs and a few rows: from the cache, in seconds, when offline
+    from posttrain import preflight, stages
     from posttrain.plan import report
 
-    text, fits = report(_load(args), args.gpu_gib, args.gpus, args.sharding)
+    recipe = _load(args)
+    stages.get(recipe.stage).make_config(recipe)
+    preflight.target_modules(recipe)
+    preflight.data(recipe)
+    try:
+        text, fits = report(recipe, args.gpu_gib, args.gpus, args.sharding)
+    except PosttrainError:
+        raise
+    except Exception as e:  # plan reads only configs: whatever stops the estimate is said in one line
+        raise PosttrainError(f"plan: cannot estimate memory for {recipe.source}: {type(e).__name__}: "
+                             f"{first_line(e)}") from None
     print(text)
     return 0 if fits else 1
 
@@ -170,6 +189,13 @@ def cmd_validate(args) -> int:
     print(f"ok: recipe checked (training -> {type(cfg).__name__}"
           + (", peft -> LoraConfig" if recipe.peft else "")
           + (", quantization -> BitsAndBytesConfig" if recipe.quantization else "") + ")")
+    from posttrain import preflight
+
+    unchecked = preflight.target_modules(recipe)
+    if unchecked:
+        print(f"not checked: {unchecked}")
+    elif recipe.peft:
+        print(f"ok: peft.target_modules match modules of {recipe.model['name_or_path']}")
     if args.no_data:
         return 0
     from posttrain.preview import preview

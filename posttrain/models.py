@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from pathlib import Path
 
-from posttrain.errors import PosttrainError
+from posttrain.errors import PosttrainError, RecipeError
 
 log = logging.getLogger("posttrain")
 
@@ -64,13 +66,15 @@ def _load_error(what: str, name: str, e: Exception) -> PosttrainError:
     return PosttrainError(f"cannot load {what} '{name}': {first}")
 
 
-def load_tokenizer(model: dict, *, distinct_pad: bool = False):
+def load_tokenizer(model: dict, *, distinct_pad: bool = False, eos_token: str | None = None):
     """Tokenizer with a pad token. Without one, EOS doubles as pad (padding is masked by position,
     so EOS is still trained); `distinct_pad` adds a new pad token instead (PPO needs one).
 
     The recipe's `model.chat_template` (its text: recipe validation reads a .jinja file) replaces the
     tokenizer's own. Set here, it renders the data, is saved with the tokenizer in the run dir, and so
-    reaches `posttrain generate` and the next pipeline stage, which load the run's tokenizer."""
+    reaches `posttrain generate` and the next pipeline stage, which load the run's tokenizer.
+    `eos_token` (the recipe's training.eos_token) replaces the EOS before any row is tokenized, so the
+    rows, the saved tokenizer and the model's generation config all end on the same token."""
     from transformers import AutoTokenizer
 
     name = model.get("tokenizer") or model["name_or_path"]
@@ -81,12 +85,30 @@ def load_tokenizer(model: dict, *, distinct_pad: bool = False):
         raise _load_error("tokenizer", name, e) from None
     if model.get("chat_template"):
         tok.chat_template = model["chat_template"]
+    if eos_token is not None:
+        if eos_token not in tok.get_vocab():
+            raise RecipeError(f"training.eos_token: {eos_token!r} is not a token of the tokenizer of '{name}' "
+                              "(it must already be in its vocabulary)")
+        tok.eos_token = eos_token
     if tok.pad_token is None or (distinct_pad and tok.pad_token_id == tok.eos_token_id):
         if distinct_pad or tok.eos_token is None:
             tok.add_special_tokens({"pad_token": "<|pad|>"})
         else:
             tok.pad_token = tok.eos_token
     return tok
+
+
+def match_eos(lm, tokenizer):
+    """The model stops where the tokenizer says a text ends: after training.eos_token replaced the EOS
+    (only then: a model may stop on several ids, e.g. end-of-text and end-of-turn)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        return
+    if lm.config.eos_token_id != eos:
+        lm.config.eos_token_id = eos
+    gen = getattr(lm, "generation_config", None)
+    if gen is not None and gen.eos_token_id != eos:
+        gen.eos_token_id = eos
 
 
 def quantization_config(quant: dict | None, dtype):
@@ -141,6 +163,8 @@ def load_seq_cls(model: dict, tokenizer, quant: dict | None = None, num_labels: 
     warn_remote_code(model)
     dtype = torch_dtype(model.get("dtype") or "auto")
     kw = {**_source_kwargs(model), **gguf_kwargs(model), "dtype": dtype, "num_labels": num_labels}
+    if model.get("attn_implementation"):
+        kw["attn_implementation"] = model["attn_implementation"]
     qc = quantization_config(quant, dtype)
     if qc is not None:
         kw["quantization_config"] = qc
@@ -162,3 +186,31 @@ def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM"):
     kw = dict(peft)
     kw.setdefault("task_type", task_type)
     return LoraConfig(**kw)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_local_path(name: str) -> bool:
+    """A model/tokenizer named by a path on this machine (it must exist), not a hub id."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or not _HUB_ID.match(name)
+
+
+def load_config(model: dict):
+    """The model's config (no weights): from a local directory, the cache, or the hub."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model["name_or_path"], **_source_kwargs(model))
+
+
+def meta_model(model: dict, seq_cls: bool = False):
+    """The model's modules built on the `meta` device from its config: names and shapes, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = load_config(model)
+    if seq_cls:
+        cfg.num_labels = 1
+    with torch.device("meta"):
+        cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
+        return cls.from_config(cfg, trust_remote_code=bool(model.get("trust_remote_code")))

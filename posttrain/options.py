@@ -42,13 +42,17 @@ MANAGED_TRAINING = {
     "output_dir": "set `output_dir` at the top level of the recipe",
     "max_length": "set `data.max_length`",
     "remove_unused_columns": "posttrain prepares the dataset itself",
-    "resume_from_checkpoint": "use `posttrain train --resume` (it finds the newest checkpoint in output_dir)",
-    "dataset_num_proc": "set `data.num_proc`",
+    # one setting for every stage, mapped into each TRL config (and posttrain's own preprocessing)
+    "dataset_num_proc": "set `data.num_proc` (one preprocessing-workers setting for every stage)",
     "pad_to_multiple_of": "set `data.pad_to_multiple_of`",
-    "chat_template_path": "set `model.chat_template` (used for the data, saved with the run, used by generate)",
-    "eos_token": "posttrain uses the tokenizer's EOS; point `model.tokenizer` at a tokenizer with the one you want",
-    "pad_token": "posttrain picks the pad token (EOS, or a new distinct one where the stage needs it)",
-    "model_init_kwargs": "set them in the `model:` section (dtype, attn_implementation, revision, trust_remote_code)",
+    "resume_from_checkpoint": "use `posttrain train --resume` (continues from the newest checkpoint in output_dir)",
+    # posttrain loads every model and tokenizer itself (posttrain.models), so TRL's loading options never apply
+    "model_init_kwargs": "posttrain loads the models itself: set `model.dtype`, `model.attn_implementation`, "
+                         "`model.revision`, `model.trust_remote_code`",
+    "pad_token": "posttrain pads with the tokenizer's pad token, else EOS (padding is masked by position; PPO "
+                 "adds a distinct one); to pad with another, use a tokenizer that has it (`model.tokenizer`)",
+    "chat_template_path": "set `model.chat_template` (inline Jinja or a .jinja path): it formats the data, is saved "
+                          "with the run and used by `posttrain generate`",
     "trust_remote_code": "set `model.trust_remote_code`",
 }
 # training.* keys no recipe can set, for every stage -> why.

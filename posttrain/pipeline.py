@@ -298,12 +298,18 @@ def format_summary(rows: list[dict]) -> str:
 
 
 def describe(name_or_path: str, overrides=None) -> str:
-    """`posttrain validate` for a pipeline: every stage resolved and wired, nothing loaded."""
+    """`posttrain validate` for a pipeline: every stage resolved and wired, its local data and (first stages)
+    its peft.target_modules checked; no weights loaded."""
+    from posttrain import preflight
+
     name, root, stages = load_pipeline(name_or_path, overrides)
     out = [f"# pipeline {name}: {len(stages)} stages, outputs under {root}"]
     for s in stages:
         try:
             registry.get(s.recipe.stage).make_config(s.recipe)
+            preflight.data(s.recipe)
+            if not s.after:  # a later stage's model is an earlier stage's output, checked when that has run
+                preflight.target_modules(s.recipe)
         except PosttrainError as e:
             raise RecipeError(f"stage {s.name}: {e}") from None
         checked = "checked"

@@ -6,7 +6,7 @@ import sys
 
 from posttrain.data.collator import IGNORE_INDEX, encode_batch
 from posttrain.data.formats import resolve_columns
-from posttrain.errors import PosttrainError
+from posttrain.errors import PosttrainError, RecipeError
 from posttrain.recipe import Recipe
 
 
@@ -27,49 +27,58 @@ def render_example(tokenizer, input_ids: list[int], labels: list[int], color: bo
 
 
 def preview(recipe: Recipe, out=None):
+    """Check the data (bad local data raises: exit 2), then show one example as the stage will see it.
+    What cannot be checked offline (a hub dataset, a hub tokenizer) is said, not refused."""
     out = out or sys.stdout
-    from posttrain.models import load_tokenizer
+    from posttrain import preflight
+    from posttrain.models import is_local_path, load_tokenizer
 
+    samples = preflight.data(recipe)
+    for s in samples:
+        if s.rows is None:
+            print(f"not checked: {s.key} ({s.note})", file=out)
+    name = recipe.model.get("tokenizer") or recipe.model["name_or_path"]
     try:
-        tokenizer = load_tokenizer(recipe.model)
+        tokenizer = load_tokenizer(recipe.model, eos_token=recipe.training.get("eos_token"))
+    except RecipeError:
+        raise
     except PosttrainError as e:
-        print(f"not checked: tokenizer and data ({e})", file=out)
+        if is_local_path(name):
+            raise
+        print(f"not checked: tokenizer ({e})", file=out)
         return
-    from posttrain.data.mixture import preview_rows
-
     data = recipe.data
-    try:
-        ds, where = preview_rows(data)
-        cols = resolve_columns(ds.column_names, data["format"], where)
-    except PosttrainError as e:
-        print(f"not checked: data ({e})", file=out)
+    train_on = data.get("train_on") or "assistant"
+    supervised = data["format"] not in preflight.TRL_FORMATS
+
+    def encode(sample):
+        cols = resolve_columns(sample.rows.column_names, data["format"], sample.source)
+        return encode_batch([sample.rows[i] for i in range(len(sample.rows))], data["format"], cols, tokenizer,
+                            data["max_length"], train_on=train_on, template=data.get("template"))
+
+    if supervised:  # every source's rows must format for SFT; the first one is shown
+        for s in samples[1:]:
+            if s.rows is not None:
+                encode(s)
+    first = samples[0] if samples else None
+    if first is None or first.rows is None:
         return
-    if data["format"] in ("preference", "prompt"):  # TRL tokenizes these itself: show a checked row
+    if not supervised:  # TRL tokenizes these itself: show a checked row
         from posttrain.data.formats import clean_pairs_or_prompts
 
-        try:
-            cleaned, _ = clean_pairs_or_prompts(ds, data["format"], where, keep_extra=True)
-        except PosttrainError as e:
-            print(f"data problem: {e}", file=out)
-            return
+        with preflight.quiet():
+            cleaned, _ = clean_pairs_or_prompts(first.rows, data["format"], first.source, keep_extra=True)
         row = cleaned[0]
-        print(f"\nexample: first usable row of {where} ({data['format']} format)", file=out)
+        print(f"\nexample: first usable row of {first.source} ({data['format']} format)", file=out)
         for key, value in row.items():
             text = value if isinstance(value, str) else repr(value)
             n = len(tokenizer(text)["input_ids"]) if isinstance(value, str) else None
             print(f"  {key}: {text!r}" + (f"  ({n} tokens)" if n is not None else ""), file=out)
         return
-    rows = [ds[i] for i in range(len(ds))]
-    train_on = data.get("train_on") or "assistant"
-    try:
-        encoded = encode_batch(rows, data["format"], cols, tokenizer, data["max_length"], train_on=train_on,
-                               template=data.get("template"))
-    except PosttrainError as e:
-        print(f"data problem: {e}", file=out)
-        return
+    encoded = encode(first)
     pick = next((i for i, e in enumerate(encoded) if e and e["status"] != "prompt"), None)
     if pick is None:
-        print(f"warning: none of the first {len(rows)} rows has a token to train (empty fields or prompts "
+        print(f"warning: none of the first {len(encoded)} rows has a token to train (empty fields or prompts "
               f"longer than max_length={data['max_length']})", file=out)
         return
     e = encoded[pick]
@@ -80,6 +89,6 @@ def preview(recipe: Recipe, out=None):
     what = {"assistant": "assistant turns", "all": "every token", "last_assistant": "the last assistant turn"}
     trains = f"train_on: {train_on} ({what[train_on]})" if chatty else \
         ("train_on: all (prompt and response)" if train_on == "all" else "trains the response")
-    print(f"\nexample: row {pick} of {where} ({len(e['input_ids'])} tokens: "
+    print(f"\nexample: row {pick} of {first.source} ({len(e['input_ids'])} tokens: "
           f"{len(e['input_ids']) - trained} masked, {trained} trained; {trains}; {legend})", file=out)
     print(render_example(tokenizer, e["input_ids"], e["labels"], color), file=out)

@@ -165,6 +165,7 @@ class Recipe:
     source: str = ""
     resolved: dict = dataclasses.field(default_factory=dict)  # what is saved as recipe.resolved.yaml
     upstream: dict = dataclasses.field(default_factory=dict)  # pipeline: hashes of the stages it builds on
+    where: Where = dataclasses.field(default_factory=Where, repr=False, compare=False)  # file:line of each key
 
     @property
     def hash(self) -> str:
@@ -651,7 +652,7 @@ def peft_fits_lora_config(d: Draft):
     d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where, d.stage)
     targets = d.peft.get("target_modules")
     if targets == "all" or targets == ["all"]:
-        d.where.fail("peft.target_modules", "no module is named 'all'; did you mean `all-linear`? (every linear layer "
+        d.where.fail("peft.target_modules", "no module is named 'all'; did you mean 'all-linear'? (every linear layer "
                      "but the output head; `all` is LLaMA-Factory's spelling)")
     try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
         lora_config(d.peft)
@@ -697,7 +698,21 @@ def needs_what_it_uses(d: Draft):
     needs.quantization(d.where, d.quantization)
 
 
-OWNER_CHECKS = (training_fits_trl_config, peft_fits_lora_config, quantization_fits_bnb_config, needs_what_it_uses)
+def data_options_fit_stage(d: Draft):
+    """data.pad_to_multiple_of goes into the stage's TRL config (its collator pads); a stage whose
+    trainer has no such option cannot honour it."""
+    if d.data.get("pad_to_multiple_of") is None:
+        return
+    from posttrain import schema
+
+    cls = schema.config_class(d.stage.trl_config)
+    if "pad_to_multiple_of" not in schema.fields_of(cls):
+        d.where.fail("data.pad_to_multiple_of", f"the {d.stage.name} trainer cannot pad to a multiple "
+                     f"({cls.__name__} has no pad_to_multiple_of); remove it")
+
+
+OWNER_CHECKS = (training_fits_trl_config, peft_fits_lora_config, quantization_fits_bnb_config, needs_what_it_uses,
+                data_options_fit_stage)
 
 
 def validate(
@@ -733,4 +748,5 @@ def _recipe(d: Draft, source: str) -> Recipe:
     resolved["training"] = d.training
     resolved["output_dir"] = d.output_dir
     return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
-                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=source, resolved=resolved)
+                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=source, resolved=resolved,
+                  where=d.where)

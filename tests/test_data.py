@@ -67,7 +67,7 @@ def test_bad_data_through_the_cli(fx, tmp_path, cli):
         out = tmp_path / "out"
         code, _, err = cli("train", "alpaca_gpt2", *base, f"data.train={data}", f"output_dir={out}")
         assert code == 2 and expected in err and "Traceback" not in err
-        assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+        assert not out.exists()  # refused before the run dir (posttrain.preflight)
 
 
 def test_trust_remote_code_warns_with_model_name(caplog):

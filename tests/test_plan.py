@@ -139,7 +139,7 @@ def _one_line_error(err):
 
 def test_plan_never_prints_a_traceback(fx, cli, tmp_path):
     code, _, err = cli("plan", "alpaca_gpt2_lora", f"model.name_or_path={fx['model']}", "peft.target_modules=[nope]")
-    assert code == 2 and "peft:" in _one_line_error(err) and "nope" in err
+    assert code == 2 and "peft.target_modules" in _one_line_error(err) and "nope" in err
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")

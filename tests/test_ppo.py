@@ -169,7 +169,7 @@ def test_wrong_data_shape_and_resume_exit_2(fx, tmp_path, cli):
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("posttrain: error: ") and "Traceback" not in err
     assert "format 'prompt' needs a column 'prompt'" in last and "instruction" in last
-    assert _manifest(out)["status"] == "failed"
+    assert not out.exists()  # refused before the run dir (posttrain.preflight)
 
     code, _, err = cli("train", "ppo_gpt2", *args, f"data.train={fx['prompts']}", "data.max_length=4", "--overwrite")
     assert code == 2 and "0 prompts fit data.max_length=4, fewer than one PPO batch" in err

@@ -98,21 +98,23 @@ def segments(row: dict, fmt: str, cols: dict[str, str], tokenizer=None, *, train
         if template == "chat":
             msgs = [{"role": "user", "content": user_text(instruction, input_text)},
                     {"role": "assistant", "content": output}]
-            return chat_segments(msgs, tokenizer, train_on=train_on)
+            return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
         return _single(alpaca_prompt(instruction, input_text), output, train_on)
     if fmt == "prompt_completion":
         prompt, completion = row[cols["prompt"]], row[cols["completion"]]
         if isinstance(prompt, list) or isinstance(completion, list):
-            return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on)
+            return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
+                                 template_kwargs=row.get("chat_template_kwargs"))
         prompt, completion = _text(prompt), _text(completion)
         if prompt is None or completion is None:
             return None
         if template == "chat":
             msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-            return chat_segments(msgs, tokenizer, train_on=train_on)
+            return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
         return _single(prompt, completion, train_on)
     if fmt == "messages":
-        return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on)
+        return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on,
+                             template_kwargs=row.get("chat_template_kwargs"))
     raise DataError(f"format '{fmt}' is not a supervised fine-tuning format")
 
 
@@ -120,14 +122,16 @@ def _single(prompt: str, response: str, train_on: str) -> list[tuple[str, bool]]
     return [(prompt, train_on == "all"), (response, True)]
 
 
-def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assistant") -> list[tuple[str, bool]] | None:
+def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assistant",
+                  template_kwargs: dict | None = None) -> list[tuple[str, bool]] | None:
     """Split a rendered conversation into masked and trained parts, one assistant turn at a time.
 
     Each assistant turn's text is what the template adds between "history + generation prompt" and
     "history + this turn" — so the trained text is exactly what the model must generate.
     Turns before index n_prompt are never trained. train_on: "assistant" trains every assistant turn
     after n_prompt, "last_assistant" only the last one, "all" every token of the rendered conversation
-    (TRL's default for conversational data).
+    (TRL's default for conversational data). template_kwargs: the row's `chat_template_kwargs` column
+    (e.g. {enable_thinking: false}), passed to the template as TRL does.
     """
     if not isinstance(messages, list) or not messages:
         return None
@@ -138,8 +142,13 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataError(f"a messages row must be a list of {{role, content}} mappings, got {m!r:.80}")
 
+    if template_kwargs is not None and not isinstance(template_kwargs, dict):
+        raise DataError(f"column 'chat_template_kwargs': expected a mapping of template options, got {template_kwargs!r:.80}")
+    # None: a key another row set (datasets merges the rows' mappings into one struct type)
+    extra = {k: v for k, v in (template_kwargs or {}).items() if v is not None}
+
     def render(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **extra)
 
     if train_on == "all":
         if not any(m["role"] == "assistant" and _text(m["content"]) is not None for m in messages[n_prompt:]):
@@ -266,12 +275,13 @@ def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
     cols = resolve_columns(ds.column_names, fmt, source)
     if fmt == "preference" and "prompt" in ds.column_names:
         cols["prompt"] = "prompt"
+    kept = ["chat_template_kwargs"] if "chat_template_kwargs" in ds.column_names else []  # TRL reads it per row
     renames = {src: dst for dst, src in cols.items() if src != dst}
     if renames:
         ds = ds.rename_columns(renames)
     needed = list(cols)
     if not keep_extra:
-        ds = ds.select_columns(needed)
+        ds = ds.select_columns(needed + kept)
     n = len(ds)
     ds = ds.filter(lambda *vals: all(_filled(v) for v in vals), input_columns=needed, desc=f"Checking {source}")
     stats = {"rows": n, "kept": len(ds), "dropped_empty_field": n - len(ds)}

@@ -360,12 +360,9 @@ def load_mixture(data: dict, seed: int = 42):
     return train, eval_ds, stats
 
 
-def preview_rows(data: dict, n: int = 8):
-    """The first n rows of the first training source, read as the loader reads them (for `validate`).
-    Returns (dataset in the recipe format's columns, how to name the source)."""
-    e = entries(data, "train")[0]
+def sample_rows(data: dict, e: dict, where: str, n: int = 8):
+    """The first n rows of one source entry (see `entries`), in the recipe format's columns."""
     fmt = data["format"]
-    where = e["source"] if len(entries(data, "train")) == 1 else f"data.train[0] ({e['source']})"
     split = (e.get("split") or "train").split("[")[0] + f"[:{n}]"
     ds = load_source(e["source"], split, e.get("name"))
     if e.get("column_map"):
@@ -373,4 +370,4 @@ def preview_rows(data: dict, n: int = 8):
     src_fmt = e.get("format") or fmt
     cols = source_columns(ds.column_names, src_fmt, where)
     chat = fmt in CHAT_FORMATS and (data.get("template") == "chat" or _chat_flag(ds, cols))
-    return convert(ds, fmt, src_fmt, cols, chat=chat, keep_extra=True, where=where), where
+    return convert(ds, fmt, src_fmt, cols, chat=chat, keep_extra=True, where=where)

@@ -46,30 +46,36 @@ def count_dropped_by_trl(trainer, stats: dict):
         raise DataError(f"no training pair fits max_length={trainer.args.max_length}; raise data.max_length")
 
 
-def prompt_ids(prompts: list, tokenizer) -> list[list[int]]:
+def prompt_ids(prompts: list, tokenizer, template_kwargs: list | None = None) -> list[list[int]]:
     """Token ids of prompts as the policy sees them: chat prompts through the template with its
-    generation prompt, plain ones as the tokenizer encodes text."""
+    generation prompt (and each row's `chat_template_kwargs`, as TRL passes them), plain ones as the
+    tokenizer encodes text."""
     if prompts and isinstance(prompts[0], list):
         if getattr(tokenizer, "chat_template", None) is None:
             raise DataError("prompts are chat messages but the tokenizer has no chat template; "
                             "use plain-text prompts or a model with a chat template")
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        kwargs = template_kwargs or [None] * len(prompts)
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True,
+                                               **{a: v for a, v in (k or {}).items() if v is not None})
+                 for p, k in zip(prompts, kwargs)]
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
     return tokenizer(list(prompts))["input_ids"]
 
 
-def drop_long_prompts(ds, tokenizer, max_length: int, stats: dict, split: str, *, keep_ids: bool = False):
+def drop_long_prompts(ds, tokenizer, max_length: int, stats: dict, split: str, *, keep_ids: bool = False,
+                      num_proc: int | None = None):
     """Drop prompts longer than max_length tokens (a cut prompt is a different question), counted in
-    stats. keep_ids: return only `input_ids` (PPO wants pre-tokenized prompts)."""
+    stats. keep_ids: return only `input_ids` (PPO wants pre-tokenized prompts). num_proc: data.num_proc."""
     n = len(ds)
+    cols = ["prompt"] + (["chat_template_kwargs"] if "chat_template_kwargs" in ds.column_names else [])
     if keep_ids:
-        ds = ds.map(lambda prompts: {"input_ids": prompt_ids(prompts, tokenizer)}, input_columns="prompt",
-                    batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split} prompts")
+        ds = ds.map(lambda prompts, *kw: {"input_ids": prompt_ids(prompts, tokenizer, *kw)}, input_columns=cols,
+                    batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {split} prompts")
         ds = ds.filter(lambda ids: [len(i) <= max_length for i in ids], input_columns="input_ids", batched=True,
-                       desc=f"Measuring {split} prompts")
+                       num_proc=num_proc, desc=f"Measuring {split} prompts")
     else:
-        ds = ds.filter(lambda prompts: [len(i) <= max_length for i in prompt_ids(prompts, tokenizer)],
-                       input_columns="prompt", batched=True, desc=f"Measuring {split} prompts")
+        ds = ds.filter(lambda prompts, *kw: [len(i) <= max_length for i in prompt_ids(prompts, tokenizer, *kw)],
+                       input_columns=cols, batched=True, num_proc=num_proc, desc=f"Measuring {split} prompts")
     stats["dropped_over_max_length"] = n - len(ds)
     stats["kept"] = len(ds)
     if n - len(ds):

@@ -72,10 +72,15 @@ def build_config(recipe: Recipe, **managed):
     read, a missing integration) becomes a one-line RecipeError.
     """
     from posttrain import stages
-    from posttrain.schema import config_class
+    from posttrain.schema import config_class, fields_of
 
     cls = config_class(stages.get(recipe.stage).trl_config)
     kw = device_defaults(recipe.training)
+    # data.* settings that TRL configs hold under their own names (refused under training.*)
+    fields = fields_of(cls)
+    for data_key, field in (("num_proc", "dataset_num_proc"), ("pad_to_multiple_of", "pad_to_multiple_of")):
+        if recipe.data.get(data_key) is not None and field in fields:
+            kw[field] = recipe.data[data_key]
     kw.update(managed)
     names = {f.name for f in dataclasses.fields(cls)}
     for new, old in (("activation_checkpointing", "gradient_checkpointing"),
@@ -245,10 +250,15 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
     stage metrics; `save(trainer, path)` replaces trainer.save_model for the final model. Every rank
     trains, saves (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
     """
+    from posttrain import preflight
+
     build, resumable, extra_metrics, save = stage.build, stage.resumable, stage.extra_metrics, stage.save
     out = Path(recipe.output_dir)
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
+    # what validate refuses fails here too, on every rank alike, before the run dir or any weights:
+    preflight.target_modules(recipe)  # a LoRA that matches no module
+    preflight.data(recipe)  # missing/unreadable local data, wrong columns, unusable rows
     main = is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
         ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force),

@@ -8,6 +8,7 @@ by training.max_completion_length.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from posttrain.data.mixture import label
@@ -58,7 +59,21 @@ def check_groups(recipe: Recipe, where: Where):
 def config(recipe: Recipe):
     specs = parse_rewards(recipe.extra.get("rewards"))
     # remove_unused_columns=False: rule rewards read the data's other columns (e.g. a reference answer)
-    return common.build_config(recipe, reward_weights=[s.weight for s in specs], remove_unused_columns=False)
+    managed = {"reward_weights": [s.weight for s in specs], "remove_unused_columns": False}
+    # TRL loads the reference policy itself (beta > 0 without LoRA), from model_init_kwargs: load it as
+    # posttrain loads the policy.
+    if not recipe.peft and common.training_with_defaults(recipe).get("beta"):
+        managed["model_init_kwargs"] = model_init_kwargs(recipe.model)
+        managed["trust_remote_code"] = bool(recipe.model.get("trust_remote_code"))
+    return common.build_config(recipe, **managed)
+
+
+def model_init_kwargs(model: dict) -> dict:
+    from posttrain.models import torch_dtype
+
+    kw = {"dtype": str(torch_dtype(model.get("dtype") or "auto")).removeprefix("torch."),
+          "attn_implementation": model.get("attn_implementation"), "revision": model.get("revision")}
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def load_prompts(recipe: Recipe, args, tokenizer, specs):
@@ -72,7 +87,8 @@ def load_prompts(recipe: Recipe, args, tokenizer, specs):
         splits = {"train": train, "eval": eval_ds}
         for split, ds in splits.items():
             if ds is not None:
-                splits[split] = drop_long_prompts(ds, tokenizer, recipe.data["max_length"], stats[split], split)
+                splits[split] = drop_long_prompts(ds, tokenizer, recipe.data["max_length"], stats[split], split,
+                                                  num_proc=recipe.data.get("num_proc"))
                 if not len(splits[split]):
                     raise DataError(f"{split} split: no prompt fits data.max_length={recipe.data['max_length']} "
                                     "tokens; raise it")
@@ -80,19 +96,30 @@ def load_prompts(recipe: Recipe, args, tokenizer, specs):
     return train, eval_ds, stats
 
 
-def reward_funcs(specs):
+def reward_funcs(specs, model: dict | None = None):
     """TRL's reward_funcs and reward_processing_classes, in recipe order. A reward model is read with its
-    own tokenizer: TRL re-tokenizes prompt + completion text for it."""
+    own tokenizer: TRL re-tokenizes prompt + completion text for it. It loads with the policy's
+    model.dtype and model.attn_implementation."""
     funcs, tokenizers = [], []
+    like = {k: (model or {}).get(k) for k in ("dtype", "attn_implementation")}
     for s in specs:
         if s.model is None:
             funcs.append(rule_reward(s))
             tokenizers.append(None)
         else:
             tok = load_tokenizer({"name_or_path": s.model})
-            funcs.append(load_seq_cls({"name_or_path": s.model}, tok))
+            funcs.append(load_seq_cls({"name_or_path": s.model, **like}, tok))
             tokenizers.append(tok)
     return funcs, tokenizers
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
 
 
 def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
@@ -105,17 +132,24 @@ def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
     train, eval_ds, stats = load_prompts(recipe, args, tokenizer, specs)
     set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
-    funcs, reward_tokenizers = reward_funcs(specs)
-    trainer = getattr(trl, trainer_class)(
-        model=model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=train,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        reward_processing_classes=reward_tokenizers,
-        peft_config=lora_config(recipe.peft),
-    )
+    funcs, reward_tokenizers = reward_funcs(specs, recipe.model)
+    # TRL warns that model_init_kwargs are ignored for an instantiated policy; they are for its reference copy
+    trl_log = logging.getLogger(f"trl.trainer.{trainer_class.removesuffix('Trainer').lower()}_trainer")
+    quiet = _DropMessage("model_init_kwargs")
+    trl_log.addFilter(quiet)
+    try:
+        trainer = getattr(trl, trainer_class)(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=train,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            reward_processing_classes=reward_tokenizers,
+            peft_config=lora_config(recipe.peft),
+        )
+    finally:
+        trl_log.removeFilter(quiet)
     # TRL names metrics after a reward model's directory name, which two items may share; ours are unique.
     trainer.reward_func_names = [s.name for s in specs]
     return trainer, stats

@@ -50,6 +50,7 @@ def _model_spec(value, recipe: Recipe) -> dict:
     """A stage key (`reward_model: path`, or a mapping like `model:`) as a model section."""
     spec = dict(value) if isinstance(value, dict) else {"name_or_path": str(value)}
     spec.setdefault("dtype", recipe.model.get("dtype") or "auto")
+    spec.setdefault("attn_implementation", recipe.model.get("attn_implementation"))
     return spec
 
 
@@ -57,9 +58,11 @@ def prepare_data(recipe: Recipe, tokenizer, args):
     data = recipe.data
     train, eval_ds, stats = load_pairs(recipe, args)
     with args.main_process_first(desc="tokenizing prompts"):
-        train = drop_long_prompts(train, tokenizer, data["max_length"], stats["train"], "train", keep_ids=True)
+        train = drop_long_prompts(train, tokenizer, data["max_length"], stats["train"], "train", keep_ids=True,
+                                  num_proc=data.get("num_proc"))
         if eval_ds is not None:
-            eval_ds = drop_long_prompts(eval_ds, tokenizer, data["max_length"], stats["eval"], "eval", keep_ids=True)
+            eval_ds = drop_long_prompts(eval_ds, tokenizer, data["max_length"], stats["eval"], "eval", keep_ids=True,
+                                        num_proc=data.get("num_proc"))
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if len(train) < batch:  # TRL's dataloader drops the last ragged batch and would then wait forever
         raise DataError(f"{label(data)}: {len(train)} prompts fit data.max_length={data['max_length']}, fewer than "

@@ -21,7 +21,7 @@ def build(recipe: Recipe):
     from trl import RewardTrainer
 
     args = config(recipe)
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)  # TRL appends it to chosen/rejected
     train, eval_ds, stats = load_pairs(recipe, args)
     set_seed(args.seed)  # the new score head and any LoRA adapter are initialised from this RNG
     model = load_seq_cls(recipe.model, tokenizer, recipe.quantization)

@@ -8,7 +8,7 @@ from posttrain.data import packing
 from posttrain.data.collator import SFTCollator, tokenize_dataset
 from posttrain.data.mixture import label
 from posttrain.data.sources import load_splits
-from posttrain.models import load_causal_lm, load_tokenizer, lora_config
+from posttrain.models import load_causal_lm, load_tokenizer, lora_config, match_eos
 from posttrain.stages import Footprint, Stage, common
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ def build(recipe: Recipe):
     from trl import SFTTrainer
 
     args = config(recipe)
-    tokenizer = load_tokenizer(recipe.model)
+    # training.eos_token: the rows end with it, the saved tokenizer says it, the model stops on it
+    tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)
     train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
     set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
@@ -58,6 +59,8 @@ def build(recipe: Recipe):
         packing.check_model(model)
         packing.use_segment_sdpa(model)  # sdpa -> per-row sdpa: no [total x total] mask (see data/packing.py)
     collate = packing.PackedCollator if pack else SFTCollator
+    if args.eos_token is not None:
+        match_eos(model, tokenizer)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -1,0 +1,182 @@
+"""Checks that read files but load no weights, shared by `validate`, `plan` and `train`.
+
+- data: every local source (data.train, data.eval) exists, reads, has the columns its format needs,
+  and its first rows have shapes the stage can use. Only a hub dataset that cannot be reached (offline,
+  not in the cache) stays unchecked, with a note saying so.
+- peft.target_modules: matched against the module names of the model, built on the `meta` device from
+  its config (local directory or cache). A name that matches nothing is refused with a did-you-mean.
+Each check raises a PosttrainError (one line, exit 2) or returns notes on what it could not check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from posttrain.errors import DataError, PosttrainError, RecipeError
+from posttrain.util import did_you_mean, first_line
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
+
+SAMPLE_ROWS = 8
+TRL_FORMATS = ("preference", "prompt", "unpaired")  # rows TRL tokenizes: checked by clean_pairs_or_prompts
+# names other tools give "every linear layer"
+ALL_LINEAR = ("all", "all_linear", "linear", "all-linears")
+
+
+@dataclasses.dataclass
+class Sample:
+    """The first rows of one data source, checked; `rows` is None (and `note` says why) when unchecked."""
+
+    key: str
+    source: str
+    rows: object = None  # a datasets.Dataset of up to SAMPLE_ROWS rows, columns renamed by data.column_map
+    note: str = ""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _in_cache(dataset_id: str) -> bool:
+    """Whether a hub dataset may be in the local caches (the hub's, or datasets' prepared one)."""
+    from huggingface_hub import constants
+
+    if (Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").exists():
+        return True
+    prepared = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
+    return prepared.is_dir() and any(p.name.startswith(dataset_id.replace("/", "___")) for p in prepared.iterdir())
+
+
+@contextlib.contextmanager
+def quiet():
+    """No progress bars while a few rows are read: a check's output is its verdict."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
+def _sample(key: str, entry: dict, data: dict) -> Sample:
+    from posttrain.data.mixture import sample_rows
+    from posttrain.data.sources import is_local
+
+    source = entry["source"]
+    local = is_local(source)
+    if not local and _offline() and not _in_cache(source):
+        return Sample(key, source, note=f"hub dataset '{source}': the hub is not reachable and it is not in the cache")
+    try:
+        rows = sample_rows(data, entry, source, SAMPLE_ROWS)
+    except DataError as e:
+        if not local and "cannot reach the Hugging Face hub" in str(e):
+            return Sample(key, source, note=f"hub dataset '{source}': {e}")
+        raise
+    return Sample(key, source, rows)
+
+
+def data(recipe: Recipe) -> list[Sample]:
+    """Check the first rows of every data source (each entry of a mixture) against the recipe's format,
+    read as the loader reads them; returns the samples, the first training source first."""
+    from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
+    from posttrain.data.mixture import entries
+
+    d = recipe.data
+    sources = []
+    for split in ("train", "eval"):
+        found = entries(d, split)
+        for i, e in enumerate(found):
+            sources.append((f"data.{split}" if isinstance(d[split], str) else f"data.{split}[{i}]", e))
+    samples = []
+    with quiet():
+        for key, entry in sources:
+            try:
+                s = _sample(key, entry, d)
+                if s.rows is not None:
+                    resolve_columns(s.rows.column_names, d["format"], s.source)
+                    if d["format"] in TRL_FORMATS:
+                        clean_pairs_or_prompts(s.rows, d["format"], s.source, keep_extra=True)
+            except DataError as e:
+                raise DataError(f"{_at(recipe, key)}{key}: {e}") from None
+            samples.append(s)
+    return samples
+
+
+def _at(recipe: Recipe, dotted: str) -> str:
+    loc = recipe.where.locate(dotted)
+    return f"{loc}: " if loc else ""
+
+
+def _linear_names(model) -> list[str]:
+    import torch
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - moved in some transformers version
+        Conv1D = ()  # noqa: N806
+    kinds = (torch.nn.Linear, Conv1D) if Conv1D else (torch.nn.Linear,)
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, kinds)}
+    return sorted(names - {"lm_head", "score", "classifier"})
+
+
+def target_modules(recipe: Recipe) -> str | None:
+    """Refuse a `peft:` section that cannot apply to the model (target_modules matching nothing, with a
+    did-you-mean). Returns None when checked, else a note saying why it could not be checked."""
+    peft = recipe.peft
+    if not peft:
+        return None
+    from posttrain import stages
+    from posttrain.models import is_local_path, lora_config, meta_model
+
+    name = recipe.model["name_or_path"]
+    seq_cls = stages.get(recipe.stage).footprint.scoring
+    try:
+        model = meta_model(recipe.model, seq_cls)
+    except Exception as e:
+        if is_local_path(name):
+            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
+                                 f"config of '{name}': {first_line(e)}") from None
+        return f"peft.target_modules (the config of model '{name}' is not reachable: {first_line(e)})"
+    names = [n for n, _ in model.named_modules() if n]
+    linear = _linear_names(model)
+    what = f"model '{name}' ({type(model).__name__})"
+    targets = peft.get("target_modules")
+
+    def refuse(target: str):
+        hint = "; did you mean 'all-linear'?" if str(target).lower() in ALL_LINEAR else did_you_mean(
+            target, linear + ["all-linear"])
+        recipe.where.fail("peft.target_modules", f"{target!r} matches no module of {what}{hint} "
+                          f"(its linear layers: {', '.join(linear) or 'none'})")
+
+    if isinstance(targets, (list, tuple)):
+        for t in targets:
+            if not any(n == t or n.endswith(f".{t}") for n in names):
+                refuse(t)
+    elif isinstance(targets, str) and targets != "all-linear":
+        try:
+            pattern = re.compile(targets)
+        except re.error as e:
+            recipe.where.fail("peft.target_modules", f"{targets!r} is neither a module name nor a valid "
+                              f"regular expression ({e})")
+        if not any(pattern.fullmatch(n) for n in names):
+            refuse(targets)
+    import warnings
+
+    from peft import get_peft_model
+
+    try:
+        with warnings.catch_warnings():  # peft's notes on the layers (e.g. fan_in_fan_out) come again at train time
+            warnings.simplefilter("ignore")
+            get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
+    except Exception as e:
+        raise RecipeError(f"{_at(recipe, 'peft')}peft: LoRA cannot be applied to {what}: {first_line(e)}") from None
+    return None
