@@ -63,13 +63,14 @@ def preview(recipe: Recipe, out=None):
     first = samples[0] if samples else None
     if first is None or first.rows is None:
         return
+    shown = f"{first.key} ({first.source})" if "[" in first.key else first.source  # a mixture's entry by index
     if not supervised:  # TRL tokenizes these itself: show a checked row
         from posttrain.data.formats import clean_pairs_or_prompts
 
         with preflight.quiet():
             cleaned, _ = clean_pairs_or_prompts(first.rows, data["format"], first.source, keep_extra=True)
         row = cleaned[0]
-        print(f"\nexample: first usable row of {first.source} ({data['format']} format)", file=out)
+        print(f"\nexample: first usable row of {shown} ({data['format']} format)", file=out)
         for key, value in row.items():
             text = value if isinstance(value, str) else repr(value)
             n = len(tokenizer(text)["input_ids"]) if isinstance(value, str) else None
@@ -89,6 +90,6 @@ def preview(recipe: Recipe, out=None):
     what = {"assistant": "assistant turns", "all": "every token", "last_assistant": "the last assistant turn"}
     trains = f"train_on: {train_on} ({what[train_on]})" if chatty else \
         ("train_on: all (prompt and response)" if train_on == "all" else "trains the response")
-    print(f"\nexample: row {pick} of {first.source} ({len(e['input_ids'])} tokens: "
+    print(f"\nexample: row {pick} of {shown} ({len(e['input_ids'])} tokens: "
           f"{len(e['input_ids']) - trained} masked, {trained} trained; {trains}; {legend})", file=out)
     print(render_example(tokenizer, e["input_ids"], e["labels"], color), file=out)
