@@ -67,18 +67,26 @@ def quiet():
             ds_logging.enable_progress_bar()
 
 
+def _unreachable(source: str) -> str | None:
+    """Why a hub dataset cannot be read now (offline and not cached), else None: decided without importing
+    datasets, so validating a hub-only recipe offline stays quick."""
+    from posttrain.data.sources import is_local
+
+    if not is_local(source) and _offline() and not _in_cache(source):
+        return f"hub dataset '{source}': the hub is not reachable and it is not in the cache"
+    return None
+
+
 def _sample(key: str, entry: dict, data: dict) -> Sample:
     from posttrain.data.mixture import sample_rows
     from posttrain.data.sources import is_local
 
     source = entry["source"]
-    local = is_local(source)
-    if not local and _offline() and not _in_cache(source):
-        return Sample(key, source, note=f"hub dataset '{source}': the hub is not reachable and it is not in the cache")
     try:
-        rows = sample_rows(data, entry, source, SAMPLE_ROWS)
+        with quiet():
+            rows = sample_rows(data, entry, source, SAMPLE_ROWS)
     except DataError as e:
-        if not local and "cannot reach the Hugging Face hub" in str(e):
+        if not is_local(source) and "cannot reach the Hugging Face hub" in str(e):
             return Sample(key, source, note=f"hub dataset '{source}': {e}")
         raise
     return Sample(key, source, rows)
@@ -87,27 +95,31 @@ def _sample(key: str, entry: dict, data: dict) -> Sample:
 def data(recipe: Recipe) -> list[Sample]:
     """Check the first rows of every data source (each entry of a mixture) against the recipe's format,
     read as the loader reads them; returns the samples, the first training source first."""
-    from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
     from posttrain.data.mixture import entries
 
     d = recipe.data
     sources = []
     for split in ("train", "eval"):
-        found = entries(d, split)
-        for i, e in enumerate(found):
+        for i, e in enumerate(entries(d, split)):
             sources.append((f"data.{split}" if isinstance(d[split], str) else f"data.{split}[{i}]", e))
     samples = []
-    with quiet():
-        for key, entry in sources:
-            try:
-                s = _sample(key, entry, d)
-                if s.rows is not None:
-                    resolve_columns(s.rows.column_names, d["format"], s.source)
-                    if d["format"] in TRL_FORMATS:
+    for key, entry in sources:
+        note = _unreachable(entry["source"])
+        if note:
+            samples.append(Sample(key, entry["source"], note=note))
+            continue
+        from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
+
+        try:
+            s = _sample(key, entry, d)
+            if s.rows is not None:
+                resolve_columns(s.rows.column_names, d["format"], s.source)
+                if d["format"] in TRL_FORMATS:
+                    with quiet():
                         clean_pairs_or_prompts(s.rows, d["format"], s.source, keep_extra=True)
-            except DataError as e:
-                raise DataError(f"{_at(recipe, key)}{key}: {e}") from None
-            samples.append(s)
+        except DataError as e:
+            raise DataError(f"{_at(recipe, key)}{key}: {e}") from None
+        samples.append(s)
     return samples
 
 
