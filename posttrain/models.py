@@ -11,8 +11,9 @@ from posttrain.errors import PosttrainError, RecipeError
 
 log = logging.getLogger("posttrain")
 
-_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-           "fp32": "float32", "float32": "float32"}
+# model.dtype spellings -> torch dtype names
+DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+               "fp32": "float32", "float32": "float32"}
 
 
 def has_cuda() -> bool:
@@ -33,7 +34,7 @@ def torch_dtype(name: str):
 
     if name == "auto":
         return torch.bfloat16 if bf16_supported() else torch.float32
-    return getattr(torch, _DTYPES[name])
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 def _source_kwargs(model: dict) -> dict:

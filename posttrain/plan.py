@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from posttrain import stages
 from posttrain.errors import PosttrainError, RecipeError
 from posttrain.stages import Footprint
-from posttrain.util import first_line as _first_line
+from posttrain.util import first_line
 
 if TYPE_CHECKING:
     from posttrain.recipe import Recipe
@@ -71,7 +71,7 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
                                          trust_remote_code=bool(model_section.get("trust_remote_code")),
                                          **({"gguf_file": model_section["gguf_file"]} if model_section.get("gguf_file") else {}))
     except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
-        raise PosttrainError(f"plan needs the model config of '{name}': {_first_line(e)}") from None
+        raise PosttrainError(f"plan needs the model config of '{name}': {first_line(e)}") from None
     if seq_cls:
         cfg.num_labels = 1
     try:
@@ -79,7 +79,7 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
             cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
             model = cls.from_config(cfg, trust_remote_code=bool(model_section.get("trust_remote_code")))
     except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
-        raise PosttrainError(f"plan cannot build '{name}' from its config: {_first_line(e)}") from None
+        raise PosttrainError(f"plan cannot build '{name}' from its config: {first_line(e)}") from None
     attn = model_section.get("attn_implementation") or getattr(model.config, "_attn_implementation", None) or "sdpa"
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head = head if head is not None else getattr(model, "score", None)
@@ -95,7 +95,7 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
             with torch.device("meta"):
                 model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
         except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
-            raise RecipeError(f"peft: {_first_line(e)}") from None
+            raise RecipeError(f"peft: {first_line(e)}") from None
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg

@@ -681,10 +681,10 @@ def qlora_defaults(quant: dict, model: dict) -> dict:
     out.setdefault("bnb_4bit_quant_type", "nf4")
     out.setdefault("bnb_4bit_use_double_quant", True)
     if out.get("bnb_4bit_compute_dtype") is None:
-        from posttrain.models import _DTYPES, bf16_supported
+        from posttrain.models import DTYPE_NAMES, bf16_supported
 
         dtype = model.get("dtype") or "auto"
-        out["bnb_4bit_compute_dtype"] = _DTYPES[dtype] if dtype != "auto" else \
+        out["bnb_4bit_compute_dtype"] = DTYPE_NAMES[dtype] if dtype != "auto" else \
             "bfloat16" if bf16_supported() else "float32"
     return out
 
