@@ -17,6 +17,7 @@ import yaml
 
 from posttrain.errors import PosttrainError
 from posttrain.runs import RESOLVED
+from posttrain.util import first_line
 
 TEMPLATES = ("alpaca", "chat", "raw")
 _BY_FORMAT = {"alpaca": "alpaca", "messages": "chat", "prompt_completion": "raw"}
@@ -90,7 +91,7 @@ def load_policy(path: str | Path):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype("auto"))
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise PosttrainError(f"cannot load a model from {path}: {str(e).strip().splitlines()[0]}") from None
+        raise PosttrainError(f"cannot load a model from {path}: {first_line(e)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation continues every row from the same column

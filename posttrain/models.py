@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from posttrain.errors import PosttrainError, RecipeError
+from posttrain.util import first_line
 
 log = logging.getLogger("posttrain")
 
@@ -63,8 +64,7 @@ def warn_remote_code(model: dict):
 
 
 def _load_error(what: str, name: str, e: Exception) -> PosttrainError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return PosttrainError(f"cannot load {what} '{name}': {first}")
+    return PosttrainError(f"cannot load {what} '{name}': {first_line(e)}")
 
 
 def load_tokenizer(model: dict, *, distinct_pad: bool = False, eos_token: str | None = None):
@@ -204,12 +204,13 @@ def load_config(model: dict):
     return AutoConfig.from_pretrained(model["name_or_path"], **_source_kwargs(model))
 
 
-def meta_model(model: dict, seq_cls: bool = False):
-    """The model's modules built on the `meta` device from its config: names and shapes, no weights."""
+def meta_model(model: dict, seq_cls: bool = False, cfg=None):
+    """The model's modules built on the `meta` device from its config (`cfg`, else loaded): names and
+    shapes, no weights."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    cfg = load_config(model)
+    cfg = cfg if cfg is not None else load_config(model)
     if seq_cls:
         cfg.num_labels = 1
     with torch.device("meta"):

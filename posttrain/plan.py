@@ -57,27 +57,18 @@ class Arch:
 
 def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
     """The model built on `meta` from its config. Every failure is one PosttrainError line."""
+    from posttrain.models import load_config, meta_model
+
     name = model_section["name_or_path"]
     try:
         import torch
-        from transformers import (
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoModelForSequenceClassification,
-        )
         from transformers.pytorch_utils import Conv1D
 
-        cfg = AutoConfig.from_pretrained(name, revision=model_section.get("revision"),
-                                         trust_remote_code=bool(model_section.get("trust_remote_code")),
-                                         **({"gguf_file": model_section["gguf_file"]} if model_section.get("gguf_file") else {}))
+        cfg = load_config(model_section)
     except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
         raise PosttrainError(f"plan needs the model config of '{name}': {first_line(e)}") from None
-    if seq_cls:
-        cfg.num_labels = 1
     try:
-        with torch.device("meta"):
-            cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
-            model = cls.from_config(cfg, trust_remote_code=bool(model_section.get("trust_remote_code")))
+        model = meta_model(model_section, seq_cls, cfg)
     except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
         raise PosttrainError(f"plan cannot build '{name}' from its config: {first_line(e)}") from None
     attn = model_section.get("attn_implementation") or getattr(model.config, "_attn_implementation", None) or "sdpa"

@@ -23,7 +23,7 @@ import yaml
 
 from posttrain import needs, options, stages
 from posttrain.errors import RecipeError
-from posttrain.util import Where, as_number, did_you_mean, show, type_words
+from posttrain.util import Where, as_number, did_you_mean, first_line, show, type_words
 
 log = logging.getLogger("posttrain")
 
@@ -37,12 +37,15 @@ DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """A numeric range; `open` ends exclude their bound."""
+    """A numeric range; `open` ends exclude their bound. `what` names the value and `note` is appended in
+    the refusal: "(a row count must be >= 1)", "(must be > 0 and < 1; an integer is a row count)"."""
 
     min: float | None = None
     max: float | None = None
     min_open: bool = False
     max_open: bool = False
+    what: str = ""
+    note: str = ""
 
     def check(self, where: Where, dotted: str, value):
         value = as_number(value)
@@ -54,7 +57,9 @@ class Range:
         if bad:
             lo_s = "" if lo is None else f"{'>' if self.min_open else '>='} {lo}"
             hi_s = "" if hi is None else f"{'<' if self.max_open else '<='} {hi}"
-            where.fail(dotted, f"{value} is out of range (must be {' and '.join(x for x in (lo_s, hi_s) if x)})")
+            bounds = " and ".join(x for x in (lo_s, hi_s) if x)
+            where.fail(dotted, f"{value} is out of range ({self.what + ' ' if self.what else ''}must be {bounds}"
+                               f"{'; ' + self.note if self.note else ''})")
 
 
 POSITIVE = Range(0, None, min_open=True)
@@ -458,10 +463,14 @@ def data_format_fits_stage(d: Draft):
         d.where.fail("data.format", f"'{fmt}' data cannot train stage {d.stage.name} (expected {' or '.join(formats)})")
 
 
-def column_map_is_names(d: Draft):
-    for src, dst in (d.data["column_map"] or {}).items():
+def _column_names(where: Where, dotted: str, column_map: dict | None):
+    for src, dst in (column_map or {}).items():
         if not isinstance(src, str) or not isinstance(dst, str):
-            d.where.fail(f"data.column_map.{src}", "expected column name: column name")
+            where.fail(f"{dotted}.{src}", "expected column name: column name")
+
+
+def column_map_is_names(d: Draft):
+    _column_names(d.where, "data.column_map", d.data["column_map"])
 
 
 def data_sources(d: Draft):
@@ -495,9 +504,7 @@ def data_sources(d: Draft):
                 can = MIXABLE.get(fmt)
                 d.where.fail(f"{dotted}.format", f"'{src_fmt}' rows cannot be read as '{fmt}' data"
                              + (f" (a {fmt} mixture also takes {', '.join(can)})" if can else f" (give it {fmt} rows)"))
-            for src, dst in (entry["column_map"] or {}).items():
-                if not isinstance(src, str) or not isinstance(dst, str):
-                    d.where.fail(f"{dotted}.column_map.{src}", "expected column name: column name")
+            _column_names(d.where, f"{dotted}.column_map", entry["column_map"])
             entries.append({k: entry[k] for k in e if entry[k] is not None})
         data[split] = entries
     lists = [s for s in ("train", "eval") if isinstance(data[s], list)]
@@ -508,13 +515,14 @@ def data_sources(d: Draft):
                              f"`{key}:`")
 
 
+EVAL_FRACTION = Range(0, 1, min_open=True, max_open=True, what="a fraction", note="an integer is a row count")
+EVAL_COUNT = Range(1, what="a row count")
+
+
 def eval_fraction_or_count(d: Draft):
     ef = d.data["eval_fraction"]
-    if isinstance(ef, float) and not 0 < ef < 1:
-        d.where.fail("data.eval_fraction", f"{ef} is out of range (a fraction must be > 0 and < 1; an integer is a "
-                     f"row count)")
-    if isinstance(ef, int) and ef < 1:
-        d.where.fail("data.eval_fraction", f"{ef} is out of range (a row count must be >= 1)")
+    if ef is not None:
+        (EVAL_COUNT if isinstance(ef, int) else EVAL_FRACTION).check(d.where, "data.eval_fraction", ef)
 
 
 def template_and_train_on_fit_format(d: Draft):
@@ -657,7 +665,7 @@ def peft_fits_lora_config(d: Draft):
     try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
         lora_config(d.peft)
     except (ValueError, TypeError) as e:
-        d.where.fail("peft", f"LoraConfig refuses it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        d.where.fail("peft", f"LoraConfig refuses it: {first_line(e)}")
 
 
 def quantization_fits_bnb_config(d: Draft):

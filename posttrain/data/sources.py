@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from posttrain.errors import DataError
+from posttrain.util import first_line
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _SLICE = re.compile(r"^(?P<name>[\w.-]+)(\[(?P<a>-?\d*%?)?:(?P<b>-?\d*%?)?\])?$")
@@ -41,7 +42,7 @@ def load_source(source: str, split: str = "train", name: str | None = None):
     except DataError:
         raise
     except Exception as e:  # datasets raises many types; all mean "this source cannot be read as asked"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         if not is_local(source) and _offline_like(e):
             msg = f"cannot reach the Hugging Face hub for dataset '{source}' ({msg}); use a local file or set HF_HUB_OFFLINE=0"
         raise DataError(f"cannot load data {source!r} split {split!r}: {msg}") from None

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posttrain import runs
+from posttrain import runs, util
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
 from posttrain.util import first_line, is_main_process, world_size
 
@@ -82,10 +82,9 @@ def build_config(recipe: Recipe, **managed):
         if recipe.data.get(data_key) is not None and field in fields:
             kw[field] = recipe.data[data_key]
     kw.update(managed)
-    names = {f.name for f in dataclasses.fields(cls)}
     for new, old in (("activation_checkpointing", "gradient_checkpointing"),
                      ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")):
-        if new not in names and new in kw:  # transformers before the rename (5.17, the GPU image, has only the old)
+        if new not in fields and new in kw:  # transformers before the rename (5.17, the GPU image, has only the old)
             kw[old] = kw.pop(new)
     kw["output_dir"] = recipe.output_dir
     # Create the process group ourselves: TrainingArguments creates it while the config is built, and on CPU
@@ -147,16 +146,15 @@ def main_process_first(desc: str = "work", timeout_s: float | None = None):
     _distributed_state(timeout_s)
     store = distributed_c10d._get_default_store()
     prefix = f"posttrain/prep{next(_prep_calls)}"
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = util.rank(), int(os.environ.get("LOCAL_RANK", "0"))
     node_main = f"{prefix}/main{rank - local}"
     if local != 0:
         _store_wait(store, lambda: store.check([node_main]), prefix, desc)
     try:
         yield
     except BaseException as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        store.set(f"{prefix}/error", first if isinstance(e, PosttrainError) else f"process {rank} failed while {desc}: "
-                  f"{type(e).__name__}: {first}")
+        store.set(f"{prefix}/error", first_line(e) if isinstance(e, PosttrainError) else
+                  f"process {rank} failed while {desc}: {type(e).__name__}: {first_line(e)}")
         raise
     if local == 0:
         store.set(node_main, "done")
@@ -168,8 +166,6 @@ def main_process_first(desc: str = "work", timeout_s: float | None = None):
 def training_with_defaults(recipe: Recipe) -> dict:
     """The recipe's `training:` over the stage's TRL config defaults, for checks that need a field's
     effective value before the config is built."""
-    import dataclasses
-
     from posttrain import stages
     from posttrain.schema import config_class
 
