@@ -53,8 +53,9 @@ def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str,
                 f"(rename with data.column_map)"
             )
         found[col] = hit
-    if fmt == "alpaca" and "input" in column_names:
-        found["input"] = "input"
+    optional = {"alpaca": "input", "preference": "prompt"}.get(fmt)  # used when there, never required
+    if optional and optional in column_names:
+        found[optional] = optional
     return found
 
 
@@ -260,10 +261,30 @@ def row_is_chat(row: dict, columns) -> bool:
     return any(conversational(row.get(c)) for c in columns)
 
 
-def _filled(value) -> bool:
-    if isinstance(value, list):  # conversational: a non-empty list of messages
-        return bool(value)
-    return _text(value) is not None
+def usable_mask(ds, columns: list[str]):
+    """Rows whose columns are all filled (text not blank, lists not empty, not null/NaN), computed by Arrow."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if getattr(ds, "_indices", None) is not None:
+        ds = ds.flatten_indices()
+    mask = np.ones(len(ds), dtype=bool)
+    for name in columns:
+        col = ds.data.column(name)
+        t = col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            ok = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            ok = pc.greater(pc.list_value_length(col), 0)
+        elif pa.types.is_floating(t):
+            ok = pc.invert(pc.is_nan(col))
+        elif pa.types.is_null(t):
+            ok = pa.array(np.zeros(len(ds), dtype=bool))
+        else:
+            ok = pc.is_valid(col)
+        mask &= np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return mask
 
 
 def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
@@ -273,8 +294,6 @@ def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
     keep_extra keeps the other columns (GRPO/RLOO reward functions read them, e.g. a reference answer).
     """
     cols = resolve_columns(ds.column_names, fmt, source)
-    if fmt == "preference" and "prompt" in ds.column_names:
-        cols["prompt"] = "prompt"
     kept = ["chat_template_kwargs"] if "chat_template_kwargs" in ds.column_names else []  # TRL reads it per row
     renames = {src: dst for dst, src in cols.items() if src != dst}
     if renames:
@@ -283,7 +302,9 @@ def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
     if not keep_extra:
         ds = ds.select_columns(needed + kept)
     n = len(ds)
-    ds = ds.filter(lambda *vals: all(_filled(v) for v in vals), input_columns=needed, desc=f"Checking {source}")
+    import numpy as np
+
+    ds = ds.select(np.flatnonzero(usable_mask(ds, needed)))
     stats = {"rows": n, "kept": len(ds), "dropped_empty_field": n - len(ds)}
     if stats["dropped_empty_field"]:
         import logging

@@ -73,40 +73,12 @@ def source_columns(column_names, src_fmt: str, where: str) -> dict[str, str]:
             raise DataError(f"{where}: format '{src_fmt}' needs a column 'messages' or 'conversations'; columns "
                             f"found: {', '.join(column_names)} (rename with column_map)")
         return {"messages": col}
-    cols = formats.resolve_columns(list(column_names), src_fmt, where)
-    if src_fmt == "preference" and "prompt" in column_names:
-        cols["prompt"] = "prompt"
-    return cols
+    return formats.resolve_columns(list(column_names), src_fmt, where)
 
 
 def _required(cols: dict, src_fmt: str) -> list[str]:
     """Source columns that must be non-empty for a row to be usable."""
     return [src for dst, src in cols.items() if not (src_fmt == "alpaca" and dst == "input")]
-
-
-def usable_mask(ds, columns: list[str]) -> np.ndarray:
-    """Rows whose columns are all filled (text not blank, lists not empty, not null/NaN), computed by Arrow."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if getattr(ds, "_indices", None) is not None:
-        ds = ds.flatten_indices()
-    mask = np.ones(len(ds), dtype=bool)
-    for name in columns:
-        col = ds.data.column(name)
-        t = col.type
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
-            ok = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
-        elif pa.types.is_list(t) or pa.types.is_large_list(t):
-            ok = pc.greater(pc.list_value_length(col), 0)
-        elif pa.types.is_floating(t):
-            ok = pc.invert(pc.is_nan(col))
-        elif pa.types.is_null(t):
-            ok = pa.array(np.zeros(len(ds), dtype=bool))
-        else:
-            ok = pc.is_valid(col)
-        mask &= np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
-    return mask
 
 
 def _is_canonical_chat(value) -> bool:
@@ -177,7 +149,7 @@ class _Source:
         self.ds = ds
         self.cols = source_columns(ds.column_names, self.src_fmt, where)
         self.read = len(ds)
-        self.kept_idx = np.flatnonzero(usable_mask(ds, _required(self.cols, self.src_fmt)))
+        self.kept_idx = np.flatnonzero(formats.usable_mask(ds, _required(self.cols, self.src_fmt)))
         self.kept = len(self.kept_idx)
         if self.kept < self.read:
             log.warning("%s: dropped %d of %d rows with an empty or null field", where, self.read - self.kept,
