@@ -159,12 +159,12 @@ def rows(a: dict, s: Sizes) -> list[dict]:
 
 
 def recipe(mapping: dict, model: Path, out: Path, name: str):
-    from posttrain.recipe import validate
+    from posttrain.checks import validate
 
     raw = {**mapping, "model": {"name_or_path": str(model)}, "output_dir": str(out)}
     raw["training"] = {"logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": 0,
                        **mapping.get("training", {})}
-    return validate(json.loads(json.dumps(raw)), source=f"gpu_check: {name}")
+    return validate(json.loads(json.dumps(raw)), source=f"gpu_check: {name}", level="model")
 
 
 # ---------------------------------------------------------------- measuring
@@ -231,7 +231,7 @@ def _peak() -> float | None:
 
 def run_row(name: str, r, meter: Meter) -> dict:
     """Train `r` with its stage module, the meter hooked into the trainer the stage builds."""
-    from posttrain import stages
+    from posttrain import checks
 
     facts = {}
 
@@ -241,7 +241,7 @@ def run_row(name: str, r, meter: Meter) -> dict:
         model.register_forward_pre_hook(meter.hook, with_kwargs=True)
         facts["params"] = sum(p.numel() for p in model.parameters())
 
-    stages.get(r.stage).train(r, overwrite=True, on_build=hook)
+    checks.train(r, overwrite=True, on_build=hook)
     return facts
 
 
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from posttrain.plan import estimate
-    from posttrain.recipe import RecipeError
+    from posttrain.errors import RecipeError
 
     s = Sizes(args.dry_run)
     work = Path(args.work)

@@ -8,8 +8,10 @@ import os
 import sys
 import warnings
 
-from posttrain import __version__
-from posttrain.errors import PosttrainError
+from posttrain import __version__, checks, pipeline, plan, schema, stages
+from posttrain.errors import PosttrainError, Problems
+from posttrain.hub import go_offline_if_unreachable
+from posttrain.preview import preview
 from posttrain.util import first_line, is_main_process
 
 log = logging.getLogger("posttrain")
@@ -105,10 +107,9 @@ def _setup_logging():
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-def _load(args):
-    from posttrain.recipe import load_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides)
+def _load(args, level: str = "model", skip: tuple[str, ...] = ()):
+    """The recipe, through the one check pass (posttrain.checks): every problem reported at once, or none."""
+    recipe = checks.load_recipe(args.recipe, args.overrides, level=level, skip=skip)
     if args.stage and recipe.stage != args.stage:
         raise PosttrainError(
             f"{args.recipe} is a '{recipe.stage}' recipe, not '{args.stage}'; use `make {recipe.stage}` "
@@ -118,13 +119,8 @@ def _load(args):
 
 
 def cmd_train(args) -> int:
-    recipe = _load(args)
-    from posttrain import stages
-
-    stage = stages.get(recipe.stage)
-    stage.make_config(recipe)  # impossible training combinations fail here, before anything loads
-    # (data and peft.target_modules are checked by the run lifecycle, stages/common.run, before the run dir)
-    manifest = stage.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
+    recipe = _load(args)  # every rank checks alike, before the run dir or any weights
+    manifest = checks.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
         m = manifest.get("metrics", {})
         keys = {**{k: m[k] for k in ("train_loss", "eval_loss") if k in m}, **stages.headline(recipe.stage, m)}
@@ -145,18 +141,10 @@ def cmd_merge(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from posttrain.hub import go_offline_if_unreachable
-
     go_offline_if_unreachable()  # plan reads configs and a few rows: from the cache, in seconds, when offline
-    from posttrain import preflight, stages
-    from posttrain.plan import report
-
     recipe = _load(args)
-    stages.get(recipe.stage).make_config(recipe)
-    preflight.target_modules(recipe)
-    preflight.data(recipe)
     try:
-        text, fits = report(recipe, args.gpu_gib, args.gpus, args.sharding)
+        text, fits = plan.report(recipe, args.gpu_gib, args.gpus, args.sharding)
     except PosttrainError:
         raise
     except Exception as e:  # plan reads only configs: whatever stops the estimate is said in one line
@@ -167,39 +155,27 @@ def cmd_plan(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from posttrain.pipeline import run_pipeline
-
-    return run_pipeline(args.pipeline, args.overrides, start=args.start, only=args.only, overwrite=args.overwrite)
+    return pipeline.run_pipeline(args.pipeline, args.overrides, start=args.start, only=args.only, overwrite=args.overwrite)
 
 
 def cmd_validate(args) -> int:
-    from posttrain.hub import go_offline_if_unreachable
-    from posttrain.pipeline import describe, is_pipeline_file
-
     offline = go_offline_if_unreachable()
-    if is_pipeline_file(args.recipe):
-        print(describe(args.recipe, args.overrides))
+    if pipeline.is_pipeline_file(args.recipe):
+        print(pipeline.describe(args.recipe, args.overrides))
         return 0
-    recipe = _load(args)
+    # --no-data: the recipe and the model's config, not the data or the tokenizer
+    recipe = _load(args, skip=("data_readable", "eos_token_in_vocabulary") if args.no_data else ())
     print(f"# {recipe.source}: {recipe.stage} recipe, hash {recipe.hash}")
     print(recipe.to_yaml(), end="")
-    from posttrain import stages
-
-    cfg = stages.get(recipe.stage).make_config(recipe)
-    print(f"ok: recipe checked (training -> {type(cfg).__name__}"
+    print(f"ok: recipe checked (training -> {schema.config_class(stages.get(recipe.stage).trl_config).__name__}"
           + (", peft -> LoraConfig" if recipe.peft else "")
           + (", quantization -> BitsAndBytesConfig" if recipe.quantization else "") + ")")
-    from posttrain import preflight
-
-    unchecked = preflight.target_modules(recipe)
-    if unchecked:
-        print(f"not checked: {unchecked}")
-    elif recipe.peft:
+    for note in recipe.notes:
+        print(f"not checked: {note}")
+    if recipe.peft and not any(n.startswith("peft.target_modules") for n in recipe.notes):
         print(f"ok: peft.target_modules match modules of {recipe.model['name_or_path']}")
     if args.no_data:
         return 0
-    from posttrain.preview import preview
-
     if offline:
         print("offline: the Hugging Face hub is not reachable; checking tokenizer and data from local files and cache")
     preview(recipe)
@@ -247,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 "generate": cmd_generate, "report": cmd_report, "recipes": cmd_recipes, "demo": cmd_demo}[args.command](args)
     except PosttrainError as e:
         if is_main_process():  # under DDP every rank stops; one says why
-            print(f"posttrain: error: {e}", file=sys.stderr)
+            for line in str(e).splitlines() if isinstance(e, Problems) else [str(e)]:
+                print(f"posttrain: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)

@@ -15,3 +15,14 @@ class DataError(PosttrainError):
 
 class RunDirError(PosttrainError):
     """An output directory that would lose work if used as asked."""
+
+
+class Problems(RecipeError):
+    """Every problem one check pass found (posttrain.checks): one line each, the first SHOWN of them."""
+
+    SHOWN = 20
+
+    def __init__(self, lines: list[str]):
+        self.lines = list(lines)
+        more = len(self.lines) - self.SHOWN
+        super().__init__("\n".join(self.lines[: self.SHOWN] + ([f"... and {more} more"] if more > 0 else [])))

@@ -9,7 +9,7 @@
 
 Managed and refused entries common to every stage are the tables below; a stage adds its own in its
 `STAGE.managed` / `STAGE.refused` (posttrain/stages/<name>.py); `classify()` answers for all of them.
-Our own sections (`model`, `data`, the top level) are posttrain's keys (recipe.MODEL_KEYS, DATA_KEYS):
+Our own sections (`model`, `data`, the top level) are posttrain's keys (posttrain.keys):
 passed, by definition. Also here: `FOREIGN`, the names other tools use for these options, which the
 did-you-mean of an unknown key consults before edit distance, at every level.
 
@@ -27,6 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from posttrain import schema, stages
+from posttrain.keys import DATA_KEYS, MODEL_KEYS, TOP_KEYS
 from posttrain.util import Where, did_you_mean
 
 PASSED, MANAGED, REFUSED = "passed", "managed", "refused"
@@ -94,8 +98,6 @@ class Option:
 
 
 def _stage(stage):
-    from posttrain import stages
-
     return stages.get(stage) if isinstance(stage, str) else stage
 
 
@@ -129,8 +131,6 @@ def classify(stage, section: str, key: str) -> Option:
     """The class of one option. Managed and refused are read from tables (no import); passed from the
     snapshot; anything else (a field a newer library added, or no field at all) is 'unclassified'."""
     if section in ("model", "data"):
-        from posttrain.recipe import DATA_KEYS, MODEL_KEYS
-
         known = MODEL_KEYS if section == "model" else DATA_KEYS
         return Option(section, key, PASSED if key in known else "unclassified")
     for kind, table in ((MANAGED, managed(stage, section)), (REFUSED, refused(stage, section))):
@@ -147,15 +147,14 @@ def unclassified(stage, section: str, values: dict) -> list[str]:
 
 
 def refuse(where: Where, stage, section: str, values: dict | None):
-    """Refuse the managed and refused keys of a section (tables only: cheap, before any import)."""
-    if not values:
-        return
+    """Refuse the managed and refused keys of a section (tables only: cheap, before any import), each."""
     m, r = managed(stage, section), refused(stage, section)
-    for k in values:
-        if k in m:
-            where.fail(f"{section}.{k}", f"is set by posttrain: {m[k]}")
-        if k in r:
-            where.fail(f"{section}.{k}", f"cannot be set in a posttrain recipe: {r[k]}")
+    for k in values or ():
+        with where.each():
+            if k in m:
+                where.fail(f"{section}.{k}", f"is set by posttrain: {m[k]}")
+            if k in r:
+                where.fail(f"{section}.{k}", f"cannot be set in a posttrain recipe: {r[k]}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,15 +162,11 @@ def refuse(where: Where, stage, section: str, values: dict | None):
 
 
 def installed_fields(path: str) -> list[str]:
-    from posttrain.schema import config_class, fields_of
-
-    return list(fields_of(config_class(path)))
+    return list(schema.fields_of(schema.config_class(path)))
 
 
 def owners() -> dict[str, list]:
     """Each owning class -> the stages whose recipes it checks (a TRL config belongs to one stage)."""
-    from posttrain import stages
-
     out: dict[str, list] = {}
     for s in stages.all_stages().values():
         out.setdefault(s.trl_config, []).append(s)
@@ -217,8 +212,6 @@ def generate_snapshot() -> dict[str, list[str]]:
 
 def render_doc() -> str:
     """docs/options.md, from the tables, the snapshot and (for the counts) the installed classes."""
-    from posttrain import stages
-
     snap = snapshot()
     lines = [
         "# Options: passed through, managed, refused",
@@ -379,8 +372,6 @@ def _is_key(target: str) -> bool:
 
 
 def _render(value) -> str:
-    import yaml
-
     text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
     return text.removesuffix("...").strip()
 
@@ -406,8 +397,6 @@ def foreign_hint(key: str, value=None) -> str:
 
 def _elsewhere(stage, section: str, key: str) -> str:
     """`; did you mean `training.learning_rate`?` when the key belongs to another section."""
-    from posttrain.recipe import DATA_KEYS, MODEL_KEYS, TOP_KEYS
-
     candidates = [("model", MODEL_KEYS), ("data", DATA_KEYS)]
     if stage is not None:
         try:
@@ -438,6 +427,12 @@ def unknown(where: Where, dotted: str, known, *, value=None, stage=None, note: s
     section = dotted.rsplit(".", 1)[0] if "." in dotted else "recipe"
     hint = foreign_hint(key, value) or _elsewhere(stage, section, key) or did_you_mean(key, known)
     where.fail(dotted, f"unknown key in {section}{hint}{note}")
+
+
+def unknown_in(stage):
+    """`unknown` for the keys of a stage's recipe (what posttrain.schema.check_owned calls)."""
+    return lambda where, dotted, known, value=None, note="": unknown(where, dotted, known, value=value, stage=stage,
+                                                                      note=note)
 
 
 def main(argv: list[str] | None = None) -> int:

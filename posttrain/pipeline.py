@@ -16,14 +16,16 @@ output holds a finished run with the same identity is skipped.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
 from pathlib import Path
 
-from posttrain import runs
+from posttrain import checks, runs
 from posttrain import stages as registry
-from posttrain.errors import PosttrainError, RecipeError
+from posttrain.errors import PosttrainError, Problems, RecipeError
+from posttrain.merge import merge_adapter
 from posttrain.recipe import (
     Recipe,
     apply_overrides,
@@ -32,7 +34,6 @@ from posttrain.recipe import (
     read_yaml,
     resolve_pipeline_path,
     resolve_recipe_path,
-    validate,
 )
 from posttrain.util import did_you_mean
 
@@ -47,6 +48,15 @@ class Stage:
     after: list[str]
     recipe: Recipe
     merge_inputs: list[str]  # upstream run dirs holding LoRA adapters to merge before this stage runs
+    raw: dict = dataclasses.field(default_factory=dict, repr=False)  # the merged, wired mapping: checked again
+    lines: dict = dataclasses.field(default_factory=dict, repr=False)  # with the model level once upstream ran
+
+    def checked(self) -> Recipe:
+        """The recipe checked up to the `model` level, now that its upstream outputs exist."""
+        recipe = checks.validate(copy.deepcopy(self.raw), where=self.lines, source=self.recipe.source,
+                                 default_name=self.name, level="model")
+        recipe.upstream = self.recipe.upstream
+        return recipe
 
 
 def _nest(entry: dict) -> dict:
@@ -95,8 +105,10 @@ def order(stages: dict[str, list[str]]) -> list[str]:
     return out
 
 
-def load_pipeline(name_or_path: str, overrides: list[str] | None = None, check_owners: bool = True):
-    """Resolve every stage's recipe, wire outputs, validate. Returns (name, output_root, [Stage])."""
+def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: str = "owners"):
+    """Resolve every stage's recipe, wire outputs, check each up to `level` (the keys wired to an upstream output
+    that does not exist yet are left for later). Every stage's problems are reported at once.
+    Returns (name, output_root, [Stage])."""
     path = resolve_pipeline_path(name_or_path)
     doc, lines = read_yaml(path)
     unknown = [k for k in doc if k not in ("stages", "output_root", "description")]
@@ -131,7 +143,10 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, check_o
         deps[name] = list(after)
 
     stages: dict[str, Stage] = {}
+    problems: list[str] = []
     for name in order(deps):
+        if any(d not in stages for d in deps[name]):
+            continue  # an upstream stage has problems (reported): this one cannot be wired yet
         entry = entries[name]
         recipe_path = Path(entry["recipe"])
         if not recipe_path.is_absolute() and (path.parent / recipe_path).is_file():
@@ -144,21 +159,27 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, check_o
         raw = deep_merge(raw, explicit)
         if not _has(explicit, "output_dir") and not _has(explicit_cli, "output_dir"):
             raw["output_dir"] = f"{root}/{name}"
-        merge_inputs = _wire(name, raw, [stages[d] for d in deps[name]],
-                             lambda key, a=explicit, b=explicit_cli: _has(a, key) or _has(b, key))
+        merge_inputs, wired = _wire(name, raw, [stages[d] for d in deps[name]],
+                                    lambda key, a=explicit, b=explicit_cli: _has(a, key) or _has(b, key))
         raw = apply_overrides(raw, per_stage[name], where)
+        pending = tuple(k for k, out in wired.items() if not Path(out).exists())
         try:
-            recipe = validate(raw, where=where, source=str(recipe_path), default_name=name, check_owners=check_owners)
+            recipe = checks.validate(copy.deepcopy(raw), where=where, source=str(recipe_path), default_name=name,
+                                     level=level, pending=pending)
         except RecipeError as e:
-            raise RecipeError(f"stage {name} ({recipe_path.name}): {e}") from None
+            problems += [f"stage {name} ({recipe_path.name}): {line}" for line in str(e).splitlines()]
+            continue
         recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
-        stages[name] = Stage(name, deps[name], recipe, merge_inputs)
+        stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where)
+    if problems:
+        raise Problems(problems)
     return path.stem, root, [stages[n] for n in order(deps)]
 
 
-def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> list[str]:
-    """Point this stage at its upstream outputs, unless the stage entry set the key itself."""
-    merge_inputs = []
+def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> tuple[list[str], dict[str, str]]:
+    """Point this stage at its upstream outputs, unless the stage entry set the key itself. Returns the upstream
+    LoRA runs to merge first, and each key wired -> the output it names."""
+    merge_inputs, wired = [], {}
     kind = {u.name: registry.get(u.recipe.stage).output for u in upstream}
     policies = [u for u in upstream if kind[u.name] == "policy"]
     if len(policies) > 1 and not explicit("model.name_or_path"):
@@ -172,6 +193,7 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> list[str]:
             merge_inputs.append(up.output_dir)
         else:
             raw["model"]["name_or_path"] = up.output_dir
+        wired["model.name_or_path"] = raw["model"]["name_or_path"]
         for key in ("gguf_file", "revision", "tokenizer"):
             raw["model"].pop(key, None)  # those described the original model, not the stage output
     consumer = registry.all_stages().get(raw.get("stage"))  # an unknown stage is refused by validate
@@ -188,7 +210,8 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> list[str]:
             raw[key] = items
         else:
             raw[key] = out
-    return merge_inputs
+        wired[key] = out
+    return merge_inputs, wired
 
 
 def _status(stage: Stage) -> str:
@@ -200,9 +223,8 @@ def _status(stage: Stage) -> str:
 
 def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None, only: str | None = None,
                  overwrite: bool = False) -> int:
-    from posttrain.merge import merge_adapter
-
-    name, root, stages = load_pipeline(name_or_path, overrides)
+    # every stage checked now, as far as it can be before its upstream ran: a bad one fails before the first trains
+    name, root, stages = load_pipeline(name_or_path, overrides, level="model")
     names = [s.name for s in stages]
     for flag, value in (("--from", start), ("--only", only)):
         if value and value not in names:
@@ -215,8 +237,6 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
     elif only:
         forced = {only}
     selected = [s for s in stages if not only or s.name == only]
-    for s in stages:  # build every stage's TRL config now: a bad one fails before the first stage trains
-        registry.get(s.recipe.stage).make_config(s.recipe)
 
     summary, failed = [], None
     for s in selected:
@@ -246,7 +266,7 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
             try:
                 for up in s.merge_inputs:
                     merge_adapter(Path(up))
-                registry.get(s.recipe.stage).train(s.recipe, resume=resume, overwrite=not resume)
+                checks.train(s.checked(), resume=resume, overwrite=not resume)
                 row["status"] = "ran"
             except PosttrainError as e:
                 row["status"], row["error"], failed = "failed", str(e), s.name
@@ -298,27 +318,18 @@ def format_summary(rows: list[dict]) -> str:
 
 
 def describe(name_or_path: str, overrides=None) -> str:
-    """`posttrain validate` for a pipeline: every stage resolved and wired, its local data and (first stages)
-    its peft.target_modules checked; no weights loaded."""
-    from posttrain import preflight
-
-    name, root, stages = load_pipeline(name_or_path, overrides)
+    """`posttrain validate` for a pipeline: every stage resolved, wired and checked (its data; its model where it
+    does not come from an earlier stage); no weights loaded."""
+    name, root, stages = load_pipeline(name_or_path, overrides, level="model")
     out = [f"# pipeline {name}: {len(stages)} stages, outputs under {root}"]
     for s in stages:
-        try:
-            registry.get(s.recipe.stage).make_config(s.recipe)
-            preflight.data(s.recipe)
-            if not s.after:  # a later stage's model is an earlier stage's output, checked when that has run
-                preflight.target_modules(s.recipe)
-        except PosttrainError as e:
-            raise RecipeError(f"stage {s.name}: {e}") from None
-        checked = "checked"
         wiring = [f"model={s.recipe.model['name_or_path']}"]
         for key, value in s.recipe.extra.items():
             if isinstance(value, str):
                 wiring.append(f"{key}={value}")
         after = f" after {', '.join(s.after)}" if s.after else ""
-        out.append(f"ok: {s.name} ({s.recipe.stage}){after}: {checked}; {'; '.join(wiring)} -> {s.recipe.output_dir}")
+        out.append(f"ok: {s.name} ({s.recipe.stage}){after}: checked; {'; '.join(wiring)} -> {s.recipe.output_dir}")
+        out += [f"  not checked: {note}" for note in s.recipe.notes]
     return "\n".join(out)
 
 

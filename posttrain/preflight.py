@@ -5,7 +5,9 @@
   not in the cache) stays unchecked, with a note saying so.
 - peft.target_modules: matched against the module names of the model, built on the `meta` device from
   its config (local directory or cache). A name that matches nothing is refused with a did-you-mean.
-Each check raises a PosttrainError (one line, exit 2) or returns notes on what it could not check.
+- training.eos_token: a token of the tokenizer (local, or in the cache).
+Each check raises a PosttrainError (one line, exit 2) or returns a note on what it could not check. posttrain.checks
+runs them in its pass (the `files` and `model` levels).
 """
 
 from __future__ import annotations
@@ -191,4 +193,30 @@ def target_modules(recipe: Recipe) -> str | None:
             get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
     except Exception as e:
         raise RecipeError(f"{_at(recipe, 'peft')}peft: LoRA cannot be applied to {what}: {first_line(e)}") from None
+    return None
+
+
+def eos_token(recipe: Recipe) -> str | None:
+    """training.eos_token must already be a token of the tokenizer (read from a local directory or the cache; a
+    tokenizer that is not on this machine leaves it to load time, with a note)."""
+    token = recipe.training.get("eos_token")
+    if token is None:
+        return None
+    from transformers import AutoTokenizer
+
+    model = recipe.model
+    name = model.get("tokenizer") or model["name_or_path"]
+    if model.get("gguf_file") and not model.get("tokenizer"):
+        return f"training.eos_token (the tokenizer inside the GGUF file of '{name}' is read at load)"
+    kw = {} if model.get("tokenizer") else {k: model[k] for k in ("revision", "trust_remote_code") if model.get(k)}
+    try:
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True, **kw)
+    except Exception as e:
+        if is_local_path(name):
+            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the tokenizer "
+                                 f"of '{name}': {first_line(e)}") from None
+        return f"training.eos_token (the tokenizer of '{name}' is not on this machine: {first_line(e)})"
+    if token not in tok.get_vocab():
+        recipe.where.fail("training.eos_token", f"{token!r} is not a token of the tokenizer of '{name}' (it must "
+                          "already be in its vocabulary)")
     return None

@@ -182,27 +182,29 @@ def choices_of(ann) -> list:
     return []
 
 
-def check_owned(section: str, values: dict, cls, where: Where, stage=None) -> dict:
-    """Type-check a recipe section against cls's options; unknown keys get a did-you-mean."""
+def check_owned(section: str, values: dict, cls, where: Where, unknown) -> dict:
+    """Type-check a recipe section against cls's options, each key on its own; `unknown(where, dotted, known,
+    value=, note=)` refuses a key cls does not have (posttrain.options gives hints from other tools' names)."""
     known = fields_of(cls)
     out = {}
     for k, v in values.items():
-        dotted = f"{section}.{k}"
-        if k not in known:
-            from posttrain import options
-
-            options.unknown(where, dotted, known, value=v, stage=stage, note=f" ({cls.__name__} has no such option)")
-        choices = field_choices(cls).get(k)
-        got = coerce(v, known[k])
-        if got is _NO and choices and isinstance(v, str) and coerce([v], known[k]) is not _NO:
-            got = [v]  # a list-of-names field (dpo loss_type) given one name: TRL accepts that too
-        if got is _NO:
-            hint = did_you_mean(v, choices_of(known[k])) if isinstance(v, str) else ""
-            where.fail(dotted, f"expected {describe(known[k])}, got {show(v)}{hint}")
-        if choices and got is not None:
-            for item in got if isinstance(got, list) else [got]:
-                if item not in choices:
-                    where.fail(dotted, f"'{item}' is not one of {', '.join(map(str, choices))}"
-                               f"{did_you_mean(item, choices)}")
-        out[k] = got
+        with where.each():
+            out[k] = _owned_value(f"{section}.{k}", k, v, cls, known, where, unknown)
     return out
+
+
+def _owned_value(dotted: str, k, v, cls, known: dict, where: Where, unknown):
+    if k not in known:
+        unknown(where, dotted, known, value=v, note=f" ({cls.__name__} has no such option)")
+    choices = field_choices(cls).get(k)
+    got = coerce(v, known[k])
+    if got is _NO and choices and isinstance(v, str) and coerce([v], known[k]) is not _NO:
+        got = [v]  # a list-of-names field (dpo loss_type) given one name: TRL accepts that too
+    if got is _NO:
+        hint = did_you_mean(v, choices_of(known[k])) if isinstance(v, str) else ""
+        where.fail(dotted, f"expected {describe(known[k])}, got {show(v)}{hint}")
+    if choices and got is not None:
+        for item in got if isinstance(got, list) else [got]:
+            if item not in choices:
+                where.fail(dotted, f"'{item}' is not one of {', '.join(map(str, choices))}{did_you_mean(item, choices)}")
+    return got

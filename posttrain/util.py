@@ -5,6 +5,7 @@ Pure Python with no posttrain imports beyond `errors`, so any module may use it 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
@@ -52,11 +53,23 @@ def as_number(value):
     return value
 
 
+class Problem(RecipeError):
+    """One problem with a recipe: its line `file:line: dotted.key: message`, and the dotted key it is about."""
+
+    def __init__(self, line: str, dotted: str | None = None):
+        super().__init__(line)
+        self.dotted = dotted
+
+
 class Where:
-    """Raises RecipeError prefixed with the `file:line` that set a dotted key (or its nearest parent)."""
+    """Locates a dotted key's `file:line` (or its nearest parent's) and refuses it there.
+
+    `fail` raises a Problem. While a check pass runs (`found` is a list), `each()` around one of several
+    independent checks records the problem and lets the next one run, so every problem is reported at once."""
 
     def __init__(self, lines: dict[str, str] | None = None):
         self.lines = lines or {}
+        self.found: list[Problem] | None = None
 
     def locate(self, dotted: str) -> str | None:
         parts = dotted.replace("[", ".[").split(".")
@@ -67,14 +80,21 @@ class Where:
             parts.pop()
         return None
 
-    def fail(self, dotted: str, msg: str):
+    def at(self, dotted: str, msg: str) -> str:
         loc = self.locate(dotted)
-        raise RecipeError(f"{loc + ': ' if loc else ''}{dotted}: {msg}")
+        return f"{loc + ': ' if loc else ''}{dotted}: {msg}"
 
-    def unknown(self, dotted: str, known, note: str = ""):
-        key = dotted.rsplit(".", 1)[-1]
-        section = dotted.rsplit(".", 1)[0] if "." in dotted else "recipe"
-        self.fail(dotted, f"unknown key in {section}{did_you_mean(key, known)}{note}")
+    def fail(self, dotted: str, msg: str):
+        raise Problem(self.at(dotted, msg), dotted)
+
+    @contextlib.contextmanager
+    def each(self):
+        try:
+            yield
+        except RecipeError as e:
+            if self.found is None:
+                raise
+            self.found.append(e if isinstance(e, Problem) else Problem(str(e)))
 
 
 def world_size() -> int:

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from posttrain import stages
-from posttrain.recipe import load_recipe
+from posttrain.checks import load_recipe
 
 
 def _one_line_error(code, out, err, expected):
@@ -69,7 +69,7 @@ def test_unusable_preference_rows_exit_2(fx, tmp_path, cli):
 def test_missing_local_model_exits_2(fx, tmp_path, cli):
     code, out, err = cli("validate", "alpaca_gpt2", f"model.name_or_path={tmp_path / 'no_model'}",
                          f"data.train={fx['alpaca']}")
-    _one_line_error(code, out, err, "cannot load tokenizer")
+    _one_line_error(code, out, err, "model.name_or_path: no such directory")
 
 
 def test_hub_dataset_and_hub_model_offline_stay_not_checked(fx, cli):

@@ -7,7 +7,7 @@ from tiny import write_jsonl
 
 from posttrain.data.sources import load_splits
 from posttrain.errors import DataError, RecipeError
-from posttrain.recipe import validate
+from posttrain.checks import validate
 
 
 def _data(stage="sft", check=False, **data):

@@ -9,7 +9,7 @@ import yaml
 
 from posttrain import options, stages
 from posttrain.errors import RecipeError
-from posttrain.recipe import load_recipe
+from posttrain.checks import load_recipe
 
 BASE = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
 DPO = "stage: dpo\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"

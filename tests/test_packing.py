@@ -174,7 +174,7 @@ def test_packed_qlora_run(fx, tmp_path, cli):
 
 
 def _validate(fx, tmp_path, *extra, recipe="alpaca_gpt2"):
-    from posttrain.recipe import load_recipe
+    from posttrain.checks import load_recipe
 
     return load_recipe(recipe, [f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}",
                                 f"output_dir={tmp_path / 'v'}", *extra])

@@ -10,7 +10,7 @@ import pytest
 
 from posttrain import stages
 from posttrain.plan import GIB, estimate
-from posttrain.recipe import load_recipe
+from posttrain.checks import load_recipe
 from posttrain.stages import Footprint
 
 CONFIGS = Path(__file__).parent / "data" / "configs"

@@ -8,7 +8,7 @@ import pytest
 
 from posttrain.data.trl_rows import drop_long_prompts
 from posttrain.errors import DataError, RecipeError
-from posttrain.recipe import load_recipe
+from posttrain.checks import load_recipe
 from posttrain.stages import ppo
 
 LONG_PROMPTS = 2  # prompts over data.max_length, which must be dropped and counted

@@ -4,7 +4,8 @@
 import pytest
 
 from posttrain import stages
-from posttrain.recipe import RECIPES_DIR, apply_overrides, load_recipe
+from posttrain.checks import load_recipe
+from posttrain.recipe import RECIPES_DIR, apply_overrides
 
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 PIPELINES = sorted((RECIPES_DIR / "pipelines").glob("*.yaml"))

@@ -15,7 +15,7 @@ labels data/collator.py built (prompt -100, EOS trained); the batch becomes one 
 
 Only architectures whose mask is built that way can be packed; ISOLATING lists the ones checked against
 the installed transformers source (tests/test_packing.py keeps that true) and tested for GPT-2 and Llama.
-This module imports no torch at import time: recipe validation runs `check_sft`.
+This module imports no torch at import time: sft's validation check (stages/sft.py) reads `packing_problem`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+
+from posttrain.errors import RecipeError
 
 IGNORE_INDEX = -100
 
@@ -137,15 +139,7 @@ def use_segment_sdpa(model) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation (no torch): the recipe names the switch, the model's config says whether rows stay apart.
-
-# training.* keys sft refuses (its Stage.managed): packing has one switch, `training.packing`.
-SFT_MANAGED = {
-    "padding_free": "use `training.packing: true` (posttrain's packing is padding-free and keeps exact labels)",
-    "packing_strategy": "posttrain packs each batch's rows as they come (see README: Packing)",
-    "eval_packing": "eval batches are packed like train batches when `training.packing` is true",
-}
-
+# For validation (no torch): the model's config says whether packed rows stay apart.
 
 def model_type(model: dict) -> str | None:
     """The model's `model_type` from its config.json (a local directory, or the hub cache); None if unknown."""
@@ -176,21 +170,3 @@ def packing_problem(kind: str | None, attn: str | None) -> str | None:
         why = KNOWN_NOT.get(kind, "not among the architectures checked to build their masks from position_ids")
         return f"model type '{kind}' cannot keep packed rows apart ({why}); packing supports {', '.join(sorted(ISOLATING))}"
     return None
-
-
-def check_sft(recipe, where) -> None:
-    """sft's Stage check: `training.packing` only on an architecture and attention that keep rows apart."""
-    if recipe.training.get("packing"):
-        problem = packing_problem(model_type(recipe.model), recipe.model.get("attn_implementation"))
-        if problem:
-            where.fail("training.packing", problem)
-
-
-def check_model(loaded) -> None:
-    """The same check on a loaded model (its config is known only now for GGUF or an uncached hub id)."""
-    from posttrain.errors import RecipeError
-
-    cfg = loaded.config
-    problem = packing_problem(getattr(cfg, "model_type", None), getattr(cfg, "_attn_implementation", None))
-    if problem:
-        raise RecipeError(f"training.packing: {problem}")

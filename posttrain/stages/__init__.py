@@ -71,11 +71,6 @@ class Stage:
     def is_policy(self) -> bool:
         return self.output == "policy"
 
-    def train(self, recipe, **kw) -> dict:
-        from posttrain.stages import common
-
-        return common.run(recipe, self, **kw)
-
 
 _REGISTRY: dict[str, Stage] | None = None
 _NOT_STAGES = {"common"}

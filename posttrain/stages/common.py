@@ -245,16 +245,13 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
     From the stage: `build(recipe)` returns (trainer, data_stats); `extra_metrics(trainer)` may add
     stage metrics; `save(trainer, path)` replaces trainer.save_model for the final model. Every rank
     trains, saves (collective under FSDP/ZeRO-3) and evaluates; only the main process touches the run dir.
+    The recipe comes checked by posttrain.checks up to the `model` level (every rank checks it alike), so
+    what validate refuses never reaches the run dir.
     """
-    from posttrain import preflight
-
     build, resumable, extra_metrics, save = stage.build, stage.resumable, stage.extra_metrics, stage.save
     out = Path(recipe.output_dir)
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
-    # what validate refuses fails here too, on every rank alike, before the run dir or any weights:
-    preflight.target_modules(recipe)  # a LoRA that matches no module
-    preflight.data(recipe)  # missing/unreadable local data, wrong columns, unusable rows
     main = is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
         ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force),

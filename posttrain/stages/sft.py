@@ -73,6 +73,14 @@ def build(recipe: Recipe):
     return trainer, stats
 
 
+def check_packing(recipe: Recipe, where) -> None:
+    """`training.packing` only on an architecture and attention that keep rows apart (read from config.json)."""
+    if recipe.training.get("packing"):
+        problem = packing.packing_problem(packing.model_type(recipe.model), recipe.model.get("attn_implementation"))
+        if problem:
+            where.fail("training.packing", problem)
+
+
 STAGE = Stage(
     name="sft",
     summary="supervised fine-tuning with exact prompt masking (trl.SFTTrainer)",
@@ -87,12 +95,15 @@ STAGE = Stage(
         "dataset_text_field": "choose the input shape with `data.format`",
         "completion_only_loss": "posttrain always masks the prompt exactly (see README: prompt masking)",
         "assistant_only_loss": "use `data.train_on` (assistant, the default for messages data; all; last_assistant)",
-        **packing.SFT_MANAGED,
+        # packing has one switch, `training.packing`:
+        "padding_free": "use `training.packing: true` (posttrain's packing is padding-free and keeps exact labels)",
+        "packing_strategy": "posttrain packs each batch's rows as they come (see README: Packing)",
+        "eval_packing": "eval batches are packed like train batches when `training.packing` is true",
         # TRL applies these while preparing the dataset, which posttrain does itself (dataset_kwargs above)
         "truncation_mode": "posttrain cuts each row at `data.max_length`, keeping the prompt and the start of the "
                            "response",
         "shuffle_dataset": "the trainer's sampler shuffles the rows every epoch (`training.train_sampling_strategy`)",
     },
-    checks=(packing.check_sft,),
+    checks=(check_packing,),
     position=10,
 )
