@@ -314,8 +314,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from posttrain.plan import estimate
     from posttrain.errors import RecipeError
+    from posttrain.plan import estimate
 
     s = Sizes(args.dry_run)
     work = Path(args.work)

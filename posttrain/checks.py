@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import needs, options, preflight, schema, stages
+from posttrain import models, needs, options, preflight, schema, stages
 from posttrain.data.formats import TEMPLATES
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.keys import (
@@ -40,7 +40,6 @@ from posttrain.keys import (
     Key,
     Range,
 )
-from posttrain.models import DTYPE_NAMES, bf16_supported, is_local_path, lora_config
 from posttrain.recipe import (
     Recipe,
     apply_overrides,
@@ -109,9 +108,10 @@ def own_section(where: Where, name: str, values, spec: dict[str, Key], stage=Non
             bad.discard(k)
     for k, key in spec.items():
         if k not in out:
-            if key.required and k not in bad:
-                where.fail(f"{name}.{k}", f"is required ({key.help})" if key.help else "is required")
             out[k] = key.default
+            if key.required and k not in bad:
+                with where.each():
+                    where.fail(f"{name}.{k}", f"is required ({key.help})" if key.help else "is required")
     return out
 
 
@@ -256,7 +256,7 @@ def _source(d: Draft, dotted: str, e, fmt: str) -> dict:
         d.where.fail(f"{dotted}.format", f"'{src_fmt}' rows cannot be read as '{fmt}' data"
                      + (f" (a {fmt} mixture also takes {', '.join(can)})" if can else f" (give it {fmt} rows)"))
     _column_names(d.where, f"{dotted}.column_map", entry["column_map"])
-    return {k: entry[k] for k in e if entry[k] is not None}
+    return {k: entry[k] for k in e if entry.get(k) is not None}
 
 
 EVAL_FRACTION = Range(0, 1, min_open=True, max_open=True, what="a fraction", note="an integer is a row count")
@@ -408,7 +408,7 @@ def peft_fits_lora_config(d: Draft):
         d.where.fail("peft.target_modules", "no module is named 'all'; did you mean 'all-linear'? (every linear layer "
                      "but the output head; `all` is LLaMA-Factory's spelling)")
     try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
-        lora_config(d.peft)
+        models.lora_config(d.peft)
     except (ValueError, TypeError) as e:
         d.where.fail("peft", f"LoraConfig refuses it: {first_line(e)}")
 
@@ -434,8 +434,8 @@ def qlora_defaults(d: Draft):
     out.setdefault("bnb_4bit_use_double_quant", True)
     if out.get("bnb_4bit_compute_dtype") is None:
         dtype = d.model.get("dtype") or "auto"
-        out["bnb_4bit_compute_dtype"] = DTYPE_NAMES[dtype] if dtype != "auto" else \
-            "bfloat16" if bf16_supported() else "float32"
+        out["bnb_4bit_compute_dtype"] = models.DTYPE_NAMES[dtype] if dtype != "auto" else \
+            "bfloat16" if models.bf16_supported() else "float32"
     d.quantization = out
 
 
@@ -504,12 +504,12 @@ def _model_paths(d: Draft):
     for dotted in MODEL_PATH_KEYS:
         section, _, key = dotted.rpartition(".")
         value = (d.model if section == "model" else d.extra).get(key)
-        if isinstance(value, str) and value.strip() and dotted not in d.pending and is_local_path(value):
+        if isinstance(value, str) and value.strip() and dotted not in d.pending and models.is_local_path(value):
             yield dotted, value
     rewards = d.extra.get("rewards")
     for i, r in enumerate(rewards if isinstance(rewards, list) else []):
         value = r.get("model") if isinstance(r, dict) else None
-        if isinstance(value, str) and "rewards" not in d.pending and is_local_path(value):
+        if isinstance(value, str) and "rewards" not in d.pending and models.is_local_path(value):
             yield f"rewards[{i}].model", value
 
 
@@ -547,6 +547,7 @@ def eos_token_in_vocabulary(d: Draft):
 DATA_READS = ("data.train", "data.eval", "data.format", "data.column_map", "data.name", "data.split", "data.eval_split",
               "data.seed", "model.chat_template")
 MODEL_READS = ("peft", "model.name_or_path", "model.revision", "model.trust_remote_code", "model.gguf_file")
+STAGE_READS = ("training", "data", "model", "peft", *stages.stage_keys())  # a stage reads its recipe as it likes
 REGISTRY: tuple[Step, ...] = (
     Step(no_secrets, "recipe", needs_stage=False),
     Step(read_stage, "recipe", needs_stage=False),
@@ -580,8 +581,8 @@ REGISTRY: tuple[Step, ...] = (
     Step(quantization_available, "owners", ("quantization",)),
     Step(data_options_fit_stage, "owners", ("data.pad_to_multiple_of",)),
     Step(build_recipe, "owners"),
-    Step(stage_checks, "owners", ("training", "data", "model", "peft", *stages.stage_keys())),
-    Step(trl_config_builds, "owners", ("training", "data", "output_dir")),
+    Step(stage_checks, "owners", STAGE_READS),
+    Step(trl_config_builds, "owners", (*STAGE_READS, "output_dir")),
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
     Step(target_modules_match, "model", MODEL_READS),
@@ -624,6 +625,8 @@ def check(d: Draft, level: str = "owners", skip: tuple[str, ...] = ()) -> Recipe
                 found.append(e)
             except PosttrainError as e:
                 found.append(Problem(str(e), step.reads[0] if step.reads else step.name))
+            seen = set(bad)
+            found[before:] = [p for p in found[before:] if not p.dotted or p.dotted not in seen]  # one line a key
             for p in found[before:]:
                 bad.append(p.dotted or (step.reads[0] if step.reads else step.name))
     finally:

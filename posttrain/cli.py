@@ -8,10 +8,14 @@ import os
 import sys
 import warnings
 
-from posttrain import __version__, checks, pipeline, plan, schema, stages
+from posttrain import __version__, checks, pipeline, plan, schema, shipped, stages
+from posttrain.demo.run import main as demo
 from posttrain.errors import PosttrainError, Problems
+from posttrain.generate import main as generate
 from posttrain.hub import go_offline_if_unreachable
+from posttrain.merge import is_adapter, merge_adapter
 from posttrain.preview import preview
+from posttrain.report import main as report
 from posttrain.util import first_line, is_main_process
 
 log = logging.getLogger("posttrain")
@@ -132,8 +136,6 @@ def cmd_train(args) -> int:
 def cmd_merge(args) -> int:
     from pathlib import Path
 
-    from posttrain.merge import is_adapter, merge_adapter
-
     if not is_adapter(Path(args.run_dir)):
         raise PosttrainError(f"{args.run_dir} holds no LoRA adapter (adapter_config.json) to merge")
     print(f"merged model written to {merge_adapter(Path(args.run_dir), Path(args.out) if args.out else None)}")
@@ -183,21 +185,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from posttrain.generate import main as generate
-
     return generate(args.run_dir, args.prompt, input_text=args.input, template=args.template,
                     max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature)
 
 
 def cmd_report(args) -> int:
-    from posttrain.report import main as report
-
     return report(args.path)
 
 
 def cmd_recipes(args) -> int:
-    from posttrain import shipped
-
     if args.action == "copy":
         if not args.name:
             raise PosttrainError("recipes copy: name the recipe to copy, e.g. `posttrain recipes copy alpaca_gpt2`")
@@ -210,8 +206,6 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from posttrain.demo.run import main as demo
-
     return demo(args.root, fast=args.fast, overwrite=args.overwrite, prepare_only=args.prepare_only)
 
 

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from posttrain import stages
+from posttrain.data.formats import alpaca_prompt, user_text
 from posttrain.errors import PosttrainError
+from posttrain.merge import is_adapter
+from posttrain.models import torch_dtype
 from posttrain.runs import RESOLVED
 from posttrain.util import first_line
 
@@ -47,18 +51,13 @@ def run_template(path: str | Path) -> str | None:
 
 
 def _output_of(stage) -> str | None:
-    from posttrain import stages
-
     spec = stages.all_stages().get(stage)
     return spec.output if spec else None
 
 
 def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
     if template == "alpaca":
-        from posttrain.data.formats import alpaca_prompt
-
         return alpaca_prompt(instruction, input_text)
-    from posttrain.data.formats import user_text
 
     text = user_text(instruction, input_text)
     if template == "chat":
@@ -73,8 +72,6 @@ def load_policy(path: str | Path):
     """(model, tokenizer) for a run dir holding a causal LM or a LoRA adapter (merged in memory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.merge import is_adapter
-    from posttrain.models import torch_dtype
 
     path = Path(path)
     if not path.is_dir():

@@ -13,6 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from posttrain.hub import hub_reachable
 from posttrain.util import Where, did_you_mean
 
 
@@ -118,7 +119,6 @@ def hub(where: Where, training: dict):
     key = next((k for k in HUB_UPLOADS if training.get(k)), None)
     if key is None:
         return
-    from posttrain.hub import hub_reachable
 
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         where.fail(f"training.{key}", "uploads to the Hugging Face hub, but this process is offline (HF_HUB_OFFLINE is "

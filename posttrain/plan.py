@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 from posttrain import stages
 from posttrain.errors import PosttrainError, RecipeError
+from posttrain.models import load_config, lora_config, meta_model
+from posttrain.rewards import parse_rewards
 from posttrain.stages import Footprint
 from posttrain.util import first_line
 
@@ -57,8 +59,6 @@ class Arch:
 
 def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
     """The model built on `meta` from its config. Every failure is one PosttrainError line."""
-    from posttrain.models import load_config, meta_model
-
     name = model_section["name_or_path"]
     try:
         import torch
@@ -78,8 +78,6 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
                       if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head)
     gated = any(n.endswith(("gate_proj", "w1", "gate_up_proj")) for n, _ in model.named_modules())
     if peft:
-        from posttrain.models import lora_config
-
         try:
             from peft import get_peft_model
 
@@ -164,7 +162,6 @@ def _reference_held(fp: Footprint, recipe: Recipe) -> bool:
 def _reward_model_paths(recipe: Recipe, fp: Footprint) -> list[str]:
     if not fp.reward_models_key:
         return []
-    from posttrain.rewards import parse_rewards
 
     return [s.model for s in parse_rewards(recipe.extra.get(fp.reward_models_key)) if s.model]
 

@@ -19,7 +19,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from posttrain import stages
+from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
+from posttrain.data.mixture import entries, sample_rows
+from posttrain.data.sources import is_local
 from posttrain.errors import DataError, PosttrainError, RecipeError
+from posttrain.models import is_local_path, lora_config, meta_model
 from posttrain.util import did_you_mean, first_line
 
 if TYPE_CHECKING:
@@ -72,16 +77,12 @@ def quiet():
 def _unreachable(source: str) -> str | None:
     """Why a hub dataset cannot be read now (offline and not cached), else None: decided without importing
     datasets, so validating a hub-only recipe offline stays quick."""
-    from posttrain.data.sources import is_local
-
     if not is_local(source) and _offline() and not _in_cache(source):
         return f"hub dataset '{source}': the hub is not reachable and it is not in the cache"
     return None
 
 
 def _sample(key: str, entry: dict, data: dict) -> Sample:
-    from posttrain.data.mixture import sample_rows
-    from posttrain.data.sources import is_local
 
     source = entry["source"]
     try:
@@ -97,8 +98,6 @@ def _sample(key: str, entry: dict, data: dict) -> Sample:
 def data(recipe: Recipe) -> list[Sample]:
     """Check the first rows of every data source (each entry of a mixture) against the recipe's format,
     read as the loader reads them; returns the samples, the first training source first."""
-    from posttrain.data.mixture import entries
-
     d = recipe.data
     sources = []
     for split in ("train", "eval"):
@@ -110,7 +109,6 @@ def data(recipe: Recipe) -> list[Sample]:
         if note:
             samples.append(Sample(key, entry["source"], note=note))
             continue
-        from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
 
         try:
             s = _sample(key, entry, d)
@@ -148,8 +146,6 @@ def target_modules(recipe: Recipe) -> str | None:
     peft = recipe.peft
     if not peft:
         return None
-    from posttrain import stages
-    from posttrain.models import is_local_path, lora_config, meta_model
 
     name = recipe.model["name_or_path"]
     seq_cls = stages.get(recipe.stage).footprint.scoring

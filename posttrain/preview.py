@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from posttrain import preflight
 from posttrain.data.collator import IGNORE_INDEX, encode_batch
-from posttrain.data.formats import resolve_columns
+from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
 from posttrain.errors import PosttrainError, RecipeError
+from posttrain.models import is_local_path, load_tokenizer
 from posttrain.recipe import Recipe
 
 
@@ -30,8 +32,6 @@ def preview(recipe: Recipe, out=None):
     """Check the data (bad local data raises: exit 2), then show one example as the stage will see it.
     What cannot be checked offline (a hub dataset, a hub tokenizer) is said, not refused."""
     out = out or sys.stdout
-    from posttrain import preflight
-    from posttrain.models import is_local_path, load_tokenizer
 
     samples = preflight.data(recipe)
     for s in samples:
@@ -65,7 +65,6 @@ def preview(recipe: Recipe, out=None):
         return
     shown = f"{first.key} ({first.source})" if "[" in first.key else first.source  # a mixture's entry by index
     if not supervised:  # TRL tokenizes these itself: show a checked row
-        from posttrain.data.formats import clean_pairs_or_prompts
 
         with preflight.quiet():
             cleaned, _ = clean_pairs_or_prompts(first.rows, data["format"], first.source, keep_extra=True)

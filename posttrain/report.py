@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain import runs
+from posttrain import runs, stages
 from posttrain.errors import PosttrainError
 
 LOSS_KEYS = ("loss", "eval_loss")
@@ -107,7 +107,6 @@ def _fmt(v) -> str:
 def summary_markdown(path: Path, found: list[tuple[str, Path]], images: list[Path], demo: dict | None) -> str:
     lines = [f"# posttrain report: {path.name}", ""]
     lines += ["| run | stage | status | duration | key metrics |", "|---|---|---|---|---|"]
-    from posttrain import stages
 
     for name, run_dir in found:
         m = runs.read_manifest(run_dir) or {}

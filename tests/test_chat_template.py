@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from posttrain.checks import load_recipe
 from posttrain.data.collator import IGNORE_INDEX, encode_batch
 from posttrain.errors import RecipeError
-from posttrain.checks import load_recipe
 
 # Distinct from tiny.CHATML (the fixture tokenizer's own), so a test can tell which one rendered a row.
 CUSTOM = ("{% for m in messages %}<|im_start|>{{ m['role'] | upper }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -347,5 +347,5 @@ def test_pipeline_validate_checks_data_and_first_stage_target_modules(fx, tmp_pa
     _one_line_error(code, out, err, "stage sft")
     assert "did you mean 'all-linear'?" in err
     code, out, err = cli("validate", pipeline({}, tmp_path / "missing.jsonl"))
-    _one_line_error(code, out, err, "stage dpo: ")
+    _one_line_error(code, out, err, "stage dpo (dpo_gpt2.yaml): ")
     assert "data file not found" in err

@@ -19,6 +19,9 @@ def _imports(path: Path, name: str):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     top = {id(n) for n in tree.body}
+    for n in tree.body:  # `if TYPE_CHECKING:` imports are module-level too (annotations only, still an edge)
+        if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING":
+            top |= {id(m) for m in n.body}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]

@@ -5,16 +5,16 @@ import json
 import pytest
 from tiny import write_jsonl
 
-from posttrain.data.sources import load_splits
-from posttrain.errors import DataError, RecipeError
 from posttrain.checks import validate
+from posttrain.data.mixture import load_splits
+from posttrain.errors import DataError, RecipeError
 
 
 def _data(stage="sft", check=False, **data):
     raw = {"stage": stage, "model": {"name_or_path": "unused"}, "data": data}
     if stage in ("ppo",):
         raw["reward_model"] = "unused"
-    return validate(raw, check_owners=check).data
+    return validate(raw, level="owners" if check else "recipe").data
 
 
 @pytest.fixture(scope="module")

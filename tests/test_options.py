@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from posttrain import options, stages
-from posttrain.errors import RecipeError
 from posttrain.checks import load_recipe
+from posttrain.errors import RecipeError
 
 BASE = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
 DPO = "stage: dpo\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from posttrain import stages
-from posttrain.plan import GIB, estimate
 from posttrain.checks import load_recipe
+from posttrain.plan import GIB, estimate
 from posttrain.stages import Footprint
 
 CONFIGS = Path(__file__).parent / "data" / "configs"

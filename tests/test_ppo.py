@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from posttrain.checks import load_recipe
 from posttrain.data.trl_rows import drop_long_prompts
 from posttrain.errors import DataError, RecipeError
-from posttrain.checks import load_recipe
 from posttrain.stages import ppo
 
 LONG_PROMPTS = 2  # prompts over data.max_length, which must be dropped and counted
@@ -163,7 +163,7 @@ def test_ppo_lora_saves_an_adapter_that_reloads(fx, reward_dir, prompts, tmp_pat
 
 def test_wrong_data_shape_and_resume_exit_2(fx, tmp_path, cli):
     out = tmp_path / "bad"
-    args = [f"model.name_or_path={fx['model']}", "reward_model=/nonexistent", f"data.train={fx['alpaca']}",
+    args = [f"model.name_or_path={fx['model']}", f"reward_model={fx['model']}", f"data.train={fx['alpaca']}",
             "data.eval=null", f"output_dir={out}"]
     code, _, err = cli("train", "ppo_gpt2", *args)
     last = err.strip().splitlines()[-1]
@@ -174,5 +174,5 @@ def test_wrong_data_shape_and_resume_exit_2(fx, tmp_path, cli):
     code, _, err = cli("train", "ppo_gpt2", *args, f"data.train={fx['prompts']}", "data.max_length=4", "--overwrite")
     assert code == 2 and "0 prompts fit data.max_length=4, fewer than one PPO batch" in err
 
-    code, _, err = cli("train", "ppo_gpt2", *args, "--resume")
+    code, _, err = cli("train", "ppo_gpt2", *args, f"data.train={fx['prompts']}", "--resume")
     assert code == 2 and "ppo runs cannot be resumed" in err

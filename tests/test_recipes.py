@@ -116,7 +116,7 @@ BAD = [
      "model.token: secrets never go in a recipe"),
     ("extends-not-a-path", "extends: [a.yaml]\n" + BASE, [], "extends: expected a path"),
     ("config-rejects", BASE + "training: {load_best_model_at_end: true, save_strategy: steps, eval_strategy: epoch}\n"
-     "data: {train: d.jsonl, eval_fraction: 0.1}\n", [], "training: SFTConfig rejects these settings"),
+     "data: {train: d.jsonl, eval_fraction: 0.1}\n", [], "training.load_best_model_at_end: SFTConfig rejects these settings"),
 ]
 
 

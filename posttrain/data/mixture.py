@@ -315,8 +315,10 @@ def _load(data: dict, split: str, seed: int, eval_fraction=None):
     return ds, eval_ds, stats, chat
 
 
-def load_mixture(data: dict, seed: int = 42):
-    """(train, eval or None, stats) for a validated `data:` section; stats: {seed, train: [...], eval: [...]}."""
+def load_splits(data: dict, seed: int = 42):
+    """(train, eval or None, source stats) for a validated `data:` section: data.train / data.eval may each be one
+    source or a mixture; the stats record, per source, rows read, kept, dropped and taken, for the run's manifest:
+    {seed, train: [...], eval: [...]}."""
     seed = data["seed"] if data.get("seed") is not None else seed
     eval_fraction = None if data.get("eval") else data.get("eval_fraction")
     train, eval_ds, train_stats, chat = _load(data, "train", seed, eval_fraction)

@@ -170,3 +170,11 @@ def packing_problem(kind: str | None, attn: str | None) -> str | None:
         why = KNOWN_NOT.get(kind, "not among the architectures checked to build their masks from position_ids")
         return f"model type '{kind}' cannot keep packed rows apart ({why}); packing supports {', '.join(sorted(ISOLATING))}"
     return None
+
+
+def check_model(loaded) -> None:
+    """The same check on a loaded model (its config is known only now for GGUF or an uncached hub id)."""
+    cfg = loaded.config
+    problem = packing_problem(getattr(cfg, "model_type", None), getattr(cfg, "_attn_implementation", None))
+    if problem:
+        raise RecipeError(f"training.packing: {problem}")

@@ -80,17 +80,6 @@ def _check_utf8(path: Path, builder: str):
             raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
 
 
-def load_splits(data: dict, seed: int = 42):
-    """(train, eval or None, source stats) for a validated `data:` section.
-
-    data.train / data.eval may each be one source or a mixture (posttrain.data.mixture); the stats
-    record, per source, rows read, kept, dropped and taken, for the run's manifest.
-    """
-    from posttrain.data.mixture import load_mixture
-
-    return load_mixture(data, seed)
-
-
 def rename_columns(ds, column_map: dict, source: str):
     missing = [c for c in column_map if c not in ds.column_names]
     if missing:

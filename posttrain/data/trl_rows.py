@@ -7,8 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from posttrain.data.formats import clean_pairs_or_prompts
-from posttrain.data.mixture import label
-from posttrain.data.sources import load_splits
+from posttrain.data.mixture import label, load_splits
 from posttrain.errors import DataError
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from posttrain.generate import generate, load_policy
+from posttrain.models import load_seq_cls
 
 
 def read_jsonl(path) -> list[dict]:
@@ -102,8 +103,6 @@ def load_reward_model(path, *, seed: int | None = None):
     """The reward run's model; or, with `seed`, the starting point of a reward run on `path`: the model with
     a score head initialised exactly as the reward stage initialised it (set_seed, then load)."""
     from transformers import AutoTokenizer, set_seed
-
-    from posttrain.models import load_seq_cls
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if seed is not None:

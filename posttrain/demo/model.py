@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
+from posttrain.models import gguf_kwargs
 
 log = logging.getLogger("posttrain")
 
@@ -87,7 +88,6 @@ def convert(gguf: Path, out: Path):
 
     log.info("converting %s to safetensors (once; ~30 s)", gguf.name)
     tmp = _fresh_tmp(out)
-    from posttrain.models import gguf_kwargs
 
     kw = {"gguf_file": gguf.name, "dtype": torch.float32, **gguf_kwargs({"gguf_file": gguf.name})}
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

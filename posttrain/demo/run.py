@@ -16,7 +16,11 @@ import yaml
 
 from posttrain import runs
 from posttrain.demo import data as demo_data
+from posttrain.demo import evaluate as ev
+from posttrain.demo import model as demo_model
 from posttrain.errors import PosttrainError
+from posttrain.merge import loadable_model
+from posttrain.pipeline import run_pipeline
 from posttrain.recipe import RECIPES_DIR
 
 log = logging.getLogger("posttrain")
@@ -43,8 +47,6 @@ def fast_mode() -> bool:
 
 def prepare(root: Path, fast: bool) -> tuple[Path, Path, dict[str, Path]]:
     """The starting model, PPO's value model and the data files under root/data."""
-    from posttrain.demo import model as demo_model
-
     files = demo_data.write_all(root / "data", FAST_SIZES if fast else None, by_content=True)
     if fast:
         corpus = [line for path in files.values() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -93,8 +95,6 @@ def ppo_curve(run_dir: Path) -> dict:
 
 
 def measure(root: Path, base: Path, files: dict[str, Path], max_new_tokens: int) -> dict:
-    from posttrain.demo import evaluate as ev
-    from posttrain.merge import loadable_model
 
     prompts, pairs = ev.read_jsonl(files["prompts_heldout"]), ev.read_jsonl(files["pairs_heldout"])
     policies = {"base": base, "sft": root / "sft", "ppo": root / "ppo", "dpo": root / "dpo"}
@@ -162,8 +162,6 @@ def table(result: dict) -> str:
 
 def run_demo(root: str | Path = "runs/demo", *, fast: bool | None = None, overwrite: bool = False,
              prepare_only: bool = False) -> int:
-    from posttrain.pipeline import run_pipeline
-
     t0 = time.time()
     fast = fast_mode() if fast is None else fast
     root = Path(root).resolve()

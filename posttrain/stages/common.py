@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posttrain import runs, util
+from posttrain import runs, stages, util
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
+from posttrain.models import bf16_supported, has_cuda
+from posttrain.schema import config_class, fields_of
 from posttrain.util import first_line, is_main_process, world_size
 
 if TYPE_CHECKING:
@@ -35,8 +37,6 @@ def device_defaults(training: dict) -> dict:
     TRL defaults to bf16 and gradient checkpointing on; on a CPU bf16 raises and checkpointing only
     slows the run, so there both default off. On a GPU: bf16 where supported, else fp16.
     """
-    from posttrain.models import bf16_supported, has_cuda
-
     kw = dict(training)
     cuda = has_cuda()
     if "bf16" not in kw and "fp16" not in kw:
@@ -71,8 +71,6 @@ def build_config(recipe: Recipe, **managed):
     Any error raised by the config's own checks (impossible combinations, a DeepSpeed config it cannot
     read, a missing integration) becomes a one-line RecipeError.
     """
-    from posttrain import stages
-    from posttrain.schema import config_class, fields_of
 
     cls = config_class(stages.get(recipe.stage).trl_config)
     kw = device_defaults(recipe.training)
@@ -166,8 +164,6 @@ def main_process_first(desc: str = "work", timeout_s: float | None = None):
 def training_with_defaults(recipe: Recipe) -> dict:
     """The recipe's `training:` over the stage's TRL config defaults, for checks that need a field's
     effective value before the config is built."""
-    from posttrain import stages
-    from posttrain.schema import config_class
 
     fields = dataclasses.fields(config_class(stages.get(recipe.stage).trl_config))
     return {**{f.name: f.default for f in fields if f.init and f.default is not dataclasses.MISSING},

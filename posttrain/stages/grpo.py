@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
-from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
+from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config, torch_dtype
 from posttrain.rewards import parse_rewards, rule_reward
 from posttrain.stages import Footprint, Stage, common
 from posttrain.util import Where, world_size
@@ -69,8 +69,6 @@ def config(recipe: Recipe):
 
 
 def model_init_kwargs(model: dict) -> dict:
-    from posttrain.models import torch_dtype
-
     kw = {"dtype": str(torch_dtype(model.get("dtype") or "auto")).removeprefix("torch."),
           "attn_implementation": model.get("attn_implementation"), "revision": model.get("revision")}
     return {k: v for k, v in kw.items() if v is not None}

@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING
 
 from posttrain.data import packing
 from posttrain.data.collator import SFTCollator, tokenize_dataset
-from posttrain.data.mixture import label
-from posttrain.data.sources import load_splits
+from posttrain.data.mixture import label, load_splits
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config, match_eos
 from posttrain.stages import Footprint, Stage, common
 
