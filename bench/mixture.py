@@ -43,7 +43,7 @@ def write_files(root: Path, n: int) -> dict[str, Path]:
 
 
 def timed(data: dict) -> tuple[float, int, int, list]:
-    from posttrain.data.sources import load_splits
+    from posttrain.data.mixture import load_splits
 
     t0 = time.perf_counter()
     train, eval_ds, stats = load_splits(data, seed=42)

@@ -611,12 +611,14 @@ def check(d: Draft, level: str = "owners", skip: tuple[str, ...] = ()) -> Recipe
     last = LEVELS.index(level)
     found: list[Problem] = []
     d.where.found = found
-    bad: list[str] = [*d.pending]  # a key waiting for an upstream output is not checked either
+    bad: list[str] = []
     try:
         for step in REGISTRY:
             if LEVELS.index(step.level) > last:
                 break
-            if step.name in skip or _blocked(step, bad):
+            # a key waiting for an upstream output names nothing to read yet: the file and model checks leave it
+            waiting = list(d.pending) if LEVELS.index(step.level) >= LEVELS.index("files") else []
+            if step.name in skip or _blocked(step, bad + waiting):
                 continue
             before = len(found)
             try:

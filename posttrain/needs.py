@@ -13,7 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from posttrain.hub import hub_reachable
+from posttrain import hub as hub_access
 from posttrain.util import Where, did_you_mean
 
 
@@ -123,7 +123,7 @@ def hub(where: Where, training: dict):
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         where.fail(f"training.{key}", "uploads to the Hugging Face hub, but this process is offline (HF_HUB_OFFLINE is "
                    "set, or validate found the hub unreachable): the run would fail at its first upload")
-    if not hub_reachable():
+    if not hub_access.hub_reachable():
         where.fail(f"training.{key}", "uploads to the Hugging Face hub, which is not reachable from here: the run "
                    "would fail at its first upload")
     from huggingface_hub import get_token

@@ -145,8 +145,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
     stages: dict[str, Stage] = {}
     problems: list[str] = []
     for name in order(deps):
-        if any(d not in stages for d in deps[name]):
-            continue  # an upstream stage has problems (reported): this one cannot be wired yet
+        blocked = any(d not in stages for d in deps[name])  # an upstream stage has problems: not wired, not run
         entry = entries[name]
         recipe_path = Path(entry["recipe"])
         if not recipe_path.is_absolute() and (path.parent / recipe_path).is_file():
@@ -159,15 +158,22 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
         raw = deep_merge(raw, explicit)
         if not _has(explicit, "output_dir") and not _has(explicit_cli, "output_dir"):
             raw["output_dir"] = f"{root}/{name}"
-        merge_inputs, wired = _wire(name, raw, [stages[d] for d in deps[name]],
-                                    lambda key, a=explicit, b=explicit_cli: _has(a, key) or _has(b, key))
+        merge_inputs, wired = [], {}
+        if not blocked:
+            merge_inputs, wired = _wire(name, raw, [stages[d] for d in deps[name]],
+                                        lambda key, a=explicit, b=explicit_cli: _has(a, key) or _has(b, key))
         raw = apply_overrides(raw, per_stage[name], where)
         pending = tuple(k for k, out in wired.items() if not Path(out).exists())
+        if blocked:  # still checked, as far as it does not depend on what the upstream would give it
+            consumer = registry.all_stages().get(raw.get("stage"))
+            pending = ("model", *(k.removesuffix("[]") for k in (consumer.inputs.values() if consumer else ())))
         try:
             recipe = checks.validate(copy.deepcopy(raw), where=where, source=str(recipe_path), default_name=name,
                                      level=level, pending=pending)
         except RecipeError as e:
             problems += [f"stage {name} ({recipe_path.name}): {line}" for line in str(e).splitlines()]
+            continue
+        if blocked:
             continue
         recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
         stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where)

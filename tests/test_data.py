@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from posttrain.data.sources import load_source, load_splits
+from posttrain.data.mixture import load_splits
+from posttrain.data.sources import load_source
 from posttrain.errors import DataError
 
 

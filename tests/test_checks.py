@@ -1,0 +1,132 @@
+"""posttrain.checks: one pass reports every problem of a recipe at once, each with its file:line; one mistake gives
+one line (a check that reads a key already refused is skipped); validate, plan, train and pipeline all use it."""
+
+import re
+
+import pytest
+
+from posttrain import checks
+from posttrain.errors import Problems
+
+FIVE = """\
+stage: sft
+model: {{name_or_path: {model}}}
+data:
+  train: {missing}
+  max_length: 0
+peft: {{r: 4, lora_alpha: 8, target_modules: [q_projj]}}
+training:
+  max_steps: 2
+  learnig_rate: 1.0e-4
+  lr_scheduler_type: cosin
+output_dir: {out}
+"""
+
+# the five problems, by the line that sets each key
+EXPECTED = [
+    (5, "data.max_length: 0 is out of range"),
+    (9, "training.learnig_rate: unknown key in training; did you mean 'learning_rate'?"),
+    (10, "training.lr_scheduler_type: expected one of 'linear', 'cosine'"),
+    (4, "data.train: data file not found"),
+    (6, "peft.target_modules: 'q_projj' matches no module"),
+]
+
+
+def _errors(err: str) -> list[str]:
+    return [line.removeprefix("posttrain: error: ") for line in err.splitlines() if line.startswith("posttrain: error:")]
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "train"])
+def test_five_problems_five_lines_each_with_file_line(fx, tmp_path, cli, command):
+    out = tmp_path / "run"
+    recipe = tmp_path / "five.yaml"
+    recipe.write_text(FIVE.format(model=fx["model"], missing=tmp_path / "missing.jsonl", out=out))
+    code, stdout, err = cli(command, recipe)
+    errors = _errors(err)
+    assert code == 2 and "Traceback" not in err, err
+    assert len(errors) == 5, err
+    for (line, message), got in zip(EXPECTED, errors):
+        assert got.startswith(f"five.yaml:{line}: ") and message in got, (message, got)
+    assert not out.exists()  # nothing written: no run directory
+
+
+def test_one_mistake_one_line(fx, tmp_path, cli):
+    """A key refused early is not refused again by the checks that read it (no cascade)."""
+    cases = {
+        "stage: sfft\nmodel: {name_or_path: m}\ndata: {train: d.jsonl}\ntraining: {nope: 1}\n": "stage: unknown stage",
+        "stage: sft\nmodel: {name_or_path: m}\ndata: [d.jsonl]\n": "data: expected a mapping",
+        "stage: sft\nmodel: {name_or_path: m, token: x}\ndata: {train: d.jsonl}\n": "model.token: secrets never go",
+        "stage: grpo\nmodel: {name_or_path: m}\ndata: {train: d.jsonl}\nrewards: []\n": "rewards: is required",
+        "stage: sft\ndata: {train: d.jsonl}\n": "model.name_or_path: is required",
+    }
+    for i, (text, expected) in enumerate(cases.items()):
+        p = tmp_path / f"r{i}.yaml"
+        p.write_text(text)
+        code, _, err = cli("validate", p, "--no-data")
+        errors = _errors(err)
+        assert code == 2 and len(errors) == 1 and expected in errors[0], (text, err)
+
+
+def test_many_problems_are_capped(tmp_path, cli):
+    keys = "".join(f"  nope_{i}: 1\n" for i in range(25))
+    p = tmp_path / "many.yaml"
+    p.write_text(f"stage: sft\nmodel: {{name_or_path: m}}\ndata: {{train: d.jsonl}}\ntraining:\n{keys}")
+    code, _, err = cli("validate", p, "--no-data")
+    errors = _errors(err)
+    assert code == 2 and len(errors) == Problems.SHOWN + 1 and errors[-1] == "... and 5 more", err
+    assert all(re.match(r"many\.yaml:\d+: training\.nope_\d+: unknown key", e) for e in errors[:-1])
+
+
+def test_every_step_is_registered_once_in_level_order():
+    names = [s.name for s in checks.REGISTRY]
+    assert len(names) == len(set(names))
+    levels = [checks.LEVELS.index(s.level) for s in checks.REGISTRY]
+    assert levels == sorted(levels)
+
+
+def test_levels_are_prefixes(fx, tmp_path):
+    """`recipe` reads no file the recipe names; `files` reads data; `model` reads the model's config."""
+    raw = {"stage": "sft", "model": {"name_or_path": str(fx["model"])}, "data": {"train": str(tmp_path / "no.jsonl")},
+           "peft": {"r": 4, "lora_alpha": 8, "target_modules": ["nope"]}}
+    checks.validate(dict(raw), level="owners")  # neither the data file nor the modules are looked at
+    with pytest.raises(Problems) as e:
+        checks.validate(dict(raw), level="files")
+    assert "data file not found" in str(e.value) and "nope" not in str(e.value)
+    with pytest.raises(Problems) as e:
+        checks.validate(dict(raw), level="model")
+    assert len(e.value.lines) == 2
+
+
+def test_missing_local_models_are_one_line_each(fx, tmp_path, cli):
+    code, _, err = cli("validate", "ppo_gpt2", f"model.name_or_path={fx['model']}", f"data.train={fx['prompts']}",
+                       f"reward_model={tmp_path / 'no_reward'}", f"value_model={tmp_path}", "--no-data")
+    errors = _errors(err)
+    assert code == 2 and len(errors) == 2, err
+    assert "reward_model: no such directory" in errors[0] and "value_model: " in errors[1] and "holds no model" in errors[1]
+
+
+def test_eos_token_checked_at_validate(fx, cli):
+    code, _, err = cli("validate", "alpaca_gpt2", f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}",
+                       "training.eos_token=<|not_a_token|>", "--no-data")
+    assert code == 0  # --no-data: the tokenizer is not read
+    code, _, err = cli("validate", "alpaca_gpt2", f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}",
+                       "training.eos_token=<|not_a_token|>")
+    errors = _errors(err)
+    assert code == 2 and len(errors) == 1 and "training.eos_token: '<|not_a_token|>' is not a token" in errors[0], err
+
+
+def test_pipeline_reports_every_stage(fx, tmp_path, cli):
+    p = tmp_path / "pipe.yaml"
+    p.write_text(f"""\
+output_root: {tmp_path / 'runs'}
+stages:
+  sft: {{recipe: alpaca_gpt2, model.name_or_path: {fx['model']}, data.train: {tmp_path / 'no.jsonl'}}}
+  dpo: {{recipe: dpo_gpt2, after: sft, data.train: {fx['preference']}, training.beta: -1}}
+  reward: {{recipe: reward_gpt2, model.name_or_path: {fx['model']}, data.train: {fx['preference']}, training.nope: 1}}
+""")
+    code, _, err = cli("validate", p)
+    errors = _errors(err)
+    assert code == 2 and len(errors) == 3, err
+    assert errors[0].startswith("stage sft (alpaca_gpt2.yaml): ") and "data file not found" in errors[0]
+    assert errors[1].startswith("stage dpo (dpo_gpt2.yaml): ") and "training.beta: -1 is out of range" in errors[1]
+    assert errors[2].startswith("stage reward (reward_gpt2.yaml): ") and "training.nope: unknown key" in errors[2]
