@@ -5,6 +5,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +14,47 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_neither_train_nor_spawn(request, monkeypatch):
+    """`make test-fast` stays fast: a test not marked slow that takes an optimizer step or starts a process fails,
+    naming the marker it needs."""
+    if request.node.get_closest_marker("slow"):
+        return
+    import subprocess
+
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"this test {what}: mark it @pytest.mark.slow (make test-fast leaves it out)")
+        return fail
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starts a process"))
+    monkeypatch.setattr(AcceleratedOptimizer, "step", refuse("trains (an optimizer step)"))
+
+
+def manifest(out) -> dict:
+    """A run directory's manifest.json."""
+    return json.loads((Path(out) / "manifest.json").read_text())
+
+
+def error_lines(err: str) -> list[str]:
+    """The `posttrain: error:` lines of a command's stderr, without the prefix."""
+    return [line.removeprefix("posttrain: error: ") for line in err.splitlines() if line.startswith("posttrain: error:")]
+
+
+def one_error_line(code: int, out: str, err: str, expected: str) -> str:
+    """Exit 2 with exactly one `posttrain: error:` line (the last posttrain line; warnings may precede), naming
+    `expected`, and no traceback."""
+    assert code == 2, (out, err)
+    lines = [line for line in err.strip().splitlines() if line.startswith("posttrain: ")]
+    errors = [line for line in lines if line.startswith("posttrain: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert "Traceback" not in err
+    assert expected in errors[0], errors[0]
+    return errors[0]
 
 
 @pytest.fixture(scope="session")

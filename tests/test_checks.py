@@ -4,8 +4,11 @@ one line (a check that reads a key already refused is skipped); validate, plan, 
 import re
 
 import pytest
+import yaml
+from conftest import error_lines
 
 from posttrain import checks
+from posttrain.checks import load_recipe
 from posttrain.errors import Problems
 
 FIVE = """\
@@ -32,17 +35,13 @@ EXPECTED = [
 ]
 
 
-def _errors(err: str) -> list[str]:
-    return [line.removeprefix("posttrain: error: ") for line in err.splitlines() if line.startswith("posttrain: error:")]
-
-
 @pytest.mark.parametrize("command", ["validate", "plan", "train"])
 def test_five_problems_five_lines_each_with_file_line(fx, tmp_path, cli, command):
     out = tmp_path / "run"
     recipe = tmp_path / "five.yaml"
     recipe.write_text(FIVE.format(model=fx["model"], missing=tmp_path / "missing.jsonl", out=out))
     code, stdout, err = cli(command, recipe)
-    errors = _errors(err)
+    errors = error_lines(err)
     assert code == 2 and "Traceback" not in err, err
     assert len(errors) == 5, err
     for (line, message), got in zip(EXPECTED, errors):
@@ -63,7 +62,7 @@ def test_one_mistake_one_line(fx, tmp_path, cli):
         p = tmp_path / f"r{i}.yaml"
         p.write_text(text)
         code, _, err = cli("validate", p, "--no-data")
-        errors = _errors(err)
+        errors = error_lines(err)
         assert code == 2 and len(errors) == 1 and expected in errors[0], (text, err)
 
 
@@ -72,7 +71,7 @@ def test_many_problems_are_capped(tmp_path, cli):
     p = tmp_path / "many.yaml"
     p.write_text(f"stage: sft\nmodel: {{name_or_path: m}}\ndata: {{train: d.jsonl}}\ntraining:\n{keys}")
     code, _, err = cli("validate", p, "--no-data")
-    errors = _errors(err)
+    errors = error_lines(err)
     assert code == 2 and len(errors) == Problems.SHOWN + 1 and errors[-1] == "... and 5 more", err
     assert all(re.match(r"many\.yaml:\d+: training\.nope_\d+: unknown key", e) for e in errors[:-1])
 
@@ -100,7 +99,7 @@ def test_levels_are_prefixes(fx, tmp_path):
 def test_missing_local_models_are_one_line_each(fx, tmp_path, cli):
     code, _, err = cli("validate", "ppo_gpt2", f"model.name_or_path={fx['model']}", f"data.train={fx['prompts']}",
                        f"reward_model={tmp_path / 'no_reward'}", f"value_model={tmp_path}", "--no-data")
-    errors = _errors(err)
+    errors = error_lines(err)
     assert code == 2 and len(errors) == 2, err
     assert "reward_model: no such directory" in errors[0] and "value_model: " in errors[1] and "holds no model" in errors[1]
 
@@ -111,7 +110,7 @@ def test_eos_token_checked_at_validate(fx, cli):
     assert code == 0  # --no-data: the tokenizer is not read
     code, _, err = cli("validate", "alpaca_gpt2", f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}",
                        "training.eos_token=<|not_a_token|>")
-    errors = _errors(err)
+    errors = error_lines(err)
     assert code == 2 and len(errors) == 1 and "training.eos_token: '<|not_a_token|>' is not a token" in errors[0], err
 
 
@@ -125,8 +124,59 @@ stages:
   reward: {{recipe: reward_gpt2, model.name_or_path: {fx['model']}, data.train: {fx['preference']}, training.nope: 1}}
 """)
     code, _, err = cli("validate", p)
-    errors = _errors(err)
+    errors = error_lines(err)
     assert code == 2 and len(errors) == 3, err
     assert errors[0].startswith("stage sft (alpaca_gpt2.yaml): ") and "data file not found" in errors[0]
     assert errors[1].startswith("stage dpo (dpo_gpt2.yaml): ") and "training.beta: -1 is out of range" in errors[1]
     assert errors[2].startswith("stage reward (reward_gpt2.yaml): ") and "training.nope: unknown key" in errors[2]
+
+
+# QLoRA as users mean it: a resolve step of the pass (checks.qlora_defaults)
+
+BASE = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
+
+
+def _write(tmp_path, text, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_load_in_4bit_alone_means_nf4_double_quant_and_16bit_compute_where_there_is_one(tmp_path):
+    from posttrain.models import bf16_supported
+
+    r = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
+    resolved = yaml.safe_load(r.to_yaml())["quantization"]
+    assert resolved == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                        "bnb_4bit_compute_dtype": "bfloat16" if bf16_supported() else "float32"}
+    assert r.quantization == resolved  # what models.quantization_config receives
+
+
+def test_qlora_computes_in_bf16_on_a_gpu_that_has_it(tmp_path, monkeypatch):
+    from posttrain import models
+
+    monkeypatch.setattr(models, "bf16_supported", lambda: True)
+    r = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
+    assert r.quantization["bnb_4bit_compute_dtype"] == "bfloat16"
+    assert "bnb_4bit_compute_dtype: bfloat16" in r.to_yaml()  # recipe.resolved.yaml says so
+
+
+def test_every_qlora_field_stays_settable(tmp_path):
+    r = load_recipe(str(_write(tmp_path, BASE.replace("gpt2}", "gpt2, dtype: fp16}") + "peft: {r: 4}\n"
+                               "quantization: {load_in_4bit: true, bnb_4bit_quant_type: fp4, "
+                               "bnb_4bit_use_double_quant: false}\n")))
+    assert r.quantization == {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False,
+                              "bnb_4bit_compute_dtype": "float16"}  # an explicit model.dtype is the compute dtype
+    r8 = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_8bit: true}\n")))
+    assert r8.quantization == {"load_in_8bit": True}
+
+
+def test_the_resolved_qlora_block_builds_the_bitsandbytes_config(tmp_path):
+    import torch
+
+    from posttrain.models import quantization_config
+
+    r = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
+    qc = quantization_config(r.quantization, torch.float32)
+    assert qc.bnb_4bit_quant_type == "nf4" and qc.bnb_4bit_use_double_quant
+    assert qc.bnb_4bit_compute_dtype == getattr(torch, r.quantization["bnb_4bit_compute_dtype"])

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_distributed import REPO, _free_port
 
 SLOW_S, TIMEOUT_S = 6, 2
@@ -43,6 +44,7 @@ os._exit(code)
 """
 
 
+@pytest.mark.slow
 def test_slow_tokenization_outlives_a_small_ddp_timeout(fx, tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)

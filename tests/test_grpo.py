@@ -4,6 +4,7 @@ bad `rewards:` sections exit 2 naming the key."""
 import json
 
 import pytest
+from conftest import manifest
 
 from posttrain.errors import RecipeError
 from posttrain.rewards import ExactMatch, LengthPenalty, parse_rewards
@@ -29,9 +30,6 @@ def _args(fx, out, rewards, *extra):
             f"rewards={rewards}", *FAST, *extra]
 
 
-def _manifest(out):
-    return json.loads((out / "manifest.json").read_text())
-
 
 def _generate(model, tokenizer):
     ids = tokenizer("Add 2 and 3. Answer: ", return_tensors="pt")
@@ -49,7 +47,7 @@ def test_grpo_mixed_rewards_trains_saves_and_reloads(fx, reward_model, tmp_path,
               "{rule: length_penalty, target: 4}]"
     code, _, err = cli("train", "grpo_gpt2", *_args(fx, out, rewards, "training.learning_rate=1e-2"))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and m["stage"] == "grpo" and m["metrics"]["global_step"] == 3
     assert m["data"]["train"] == {"rows": 24, "kept": 24, "dropped_empty_field": 0, "dropped_over_max_length": 0}
     metrics = m["metrics"]
@@ -76,7 +74,7 @@ def test_grpo_lora_saves_adapter_that_reloads(fx, reward_model, tmp_path, cli):
                                                     "peft={r: 4, lora_alpha: 8, target_modules: [c_attn, c_proj]}",
                                                     "training.max_steps=2"))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and 0 < m["model"]["trainable_parameters"] < m["model"]["parameters"]
     assert "rewards/tiny_rm/mean" in m["metrics"] and "rewards/exact_match/mean" in m["metrics"]
     assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
@@ -90,7 +88,7 @@ def test_rloo_trains_and_evaluates(fx, tmp_path, cli):
                                                     "training.max_steps=2", "data.eval_fraction=0.25",
                                                     "training.per_device_eval_batch_size=4"))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and m["stage"] == "rloo" and m["metrics"]["global_step"] == 2
     assert m["data"]["train"]["kept"] == 18 and m["data"]["eval"]["kept"] == 6
     lp = m["metrics"]["rewards/length_penalty/mean"]
@@ -131,10 +129,10 @@ def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
     with pytest.raises(_Crash):
         cli("train", "grpo_gpt2", *args)
     monkeypatch.setitem(registry, "grpo", grpo.STAGE)
-    assert _manifest(out)["status"] == "failed" and (out / "checkpoint-1").is_dir()
+    assert manifest(out)["status"] == "failed" and (out / "checkpoint-1").is_dir()
     code, _, err = cli("train", "grpo_gpt2", *args, "--resume")
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["resumed_from"] == "checkpoint-1" and m["metrics"]["global_step"] == 3 and m["status"] == "finished"
 
 

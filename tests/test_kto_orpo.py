@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+from conftest import manifest
 
 pytestmark = pytest.mark.slow
 
@@ -16,9 +17,6 @@ def _args(fx, out, train, *extra):
     return [f"model.name_or_path={fx['model']}", f"data.train={train}", "data.split=train", f"data.eval={train}",
             "data.eval_split=train[:4]", f"output_dir={out}", *FAST, *extra]
 
-
-def _manifest(out):
-    return json.loads((out / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def test_kto_trains_on_unpaired_rows_and_on_pairs(fx, tmp_path, cli, unpaired, s
     train, fmt = (unpaired, "unpaired") if shape == "unpaired" else (fx["preference"], "preference")
     code, _, err = cli("train", "kto_gpt2", *_args(fx, out, train, f"data.format={fmt}"))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and m["stage"] == "kto" and m["metrics"]["global_step"] == 2
     assert "kl" in m["metrics"] and "eval_rewards/margins" in m["metrics"], [k for k in m["metrics"] if "eval" not in k]
     assert (out / "model.safetensors").is_file()
@@ -49,12 +47,12 @@ def test_kto_lora_and_orpo_train_and_report(fx, tmp_path, cli):
     out = tmp_path / "kto_lora"
     code, _, err = cli("train", "kto_gpt2_lora", *_args(fx, out, fx["preference"], "peft.target_modules=[c_attn]"))
     assert code == 0, err
-    assert (out / "adapter_config.json").is_file() and _manifest(out)["status"] == "finished"
+    assert (out / "adapter_config.json").is_file() and manifest(out)["status"] == "finished"
 
     out = tmp_path / "orpo"
     code, stdout, err = cli("train", "orpo_gpt2", *_args(fx, out, fx["preference"]))
     assert code == 0, err
-    m = _manifest(out)["metrics"]
+    m = manifest(out)["metrics"]
     assert 0 <= m["eval_rewards/accuracies"] <= 1 and "log_odds_ratio" in m and "nll_loss" in m
     assert "eval_rewards/accuracies=" in stdout  # the headline the stage declares
 
@@ -85,5 +83,5 @@ def test_kto_and_orpo_chain_after_sft(fx, tmp_path, cli, unpaired):
     for stage in ("kto", "orpo"):
         resolved = yaml.safe_load((tmp_path / "pipe" / stage / "recipe.resolved.yaml").read_text())
         assert resolved["model"]["name_or_path"] == str(tmp_path / "pipe" / "sft")
-        assert _manifest(tmp_path / "pipe" / stage)["status"] == "finished"
+        assert manifest(tmp_path / "pipe" / stage)["status"] == "finished"
     assert "rewards/margins" in out

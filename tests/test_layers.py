@@ -96,3 +96,20 @@ def test_function_level_imports_of_posttrain_are_gone():
 
 def test_the_scan_sees_cycles():
     assert cycles({"a": {"b": (1, True)}, "b": {"c": (1, False)}, "c": {"a": (1, True)}, "d": {}}) == [["a", "b", "c"]]
+
+
+
+def test_a_fast_test_can_neither_spawn_nor_train():
+    """conftest's guard: what `make test-fast` runs starts no process and takes no optimizer step."""
+    import subprocess
+
+    import pytest
+    import torch
+    from accelerate import Accelerator
+
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
+        subprocess.run(["true"])
+    layer = torch.nn.Linear(2, 1)
+    optimizer = Accelerator(cpu=True).prepare(torch.optim.SGD(layer.parameters(), lr=0.1))
+    with pytest.raises(AssertionError, match="an optimizer step"):
+        optimizer.step()

@@ -146,6 +146,7 @@ def _args(fx, out, *extra, model=None):
             "training.save_steps=3", "training.gradient_accumulation_steps=1", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["alpaca_gpt2", "alpaca_gpt2_lora"])
 def test_packed_sft_run_matches_padded_run(fx, models, tmp_path, cli, recipe):
     """The real CLI/stage path, full fine-tune and LoRA: a packed run finishes, writes the manifest, and logs
@@ -165,6 +166,7 @@ def test_packed_sft_run_matches_padded_run(fx, models, tmp_path, cli, recipe):
     assert got["packed"][1] == pytest.approx(got["padded"][1], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_packed_qlora_run(fx, tmp_path, cli):
     out = tmp_path / "qlora"
     code, _, err = cli("train", "alpaca_gpt2_qlora", *_args(fx, out, "training.packing=true", "training.max_steps=2",

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from conftest import manifest
 
 from posttrain.checks import load_recipe
 from posttrain.data.trl_rows import drop_long_prompts
@@ -41,9 +42,6 @@ def _args(fx, reward_dir, prompts, out, *extra):
             "data.eval=null", "data.max_length=32", f"output_dir={out}", "training.total_episodes=8",
             "training.response_length=8", "training.learning_rate=1e-3", *extra]
 
-
-def _manifest(out):
-    return json.loads((out / "manifest.json").read_text())
 
 
 def _generate(model, tok):
@@ -114,7 +112,7 @@ def test_ppo_logs_reward_and_kl_writes_samples_and_saves_the_policy(fx, reward_d
     # stop_token null: TRL then sets the policy's generation eos to None; the saved model must still stop at EOS.
     code, _, err = cli("train", "ppo_gpt2", *_args(fx, reward_dir, prompts, out, "training.stop_token=null"))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and m["stage"] == "ppo"
     assert m["metrics"]["global_step"] == 2  # total_episodes 8 / batch 4
     for key in ("last_logged_score", "last_logged_kl", "first_logged_score", "sample_mean_score"):
@@ -148,7 +146,7 @@ def test_ppo_lora_saves_an_adapter_that_reloads(fx, reward_dir, prompts, tmp_pat
     code, _, err = cli("train", "ppo_gpt2_lora", *_args(fx, reward_dir, prompts, out, f"data.eval={fx['prompts']}",
                                                            "data.eval_split=train"))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and "last_logged_kl" in m["metrics"]
     assert m["data"]["eval"]["kept"] == 24 and 0 < m["model"]["trainable_parameters"] < m["model"]["parameters"]
     assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import manifest
 
 
 def _args(fx, out, *extra):
@@ -12,9 +13,6 @@ def _args(fx, out, *extra):
             "training.learning_rate=1e-3", *extra]
 
 
-def _manifest(out):
-    return json.loads((out / "manifest.json").read_text())
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -23,7 +21,7 @@ def test_reward_model_trains_scores_and_reports_accuracy(fx, tmp_path, cli, lora
     extra = ["peft={r: 4, lora_alpha: 8, target_modules: [c_attn]}"] if lora else []
     code, _, err = cli("train", "reward_gpt2", *_args(fx, out, *extra))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and m["stage"] == "reward"
     assert 0 <= m["metrics"]["eval_accuracy"] <= 1 and "eval_margin" in m["metrics"]
     assert m["data"]["train"]["dropped_over_max_length"] == 0
@@ -50,8 +48,8 @@ def test_reward_counts_pairs_dropped_over_max_length(fx, tmp_path, cli, tokenize
     short = ["training.max_steps=1", "training.eval_strategy=no", "data.eval=null"]
     code, _, err = cli("train", "reward_gpt2", *_args(fx, out, f"data.max_length={cut}", *short))
     assert code == 0, err
-    dropped = _manifest(out)["data"]["train"]["dropped_over_max_length"]
-    assert 0 < dropped < len(rows) and _manifest(out)["data"]["train"]["kept"] == len(rows) - dropped
+    dropped = manifest(out)["data"]["train"]["dropped_over_max_length"]
+    assert 0 < dropped < len(rows) and manifest(out)["data"]["train"]["kept"] == len(rows) - dropped
     code, _, err = cli("train", "reward_gpt2", *_args(fx, tmp_path / "none_fit", "data.max_length=2", *short))
     assert code == 2 and "no training pair fits max_length=2" in err
 
@@ -67,7 +65,7 @@ def test_dpo_trains_with_each_reference_kind(fx, tmp_path, cli, variant):
         extra.append("peft.target_modules=[c_attn]")
     code, _, err = cli("train", recipe, *_args(fx, out, *extra))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and 0 <= m["metrics"]["eval_rewards/accuracies"] <= 1
     assert "eval_rewards/margins" in m["metrics"] and "rewards/margins" in m["metrics"]
     if variant == "lora":
@@ -113,5 +111,5 @@ def test_conversational_preference_rows_train(fx, tmp_path, cli, recipe):
     code, _, err = cli("train", recipe, f"model.name_or_path={fx['model']}", f"data.train={data}", "data.split=train",
                        "data.eval=null", "training.eval_strategy=no", "training.max_steps=2", f"output_dir={out}")
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and m["data"]["train"]["kept"] == len(rows)

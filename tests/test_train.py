@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import manifest
 
 pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
 
@@ -16,9 +17,6 @@ def _args(fx, out, *extra, lr="5e-3", data="alpaca"):
     return [f"model.name_or_path={fx['model']}", f"data.train={fx[data]}", f"output_dir={out}",
             f"training.learning_rate={lr}", *FAST, *extra]
 
-
-def _manifest(out):
-    return json.loads((out / "manifest.json").read_text())
 
 
 def _generate(model, tokenizer, prompt="Add 2 and 3."):
@@ -34,7 +32,7 @@ def test_full_finetune_trains_saves_reloads_and_refuses_overwrite(fx, tmp_path, 
     out = tmp_path / "run"
     code, stdout, err = cli("train", "alpaca_gpt2", *_args(fx, out))
     assert code == 0, err
-    m = _manifest(out)
+    m = manifest(out)
     assert m["status"] == "finished" and m["stage"] == "sft" and m["world_size"] == 1
     assert m["metrics"]["global_step"] == 6 and m["versions"]["trl"].startswith("1.12")
     assert m["metrics"]["last_logged_loss"] < m["metrics"]["first_logged_loss"]  # it learned something
@@ -52,7 +50,7 @@ def test_full_finetune_trains_saves_reloads_and_refuses_overwrite(fx, tmp_path, 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out), "--resume")
     assert code == 2 and "nothing to resume" in err
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.max_steps=2"), "--overwrite")
-    assert code == 0 and _manifest(out)["metrics"]["global_step"] == 2
+    assert code == 0 and manifest(out)["metrics"]["global_step"] == 2
     assert not (out / "checkpoint-6").exists()
 
 
@@ -75,7 +73,7 @@ def test_qlora_trains_on_cpu(fx, tmp_path, cli):
                        *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no", "data.eval_fraction=null"))
     assert code == 0, err
     cfg = json.loads((out / "adapter_config.json").read_text())
-    m = _manifest(out)
+    m = manifest(out)
     assert cfg["r"] == 16 and m["status"] == "finished"
     assert m["model"]["quantized"] == "4bit" and 0 < m["model"]["trainable_parameters"] < m["model"]["parameters"]
     resolved = (out / "recipe.resolved.yaml").read_text()
@@ -88,7 +86,7 @@ def test_bare_load_in_4bit_trains_as_qlora_on_cpu(fx, tmp_path, cli):
                        *_args(fx, out, "training.max_steps=2", "training.eval_strategy=no"))
     assert code == 0, err
     assert "bnb_4bit_use_double_quant: true" in (out / "recipe.resolved.yaml").read_text()
-    assert _manifest(out)["model"]["quantized"] == "4bit"
+    assert manifest(out)["model"]["quantized"] == "4bit"
 
 
 def test_messages_format_trains(fx, tmp_path, cli):
@@ -96,7 +94,7 @@ def test_messages_format_trains(fx, tmp_path, cli):
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "data.format=messages", "training.max_steps=2",
                                                       data="messages"))
     assert code == 0, err
-    assert _manifest(out)["data"]["train"]["kept"] > 0
+    assert manifest(out)["data"]["train"]["kept"] > 0
 
 
 class _Crash(Exception):
@@ -133,7 +131,7 @@ def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch)
     with pytest.raises(_Crash):
         cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"))
     monkeypatch.setitem(registry, "sft", sft.STAGE)
-    assert _manifest(out)["status"] == "failed" and (out / "checkpoint-3").is_dir()
+    assert manifest(out)["status"] == "failed" and (out / "checkpoint-3").is_dir()
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"))
     assert code == 2 and "pass --resume" in err
@@ -143,7 +141,7 @@ def test_interrupted_run_resumes_to_the_same_end(fx, tmp_path, cli, monkeypatch)
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(fx, out, "training.eval_strategy=no"), "--resume")
     assert code == 0, err
-    m, r = _manifest(out), _manifest(ref)
+    m, r = manifest(out), manifest(ref)
     assert m["resumed_from"] == "checkpoint-3" and m["attempts"] == 2
     assert m["metrics"]["global_step"] == r["metrics"]["global_step"] == 6
     log = {e["step"]: e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e}

@@ -171,3 +171,12 @@ def test_validate_offline_says_what_it_could_not_check(cli):
     code, out, _ = cli("validate", "alpaca_gpt2")
     assert code == 0 and "ok: recipe checked" in out
     assert "not checked: data.train (hub dataset 'yahma/alpaca-cleaned'" in out and "not checked: tokenizer" in out
+
+
+def test_null_under_extends_removes_the_inherited_key(tmp_path):
+    _write(tmp_path, BASE + "peft: {r: 4, lora_alpha: 8}\ntraining: {max_steps: 5, warmup_steps: 3}\n", "base.yaml")
+    child = _write(tmp_path, "extends: base.yaml\npeft: null\ntraining: {warmup_steps: null}\n", "child.yaml")
+    r = load_recipe(str(child))
+    assert r.peft is None and r.training == {"max_steps": 5}
+    child2 = _write(tmp_path, "extends: base.yaml\npeft: {lora_alpha: null}\n", "child2.yaml")
+    assert load_recipe(str(child2)).peft == {"r": 4}
