@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
+from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError
 from posttrain.runs import RESOLVED
 from posttrain.util import first_line
 
 TEMPLATES = ("alpaca", "chat", "raw")
-_BY_FORMAT = {"alpaca": "alpaca", "messages": "chat", "prompt_completion": "raw"}
 
 
 def _recipe_of(path: Path) -> dict | None:
@@ -40,8 +40,9 @@ def run_template(path: str | Path) -> str | None:
         if recipe is None:
             return None
         data = recipe.get("data") or {}
-        if data.get("format") in _BY_FORMAT:
-            return data.get("template") or _BY_FORMAT[data["format"]]
+        spec = FORMATS.get(data.get("format"))
+        if spec is not None and spec.prompts_with:
+            return data.get("template") or spec.prompts_with
         p = Path(str((recipe.get("model") or {}).get("name_or_path", "")))
     return None
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from posttrain.recipe import Recipe
 
 SAMPLE_ROWS = 8
-TRL_FORMATS = ("preference", "prompt", "unpaired")  # rows TRL tokenizes: checked by clean_pairs_or_prompts
 # names other tools give "every linear layer"
 ALL_LINEAR = ("all", "all_linear", "linear", "all-linears")
 
@@ -108,13 +107,13 @@ def data(recipe: Recipe) -> list[Sample]:
         if note:
             samples.append(Sample(key, entry["source"], note=note))
             continue
-        from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
+        from posttrain.data.formats import clean_pairs_or_prompts, get, resolve_columns
 
         try:
             s = _sample(key, entry, d)
             if s.rows is not None:
                 resolve_columns(s.rows.column_names, d["format"], s.source)
-                if d["format"] in TRL_FORMATS:
+                if get(d["format"]).tokenized_by == "trl":
                     with quiet():
                         clean_pairs_or_prompts(s.rows, d["format"], s.source, keep_extra=True)
         except DataError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from posttrain.data import formats
 from posttrain.data.collator import IGNORE_INDEX, encode_batch
 from posttrain.data.formats import resolve_columns
 from posttrain.errors import PosttrainError, RecipeError
@@ -49,7 +50,7 @@ def preview(recipe: Recipe, out=None):
         return
     data = recipe.data
     train_on = data.get("train_on") or "assistant"
-    supervised = data["format"] not in preflight.TRL_FORMATS
+    supervised = formats.get(data["format"]).tokenized_by == "posttrain"  # else TRL tokenizes the rows
 
     def encode(sample):
         cols = resolve_columns(sample.rows.column_names, data["format"], sample.source)

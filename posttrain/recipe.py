@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from posttrain import needs, options, stages
+from posttrain.data.formats import FORMATS
 from posttrain.errors import RecipeError
 from posttrain.util import Where, as_number, did_you_mean, first_line, show, type_words
 
@@ -121,8 +122,6 @@ SOURCE_KEYS = {
     "weight": Key((int, float), range=POSITIVE, help="fraction of its usable rows to take; > 1 repeats rows"),
     "rows": Key((int,), range=AT_LEAST_1, help="how many rows to take (more than it has repeats rows)"),
 }
-# data.format -> the other source formats a mixture may hold (read into data.format's columns)
-MIXABLE = {"messages": ("sharegpt", "alpaca", "prompt_completion")}
 
 # Which training/peft/quantization keys posttrain manages or refuses: posttrain.options (the one place).
 
@@ -496,12 +495,12 @@ def data_sources(d: Draft):
             if entry["weight"] is not None and entry["rows"] is not None:
                 d.where.fail(f"{dotted}.rows", "set weight or rows, not both")
             src_fmt = entry["format"] or fmt
-            known = (*stages.formats(), "sharegpt")
+            known = tuple(FORMATS)
             if src_fmt not in known:
                 d.where.fail(f"{dotted}.format", f"'{src_fmt}' is not one of {', '.join(known)}"
                              f"{did_you_mean(src_fmt, known)}")
-            if src_fmt != fmt and src_fmt not in MIXABLE.get(fmt, ()):
-                can = MIXABLE.get(fmt)
+            if src_fmt != fmt and src_fmt not in FORMATS[fmt].mixable:
+                can = FORMATS[fmt].mixable
                 d.where.fail(f"{dotted}.format", f"'{src_fmt}' rows cannot be read as '{fmt}' data"
                              + (f" (a {fmt} mixture also takes {', '.join(can)})" if can else f" (give it {fmt} rows)"))
             _column_names(d.where, f"{dotted}.column_map", entry["column_map"])
@@ -526,13 +525,11 @@ def eval_fraction_or_count(d: Draft):
 
 
 def template_and_train_on_fit_format(d: Draft):
-    from posttrain.data.formats import TEMPLATES
-
     fmt, template = d.data["format"], d.data["template"]
-    if template is not None and template not in TEMPLATES.get(fmt, ()):
+    if template is not None and template not in FORMATS[fmt].templates:
         d.where.fail("data.template", f"'{template}' is not a way to write {fmt} rows (one of "
-                     f"{', '.join(TEMPLATES.get(fmt, ()))})")
-    if d.data["train_on"] is not None and fmt not in ("alpaca", "prompt_completion", "messages"):
+                     f"{', '.join(FORMATS[fmt].templates)})")
+    if d.data["train_on"] is not None and not FORMATS[fmt].supervised:
         d.where.fail("data.train_on", f"only supervised data ({fmt} is not) has tokens to choose from; "
                      f"{d.stage.name} trains on what TRL computes")
 

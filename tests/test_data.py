@@ -85,3 +85,26 @@ def test_conversational_prompt_completion(tokenizer):
     row = {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "4"}]}
     enc = encode_batch([row], "prompt_completion", {"prompt": "prompt", "completion": "completion"}, tokenizer, 64)[0]
     assert tokenizer.decode([t for t in enc["labels"] if t != IGNORE_INDEX]) == "4<|im_end|>\n"
+
+
+def test_one_format_registry_is_what_every_part_reads():
+    """Every stage's formats are registered; posttrain-tokenized formats render rows, TRL's do not; mixtures,
+    templates and generate read the same entries."""
+    from posttrain import stages
+    from posttrain.data.formats import FORMATS, get, resolve_columns
+    from posttrain.generate import TEMPLATES
+
+    assert set(stages.formats()) <= set(FORMATS)
+    for f in FORMATS.values():
+        assert (f.segments is not None) == (f.tokenized_by == "posttrain" and f.reads_as is None), f.name
+        assert all(m in FORMATS for m in f.mixable) and f.templates
+        assert f.prompts_with is None or f.prompts_with in TEMPLATES
+    assert stages.get("sft").formats == tuple(n for n, f in FORMATS.items() if f.tokenized_by == "posttrain"
+                                              and f.reads_as is None)
+    assert resolve_columns(["instruction", "response", "input"], "alpaca", "x") == {
+        "instruction": "instruction", "output": "response", "input": "input"}
+    assert resolve_columns(["conversations", "messages"], "sharegpt", "x") == {"messages": "conversations"}
+    with pytest.raises(DataError, match="format 'prompt' needs a column 'prompt'"):
+        resolve_columns(["question"], "prompt", "x")
+    with pytest.raises(DataError, match="unknown data format 'textt'"):
+        get("textt")

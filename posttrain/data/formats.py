@@ -1,4 +1,5 @@
-"""Row formats: turn one dataset row into text segments, each either masked (prompt) or trained.
+"""Row formats: what each data format is (FORMATS, the one registry), and how a row of one that
+posttrain tokenizes becomes text segments, each either masked (prompt) or trained.
 
 alpaca             {instruction, input (optional), output | response} -> classic Alpaca template
 prompt_completion  {prompt, completion}
@@ -14,6 +15,9 @@ tokenizer's chat template); `data.train_on` picks which tokens of a conversation
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from posttrain.errors import DataError
 
 # The classic Stanford Alpaca templates, verbatim.
@@ -28,34 +32,59 @@ ALPACA_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
 
-# format -> (required columns, alternatives accepted for a column)
-COLUMNS = {
-    "alpaca": (("instruction", "output"), {"output": ("output", "response")}),
-    "prompt_completion": (("prompt", "completion"), {}),
-    "messages": (("messages",), {}),
-    "preference": (("chosen", "rejected"), {}),
-    "unpaired": (("prompt", "completion", "label"), {}),  # KTO: one completion, desirable (true) or not
-    "prompt": (("prompt",), {}),
-}
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """What one data format is; every part of posttrain reads it from FORMATS.
+
+    A format that posttrain tokenizes needs `segments` (how a row is written as masked and trained text);
+    one TRL tokenizes is only checked and renamed here (clean_pairs_or_prompts). Adding a format is adding
+    an entry (and naming it in the `formats` of the stages that train it).
+    """
+
+    name: str
+    required: tuple[str, ...]  # canonical column names a row must fill
+    optional: tuple[str, ...] = ()  # used when the source has them, never required
+    may_be_blank: tuple[str, ...] = ()  # columns a row may leave empty (others: the row is dropped)
+    alternatives: tuple[tuple[str, tuple[str, ...]], ...] = ()  # canonical column -> source names accepted, in order
+    templates: tuple[str, ...] = ("raw",)  # the ways `data.template` may write its rows; the first is the default
+    mixable: tuple[str, ...] = ()  # other source formats a mixture may read into this one
+    tokenized_by: str = "posttrain"  # "posttrain" (exact masking, data/collator.py) | "trl" (the trainer does)
+    supervised: bool = False  # it has a prompt and a response: `data.train_on` chooses which tokens train
+    conversational: bool = False  # rows may be text or conversations; the loader makes each row one shape
+    prompts_with: str | None = None  # the template `generate` prompts a model trained on it with
+    reads_as: str | None = None  # a source-only format read into another's columns (sharegpt -> messages)
+    segments: Callable | None = None  # segments(row, cols, tokenizer, train_on, template) -> [(text, trained)]
+
+    def accepted(self, column: str) -> tuple[str, ...]:
+        return dict(self.alternatives).get(column, (column,))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+def get(name: str) -> Format:
+    if name not in FORMATS:
+        raise DataError(f"unknown data format {name!r}; expected one of {', '.join(FORMATS)}")
+    return FORMATS[name]
 
 
 def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str, str]:
-    """Map each column the format needs to the column that holds it; clear error if one is missing."""
-    required, alternatives = COLUMNS[fmt]
+    """Map each column the format needs to the column that holds it; clear error if one is missing.
+    Optional columns are mapped when the source has them."""
+    spec = get(fmt)
     found = {}
-    for col in required:
-        options = alternatives.get(col, (col,))
+    for col in spec.columns:
+        options = spec.accepted(col)
         hit = next((c for c in options if c in column_names), None)
-        if hit is None:
+        if hit is None and col in spec.required:
             need = " or ".join(f"'{c}'" for c in options)
             raise DataError(
                 f"{source}: format '{fmt}' needs a column {need}; columns found: {', '.join(column_names)} "
                 f"(rename with data.column_map)"
             )
-        found[col] = hit
-    optional = {"alpaca": "input", "preference": "prompt"}.get(fmt)  # used when there, never required
-    if optional and optional in column_names:
-        found[optional] = optional
+        if hit is not None:
+            found[col] = hit
     return found
 
 
@@ -74,11 +103,6 @@ def _text(value) -> str | None:
     return value if value.strip() else None
 
 
-# format -> the ways its rows can be written; the first is the default
-TEMPLATES = {"alpaca": ("alpaca", "chat"), "prompt_completion": ("raw", "chat"), "messages": ("chat",),
-             "preference": ("raw", "chat"), "prompt": ("raw", "chat"), "unpaired": ("raw",)}
-
-
 def user_text(instruction: str, input_text: str | None = None) -> str:
     """An Alpaca instruction (and input) as one user message: what `generate --template chat` sends too."""
     return f"{instruction}\n\n{input_text}" if input_text and input_text.strip() else instruction
@@ -91,32 +115,41 @@ def segments(row: dict, fmt: str, cols: dict[str, str], tokenizer=None, *, train
     Single-turn formats end with the response; the caller appends EOS. Chat segments come from the
     chat template and already hold the end-of-turn tokens. train_on "all" trains the prompt too.
     """
-    if fmt == "alpaca":
-        instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
-        if instruction is None or output is None:
-            return None
-        input_text = _text(row.get(cols["input"])) if "input" in cols else None
-        if template == "chat":
-            msgs = [{"role": "user", "content": user_text(instruction, input_text)},
-                    {"role": "assistant", "content": output}]
-            return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
-        return _single(alpaca_prompt(instruction, input_text), output, train_on)
-    if fmt == "prompt_completion":
-        prompt, completion = row[cols["prompt"]], row[cols["completion"]]
-        if isinstance(prompt, list) or isinstance(completion, list):
-            return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
-                                 template_kwargs=row.get("chat_template_kwargs"))
-        prompt, completion = _text(prompt), _text(completion)
-        if prompt is None or completion is None:
-            return None
-        if template == "chat":
-            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-            return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
-        return _single(prompt, completion, train_on)
-    if fmt == "messages":
-        return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on,
+    spec = get(fmt)
+    if spec.segments is None:
+        raise DataError(f"format '{fmt}' is not a format posttrain tokenizes (TRL does)")
+    return spec.segments(row, cols, tokenizer, train_on, template)
+
+
+def _alpaca_segments(row, cols, tokenizer, train_on, template):
+    instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
+    if instruction is None or output is None:
+        return None
+    input_text = _text(row.get(cols["input"])) if "input" in cols else None
+    if template == "chat":
+        msgs = [{"role": "user", "content": user_text(instruction, input_text)},
+                {"role": "assistant", "content": output}]
+        return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
+    return _single(alpaca_prompt(instruction, input_text), output, train_on)
+
+
+def _prompt_completion_segments(row, cols, tokenizer, train_on, template):
+    prompt, completion = row[cols["prompt"]], row[cols["completion"]]
+    if isinstance(prompt, list) or isinstance(completion, list):
+        return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
                              template_kwargs=row.get("chat_template_kwargs"))
-    raise DataError(f"format '{fmt}' is not a supervised fine-tuning format")
+    prompt, completion = _text(prompt), _text(completion)
+    if prompt is None or completion is None:
+        return None
+    if template == "chat":
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
+    return _single(prompt, completion, train_on)
+
+
+def _messages_segments(row, cols, tokenizer, train_on, template):
+    return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on,
+                         template_kwargs=row.get("chat_template_kwargs"))
 
 
 def _single(prompt: str, response: str, train_on: str) -> list[tuple[str, bool]]:
@@ -175,6 +208,28 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
         out.append((full[len(head):], True))
         done = full
     return out or None
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("alpaca", required=("instruction", "output"), optional=("input",),
+           alternatives=(("output", ("output", "response")),), may_be_blank=("input",), templates=("alpaca", "chat"),
+           supervised=True,
+           prompts_with="alpaca", segments=_alpaca_segments),
+    Format("prompt_completion", required=("prompt", "completion"), templates=("raw", "chat"), supervised=True,
+           prompts_with="raw", segments=_prompt_completion_segments),
+    Format("messages", required=("messages",), alternatives=(("messages", ("messages", "conversations")),),
+           templates=("chat",), mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True,
+           prompts_with="chat", segments=_messages_segments),
+    Format("sharegpt", required=("messages",), alternatives=(("messages", ("conversations", "messages")),),
+           templates=("chat",), reads_as="messages"),
+    Format("preference", required=("chosen", "rejected"), optional=("prompt",), templates=("raw", "chat"),
+           tokenized_by="trl", conversational=True),
+    Format("unpaired", required=("prompt", "completion", "label"), tokenized_by="trl"),  # KTO: label true = desirable
+    Format("prompt", required=("prompt",), templates=("raw", "chat"), tokenized_by="trl", conversational=True),
+)}
 
 
 # ---------------------------------------------------------------------------------------------
