@@ -91,6 +91,11 @@ def preview(recipe: Recipe, out=None):
     what = {"assistant": "assistant turns", "all": "every token", "last_assistant": "the last assistant turn"}
     trains = f"train_on: {train_on} ({what[train_on]})" if chatty else \
         ("train_on: all (prompt and response)" if train_on == "all" else "trains the response")
+    if "chunks" in e:  # text: every token trained; a long document is split, never cut
+        n = sum(len(c["input_ids"]) for c in e["chunks"])
+        trains = "every token trained, EOS appended" + (
+            f"; a document of {n} tokens, split into {len(e['chunks'])} chunks of max_length={data['max_length']}: "
+            f"the first is shown" if len(e["chunks"]) > 1 else "")
     print(f"\nexample: row {pick} of {shown} ({len(e['input_ids'])} tokens: "
           f"{len(e['input_ids']) - trained} masked, {trained} trained; {trains}; {legend})", file=out)
     print(render_example(tokenizer, e["input_ids"], e["labels"], color), file=out)

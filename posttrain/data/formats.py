@@ -3,6 +3,7 @@ posttrain tokenizes becomes text segments, each either masked (prompt) or traine
 
 alpaca             {instruction, input (optional), output | response} -> classic Alpaca template
 prompt_completion  {prompt, completion}
+text               {text} -> every token trained (continued pretraining); long rows split into chunks
 messages           {messages: [{role, content}, ...]} -> chat template; sharegpt rows
                    ({conversations: [{from, value}, ...]}) are read as messages too
 (preference {prompt?, chosen, rejected}, unpaired {prompt, completion, label} and prompt {prompt} rows are
@@ -53,6 +54,7 @@ class Format:
     conversational: bool = False  # rows may be text or conversations; the loader makes each row one shape
     prompts_with: str | None = None  # the template `generate` prompts a model trained on it with
     reads_as: str | None = None  # a source-only format read into another's columns (sharegpt -> messages)
+    split_long_rows: bool = False  # a row over data.max_length becomes consecutive chunks (else it is cut)
     segments: Callable | None = None  # segments(row, cols, tokenizer, train_on, template) -> [(text, trained)]
 
     def accepted(self, column: str) -> tuple[str, ...]:
@@ -147,6 +149,11 @@ def _prompt_completion_segments(row, cols, tokenizer, train_on, template):
     return _single(prompt, completion, train_on)
 
 
+def _text_segments(row, cols, tokenizer, train_on, template):
+    text = row[cols["text"]]
+    return None if _text(text) is None else [(text, True)]
+
+
 def _messages_segments(row, cols, tokenizer, train_on, template):
     return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on,
                          template_kwargs=row.get("chat_template_kwargs"))
@@ -223,6 +230,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("messages", required=("messages",), alternatives=(("messages", ("messages", "conversations")),),
            templates=("chat",), mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True,
            prompts_with="chat", segments=_messages_segments),
+    Format("text", required=("text",), prompts_with="raw", split_long_rows=True, segments=_text_segments),
     Format("sharegpt", required=("messages",), alternatives=(("messages", ("conversations", "messages")),),
            templates=("chat",), reads_as="messages"),
     Format("preference", required=("chosen", "rejected"), optional=("prompt",), templates=("raw", "chat"),
