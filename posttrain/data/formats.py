@@ -51,7 +51,11 @@ class Format:
     mixable: tuple[str, ...] = ()  # other source formats a mixture may read into this one
     tokenized_by: str = "posttrain"  # "posttrain" (exact masking, data/collator.py) | "trl" (the trainer does)
     supervised: bool = False  # it has a prompt and a response: `data.train_on` chooses which tokens train
-    conversational: bool = False  # rows may be text or conversations; the loader makes each row one shape
+    # columns TRL renders that may hold text or conversations; the loader makes every row one shape
+    turn_columns: tuple[str, ...] = ()
+    # a row may instead be one conversation (`messages`/`conversations`) beside the other columns: its last
+    # turn is the completion, the turns before it the prompt (LLaMA-Factory's KTO rows {messages, label})
+    reads_messages: bool = False
     prompts_with: str | None = None  # the template `generate` prompts a model trained on it with
     reads_as: str | None = None  # a source-only format read into another's columns (sharegpt -> messages)
     split_long_rows: bool = False  # a row over data.max_length becomes consecutive chunks (else it is cut)
@@ -59,6 +63,10 @@ class Format:
 
     def accepted(self, column: str) -> tuple[str, ...]:
         return dict(self.alternatives).get(column, (column,))
+
+    @property
+    def conversational(self) -> bool:
+        return bool(self.turn_columns)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -88,6 +96,19 @@ def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str,
         if hit is not None:
             found[col] = hit
     return found
+
+
+def source_columns(column_names, fmt: str, source: str) -> dict[str, str]:
+    """resolve_columns for a source as the loader reads it: a format that reads messages rows
+    (unpaired's {messages, label}) takes a conversation in place of its prompt and completion."""
+    spec = get(fmt)
+    conversation = next((c for c in ("messages", "conversations") if c in column_names), None)
+    if spec.reads_messages and conversation and not any(c in column_names for c in spec.turn_columns):
+        rest = [c for c in spec.required if c not in spec.turn_columns]
+        found = resolve_columns([*column_names, *spec.turn_columns], fmt, source)
+        return {"messages": conversation, **{c: found[c] for c in rest + list(spec.optional) if c in found
+                                             and found[c] in column_names}}
+    return resolve_columns(list(column_names), fmt, source)
 
 
 def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
@@ -123,14 +144,40 @@ def segments(row: dict, fmt: str, cols: dict[str, str], tokenizer=None, *, train
     return spec.segments(row, cols, tokenizer, train_on, template)
 
 
+def _system(row, cols, fmt: str, chat: bool) -> list[dict]:
+    """The row's `system` column as a leading system turn ([] when absent or blank); refused where the row is
+    written as text, which has no place for it."""
+    system = _text(row.get(cols["system"])) if "system" in cols else None
+    if system is None:
+        return []
+    if not chat:
+        raise DataError(f"column '{cols['system']}': {fmt} rows written as text have no place for a system turn; "
+                        f"use data.template: chat (or conversational rows), or rename the column with "
+                        f"data.column_map to leave it out")
+    return [{"role": "system", "content": system}]
+
+
+def with_system(messages: list[dict], system: list[dict], column: str) -> list[dict]:
+    """A system turn put in front of a conversation; one that already opens with another is refused."""
+    if not system:
+        return messages
+    if messages and messages[0].get("role") == "system":
+        if messages[0].get("content") == system[0]["content"]:
+            return messages
+        raise DataError(f"column 'system' and column '{column}' both give a system turn, and they differ "
+                        f"({system[0]['content']!r:.40} vs {messages[0].get('content')!r:.40})")
+    return system + messages
+
+
 def _alpaca_segments(row, cols, tokenizer, train_on, template):
     instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
     if instruction is None or output is None:
         return None
     input_text = _text(row.get(cols["input"])) if "input" in cols else None
+    system = _system(row, cols, "alpaca", template == "chat")
     if template == "chat":
-        msgs = [{"role": "user", "content": user_text(instruction, input_text)},
-                {"role": "assistant", "content": output}]
+        msgs = system + [{"role": "user", "content": user_text(instruction, input_text)},
+                         {"role": "assistant", "content": output}]
         return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
     return _single(alpaca_prompt(instruction, input_text), output, train_on)
 
@@ -138,13 +185,15 @@ def _alpaca_segments(row, cols, tokenizer, train_on, template):
 def _prompt_completion_segments(row, cols, tokenizer, train_on, template):
     prompt, completion = row[cols["prompt"]], row[cols["completion"]]
     if isinstance(prompt, list) or isinstance(completion, list):
-        return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
+        prompt = with_system(list(prompt), _system(row, cols, "prompt_completion", True), cols["prompt"])
+        return chat_segments(prompt + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
                              template_kwargs=row.get("chat_template_kwargs"))
     prompt, completion = _text(prompt), _text(completion)
     if prompt is None or completion is None:
         return None
+    system = _system(row, cols, "prompt_completion", template == "chat")
     if template == "chat":
-        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        msgs = system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
         return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
     return _single(prompt, completion, train_on)
 
@@ -220,23 +269,28 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
 # ---------------------------------------------------------------------------------------------
 # The registry
 
+SYSTEM = ("system",)  # a `system` column beside a row: a leading system turn where the row can hold one
+
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("alpaca", required=("instruction", "output"), optional=("input",),
-           alternatives=(("output", ("output", "response")),), may_be_blank=("input",), templates=("alpaca", "chat"),
-           supervised=True,
-           prompts_with="alpaca", segments=_alpaca_segments),
-    Format("prompt_completion", required=("prompt", "completion"), templates=("raw", "chat"), supervised=True,
-           prompts_with="raw", segments=_prompt_completion_segments),
-    Format("messages", required=("messages",), alternatives=(("messages", ("messages", "conversations")),),
-           templates=("chat",), mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True,
-           prompts_with="chat", segments=_messages_segments),
+    Format("alpaca", required=("instruction", "output"), optional=("input", *SYSTEM),
+           alternatives=(("output", ("output", "response")),), may_be_blank=("input", *SYSTEM),
+           templates=("alpaca", "chat"), supervised=True, prompts_with="alpaca", segments=_alpaca_segments),
+    Format("prompt_completion", required=("prompt", "completion"), optional=SYSTEM, may_be_blank=SYSTEM,
+           templates=("raw", "chat"), supervised=True, prompts_with="raw", segments=_prompt_completion_segments),
+    Format("messages", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
+           alternatives=(("messages", ("messages", "conversations")),), templates=("chat",),
+           mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True, prompts_with="chat",
+           segments=_messages_segments),
     Format("text", required=("text",), prompts_with="raw", split_long_rows=True, segments=_text_segments),
-    Format("sharegpt", required=("messages",), alternatives=(("messages", ("conversations", "messages")),),
-           templates=("chat",), reads_as="messages"),
-    Format("preference", required=("chosen", "rejected"), optional=("prompt",), templates=("raw", "chat"),
-           tokenized_by="trl", conversational=True),
-    Format("unpaired", required=("prompt", "completion", "label"), tokenized_by="trl"),  # KTO: label true = desirable
-    Format("prompt", required=("prompt",), templates=("raw", "chat"), tokenized_by="trl", conversational=True),
+    Format("sharegpt", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
+           alternatives=(("messages", ("conversations", "messages")),), templates=("chat",), reads_as="messages"),
+    Format("preference", required=("chosen", "rejected"), optional=("prompt", *SYSTEM), may_be_blank=SYSTEM,
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "chosen", "rejected")),
+    # KTO: one completion, label true = desirable
+    Format("unpaired", required=("prompt", "completion", "label"), optional=SYSTEM, may_be_blank=SYSTEM,
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "completion"), reads_messages=True),
+    Format("prompt", required=("prompt",), optional=SYSTEM, may_be_blank=SYSTEM, templates=("raw", "chat"),
+           tokenized_by="trl", turn_columns=("prompt",)),
 )}
 
 
@@ -281,7 +335,15 @@ def messages_column(column_names) -> str | None:
 
 
 def as_messages_row(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
-    """One row of another SFT format as a conversation (for a messages mixture); None if a field is empty."""
+    """One row of an SFT format as a conversation (for messages data), its `system` column in front; None if
+    a field is empty."""
+    messages = _as_messages(row, src_fmt, cols)
+    if messages is None:
+        return None
+    return with_system(messages, _system(row, cols, src_fmt, True), cols.get("messages", "messages"))
+
+
+def _as_messages(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
     if src_fmt in ("messages", "sharegpt"):
         turns = row[cols["messages"]]
         return to_messages(turns, cols["messages"]) if turns else None
@@ -322,6 +384,55 @@ def pair_shape(row: dict, column: str, chat: bool):
 
 def row_is_chat(row: dict, columns) -> bool:
     return any(conversational(row.get(c)) for c in columns)
+
+
+def shared_prompt(prompt: list[dict], chosen: list[dict], rejected: list[dict], column: str) -> dict:
+    """A preference row whose chosen and rejected conversations already hold the prompt (argilla's
+    ultrafeedback-binarized-preferences-cleaned, distilabel-capybara): the turns they share are the prompt and
+    only what follows is the answer. The row's own prompt must be part of that: the shared turns begin
+    with it, or one of their user turns is it (a string prompt), or they end the prompt; else refused.
+    Returns the new {prompt, chosen, rejected}, or {} when chosen and rejected share no turn."""
+    n, limit = 0, min(len(chosen), len(rejected)) - 1  # each answer keeps at least its last turn
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        return {}
+    shared, answers = chosen[:n], {"chosen": chosen[n:], "rejected": rejected[n:]}
+    if prompt == shared[:len(prompt)]:
+        return {"prompt": shared, **answers}
+    said = [str(m["content"]).strip() for m in shared if m["role"] == "user"]
+    if len(prompt) == 1 and prompt[0]["role"] == "user" and str(prompt[0]["content"]).strip() in said:
+        return {"prompt": shared, **answers}  # a string prompt repeating a user turn is not added again
+    if prompt[-n:] == shared:
+        return {"prompt": prompt, **answers}
+    raise DataError(f"column '{column}': chosen and rejected share {n} opening turn(s) that the prompt is not part "
+                    f"of ({str(prompt[-1]['content'])[:40]!r} vs {str(shared[-1]['content'])[:40]!r}); rename the "
+                    f"prompt column with data.column_map to take the prompt from the conversations alone")
+
+
+def shape_row(row: dict, fmt: str, cols: dict[str, str], chat: bool) -> dict:
+    """One row of a format TRL renders (preference, prompt, unpaired) in its canonical columns and one shape:
+    each turn column text or conversation (`pair_shape`); unpaired rows given as one conversation split into
+    prompt (the turns before the last) and completion (the last, an assistant turn); preference answers that
+    repeat the prompt cut to what follows it (`shared_prompt`); a `system` column put in front of the prompt
+    (of chosen and rejected when there is none), or refused for text rows."""
+    spec = get(fmt)
+    out = {}
+    if "messages" in cols:
+        turns = to_messages(row[cols["messages"]] or [], cols["messages"])
+        if turns and turns[-1]["role"] != "assistant":
+            raise DataError(f"column '{cols['messages']}': an unpaired conversation ends with the assistant turn "
+                            f"that is judged; this one ends with a {turns[-1]['role']!r} turn")
+        out["prompt"], out["completion"] = turns[:-1], turns[-1:]
+    else:
+        out = {c: pair_shape({c: row[cols[c]]}, c, chat) for c in spec.turn_columns if c in cols}
+    if fmt == "preference" and chat and out.get("prompt") and out.get("chosen") and out.get("rejected"):
+        out.update(shared_prompt(out["prompt"], out["chosen"], out["rejected"], cols["prompt"]))
+    system = _system(row, cols, fmt, chat or "messages" in cols)
+    for c in ["prompt"] if "prompt" in out else ["chosen", "rejected"]:
+        out[c] = with_system(out[c], system, c)
+    out.update({c: row[src] for c, src in cols.items() if c not in spec.turn_columns + ("messages", "system")})
+    return out
 
 
 def usable_mask(ds, columns: list[str]):
