@@ -154,6 +154,7 @@ def cmd_plan(args) -> int:
     recipe = _load(args)
     stages.get(recipe.stage).make_config(recipe)
     preflight.target_modules(recipe)
+    preflight.trainable(recipe)
     preflight.data(recipe)
     try:
         text, fits = report(recipe, args.gpu_gib, args.gpus, args.sharding)
@@ -196,6 +197,9 @@ def cmd_validate(args) -> int:
         print(f"not checked: {unchecked}")
     elif recipe.peft:
         print(f"ok: peft.target_modules match modules of {recipe.model['name_or_path']}")
+    trains = preflight.trainable(recipe)
+    if trains:
+        print(trains)
     if args.no_data:
         return 0
     from posttrain.preview import preview

@@ -310,6 +310,7 @@ def describe(name_or_path: str, overrides=None) -> str:
             preflight.data(s.recipe)
             if not s.after:  # a later stage's model is an earlier stage's output, checked when that has run
                 preflight.target_modules(s.recipe)
+                preflight.trainable(s.recipe)
         except PosttrainError as e:
             raise RecipeError(f"stage {s.name}: {e}") from None
         checked = "checked"

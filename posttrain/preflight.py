@@ -191,3 +191,33 @@ def target_modules(recipe: Recipe) -> str | None:
     except Exception as e:
         raise RecipeError(f"{_at(recipe, 'peft')}peft: LoRA cannot be applied to {what}: {first_line(e)}") from None
     return None
+
+
+def trainable(recipe: Recipe) -> str | None:
+    """Refuse a `model.trainable` pattern that matches no parameter of the model built on the `meta` device
+    (with a did-you-mean from its parameter names). Returns the line saying how many parameters will train,
+    a note saying why it could not be checked, or None without `model.trainable`."""
+    patterns = recipe.model.get("trainable")
+    if not patterns:
+        return None
+    from posttrain import stages
+    from posttrain.models import is_local_path, match_trainable, meta_model
+
+    name = recipe.model["name_or_path"]
+    try:
+        model = meta_model(recipe.model, stages.get(recipe.stage).footprint.scoring)
+    except Exception as e:
+        if is_local_path(name):
+            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
+                                 f"config of '{name}': {first_line(e)}") from None
+        return f"not checked: model.trainable (the config of model '{name}' is not reachable: {first_line(e)})"
+    found = match_trainable(model, patterns)
+    for p in found["unmatched"]:
+        layer0 = [n for n in found["names"] if not re.search(r"\.([1-9]\d*)\.", n)]  # one layer's names suffice
+        recipe.where.fail("model.trainable", f"{p!r} matches no parameter of model '{name}' ({type(model).__name__})"
+                          f"{did_you_mean(p, found['names'])}; its parameters are named like "
+                          f"{', '.join(layer0[:6])}{', ...' if len(layer0) > 6 else ''}")
+    n = sum(t.numel() for t, s in found["tensors"] if s)
+    total = sum(t.numel() for t, _ in found["tensors"])
+    k = sum(s for _, s in found["tensors"])
+    return f"ok: model.trainable: {n:,} of {total:,} parameters ({k} tensors, {100 * n / total:.2g}%) will train; the rest are frozen"

@@ -91,6 +91,8 @@ MODEL_KEYS = {
     "trust_remote_code": Key((bool,), False),
     "attn_implementation": Key((str,)),
     "chat_template": Key((str,), help="inline Jinja, or a .jinja file relative to the recipe that names it"),
+    "trainable": Key((list,), help="regular expressions over parameter names (fullmatch): train those full "
+                                   "weights, freeze the rest"),
 }
 DATA_KEYS = {
     "train": Key((str, list), required=True,
@@ -622,6 +624,24 @@ def peft_and_quantization(d: Draft):
     d.peft, d.quantization = peft or None, quant or None
 
 
+def trainable_patterns(d: Draft):
+    """model.trainable: regular expressions, not with peft (which parameters they match: preflight.trainable)."""
+    patterns = d.model.get("trainable")
+    if patterns is None:
+        return
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        d.where.fail("model.trainable", f"expected a list of regular expressions over parameter names, e.g. "
+                     f"['lm_head\\..*', 'model\\.layers\\.(30|31)\\..*'], got {show(patterns)}")
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            d.where.fail("model.trainable", f"{p!r} is not a valid regular expression ({e})")
+    if d.peft:
+        d.where.fail("model.trainable", "trains chosen full weights and cannot combine with `peft` (LoRA trains "
+                     "adapters and freezes every weight); remove one of them")
+
+
 def ranges(d: Draft):
     sections = {"training": d.training, "peft": d.peft or {}}
     for dotted, rule in RANGES.items():
@@ -633,7 +653,7 @@ def ranges(d: Draft):
 CHECKS = (no_secrets, known_stage, top_level_keys, model_section, data_section, data_format_fits_stage,
           column_map_is_names, data_sources, eval_fraction_or_count, template_and_train_on_fit_format,
           chat_template_text, one_eval_source, output_dir, training_section, managed_or_refused_keys, one_precision,
-          eval_strategy_needs_eval_data, peft_and_quantization, ranges)
+          eval_strategy_needs_eval_data, peft_and_quantization, trainable_patterns, ranges)
 
 
 # Checks against the installed classes that own a section (they import TRL, peft, transformers: no model).

@@ -254,6 +254,7 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
     # what validate refuses fails here too, on every rank alike, before the run dir or any weights:
     preflight.target_modules(recipe)  # a LoRA that matches no module
+    preflight.trainable(recipe)  # a model.trainable pattern that matches no parameter
     preflight.data(recipe)  # missing/unreadable local data, wrong columns, unusable rows
     main = is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
