@@ -206,11 +206,6 @@ def train_only(model, patterns: list[str]) -> tuple[int, int]:
     found = match_trainable(model, patterns)
     for p, selected in found["tensors"]:
         p.requires_grad_(selected)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and not emb.weight.requires_grad and hasattr(model, "enable_input_require_grads"):
-        # with the embeddings frozen, reentrant gradient checkpointing would see inputs without grad and
-        # leave every layer before the first trainable one, and that one too, without gradients
-        model.enable_input_require_grads()
     n = sum(p.numel() for p, s in found["tensors"] if s)
     total = sum(p.numel() for p, _ in found["tensors"])
     log.info("model.trainable: %d of %d parameters train (%d tensors); the rest are frozen", n, total,

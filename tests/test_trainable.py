@@ -15,12 +15,17 @@ def _args(fx, tmp_path, *extra):
 
 
 @pytest.mark.slow
-def test_only_the_matching_tensors_change_and_the_saved_model_is_whole(fx, tmp_path, cli):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "reentrant_checkpointing"])
+def test_only_the_matching_tensors_change_and_the_saved_model_is_whole(fx, tmp_path, cli, checkpointing):
+    """With reentrant activation checkpointing too (frozen embeddings: the checkpointed layers' inputs need grad,
+    which transformers arranges)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     code, _, err = cli("train", "alpaca_gpt2", *_args(
         fx, tmp_path, f"model.trainable=['{LAYER1}', 'transformer\\.ln_f\\..*']", "training.max_steps=3",
+        *(["training.activation_checkpointing=true", "training.activation_checkpointing_kwargs={use_reentrant: true}"]
+          if checkpointing else []),
         "training.learning_rate=1e-2", "training.warmup_steps=0", "training.eval_strategy=no", "data.eval_fraction=null",
         "training.gradient_accumulation_steps=1", "training.save_steps=100"))
     assert code == 0, err
