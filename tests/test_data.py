@@ -97,7 +97,8 @@ def test_one_format_registry_is_what_every_part_reads():
     assert set(stages.formats()) <= set(FORMATS)
     for f in FORMATS.values():
         assert (f.segments is not None) == (f.tokenized_by == "posttrain" and f.reads_as is None), f.name
-        assert all(m in FORMATS for m in f.mixable) and f.templates
+        assert all(FORMATS[m].as_messages is not None for m in f.mixable) and f.templates
+        assert set(f.may_be_blank) <= set(f.optional) and set(f.turn_columns) <= set(f.columns)
         assert f.prompts_with is None or f.prompts_with in TEMPLATES
     assert stages.get("sft").formats == tuple(n for n, f in FORMATS.items() if f.tokenized_by == "posttrain"
                                               and f.reads_as is None)

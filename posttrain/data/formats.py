@@ -1,5 +1,5 @@
-"""Row formats: what each data format is (FORMATS, the one registry), and how a row of one that
-posttrain tokenizes becomes text segments, each either masked (prompt) or trained.
+"""Row formats: what each data format is (FORMATS, the one registry, at the end of this module), and how
+a row of one that posttrain tokenizes becomes text segments, each either masked (prompt) or trained.
 
 alpaca             {instruction, input (optional), output | response} -> classic Alpaca template
 prompt_completion  {prompt, completion}
@@ -7,11 +7,12 @@ text               {text} -> every token trained (continued pretraining); long r
 messages           {messages: [{role, content}, ...]} -> chat template; sharegpt rows
                    ({conversations: [{from, value}, ...]}) are read as messages too
 (preference {prompt?, chosen, rejected}, unpaired {prompt, completion, label} and prompt {prompt} rows are
-tokenized by TRL; clean_pairs_or_prompts checks them. Preference and prompt rows may be text or
-conversations; the loader makes each row one shape.)
+tokenized by TRL; clean_pairs_or_prompts checks them. Their rows may be text or conversations; the loader
+makes each row one shape (shape_row). A `system` column goes in front as a system turn wherever the row is a
+conversation.)
 
-`data.template` picks how alpaca/prompt_completion rows are written (alpaca | raw | chat: through the
-tokenizer's chat template); `data.train_on` picks which tokens of a conversation are trained.
+`data.template` picks how rows are written (alpaca | raw | chat: through the tokenizer's chat template);
+`data.train_on` picks which tokens of a conversation are trained.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Format:
     reads_as: str | None = None  # a source-only format read into another's columns (sharegpt -> messages)
     split_long_rows: bool = False  # a row over data.max_length becomes consecutive chunks (else it is cut)
     segments: Callable | None = None  # segments(row, cols, tokenizer, train_on, template) -> [(text, trained)]
+    as_messages: Callable | None = None  # as_messages(row, cols) -> the row as a conversation (messages mixtures)
 
     def accepted(self, column: str) -> tuple[str, ...]:
         return dict(self.alternatives).get(column, (column,))
@@ -267,34 +269,6 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
 
 
 # ---------------------------------------------------------------------------------------------
-# The registry
-
-SYSTEM = ("system",)  # a `system` column beside a row: a leading system turn where the row can hold one
-
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("alpaca", required=("instruction", "output"), optional=("input", *SYSTEM),
-           alternatives=(("output", ("output", "response")),), may_be_blank=("input", *SYSTEM),
-           templates=("alpaca", "chat"), supervised=True, prompts_with="alpaca", segments=_alpaca_segments),
-    Format("prompt_completion", required=("prompt", "completion"), optional=SYSTEM, may_be_blank=SYSTEM,
-           templates=("raw", "chat"), supervised=True, prompts_with="raw", segments=_prompt_completion_segments),
-    Format("messages", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
-           alternatives=(("messages", ("messages", "conversations")),), templates=("chat",),
-           mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True, prompts_with="chat",
-           segments=_messages_segments),
-    Format("text", required=("text",), prompts_with="raw", split_long_rows=True, segments=_text_segments),
-    Format("sharegpt", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
-           alternatives=(("messages", ("conversations", "messages")),), templates=("chat",), reads_as="messages"),
-    Format("preference", required=("chosen", "rejected"), optional=("prompt", *SYSTEM), may_be_blank=SYSTEM,
-           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "chosen", "rejected")),
-    # KTO: one completion, label true = desirable
-    Format("unpaired", required=("prompt", "completion", "label"), optional=SYSTEM, may_be_blank=SYSTEM,
-           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "completion"), reads_messages=True),
-    Format("prompt", required=("prompt",), optional=SYSTEM, may_be_blank=SYSTEM, templates=("raw", "chat"),
-           tokenized_by="trl", turn_columns=("prompt",)),
-)}
-
-
-# ---------------------------------------------------------------------------------------------
 # Row shapes: sharegpt turns, and preference/prompt rows that mix text and conversations
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -344,24 +318,32 @@ def as_messages_row(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict]
 
 
 def _as_messages(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
-    if src_fmt in ("messages", "sharegpt"):
-        turns = row[cols["messages"]]
-        return to_messages(turns, cols["messages"]) if turns else None
-    if src_fmt == "alpaca":
-        instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
-        if instruction is None or output is None:
-            return None
-        input_text = _text(row.get(cols["input"])) if "input" in cols else None
-        return [{"role": "user", "content": user_text(instruction, input_text)},
-                {"role": "assistant", "content": output}]
-    if src_fmt == "prompt_completion":
-        prompt, completion = row[cols["prompt"]], row[cols["completion"]]
-        if isinstance(prompt, list) or isinstance(completion, list):
-            return to_messages(prompt, cols["prompt"]) + to_messages(completion, cols["completion"])
-        if _text(prompt) is None or _text(completion) is None:
-            return None
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-    raise DataError(f"format '{src_fmt}' rows cannot be read as messages")
+    spec = get(src_fmt)
+    if spec.as_messages is None:
+        raise DataError(f"format '{src_fmt}' rows cannot be read as messages")
+    return spec.as_messages(row, cols)
+
+
+def _messages_as_messages(row, cols):
+    turns = row[cols["messages"]]
+    return to_messages(turns, cols["messages"]) if turns else None
+
+
+def _alpaca_as_messages(row, cols):
+    instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
+    if instruction is None or output is None:
+        return None
+    input_text = _text(row.get(cols["input"])) if "input" in cols else None
+    return [{"role": "user", "content": user_text(instruction, input_text)}, {"role": "assistant", "content": output}]
+
+
+def _prompt_completion_as_messages(row, cols):
+    prompt, completion = row[cols["prompt"]], row[cols["completion"]]
+    if isinstance(prompt, list) or isinstance(completion, list):
+        return to_messages(prompt, cols["prompt"]) + to_messages(completion, cols["completion"])
+    if _text(prompt) is None or _text(completion) is None:
+        return None
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
 def conversational(value) -> bool:
@@ -488,3 +470,34 @@ def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
     if len(ds) == 0:
         raise DataError(f"{source}: no usable row (every row has an empty or null {' / '.join(needed)})")
     return ds, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+SYSTEM = ("system",)  # a `system` column beside a row: a leading system turn where the row can hold one
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("alpaca", required=("instruction", "output"), optional=("input", *SYSTEM),
+           alternatives=(("output", ("output", "response")),), may_be_blank=("input", *SYSTEM),
+           templates=("alpaca", "chat"), supervised=True, prompts_with="alpaca", segments=_alpaca_segments,
+           as_messages=_alpaca_as_messages),
+    Format("prompt_completion", required=("prompt", "completion"), optional=SYSTEM, may_be_blank=SYSTEM,
+           templates=("raw", "chat"), supervised=True, prompts_with="raw", segments=_prompt_completion_segments,
+           as_messages=_prompt_completion_as_messages),
+    Format("messages", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
+           alternatives=(("messages", ("messages", "conversations")),), templates=("chat",),
+           mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True, prompts_with="chat",
+           segments=_messages_segments, as_messages=_messages_as_messages),
+    Format("text", required=("text",), prompts_with="raw", split_long_rows=True, segments=_text_segments),
+    Format("sharegpt", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
+           alternatives=(("messages", ("conversations", "messages")),), templates=("chat",), reads_as="messages",
+           as_messages=_messages_as_messages),
+    Format("preference", required=("chosen", "rejected"), optional=("prompt", *SYSTEM), may_be_blank=SYSTEM,
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "chosen", "rejected")),
+    # KTO: one completion, label true = desirable
+    Format("unpaired", required=("prompt", "completion", "label"), optional=SYSTEM, may_be_blank=SYSTEM,
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "completion"), reads_messages=True),
+    Format("prompt", required=("prompt",), optional=SYSTEM, may_be_blank=SYSTEM, templates=("raw", "chat"),
+           tokenized_by="trl", turn_columns=("prompt",)),
+)}
