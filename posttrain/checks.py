@@ -28,11 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from posttrain import models, needs, options, preflight, schema, stages
-from posttrain.data.formats import TEMPLATES
+from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.keys import (
     DATA_KEYS,
-    MIXABLE,
     MODEL_KEYS,
     RANGES,
     SOURCE_KEYS,
@@ -75,6 +74,7 @@ class Draft:
     recipe: Recipe | None = None  # built once the owners' checks ran; what stage/file/model checks read
     pending: tuple[str, ...] = ()  # keys a pipeline fills with an upstream output that does not exist yet
     notes: list[str] = dataclasses.field(default_factory=list)  # what could not be checked, and why
+    facts: list[str] = dataclasses.field(default_factory=list)  # what a check found worth saying (validate prints)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,11 +248,11 @@ def _source(d: Draft, dotted: str, e, fmt: str) -> dict:
     if entry["weight"] is not None and entry["rows"] is not None:
         d.where.fail(f"{dotted}.rows", "set weight or rows, not both")
     src_fmt = entry["format"] or fmt
-    known = (*stages.formats(), "sharegpt")
+    known = tuple(FORMATS)
     if src_fmt not in known:
         d.where.fail(f"{dotted}.format", f"'{src_fmt}' is not one of {', '.join(known)}{did_you_mean(src_fmt, known)}")
-    if src_fmt != fmt and src_fmt not in MIXABLE.get(fmt, ()):
-        can = MIXABLE.get(fmt)
+    if src_fmt != fmt and src_fmt not in FORMATS[fmt].mixable:
+        can = FORMATS[fmt].mixable
         d.where.fail(f"{dotted}.format", f"'{src_fmt}' rows cannot be read as '{fmt}' data"
                      + (f" (a {fmt} mixture also takes {', '.join(can)})" if can else f" (give it {fmt} rows)"))
     _column_names(d.where, f"{dotted}.column_map", entry["column_map"])
@@ -271,14 +271,14 @@ def eval_fraction_or_count(d: Draft):
 
 def template_fits_format(d: Draft):
     fmt, template = d.data["format"], d.data["template"]
-    if template is not None and template not in TEMPLATES.get(fmt, ()):
+    if template is not None and template not in FORMATS[fmt].templates:
         d.where.fail("data.template", f"'{template}' is not a way to write {fmt} rows (one of "
-                     f"{', '.join(TEMPLATES.get(fmt, ()))})")
+                     f"{', '.join(FORMATS[fmt].templates)})")
 
 
 def train_on_fits_format(d: Draft):
     fmt = d.data["format"]
-    if d.data["train_on"] is not None and fmt not in ("alpaca", "prompt_completion", "messages"):
+    if d.data["train_on"] is not None and not FORMATS[fmt].supervised:
         d.where.fail("data.train_on", f"only supervised data ({fmt} is not) has tokens to choose from; "
                      f"{d.stage.name} trains on what TRL computes")
 
@@ -373,6 +373,24 @@ def quantization_is_qlora(d: Draft):
         d.where.fail("quantization", "a quantized model cannot be fully fine-tuned; add a `peft:` section (QLoRA)")
     if d.model["gguf_file"]:
         d.where.fail("quantization", "cannot combine with model.gguf_file (GGUF weights are dequantized on load)")
+
+
+def trainable_patterns(d: Draft):
+    """model.trainable: regular expressions, not with peft (which parameters they match: trainable_matches)."""
+    patterns = d.model.get("trainable")
+    if patterns is None:
+        return
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        d.where.fail("model.trainable", f"expected a list of regular expressions over parameter names, e.g. "
+                     f"['lm_head\\..*', 'model\\.layers\\.(30|31)\\..*'], got {show(patterns)}")
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            d.where.fail("model.trainable", f"{p!r} is not a valid regular expression ({e})")
+    if d.peft:
+        d.where.fail("model.trainable", "trains chosen full weights and cannot combine with `peft` (LoRA trains "
+                     "adapters and freezes every weight); remove one of them")
 
 
 def ranges(d: Draft):
@@ -537,6 +555,15 @@ def target_modules_match(d: Draft):
         d.notes.append(note)
 
 
+def trainable_matches(d: Draft):
+    """model.trainable patterns each match a parameter of the model (built on the meta device)."""
+    line = preflight.trainable(d.recipe)
+    if line and line.startswith("model.trainable: "):
+        d.facts.append(line)
+    elif line:
+        d.notes.append(line)
+
+
 def eos_token_in_vocabulary(d: Draft):
     note = preflight.eos_token(d.recipe)
     if note:
@@ -569,6 +596,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(one_precision, "recipe", ("training.bf16", "training.fp16")),
     Step(eval_strategy_needs_eval_data, "recipe", ("training.eval_strategy", "data.eval", "data.eval_fraction")),
     Step(quantization_is_qlora, "recipe", ("quantization", "peft", "model.gguf_file")),
+    Step(trainable_patterns, "recipe", ("model.trainable", "peft")),
     Step(ranges, "recipe", ("training", "peft")),
     Step(training_fits_trl_config, "owners", ("training",)),
     Step(peft_fits_lora_config, "owners", ("peft",)),
@@ -586,6 +614,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
     Step(target_modules_match, "model", MODEL_READS),
+    Step(trainable_matches, "model", ("model.trainable", *MODEL_READS)),
     Step(eos_token_in_vocabulary, "model", ("training.eos_token", "model.tokenizer", *MODEL_READS[1:])),
 )
 
@@ -636,7 +665,7 @@ def check(d: Draft, level: str = "owners", skip: tuple[str, ...] = ()) -> Recipe
     if found:
         raise Problems([str(p) for p in found])
     recipe = d.recipe or _recipe(d)
-    recipe.notes = d.notes
+    recipe.notes, recipe.facts = d.notes, d.facts
     return recipe
 
 

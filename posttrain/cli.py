@@ -176,6 +176,8 @@ def cmd_validate(args) -> int:
         print(f"not checked: {note}")
     if recipe.peft and not any(n.startswith("peft.target_modules") for n in recipe.notes):
         print(f"ok: peft.target_modules match modules of {recipe.model['name_or_path']}")
+    for fact in recipe.facts:
+        print(f"ok: {fact}")
     if args.no_data:
         return 0
     if offline:

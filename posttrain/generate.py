@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from posttrain import stages
-from posttrain.data.formats import alpaca_prompt, user_text
+from posttrain.data.formats import FORMATS, alpaca_prompt, user_text
 from posttrain.errors import PosttrainError
 from posttrain.merge import is_adapter
 from posttrain.models import torch_dtype
@@ -24,7 +24,6 @@ from posttrain.runs import RESOLVED
 from posttrain.util import first_line
 
 TEMPLATES = ("alpaca", "chat", "raw")
-_BY_FORMAT = {"alpaca": "alpaca", "messages": "chat", "prompt_completion": "raw"}
 
 
 def _recipe_of(path: Path) -> dict | None:
@@ -44,8 +43,9 @@ def run_template(path: str | Path) -> str | None:
         if recipe is None:
             return None
         data = recipe.get("data") or {}
-        if data.get("format") in _BY_FORMAT:
-            return data.get("template") or _BY_FORMAT[data["format"]]
+        spec = FORMATS.get(data.get("format"))
+        if spec is not None and spec.prompts_with:
+            return data.get("template") or spec.prompts_with
         p = Path(str((recipe.get("model") or {}).get("name_or_path", "")))
     return None
 

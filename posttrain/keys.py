@@ -72,6 +72,8 @@ MODEL_KEYS = {
     "trust_remote_code": Key((bool,), False),
     "attn_implementation": Key((str,)),
     "chat_template": Key((str,), help="inline Jinja, or a .jinja file relative to the recipe that names it"),
+    "trainable": Key((list,), help="regular expressions over parameter names (fullmatch): train those full "
+                                   "weights, freeze the rest"),
 }
 DATA_KEYS = {
     "train": Key((str, list), required=True,
@@ -103,8 +105,6 @@ SOURCE_KEYS = {
     "weight": Key((int, float), range=POSITIVE, help="fraction of its usable rows to take; > 1 repeats rows"),
     "rows": Key((int,), range=AT_LEAST_1, help="how many rows to take (more than it has repeats rows)"),
 }
-# data.format -> the other source formats a mixture may hold (read into data.format's columns)
-MIXABLE = {"messages": ("sharegpt", "alpaca", "prompt_completion")}
 
 # Which training/peft/quantization keys posttrain manages or refuses: posttrain.options (the one place).
 

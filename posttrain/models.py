@@ -153,6 +153,8 @@ def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
         from peft import prepare_model_for_kbit_training
 
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
+    if model.get("trainable"):
+        train_only(lm, model["trainable"])
     return lm
 
 
@@ -176,7 +178,39 @@ def load_seq_cls(model: dict, tokenizer, quant: dict | None = None, num_labels: 
     if len(tokenizer) > m.get_input_embeddings().weight.shape[0]:
         m.resize_token_embeddings(len(tokenizer))
     m.config.pad_token_id = tokenizer.pad_token_id
+    if model.get("trainable"):
+        train_only(m, model["trainable"])
     return m
+
+
+def match_trainable(model, patterns: list[str]) -> dict:
+    """Which parameters of `model` the `model.trainable` patterns select (a name fullmatching any pattern).
+    A tied tensor (GPT-2's lm_head.weight is transformer.wte.weight) is selected when any of its names is.
+    Returns {tensors: [(parameter, selected)], names: every name, unmatched: patterns matching no name}."""
+    compiled = [re.compile(p) for p in patterns]
+    tensors, names, hit = {}, [], set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.append(name)
+        matched = {i for i, c in enumerate(compiled) if c.fullmatch(name)}
+        hit |= matched
+        entry = tensors.setdefault(id(p), [p, False])
+        entry[1] = entry[1] or bool(matched)
+    return {"tensors": [tuple(t) for t in tensors.values()], "names": names,
+            "unmatched": [p for i, p in enumerate(patterns) if i not in hit]}
+
+
+def train_only(model, patterns: list[str]) -> tuple[int, int]:
+    """`model.trainable`: full-weight training of the selected parameters, every other one frozen
+    (requires_grad False: the trainer's optimizer holds, and the backward computes, only the selected).
+    Returns (trainable, total) parameter counts."""
+    found = match_trainable(model, patterns)
+    for p, selected in found["tensors"]:
+        p.requires_grad_(selected)
+    n = sum(p.numel() for p, s in found["tensors"] if s)
+    total = sum(p.numel() for p, _ in found["tensors"])
+    log.info("model.trainable: %d of %d parameters train (%d tensors); the rest are frozen", n, total,
+             sum(s for _, s in found["tensors"]))
+    return n, total
 
 
 def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM"):

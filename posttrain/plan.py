@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from posttrain import stages
 from posttrain.errors import PosttrainError, RecipeError
-from posttrain.models import load_config, lora_config, meta_model
+from posttrain.models import load_config, lora_config, meta_model, train_only
 from posttrain.rewards import parse_rewards
 from posttrain.stages import Footprint
 from posttrain.util import first_line
@@ -85,6 +85,9 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
                 model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
         except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
             raise RecipeError(f"peft: {first_line(e)}") from None
+    if model_section.get("trainable"):  # full weights of the selected parameters; gradients and AdamW for those
+
+        train_only(model, model_section["trainable"])
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -115,7 +118,7 @@ def _policy_bytes(recipe: Recipe, a: Arch) -> tuple[float, float]:
         return dense, 4.0
     if recipe.peft:
         return (a.params - a.trainable) * cb, 4.0  # adapters in fp32 (peft autocast_adapter_dtype)
-    return 0.0, cb
+    return (a.params - a.trainable) * cb, cb  # full weights (model.trainable: the rest frozen)
 
 
 def _layer_bytes(a: Arch, cb: float) -> float:
@@ -232,7 +235,7 @@ def advice(recipe: Recipe, est: dict, gpu_gib: float, footprint: Footprint | Non
         tips.append("turn on training.activation_checkpointing (activations are recomputed, not stored)")
     if est["attn_implementation"] == "eager" and est["parts"]["attention"] > 0.1 * est["total"]:
         tips.append("set model.attn_implementation: sdpa (eager attention stores seq x seq scores)")
-    if not recipe.peft:
+    if not recipe.peft and not recipe.model.get("trainable"):
         tips.append("add a `peft:` section (LoRA): gradients and optimizer state only for the adapter")
     elif not recipe.quantization:
         tips.append("add `quantization: {load_in_4bit: true}` (QLoRA: NF4, double quantization and bf16 "

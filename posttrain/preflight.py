@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from posttrain import stages
-from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
+from posttrain.data.formats import clean_pairs_or_prompts, get, resolve_columns
 from posttrain.data.mixture import entries, sample_rows
 from posttrain.data.sources import is_local
 from posttrain.errors import DataError, PosttrainError, RecipeError
-from posttrain.models import is_local_path, lora_config, meta_model
+from posttrain.models import is_local_path, lora_config, match_trainable, meta_model
 from posttrain.util import did_you_mean, first_line
 
 if TYPE_CHECKING:
     from posttrain.recipe import Recipe
 
 SAMPLE_ROWS = 8
-TRL_FORMATS = ("preference", "prompt", "unpaired")  # rows TRL tokenizes: checked by clean_pairs_or_prompts
 # names other tools give "every linear layer"
 ALL_LINEAR = ("all", "all_linear", "linear", "all-linears")
 
@@ -114,7 +113,7 @@ def data(recipe: Recipe) -> list[Sample]:
             s = _sample(key, entry, d)
             if s.rows is not None:
                 resolve_columns(s.rows.column_names, d["format"], s.source)
-                if d["format"] in TRL_FORMATS:
+                if get(d["format"]).tokenized_by == "trl":
                     with quiet():
                         clean_pairs_or_prompts(s.rows, d["format"], s.source, keep_extra=True)
         except DataError as e:
@@ -216,3 +215,30 @@ def eos_token(recipe: Recipe) -> str | None:
         recipe.where.fail("training.eos_token", f"{token!r} is not a token of the tokenizer of '{name}' (it must "
                           "already be in its vocabulary)")
     return None
+
+
+def trainable(recipe: Recipe) -> str | None:
+    """Refuse a `model.trainable` pattern that matches no parameter of the model built on the `meta` device
+    (with a did-you-mean from its parameter names). Returns the line saying how many parameters will train,
+    a note saying why it could not be checked, or None without `model.trainable`."""
+    patterns = recipe.model.get("trainable")
+    if not patterns:
+        return None
+    name = recipe.model["name_or_path"]
+    try:
+        model = meta_model(recipe.model, stages.get(recipe.stage).footprint.scoring)
+    except Exception as e:
+        if is_local_path(name):
+            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
+                                 f"config of '{name}': {first_line(e)}") from None
+        return f"model.trainable (the config of model '{name}' is not reachable: {first_line(e)})"
+    found = match_trainable(model, patterns)
+    for p in found["unmatched"]:
+        layer0 = [n for n in found["names"] if not re.search(r"\.([1-9]\d*)\.", n)]  # one layer's names suffice
+        recipe.where.fail("model.trainable", f"{p!r} matches no parameter of model '{name}' ({type(model).__name__})"
+                          f"{did_you_mean(p, found['names'])}; its parameters are named like "
+                          f"{', '.join(layer0[:6])}{', ...' if len(layer0) > 6 else ''}")
+    n = sum(t.numel() for t, s in found["tensors"] if s)
+    total = sum(t.numel() for t, _ in found["tensors"])
+    k = sum(s for _, s in found["tensors"])
+    return f"model.trainable: {n:,} of {total:,} parameters ({k} tensors, {100 * n / total:.2g}%) will train; the rest are frozen"

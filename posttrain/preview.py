@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from posttrain import preflight
+from posttrain.data import formats
 from posttrain.data.collator import IGNORE_INDEX, encode_batch
 from posttrain.data.formats import clean_pairs_or_prompts, resolve_columns
 from posttrain.errors import PosttrainError, RecipeError
@@ -49,7 +50,7 @@ def preview(recipe: Recipe, out=None):
         return
     data = recipe.data
     train_on = data.get("train_on") or "assistant"
-    supervised = data["format"] not in preflight.TRL_FORMATS
+    supervised = formats.get(data["format"]).tokenized_by == "posttrain"  # else TRL tokenizes the rows
 
     def encode(sample):
         cols = resolve_columns(sample.rows.column_names, data["format"], sample.source)
@@ -89,6 +90,11 @@ def preview(recipe: Recipe, out=None):
     what = {"assistant": "assistant turns", "all": "every token", "last_assistant": "the last assistant turn"}
     trains = f"train_on: {train_on} ({what[train_on]})" if chatty else \
         ("train_on: all (prompt and response)" if train_on == "all" else "trains the response")
+    if "chunks" in e:  # text: every token trained; a long document is split, never cut
+        n = sum(len(c["input_ids"]) for c in e["chunks"])
+        trains = "every token trained, EOS appended" + (
+            f"; a document of {n} tokens, split into {len(e['chunks'])} chunks of max_length={data['max_length']}: "
+            f"the first is shown" if len(e["chunks"]) > 1 else "")
     print(f"\nexample: row {pick} of {shown} ({len(e['input_ids'])} tokens: "
           f"{len(e['input_ids']) - trained} masked, {trained} trained; {trains}; {legend})", file=out)
     print(render_example(tokenizer, e["input_ids"], e["labels"], color), file=out)

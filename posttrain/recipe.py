@@ -43,6 +43,7 @@ class Recipe:
     upstream: dict = dataclasses.field(default_factory=dict)  # pipeline: hashes of the stages it builds on
     where: Where = dataclasses.field(default_factory=Where, repr=False, compare=False)  # file:line of each key
     notes: list = dataclasses.field(default_factory=list, repr=False, compare=False)  # what the checks could not check
+    facts: list = dataclasses.field(default_factory=list, repr=False, compare=False)  # what they found worth saying
 
     @property
     def hash(self) -> str:

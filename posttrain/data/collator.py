@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from posttrain.data.formats import resolve_columns, segments
+from posttrain.data.formats import get, resolve_columns, segments
 from posttrain.errors import DataError
 
 IGNORE_INDEX = -100
@@ -30,13 +30,17 @@ def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: 
     """Tokenize rows into {input_ids, labels, n_prompt, status}; None for a row with an empty/null field.
 
     status is "ok", "truncated" (cut to max_length, some response trained) or "prompt" (the prompt
-    alone fills max_length: nothing to train, the caller drops the row).
+    alone fills max_length: nothing to train, the caller drops the row). A format that splits long rows
+    (text) is never cut: its dict also holds `chunks`, [{input_ids, labels}, ...] of at most max_length
+    tokens each that together hold every token of the row (status "split" when there are several; a last
+    chunk of one token, which no position predicts, is left out), and input_ids/labels are the first chunk.
 
     All segments of a batch are tokenized in two calls (first segments with the tokenizer's special
     tokens such as BOS, the rest without), then reassembled per row. train_on and template: see
     formats.segments.
     """
-    chat = fmt == "messages" or template == "chat" or any(isinstance(r.get(cols.get("prompt", "")), list)
+    spec = get(fmt)
+    chat = (template or spec.templates[0]) == "chat" or any(isinstance(r.get(cols.get("prompt", "")), list)
                                                          for r in rows)
     eos = tokenizer.eos_token_id
     if eos is None and not chat:
@@ -65,6 +69,12 @@ def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: 
             input_ids.append(eos)
             labels.append(eos)
         n_prompt = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+        if spec.split_long_rows:
+            starts = [a for a in range(0, len(input_ids), max_length) if a == 0 or len(input_ids) - a > 1]
+            chunks = [{"input_ids": input_ids[a:a + max_length], "labels": labels[a:a + max_length]} for a in starts]
+            out.append({**chunks[0], "n_prompt": n_prompt, "status": "split" if len(chunks) > 1 else "ok",
+                        "chunks": chunks})
+            continue
         status = "truncated" if len(input_ids) > max_length else "ok"
         input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(lab == IGNORE_INDEX for lab in labels):
@@ -78,14 +88,24 @@ def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_
     """Map a dataset to {input_ids, labels}; rows with nothing to train are dropped and counted.
 
     Returns (dataset, stats) where stats counts rows kept, dropped for an empty/null field, dropped
-    because the prompt alone fills max_length, and truncated.
+    because the prompt alone fills max_length, and truncated. A format that splits long rows (text) gives
+    one training row per chunk: its stats count documents (rows, kept), those split, and chunks.
     """
     cols = resolve_columns(ds.column_names, fmt, source)
+    split = get(fmt).split_long_rows
 
     def fn(batch):
         n = len(next(iter(batch.values())))
         rows = [{k: batch[k][i] for k in batch} for i in range(n)]
         enc = encode_batch(rows, fmt, cols, tokenizer, max_length, train_on=train_on, template=template)
+        if split:  # one row per chunk: its first carries the document's status, the others "chunk"
+            out = {"input_ids": [], "labels": [], "_status": []}
+            for e in enc:
+                for i, c in enumerate(e["chunks"] if e else [{"input_ids": [], "labels": []}]):
+                    out["input_ids"].append(c["input_ids"])
+                    out["labels"].append(c["labels"])
+                    out["_status"].append("empty" if e is None else e["status"] if i == 0 else "chunk")
+            return out
         status = ["empty" if e is None else e["status"] for e in enc]
         return {
             "input_ids": [e["input_ids"] if e else [] for e in enc],
@@ -96,19 +116,25 @@ def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_
     mapped = ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {source}")
     status = mapped["_status"]
     stats = {
-        "rows": len(status),
-        "kept": sum(s in ("ok", "truncated") for s in status),
+        "rows": len(status) - status.count("chunk"),
+        "kept": sum(s in ("ok", "truncated", "split") for s in status),
         "truncated": status.count("truncated"),
         "dropped_empty_field": status.count("empty"),
         "dropped_prompt_too_long": status.count("prompt"),
     }
-    mapped = mapped.filter(lambda s: s in ("ok", "truncated"), input_columns="_status").remove_columns("_status")
+    if split:
+        stats.update(split=status.count("split"), chunks=sum(s in ("ok", "split", "chunk") for s in status))
+    mapped = mapped.filter(lambda s: s in ("ok", "truncated", "split", "chunk"),
+                           input_columns="_status").remove_columns("_status")
     dropped = stats["dropped_empty_field"] + stats["dropped_prompt_too_long"]
     if dropped:
         log.warning(
             "%s: dropped %d of %d rows (%d with an empty or null field, %d whose prompt alone fills max_length=%d)",
             source, dropped, stats["rows"], stats["dropped_empty_field"], stats["dropped_prompt_too_long"], max_length,
         )
+    if stats.get("split"):
+        log.info("%s: %d of %d documents longer than max_length=%d split into chunks (%d training rows)",
+                 source, stats["split"], stats["kept"], max_length, stats["chunks"])
     if stats["truncated"]:
         log.warning("%s: %d rows truncated to max_length=%d (the end of their response is not trained)",
                     source, stats["truncated"], max_length)

@@ -1,18 +1,24 @@
-"""Row formats: turn one dataset row into text segments, each either masked (prompt) or trained.
+"""Row formats: what each data format is (FORMATS, the one registry, at the end of this module), and how
+a row of one that posttrain tokenizes becomes text segments, each either masked (prompt) or trained.
 
 alpaca             {instruction, input (optional), output | response} -> classic Alpaca template
 prompt_completion  {prompt, completion}
+text               {text} -> every token trained (continued pretraining); long rows split into chunks
 messages           {messages: [{role, content}, ...]} -> chat template; sharegpt rows
                    ({conversations: [{from, value}, ...]}) are read as messages too
 (preference {prompt?, chosen, rejected}, unpaired {prompt, completion, label} and prompt {prompt} rows are
-tokenized by TRL; clean_pairs_or_prompts checks them. Preference and prompt rows may be text or
-conversations; the loader makes each row one shape.)
+tokenized by TRL; clean_pairs_or_prompts checks them. Their rows may be text or conversations; the loader
+makes each row one shape (shape_row). A `system` column goes in front as a system turn wherever the row is a
+conversation.)
 
-`data.template` picks how alpaca/prompt_completion rows are written (alpaca | raw | chat: through the
-tokenizer's chat template); `data.train_on` picks which tokens of a conversation are trained.
+`data.template` picks how rows are written (alpaca | raw | chat: through the tokenizer's chat template);
+`data.train_on` picks which tokens of a conversation are trained.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 from posttrain.errors import DataError
 
@@ -28,35 +34,83 @@ ALPACA_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
 
-# format -> (required columns, alternatives accepted for a column)
-COLUMNS = {
-    "alpaca": (("instruction", "output"), {"output": ("output", "response")}),
-    "prompt_completion": (("prompt", "completion"), {}),
-    "messages": (("messages",), {}),
-    "preference": (("chosen", "rejected"), {}),
-    "unpaired": (("prompt", "completion", "label"), {}),  # KTO: one completion, desirable (true) or not
-    "prompt": (("prompt",), {}),
-}
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """What one data format is; every part of posttrain reads it from FORMATS.
+
+    A format that posttrain tokenizes needs `segments` (how a row is written as masked and trained text);
+    one TRL tokenizes is only checked and renamed here (clean_pairs_or_prompts). Adding a format is adding
+    an entry (and naming it in the `formats` of the stages that train it).
+    """
+
+    name: str
+    required: tuple[str, ...]  # canonical column names a row must fill
+    optional: tuple[str, ...] = ()  # used when the source has them, never required
+    may_be_blank: tuple[str, ...] = ()  # columns a row may leave empty (others: the row is dropped)
+    alternatives: tuple[tuple[str, tuple[str, ...]], ...] = ()  # canonical column -> source names accepted, in order
+    templates: tuple[str, ...] = ("raw",)  # the ways `data.template` may write its rows; the first is the default
+    mixable: tuple[str, ...] = ()  # other source formats a mixture may read into this one
+    tokenized_by: str = "posttrain"  # "posttrain" (exact masking, data/collator.py) | "trl" (the trainer does)
+    supervised: bool = False  # it has a prompt and a response: `data.train_on` chooses which tokens train
+    # columns TRL renders that may hold text or conversations; the loader makes every row one shape
+    turn_columns: tuple[str, ...] = ()
+    # a row may instead be one conversation (`messages`/`conversations`) beside the other columns: its last
+    # turn is the completion, the turns before it the prompt (LLaMA-Factory's KTO rows {messages, label})
+    reads_messages: bool = False
+    prompts_with: str | None = None  # the template `generate` prompts a model trained on it with
+    reads_as: str | None = None  # a source-only format read into another's columns (sharegpt -> messages)
+    split_long_rows: bool = False  # a row over data.max_length becomes consecutive chunks (else it is cut)
+    segments: Callable | None = None  # segments(row, cols, tokenizer, train_on, template) -> [(text, trained)]
+    as_messages: Callable | None = None  # as_messages(row, cols) -> the row as a conversation (messages mixtures)
+
+    def accepted(self, column: str) -> tuple[str, ...]:
+        return dict(self.alternatives).get(column, (column,))
+
+    @property
+    def conversational(self) -> bool:
+        return bool(self.turn_columns)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+def get(name: str) -> Format:
+    if name not in FORMATS:
+        raise DataError(f"unknown data format {name!r}; expected one of {', '.join(FORMATS)}")
+    return FORMATS[name]
 
 
 def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str, str]:
-    """Map each column the format needs to the column that holds it; clear error if one is missing."""
-    required, alternatives = COLUMNS[fmt]
+    """Map each column the format needs to the column that holds it; clear error if one is missing.
+    Optional columns are mapped when the source has them."""
+    spec = get(fmt)
     found = {}
-    for col in required:
-        options = alternatives.get(col, (col,))
+    for col in spec.columns:
+        options = spec.accepted(col)
         hit = next((c for c in options if c in column_names), None)
-        if hit is None:
+        if hit is None and col in spec.required:
             need = " or ".join(f"'{c}'" for c in options)
             raise DataError(
                 f"{source}: format '{fmt}' needs a column {need}; columns found: {', '.join(column_names)} "
                 f"(rename with data.column_map)"
             )
-        found[col] = hit
-    optional = {"alpaca": "input", "preference": "prompt"}.get(fmt)  # used when there, never required
-    if optional and optional in column_names:
-        found[optional] = optional
+        if hit is not None:
+            found[col] = hit
     return found
+
+
+def source_columns(column_names, fmt: str, source: str) -> dict[str, str]:
+    """resolve_columns for a source as the loader reads it: a format that reads messages rows
+    (unpaired's {messages, label}) takes a conversation in place of its prompt and completion."""
+    spec = get(fmt)
+    conversation = next((c for c in ("messages", "conversations") if c in column_names), None)
+    if spec.reads_messages and conversation and not any(c in column_names for c in spec.turn_columns):
+        rest = [c for c in spec.required if c not in spec.turn_columns]
+        found = resolve_columns([*column_names, *spec.turn_columns], fmt, source)
+        return {"messages": conversation, **{c: found[c] for c in rest + list(spec.optional) if c in found
+                                             and found[c] in column_names}}
+    return resolve_columns(list(column_names), fmt, source)
 
 
 def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
@@ -74,11 +128,6 @@ def _text(value) -> str | None:
     return value if value.strip() else None
 
 
-# format -> the ways its rows can be written; the first is the default
-TEMPLATES = {"alpaca": ("alpaca", "chat"), "prompt_completion": ("raw", "chat"), "messages": ("chat",),
-             "preference": ("raw", "chat"), "prompt": ("raw", "chat"), "unpaired": ("raw",)}
-
-
 def user_text(instruction: str, input_text: str | None = None) -> str:
     """An Alpaca instruction (and input) as one user message: what `generate --template chat` sends too."""
     return f"{instruction}\n\n{input_text}" if input_text and input_text.strip() else instruction
@@ -91,32 +140,74 @@ def segments(row: dict, fmt: str, cols: dict[str, str], tokenizer=None, *, train
     Single-turn formats end with the response; the caller appends EOS. Chat segments come from the
     chat template and already hold the end-of-turn tokens. train_on "all" trains the prompt too.
     """
-    if fmt == "alpaca":
-        instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
-        if instruction is None or output is None:
-            return None
-        input_text = _text(row.get(cols["input"])) if "input" in cols else None
-        if template == "chat":
-            msgs = [{"role": "user", "content": user_text(instruction, input_text)},
-                    {"role": "assistant", "content": output}]
-            return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
-        return _single(alpaca_prompt(instruction, input_text), output, train_on)
-    if fmt == "prompt_completion":
-        prompt, completion = row[cols["prompt"]], row[cols["completion"]]
-        if isinstance(prompt, list) or isinstance(completion, list):
-            return chat_segments(list(prompt) + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
-                                 template_kwargs=row.get("chat_template_kwargs"))
-        prompt, completion = _text(prompt), _text(completion)
-        if prompt is None or completion is None:
-            return None
-        if template == "chat":
-            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-            return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
-        return _single(prompt, completion, train_on)
-    if fmt == "messages":
-        return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on,
+    spec = get(fmt)
+    if spec.segments is None:
+        raise DataError(f"format '{fmt}' is not a format posttrain tokenizes (TRL does)")
+    return spec.segments(row, cols, tokenizer, train_on, template)
+
+
+def _system(row, cols, fmt: str, chat: bool) -> list[dict]:
+    """The row's `system` column as a leading system turn ([] when absent or blank); refused where the row is
+    written as text, which has no place for it."""
+    system = _text(row.get(cols["system"])) if "system" in cols else None
+    if system is None:
+        return []
+    if not chat:
+        raise DataError(f"column '{cols['system']}': {fmt} rows written as text have no place for a system turn; "
+                        f"use data.template: chat (or conversational rows), or rename the column with "
+                        f"data.column_map to leave it out")
+    return [{"role": "system", "content": system}]
+
+
+def with_system(messages: list[dict], system: list[dict], column: str) -> list[dict]:
+    """A system turn put in front of a conversation; one that already opens with another is refused."""
+    if not system:
+        return messages
+    if messages and messages[0].get("role") == "system":
+        if messages[0].get("content") == system[0]["content"]:
+            return messages
+        raise DataError(f"column 'system' and column '{column}' both give a system turn, and they differ "
+                        f"({system[0]['content']!r:.40} vs {messages[0].get('content')!r:.40})")
+    return system + messages
+
+
+def _alpaca_segments(row, cols, tokenizer, train_on, template):
+    instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
+    if instruction is None or output is None:
+        return None
+    input_text = _text(row.get(cols["input"])) if "input" in cols else None
+    system = _system(row, cols, "alpaca", template == "chat")
+    if template == "chat":
+        msgs = system + [{"role": "user", "content": user_text(instruction, input_text)},
+                         {"role": "assistant", "content": output}]
+        return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
+    return _single(alpaca_prompt(instruction, input_text), output, train_on)
+
+
+def _prompt_completion_segments(row, cols, tokenizer, train_on, template):
+    prompt, completion = row[cols["prompt"]], row[cols["completion"]]
+    if isinstance(prompt, list) or isinstance(completion, list):
+        prompt = with_system(list(prompt), _system(row, cols, "prompt_completion", True), cols["prompt"])
+        return chat_segments(prompt + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
                              template_kwargs=row.get("chat_template_kwargs"))
-    raise DataError(f"format '{fmt}' is not a supervised fine-tuning format")
+    prompt, completion = _text(prompt), _text(completion)
+    if prompt is None or completion is None:
+        return None
+    system = _system(row, cols, "prompt_completion", template == "chat")
+    if template == "chat":
+        msgs = system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
+    return _single(prompt, completion, train_on)
+
+
+def _text_segments(row, cols, tokenizer, train_on, template):
+    text = row[cols["text"]]
+    return None if _text(text) is None else [(text, True)]
+
+
+def _messages_segments(row, cols, tokenizer, train_on, template):
+    return chat_segments(row[cols["messages"]], tokenizer, train_on=train_on,
+                         template_kwargs=row.get("chat_template_kwargs"))
 
 
 def _single(prompt: str, response: str, train_on: str) -> list[tuple[str, bool]]:
@@ -218,25 +309,41 @@ def messages_column(column_names) -> str | None:
 
 
 def as_messages_row(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
-    """One row of another SFT format as a conversation (for a messages mixture); None if a field is empty."""
-    if src_fmt in ("messages", "sharegpt"):
-        turns = row[cols["messages"]]
-        return to_messages(turns, cols["messages"]) if turns else None
-    if src_fmt == "alpaca":
-        instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
-        if instruction is None or output is None:
-            return None
-        input_text = _text(row.get(cols["input"])) if "input" in cols else None
-        return [{"role": "user", "content": user_text(instruction, input_text)},
-                {"role": "assistant", "content": output}]
-    if src_fmt == "prompt_completion":
-        prompt, completion = row[cols["prompt"]], row[cols["completion"]]
-        if isinstance(prompt, list) or isinstance(completion, list):
-            return to_messages(prompt, cols["prompt"]) + to_messages(completion, cols["completion"])
-        if _text(prompt) is None or _text(completion) is None:
-            return None
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-    raise DataError(f"format '{src_fmt}' rows cannot be read as messages")
+    """One row of an SFT format as a conversation (for messages data), its `system` column in front; None if
+    a field is empty."""
+    messages = _as_messages(row, src_fmt, cols)
+    if messages is None:
+        return None
+    return with_system(messages, _system(row, cols, src_fmt, True), cols.get("messages", "messages"))
+
+
+def _as_messages(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
+    spec = get(src_fmt)
+    if spec.as_messages is None:
+        raise DataError(f"format '{src_fmt}' rows cannot be read as messages")
+    return spec.as_messages(row, cols)
+
+
+def _messages_as_messages(row, cols):
+    turns = row[cols["messages"]]
+    return to_messages(turns, cols["messages"]) if turns else None
+
+
+def _alpaca_as_messages(row, cols):
+    instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
+    if instruction is None or output is None:
+        return None
+    input_text = _text(row.get(cols["input"])) if "input" in cols else None
+    return [{"role": "user", "content": user_text(instruction, input_text)}, {"role": "assistant", "content": output}]
+
+
+def _prompt_completion_as_messages(row, cols):
+    prompt, completion = row[cols["prompt"]], row[cols["completion"]]
+    if isinstance(prompt, list) or isinstance(completion, list):
+        return to_messages(prompt, cols["prompt"]) + to_messages(completion, cols["completion"])
+    if _text(prompt) is None or _text(completion) is None:
+        return None
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
 def conversational(value) -> bool:
@@ -259,6 +366,55 @@ def pair_shape(row: dict, column: str, chat: bool):
 
 def row_is_chat(row: dict, columns) -> bool:
     return any(conversational(row.get(c)) for c in columns)
+
+
+def shared_prompt(prompt: list[dict], chosen: list[dict], rejected: list[dict], column: str) -> dict:
+    """A preference row whose chosen and rejected conversations already hold the prompt (argilla's
+    ultrafeedback-binarized-preferences-cleaned, distilabel-capybara): the turns they share are the prompt and
+    only what follows is the answer. The row's own prompt must be part of that: the shared turns begin
+    with it, or one of their user turns is it (a string prompt), or they end the prompt; else refused.
+    Returns the new {prompt, chosen, rejected}, or {} when chosen and rejected share no turn."""
+    n, limit = 0, min(len(chosen), len(rejected)) - 1  # each answer keeps at least its last turn
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        return {}
+    shared, answers = chosen[:n], {"chosen": chosen[n:], "rejected": rejected[n:]}
+    if prompt == shared[:len(prompt)]:
+        return {"prompt": shared, **answers}
+    said = [str(m["content"]).strip() for m in shared if m["role"] == "user"]
+    if len(prompt) == 1 and prompt[0]["role"] == "user" and str(prompt[0]["content"]).strip() in said:
+        return {"prompt": shared, **answers}  # a string prompt repeating a user turn is not added again
+    if prompt[-n:] == shared:
+        return {"prompt": prompt, **answers}
+    raise DataError(f"column '{column}': chosen and rejected share {n} opening turn(s) that the prompt is not part "
+                    f"of ({str(prompt[-1]['content'])[:40]!r} vs {str(shared[-1]['content'])[:40]!r}); rename the "
+                    f"prompt column with data.column_map to take the prompt from the conversations alone")
+
+
+def shape_row(row: dict, fmt: str, cols: dict[str, str], chat: bool) -> dict:
+    """One row of a format TRL renders (preference, prompt, unpaired) in its canonical columns and one shape:
+    each turn column text or conversation (`pair_shape`); unpaired rows given as one conversation split into
+    prompt (the turns before the last) and completion (the last, an assistant turn); preference answers that
+    repeat the prompt cut to what follows it (`shared_prompt`); a `system` column put in front of the prompt
+    (of chosen and rejected when there is none), or refused for text rows."""
+    spec = get(fmt)
+    out = {}
+    if "messages" in cols:
+        turns = to_messages(row[cols["messages"]] or [], cols["messages"])
+        if turns and turns[-1]["role"] != "assistant":
+            raise DataError(f"column '{cols['messages']}': an unpaired conversation ends with the assistant turn "
+                            f"that is judged; this one ends with a {turns[-1]['role']!r} turn")
+        out["prompt"], out["completion"] = turns[:-1], turns[-1:]
+    else:
+        out = {c: pair_shape({c: row[cols[c]]}, c, chat) for c in spec.turn_columns if c in cols}
+    if fmt == "preference" and chat and out.get("prompt") and out.get("chosen") and out.get("rejected"):
+        out.update(shared_prompt(out["prompt"], out["chosen"], out["rejected"], cols["prompt"]))
+    system = _system(row, cols, fmt, chat or "messages" in cols)
+    for c in ["prompt"] if "prompt" in out else ["chosen", "rejected"]:
+        out[c] = with_system(out[c], system, c)
+    out.update({c: row[src] for c, src in cols.items() if c not in spec.turn_columns + ("messages", "system")})
+    return out
 
 
 def usable_mask(ds, columns: list[str]):
@@ -314,3 +470,34 @@ def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
     if len(ds) == 0:
         raise DataError(f"{source}: no usable row (every row has an empty or null {' / '.join(needed)})")
     return ds, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+SYSTEM = ("system",)  # a `system` column beside a row: a leading system turn where the row can hold one
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("alpaca", required=("instruction", "output"), optional=("input", *SYSTEM),
+           alternatives=(("output", ("output", "response")),), may_be_blank=("input", *SYSTEM),
+           templates=("alpaca", "chat"), supervised=True, prompts_with="alpaca", segments=_alpaca_segments,
+           as_messages=_alpaca_as_messages),
+    Format("prompt_completion", required=("prompt", "completion"), optional=SYSTEM, may_be_blank=SYSTEM,
+           templates=("raw", "chat"), supervised=True, prompts_with="raw", segments=_prompt_completion_segments,
+           as_messages=_prompt_completion_as_messages),
+    Format("messages", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
+           alternatives=(("messages", ("messages", "conversations")),), templates=("chat",),
+           mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True, prompts_with="chat",
+           segments=_messages_segments, as_messages=_messages_as_messages),
+    Format("text", required=("text",), prompts_with="raw", split_long_rows=True, segments=_text_segments),
+    Format("sharegpt", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
+           alternatives=(("messages", ("conversations", "messages")),), templates=("chat",), reads_as="messages",
+           as_messages=_messages_as_messages),
+    Format("preference", required=("chosen", "rejected"), optional=("prompt", *SYSTEM), may_be_blank=SYSTEM,
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "chosen", "rejected")),
+    # KTO: one completion, label true = desirable
+    Format("unpaired", required=("prompt", "completion", "label"), optional=SYSTEM, may_be_blank=SYSTEM,
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "completion"), reads_messages=True),
+    Format("prompt", required=("prompt",), optional=SYSTEM, may_be_blank=SYSTEM, templates=("raw", "chat"),
+           tokenized_by="trl", turn_columns=("prompt",)),
+)}

@@ -25,7 +25,6 @@ from posttrain.errors import DataError
 log = logging.getLogger("posttrain")
 
 ENTRY_KEYS = ("source", "name", "split", "format", "column_map", "weight", "rows")
-CHAT_FORMATS = ("preference", "prompt")  # formats whose rows TRL renders itself: text or conversations
 
 
 def entries(data: dict, split: str = "train") -> list[dict]:
@@ -64,21 +63,13 @@ def _entry_label(e: dict, split: str, i: int, n: int) -> str:
 # One source
 
 
-def source_columns(column_names, src_fmt: str, where: str) -> dict[str, str]:
-    """Format column -> source column, for a source read in its own format."""
-    if src_fmt in ("messages", "sharegpt"):
-        order = ("conversations", "messages") if src_fmt == "sharegpt" else ("messages", "conversations")
-        col = next((c for c in order if c in column_names), None)
-        if col is None:
-            raise DataError(f"{where}: format '{src_fmt}' needs a column 'messages' or 'conversations'; columns "
-                            f"found: {', '.join(column_names)} (rename with column_map)")
-        return {"messages": col}
-    return formats.resolve_columns(list(column_names), src_fmt, where)
-
-
 def _required(cols: dict, src_fmt: str) -> list[str]:
     """Source columns that must be non-empty for a row to be usable."""
-    return [src for dst, src in cols.items() if not (src_fmt == "alpaca" and dst == "input")]
+    return [src for dst, src in cols.items() if dst not in formats.get(src_fmt).may_be_blank]
+
+
+def _conversational(fmt: str) -> bool:
+    return formats.get(fmt).conversational
 
 
 def _is_canonical_chat(value) -> bool:
@@ -86,10 +77,10 @@ def _is_canonical_chat(value) -> bool:
         isinstance(m, dict) and m.get("role") is not None and "content" in m and m.get("from") is None for m in value)
 
 
-def _chat_flag(ds, cols: dict) -> bool:
-    """Whether a preference/prompt source holds conversations (read from its first row)."""
+def _chat_flag(ds, cols: dict, fmt: str) -> bool:
+    """Whether a source of a format TRL renders holds conversations (read from its first row)."""
     row = ds[0] if len(ds) else {}
-    return formats.row_is_chat(row, [cols[c] for c in ("prompt", "chosen", "rejected") if c in cols])
+    return "messages" in cols or formats.row_is_chat(row, [cols[c] for c in formats.get(fmt).turn_columns if c in cols])
 
 
 def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: bool, where: str):
@@ -102,7 +93,8 @@ def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: b
     if fmt == "messages":
         src_col = cols.get("messages")
         first = ds[0][src_col] if src_col and len(ds) else None
-        if src_fmt == "messages" and src_col == "messages" and (first is None or _is_canonical_chat(first)):
+        if src_fmt == "messages" and src_col == "messages" and "system" not in cols and (
+                first is None or _is_canonical_chat(first)):
             out = ds
         else:
             def fn(batch):
@@ -114,22 +106,27 @@ def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: b
             out = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
                          desc=f"Reading {where} as messages")
         return out.select_columns(["messages"] + [c for c in extra if c != "messages"])
-    if fmt in CHAT_FORMATS:
-        fields = [c for c in ("prompt", "chosen", "rejected") if c in cols]
-        renames = {cols[c]: c for c in fields if cols[c] != c}
-        if renames:
-            ds = ds.rename_columns(renames)
-        first = ds[0] if len(ds) else {}
-        canonical = all(_is_canonical_chat(first.get(c)) for c in fields) if chat else \
-            not formats.row_is_chat(first, fields)
-        if not canonical:
+    if _conversational(fmt):
+        spec = formats.get(fmt)
+        names = [c for c in cols if c not in ("messages", "system")]
+        if "messages" in cols:
+            names = [c for c in spec.turn_columns if c not in names] + names
+        fields = [c for c in spec.turn_columns if c in cols]
+        first = {c: ds[0][cols[c]] for c in fields} if len(ds) else {}
+        # rows already in one shape that no rule changes pass as they are, renamed
+        plain = "messages" not in cols and "system" not in cols and not (fmt == "preference" and chat and "prompt" in cols)
+        if plain and (all(_is_canonical_chat(first.get(c)) for c in fields) if chat
+                      else not formats.row_is_chat(first, fields)):
+            renames = {src: dst for dst, src in cols.items() if src != dst}
+            ds = ds.rename_columns(renames) if renames else ds
+        else:
             def fn(batch):
-                n = len(batch[fields[0]])
-                rows = [{c: batch[c][i] for c in fields} for i in range(n)]
-                return {c: [formats.pair_shape(r, c, chat) for r in rows] for c in fields}
+                n = len(next(iter(batch.values())))
+                shaped = [formats.shape_row({k: batch[k][i] for k in batch}, fmt, cols, chat) for i in range(n)]
+                return {c: [r[c] for r in shaped] for c in names}
 
-            ds = ds.map(fn, batched=True, desc=f"Shaping {where} rows")
-        return ds.select_columns(fields + [c for c in extra if c not in fields])
+            ds = ds.map(fn, batched=True, remove_columns=list(cols.values()), desc=f"Shaping {where} rows")
+        return ds.select_columns(names + [c for c in extra if c not in names])
     # alpaca / prompt_completion: same format (validation refuses others); canonical names
     renames = {src: dst for dst, src in cols.items() if src != dst}
     if renames:
@@ -147,7 +144,7 @@ class _Source:
         if entry.get("column_map"):
             ds = rename_columns(ds, entry["column_map"], where)
         self.ds = ds
-        self.cols = source_columns(ds.column_names, self.src_fmt, where)
+        self.cols = formats.source_columns(ds.column_names, self.src_fmt, where)
         self.read = len(ds)
         self.kept_idx = np.flatnonzero(formats.usable_mask(ds, _required(self.cols, self.src_fmt)))
         self.kept = len(self.kept_idx)
@@ -162,7 +159,7 @@ class _Source:
         else:
             w = entry.get("weight")
             self.target = int(round((1.0 if w is None else float(w)) * self.kept))
-        self.chat = fmt in CHAT_FORMATS and _chat_flag(ds, self.cols)
+        self.chat = _conversational(fmt) and _chat_flag(ds, self.cols, fmt)
 
     def stats(self, taken: int, n_eval: int | None = None) -> dict:
         s = {"source": self.entry["source"], "split": self.entry.get("split") or "train"}
@@ -274,17 +271,21 @@ def _mix(sources: list[_Source], fmt: str, chat: bool, eval_fraction, seed: int,
 
 def _align(parts: list, sources: list[_Source], fmt: str) -> list:
     """Same columns and types in every part: the format's columns plus the extra ones all sources share;
-    an alpaca source without `input` gets an empty one; types cast to the first source's."""
+    a source without an optional column that may be blank (alpaca's input) gets an empty one, one without
+    another optional column (preference's prompt) is refused; types cast to the first source's."""
     if len(parts) == 1:
         return parts
-    if fmt == "alpaca" and any("input" in p.column_names for p in parts):
-        parts = [p if "input" in p.column_names else p.add_column("input", [""] * len(p)) for p in parts]
-    if fmt == "preference":
-        has = ["prompt" in p.column_names for p in parts]
-        if any(has) and not all(has):
+    spec = formats.get(fmt)
+    for col in spec.optional:
+        has = [col in p.column_names for p in parts]
+        if not any(has) or all(has):
+            continue
+        if col in spec.may_be_blank:  # e.g. alpaca's input: a source without it has it empty
+            parts = [p if col in p.column_names else p.add_column(col, [""] * len(p)) for p in parts]
+        else:
             i = has.index(False)
-            raise DataError(f"{sources[i].where}: has no 'prompt' column but other sources of the mixture do; "
-                            f"preference sources must all have a prompt column or none")
+            raise DataError(f"{sources[i].where}: has no '{col}' column but other sources of the mixture do; "
+                            f"{fmt} sources must all have a {col} column or none")
     common = [c for c in parts[0].column_names if all(c in p.column_names for p in parts[1:])]
     parts = [p.select_columns(common) for p in parts]
     out = [parts[0]]
@@ -307,7 +308,7 @@ def _load(data: dict, split: str, seed: int, eval_fraction=None):
     n = len(es)
     sources = [_Source(e, fmt, _entry_label(e, split, i, n)) for i, e in enumerate(es)]
     # one shape for all: if any preference/prompt source is conversational (or data.template is chat), all are
-    chat = fmt in CHAT_FORMATS and (data.get("template") == "chat" or any(s.chat for s in sources))
+    chat = _conversational(fmt) and (data.get("template") == "chat" or any(s.chat for s in sources))
     if n == 1 and es[0].get("plain"):
         ds, eval_ds, stats = _plain(sources[0], fmt, chat, eval_fraction, seed)
         return ds, eval_ds, [stats], chat
@@ -325,10 +326,10 @@ def load_splits(data: dict, seed: int = 42):
     stats = {"seed": seed, "train": train_stats}
     if data.get("eval"):
         eval_ds, _, stats["eval"], eval_chat = _load(data, "eval", seed)
-        if data["format"] in CHAT_FORMATS and eval_chat != chat:
+        if _conversational(data["format"]) and eval_chat != chat:
             # train and eval must be one shape too: make the text side conversational
             fix = lambda ds: convert(ds, data["format"], data["format"],  # noqa: E731
-                                     {c: c for c in ("prompt", "chosen", "rejected") if c in ds.column_names},
+                                     {c: c for c in formats.get(data["format"]).columns if c in ds.column_names},
                                      chat=True, keep_extra=True, where="data")
             train, eval_ds = (fix(train), eval_ds) if eval_chat else (train, fix(eval_ds))
     return train, eval_ds, stats
@@ -342,6 +343,6 @@ def sample_rows(data: dict, e: dict, where: str, n: int = 8):
     if e.get("column_map"):
         ds = rename_columns(ds, e["column_map"], where)
     src_fmt = e.get("format") or fmt
-    cols = source_columns(ds.column_names, src_fmt, where)
-    chat = fmt in CHAT_FORMATS and (data.get("template") == "chat" or _chat_flag(ds, cols))
+    cols = formats.source_columns(ds.column_names, src_fmt, where)
+    chat = _conversational(fmt) and (data.get("template") == "chat" or _chat_flag(ds, cols, fmt))
     return convert(ds, fmt, src_fmt, cols, chat=chat, keep_extra=True, where=where)

@@ -1,8 +1,9 @@
 """kto -> trl.KTOTrainer: Kahneman-Tversky optimisation on unpaired feedback.
 
-Rows are `{prompt, completion, label}` (label true: a desirable completion) — `data.format: unpaired` —
-or preference pairs, unpaired here into a chosen (true) and a rejected (false) row side by side. TRL's
-KTO reads batches in order (its KL term pairs each row with its neighbours), so the training rows are
+Rows are `{prompt, completion, label}` (label true: a desirable completion; text, or conversations with
+`data.template: chat`, or `{messages, label}` read as such) — `data.format: unpaired` — or preference
+pairs, unpaired here into a chosen (true) and a rejected (false) row side by side. TRL's KTO reads batches
+in order (its KL term pairs each row with its neighbours), so the training rows are
 shuffled once (seeded) first: a batch then mixes desirable and undesirable rows whatever the file order
 (TRL's own unpairing puts a map-batch's chosen rows before its rejected ones).
 Reference policy as in dpo: the disabled LoRA adapter with `peft`, none with
