@@ -75,6 +75,7 @@ class Draft:
     pending: tuple[str, ...] = ()  # keys a pipeline fills with an upstream output that does not exist yet
     notes: list[str] = dataclasses.field(default_factory=list)  # what could not be checked, and why
     facts: list[str] = dataclasses.field(default_factory=list)  # what a check found worth saying (validate prints)
+    parsed: dict = dataclasses.field(default_factory=dict)  # stage keys read once (Stage.parse)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +183,14 @@ def top_level_keys(d: Draft):
             with d.where.each():
                 d.where.fail(k, f"is required for stage {d.stage.name}")
     d.extra = {k: d.raw[k] for k in d.stage.keys if k in d.raw}
+
+
+def read_stage_keys(d: Draft):
+    """The stage's own keys that it reads once (Stage.parse: grpo's `rewards:`), each refused on its own."""
+    for key, parse in d.stage.parse.items():
+        if key in d.extra:
+            with d.where.each():
+                d.parsed[key] = parse(d.extra[key], d.where)
 
 
 def read_model(d: Draft):
@@ -574,11 +583,13 @@ def eos_token_in_vocabulary(d: Draft):
 DATA_READS = ("data.train", "data.eval", "data.format", "data.column_map", "data.name", "data.split", "data.eval_split",
               "data.seed", "model.chat_template")
 MODEL_READS = ("peft", "model.name_or_path", "model.revision", "model.trust_remote_code", "model.gguf_file")
-STAGE_READS = ("training", "data", "model", "peft", *stages.stage_keys())  # a stage reads its recipe as it likes
+STAGE_KEYS = tuple(stages.stage_keys())
+STAGE_READS = ("training", "data", "model", "peft", *STAGE_KEYS)  # a stage reads its recipe as it likes
 REGISTRY: tuple[Step, ...] = (
     Step(no_secrets, "recipe", needs_stage=False),
     Step(read_stage, "recipe", needs_stage=False),
     Step(top_level_keys, "recipe"),
+    Step(read_stage_keys, "recipe", STAGE_KEYS),
     Step(read_model, "recipe"),
     Step(read_data, "recipe"),
     Step(format_fits_stage, "recipe", ("data.format",)),
@@ -704,4 +715,4 @@ def _recipe(d: Draft) -> Recipe:
     resolved["output_dir"] = d.output_dir
     return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
                   peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved,
-                  where=d.where)
+                  where=d.where, parsed=d.parsed)

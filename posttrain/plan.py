@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 from posttrain import stages
 from posttrain.errors import PosttrainError, RecipeError
 from posttrain.models import load_config, lora_config, meta_model, train_only
-from posttrain.rewards import parse_rewards
 from posttrain.stages import Footprint
 from posttrain.util import first_line
 
@@ -151,24 +150,6 @@ def _logits(fp: Footprint, recipe: Recipe, a: Arch, rows: int, seq: int, generat
     return rows * seq * a.vocab * cb * 3, "full logits in the compute dtype, log-softmax per row"
 
 
-def _reference_held(fp: Footprint, recipe: Recipe) -> bool:
-    t = recipe.training
-    if fp.reference is None or recipe.peft:
-        return False
-    if fp.reference == "unless_peft_or_precompute":
-        return not t.get("precompute_ref_log_probs")
-    if fp.reference == "if_beta":
-        return bool(t.get("beta", fp.beta_default))
-    return True
-
-
-def _reward_model_paths(recipe: Recipe, fp: Footprint) -> list[str]:
-    if not fp.reward_models_key:
-        return []
-
-    return [s.model for s in parse_rewards(recipe.extra.get(fp.reward_models_key)) if s.model]
-
-
 def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: Footprint | None = None) -> dict:
     fp = footprint or stages.get(recipe.stage).footprint
     t = recipe.training
@@ -181,22 +162,17 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
         "optimizer": policy.trainable * train_bytes * 2,
     }
     other, notes = 0.0, []
-    if _reference_held(fp, recipe):
+    if fp.reference(recipe):
         other += frozen if frozen else policy.params * cb
         notes.append("reference copy of the policy")
-    if fp.reward_and_value_models:
-        spec = recipe.extra["reward_model"]
-        spec = dict(spec) if isinstance(spec, dict) else {"name_or_path": str(spec)}
-        rm = _arch(spec, None, seq_cls=True) if _reachable(spec["name_or_path"]) else policy
-        other += rm.params * cb + rm.params * cb * 4  # reward (frozen) + value (weights, gradients, AdamW)
-        notes.append("reward model, value model (trained)")
-    for path in _reward_model_paths(recipe, fp):
-        rm = _arch({"name_or_path": path}, None, seq_cls=True) if _reachable(path) else policy
-        other += rm.params * cb
-        notes.append(f"reward model {path}")
+    for spec, trained in fp.other_models(recipe):
+        # a scoring model not on this machine is sized as the policy
+        m = _arch(spec, None, seq_cls=True) if _reachable(spec["name_or_path"]) else policy
+        other += m.params * cb * (5 if trained else 1)  # trained: weights, gradients, AdamW's two moments
+        notes.append(f"{'trained' if trained else 'frozen'} model {spec['name_or_path']}")
     parts["other models"] = other
     rows = t.get("per_device_train_batch_size", 8) * fp.sequences_per_row
-    generated = t.get(fp.generated_tokens_key, fp.generated_tokens_default) if fp.generated_tokens_key else 0
+    generated = fp.generated_tokens(recipe)
     seq = (recipe.data.get("max_length") or 1024) + generated
     # posttrain turns activation checkpointing on by default on GPUs (see stages/common.device_defaults)
     checkpointing = bool(t.get("activation_checkpointing", t.get("gradient_checkpointing", True)))
@@ -240,7 +216,7 @@ def advice(recipe: Recipe, est: dict, gpu_gib: float, footprint: Footprint | Non
     elif not recipe.quantization:
         tips.append("add `quantization: {load_in_4bit: true}` (QLoRA: NF4, double quantization and bf16 "
                     "compute by default): the base weights in 4 bits")
-    if fp.reference == "unless_peft_or_precompute" and _reference_held(fp, recipe):
+    if fp.reference is stages.reference_unless_peft_or_precompute and fp.reference(recipe):
         tips.append("set training.precompute_ref_log_probs: true (no reference model in memory)")
     if t.get("per_device_train_batch_size", 8) > 1:
         tips.append("halve training.per_device_train_batch_size and double gradient_accumulation_steps")

@@ -44,6 +44,7 @@ class Recipe:
     where: Where = dataclasses.field(default_factory=Where, repr=False, compare=False)  # file:line of each key
     notes: list = dataclasses.field(default_factory=list, repr=False, compare=False)  # what the checks could not check
     facts: list = dataclasses.field(default_factory=list, repr=False, compare=False)  # what they found worth saying
+    parsed: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # stage keys read (Stage.parse)
 
     @property
     def hash(self) -> str:

@@ -1,9 +1,10 @@
 """`posttrain report RUN_OR_PIPELINE_DIR`: PNG plots and a markdown summary of finished runs.
 
 A run dir (manifest.json) or a pipeline root (pipeline.json, one run dir per stage). Written into that
-directory: loss_<stage>.png (training and eval loss over steps, from log_history.json), ppo_<stage>.png
-(mean reward and KL per update), accuracy.png (before/after bars, when a demo.json is there) and
-report.md. matplotlib is an optional dependency (the `demo` extra).
+directory: loss_<run>.png (training and eval loss over steps, from log_history.json), <stage>_<run>.png
+(the metrics the stage declares in `Stage.plots`, e.g. PPO's mean reward and KL per update),
+accuracy.png (before/after bars, when a demo.json is there) and report.md. matplotlib is an optional
+dependency (the `demo` extra).
 """
 
 from __future__ import annotations
@@ -65,16 +66,17 @@ def plot_loss(plt, name: str, history: list[dict], out: Path) -> Path | None:
     return out
 
 
-def plot_ppo(plt, name: str, history: list[dict], out: Path) -> Path | None:
-    logs = [e for e in history if "objective/scores" in e]
-    if not logs:
+def plot_metrics(plt, name: str, stage: str, history: list[dict], out: Path) -> Path | None:
+    """The stage's own metrics over its updates (`Stage.plots`: PPO's mean reward and KL, ...), one panel each."""
+    spec = stages.all_stages().get(stage)
+    panels = [(p, [e[p.key] for e in history if p.key in e]) for p in (spec.plots if spec else ())]
+    panels = [(p, values) for p, values in panels if values]
+    if not panels:
         return None
-    steps = list(range(1, len(logs) + 1))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(steps, [e["objective/scores"] for e in logs], marker="o")
-    a.set(title=f"{name}: mean reward", xlabel="PPO update", ylabel="objective/scores")
-    b.plot(steps, [e["objective/kl"] for e in logs], marker="o", color="tab:red")
-    b.set(title=f"{name}: KL to reference", xlabel="PPO update", ylabel="objective/kl")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (p, values) in zip(axes[0], panels):
+        ax.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 30 else None)
+        ax.set(title=f"{name}: {p.title}", xlabel=f"{stage} update", ylabel=p.key)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -152,8 +154,9 @@ def report(path: str | Path) -> list[Path]:
     images = []
     for name, run_dir in found:
         history = _history(run_dir)
+        stage = (runs.read_manifest(run_dir) or {}).get("stage", "")
         images += [p for p in (plot_loss(plt, name, history, path / f"loss_{name}.png"),
-                               plot_ppo(plt, name, history, path / f"ppo_{name}.png")) if p]
+                               plot_metrics(plt, name, stage, history, path / f"{stage}_{name}.png")) if p]
     demo = None
     if (path / "demo.json").is_file():
         demo = json.loads((path / "demo.json").read_text())

@@ -20,26 +20,57 @@ from posttrain.errors import RecipeError
 from posttrain.util import did_you_mean
 
 
+def no_reference(recipe) -> bool:
+    return False
+
+
+def reference_unless_peft(recipe) -> bool:
+    """A frozen copy of the policy is held, except with LoRA (the disabled adapter is the reference)."""
+    return not recipe.peft
+
+
+def reference_unless_peft_or_precompute(recipe) -> bool:
+    """As reference_unless_peft, and not when training.precompute_ref_log_probs computed its log-probs first."""
+    return not recipe.peft and not recipe.training.get("precompute_ref_log_probs")
+
+
+def no_models(recipe) -> list:
+    return []
+
+
+def no_tokens(recipe) -> int:
+    return 0
+
+
+# Which logits the loss keeps (posttrain.plan sizes each): TRL SFT's loss ("sft_loss": chunked_nll by default, else
+# full fp32), full logits in the compute dtype with a log-softmax per row kept for backward ("per_token_logps"),
+# the same over generated tokens only ("generated_logps": TRL passes logits_to_keep), or none (a scalar head).
+LOGITS = ("sft_loss", "per_token_logps", "generated_logps", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-    """What a stage holds in GPU memory, as far as `posttrain plan` is concerned."""
+    """What a stage holds in GPU memory, as far as `posttrain plan` is concerned: the stage answers for its recipe."""
 
     scoring: bool = False  # the trained model is a sequence classifier: a scalar head, no vocabulary logits
     sequences_per_row: int = 1  # 2: chosen and rejected go through the model in one forward
-    # when a frozen reference copy of the policy is held: None (never), "unless_peft" (the disabled adapter
-    # is the reference), "unless_peft_or_precompute" (+ training.precompute_ref_log_probs), "if_beta"
-    # (only when training.beta, default `beta_default`, is non-zero, and not with peft)
-    reference: str | None = None
-    beta_default: float = 0.0
-    # the training key that bounds generated tokens appended to each prompt, and its TRL default
-    generated_tokens_key: str | None = None
-    generated_tokens_default: int = 0
-    reward_and_value_models: bool = False  # PPO: a frozen reward model and a trained value model
-    reward_models_key: str | None = None  # a recipe key listing reward models held frozen (grpo/rloo `rewards`)
-    # which logits the loss keeps: "sft_loss" (TRL SFT loss_type: chunked_nll by default, else full fp32),
-    # "per_token_logps" (full logits in the compute dtype, a log-softmax per row kept for backward),
-    # "generated_logps" (the same over generated tokens only: TRL passes logits_to_keep), "none" (scoring)
-    logits: str = "sft_loss"
+    reference: Callable = no_reference  # reference(recipe) -> whether a frozen copy of the policy is held
+    generated_tokens: Callable = no_tokens  # generated_tokens(recipe) -> tokens appended to each prompt
+    # other_models(recipe) -> [(model section, trained?)]: reward models (frozen), PPO's value model (trained)
+    other_models: Callable = no_models
+    logits: str = "sft_loss"  # one of LOGITS
+
+    def __post_init__(self):
+        if self.logits not in LOGITS:
+            raise ValueError(f"Footprint.logits: {self.logits!r} is not one of {', '.join(LOGITS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    """A logged metric `posttrain report` plots over a run's updates."""
+
+    key: str  # as TRL logs it, e.g. "objective/scores"
+    title: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +89,11 @@ class Stage:
     inputs: dict = dataclasses.field(default_factory=dict)
     resumable: bool = True
     headline: tuple[str, ...] = ()  # metrics shown after a run, in pipeline summaries and reports
+    plots: tuple[Plot, ...] = ()  # metrics `posttrain report` plots besides the loss
     footprint: Footprint = Footprint()
+    # stage key -> parse(value, where): reads the key once, refusing through `where`; stages read the result from
+    # recipe.parsed[key] (e.g. grpo's `rewards:` -> [RewardSpec])
+    parse: dict = dataclasses.field(default_factory=dict)
     # training.* keys the stage sets -> where to say it; keys it cannot honour -> why (see posttrain.options)
     managed: dict = dataclasses.field(default_factory=dict)
     refused: dict = dataclasses.field(default_factory=dict)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from posttrain.data.trl_rows import count_dropped_by_trl, load_pairs
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Stage, common
+from posttrain.stages import Footprint, Plot, Stage, common, reference_unless_peft_or_precompute
 
 if TYPE_CHECKING:
     from posttrain.recipe import Recipe
@@ -57,7 +57,8 @@ STAGE = Stage(
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins"),
     keys=("ref_model",),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
-    footprint=Footprint(sequences_per_row=2, reference="unless_peft_or_precompute", logits="per_token_logps"),
+    plots=(Plot("rewards/margins", "reward margin"), Plot("rewards/accuracies", "pair accuracy")),
+    footprint=Footprint(sequences_per_row=2, reference=reference_unless_peft_or_precompute, logits="per_token_logps"),
     refused={"padding_free": "TRL 1.12's DPOTrainer turns it off and pads (a warning, after loading); remove it"},
     position=30,
 )

@@ -16,16 +16,25 @@ from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config, torch_dtype
 from posttrain.rewards import parse_rewards, rule_reward
-from posttrain.stages import Footprint, Stage, common
+from posttrain.stages import Footprint, Plot, Stage, common
 from posttrain.util import Where, world_size
 
 if TYPE_CHECKING:
     from posttrain.recipe import Recipe
 
 
-def check_rewards(recipe: Recipe, where: Where):
-    """`rewards:` items are reward models or known rules with their options (posttrain.rewards)."""
-    parse_rewards(recipe.extra.get("rewards"), where)
+def reference(recipe: Recipe) -> bool:
+    """TRL holds a reference copy of the policy when beta (the stage's TRL default: GRPO 0, RLOO 0.05) is not 0,
+    and without LoRA (then the disabled adapter is the reference)."""
+    return not recipe.peft and bool(common.training_with_defaults(recipe).get("beta"))
+
+
+def generated_tokens(recipe: Recipe) -> int:
+    return common.training_with_defaults(recipe)["max_completion_length"]
+
+
+def reward_models(recipe: Recipe) -> list:
+    return [({"name_or_path": s.model}, False) for s in recipe.parsed["rewards"] if s.model]
 
 
 def check_groups(recipe: Recipe, where: Where):
@@ -57,7 +66,7 @@ def check_groups(recipe: Recipe, where: Where):
 
 
 def config(recipe: Recipe):
-    specs = parse_rewards(recipe.extra.get("rewards"))
+    specs = recipe.parsed["rewards"]
     # remove_unused_columns=False: rule rewards read the data's other columns (e.g. a reference answer)
     managed = {"reward_weights": [s.weight for s in specs], "remove_unused_columns": False}
     # TRL loads the reference policy itself (beta > 0 without LoRA), from model_init_kwargs: load it as
@@ -125,7 +134,7 @@ def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
     from transformers import set_seed
 
     args = config(recipe)
-    specs = parse_rewards(recipe.extra["rewards"])
+    specs = recipe.parsed["rewards"]
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = load_prompts(recipe, args, tokenizer, specs)
     set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
@@ -178,9 +187,11 @@ STAGE = Stage(
     required=("rewards",),
     inputs={"reward_model": "rewards[]"},
     headline=("reward/mean", "reward/last"),
-    footprint=Footprint(reference="if_beta", beta_default=0.0, generated_tokens_key="max_completion_length",
-                        generated_tokens_default=256, reward_models_key="rewards", logits="generated_logps"),
+    plots=(Plot("reward", "mean reward"),),
+    footprint=Footprint(reference=reference, generated_tokens=generated_tokens, other_models=reward_models,
+                        logits="generated_logps"),
     managed={"reward_weights": "give items of `rewards:` a `weight`"},
-    checks=(check_rewards, check_groups),
+    parse={"rewards": parse_rewards},
+    checks=(check_groups,),
     position=70,
 )

@@ -15,7 +15,7 @@ from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Stage, common
+from posttrain.stages import Footprint, Plot, Stage, common, reference_unless_peft
 from posttrain.util import world_size
 
 if TYPE_CHECKING:
@@ -52,6 +52,16 @@ def _model_spec(value, recipe: Recipe) -> dict:
     spec.setdefault("dtype", recipe.model.get("dtype") or "auto")
     spec.setdefault("attn_implementation", recipe.model.get("attn_implementation"))
     return spec
+
+
+def generated_tokens(recipe: Recipe) -> int:
+    return common.training_with_defaults(recipe)["response_length"]
+
+
+def other_models(recipe: Recipe) -> list:
+    """The reward model (frozen) and the value model (trained; it starts from the reward model by default)."""
+    reward = _model_spec(recipe.extra["reward_model"], recipe)
+    return [(reward, False), (_model_spec(recipe.extra.get("value_model") or reward["name_or_path"], recipe), True)]
 
 
 def prepare_data(recipe: Recipe, tokenizer, args):
@@ -202,8 +212,9 @@ STAGE = Stage(
     inputs={"reward_model": "reward_model"},
     resumable=False,
     headline=("objective/scores", "objective/kl", "last_logged_score", "last_logged_kl"),
-    footprint=Footprint(reference="unless_peft", generated_tokens_key="response_length", generated_tokens_default=53,
-                        reward_and_value_models=True, logits="per_token_logps"),
+    plots=(Plot("objective/scores", "mean reward"), Plot("objective/kl", "KL to reference")),
+    footprint=Footprint(reference=reference_unless_peft, generated_tokens=generated_tokens, other_models=other_models,
+                        logits="per_token_logps"),
     managed={"sft_model_path": "set `model.name_or_path`", "reward_model_path": "set the top-level `reward_model`",
              "world_size": "posttrain sets it from the launcher's WORLD_SIZE"},
     refused={k: "TRL computes it at run time from per_device_train_batch_size, gradient_accumulation_steps, "
