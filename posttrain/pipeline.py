@@ -166,7 +166,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
         pending = tuple(k for k, out in wired.items() if not Path(out).exists())
         if blocked:  # still checked, as far as it does not depend on what the upstream would give it
             consumer = registry.all_stages().get(raw.get("stage"))
-            pending = ("model", *(k.removesuffix("[]") for k in (consumer.inputs.values() if consumer else ())))
+            pending = ("model", *(registry.wire(w).key for w in (consumer.inputs.values() if consumer else ())))
         try:
             recipe = checks.validate(copy.deepcopy(raw), where=where, source=str(recipe_path), default_name=name,
                                      level=level, pending=pending)
@@ -203,13 +203,14 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> tuple[list[s
         for key in ("gguf_file", "revision", "tokenizer"):
             raw["model"].pop(key, None)  # those described the original model, not the stage output
     consumer = registry.all_stages().get(raw.get("stage"))  # an unknown stage is refused by validate
-    for output, key in (consumer.inputs.items() if consumer else ()):
+    for output, w in (consumer.inputs.items() if consumer else ()):
         producers = [u for u in upstream if kind[u.name] == output]
-        if not producers or explicit(key.removesuffix("[]")):
+        w = registry.wire(w)
+        key = w.key
+        if not producers or explicit(key):
             continue
         out = producers[0].recipe.output_dir
-        if key.endswith("[]"):
-            key = key.removesuffix("[]")
+        if w.as_item:
             items = list(raw.get(key) or [])
             if not any(isinstance(i, dict) and i.get("model") == out or i == out for i in items):
                 items.append({"model": out})

@@ -66,6 +66,18 @@ class Footprint:
 
 
 @dataclasses.dataclass(frozen=True)
+class Wire:
+    """Where a pipeline puts an upstream stage's output in this stage's recipe (unless the recipe's entry set it)."""
+
+    key: str  # a top-level recipe key
+    as_item: bool = False  # append {model: output} to the list at `key` (grpo's rewards) instead of setting it
+
+
+def wire(value) -> Wire:
+    return value if isinstance(value, Wire) else Wire(value)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plot:
     """A logged metric `posttrain report` plots over a run's updates."""
 
@@ -84,8 +96,8 @@ class Stage:
     keys: tuple[str, ...] = ()  # stage-specific top-level recipe keys
     required: tuple[str, ...] = ()
     output: str = "policy"  # "policy": a causal LM the next stage can start from | "reward_model"
-    # upstream output kind -> the recipe key a pipeline fills with that stage's output dir (`key[]`: appended
-    # to a list as {model: dir}); the policy a stage starts from is always `model.name_or_path`
+    # upstream output kind -> where a pipeline puts that stage's output dir: a Wire (a plain key name is
+    # Wire(key)); the policy a stage starts from is always `model.name_or_path`
     inputs: dict = dataclasses.field(default_factory=dict)
     resumable: bool = True
     headline: tuple[str, ...] = ()  # metrics shown after a run, in pipeline summaries and reports

@@ -16,7 +16,7 @@ from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config, torch_dtype
 from posttrain.rewards import parse_rewards, rule_reward
-from posttrain.stages import Footprint, Plot, Stage, common
+from posttrain.stages import Footprint, Plot, Stage, Wire, common
 from posttrain.util import Where, world_size
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ STAGE = Stage(
     extra_metrics=reward_metrics,
     keys=("rewards",),
     required=("rewards",),
-    inputs={"reward_model": "rewards[]"},
+    inputs={"reward_model": Wire("rewards", as_item=True)},
     headline=("reward/mean", "reward/last"),
     plots=(Plot("reward", "mean reward"),),
     footprint=Footprint(reference=reference, generated_tokens=generated_tokens, other_models=reward_models,
