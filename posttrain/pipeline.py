@@ -160,22 +160,26 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> list[str]:
     """Point this stage at its upstream outputs, unless the stage entry set the key itself."""
     merge_inputs = []
     kind = {u.name: registry.get(u.recipe.stage).output for u in upstream}
-    policies = [u for u in upstream if kind[u.name] == "policy"]
-    if len(policies) > 1 and not explicit("model.name_or_path"):
-        raise RecipeError(f"stages.{name}: comes after several policy stages "
-                          f"({', '.join(u.name for u in policies)}); set model.name_or_path in its entry")
-    if policies and not explicit("model.name_or_path"):
-        up = policies[0].recipe
-        raw.setdefault("model", {})
-        if up.peft:  # a LoRA run's output is an adapter: load a merged copy, never the bare base
-            raw["model"]["name_or_path"] = f"{up.output_dir}/merged"
-            merge_inputs.append(up.output_dir)
-        else:
-            raw["model"]["name_or_path"] = up.output_dir
-        for key in ("gguf_file", "revision", "tokenizer"):
-            raw["model"].pop(key, None)  # those described the original model, not the stage output
     consumer = registry.all_stages().get(raw.get("stage"))  # an unknown stage is refused by validate
-    for output, key in (consumer.inputs.items() if consumer else ()):
+    inputs = dict(consumer.inputs) if consumer else {}
+    target = inputs.pop("policy", "model.name_or_path")  # where an upstream policy goes (gkd: its teacher)
+    policies = [u for u in upstream if kind[u.name] == "policy"]
+    if len(policies) > 1 and not explicit(target):
+        raise RecipeError(f"stages.{name}: comes after several policy stages "
+                          f"({', '.join(u.name for u in policies)}); set {target} in its entry")
+    if policies and not explicit(target):
+        up = policies[0].recipe
+        path = up.output_dir
+        if up.peft:  # a LoRA run's output is an adapter: load a merged copy, never the bare base
+            path = f"{up.output_dir}/merged"
+            merge_inputs.append(up.output_dir)
+        if target == "model.name_or_path":
+            raw.setdefault("model", {})["name_or_path"] = path
+            for key in ("gguf_file", "revision", "tokenizer"):
+                raw["model"].pop(key, None)  # those described the original model, not the stage output
+        else:
+            raw[target] = path
+    for output, key in inputs.items():
         producers = [u for u in upstream if kind[u.name] == output]
         if not producers or explicit(key.removesuffix("[]")):
             continue

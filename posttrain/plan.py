@@ -9,7 +9,7 @@ holds is described by its `Footprint`; the estimate counts, per device:
   gradients    trainable parameters x bytes of their dtype
   optimizer    AdamW: 2 states per trainable parameter, in the parameter's dtype (torch keeps bf16 states
                for bf16 weights: 4 bytes; fp32 adapters: 8)
-  other models what the stage holds besides the policy (reference copy, reward and value models)
+  other models what the stage holds besides the policy (reference copy, reward and value models, a teacher)
   activations  per layer and token, in the compute dtype: attention block 5h + 3kv values (norm input,
                q/k/v input, q/k/v, rotated q/k, attention output), MLP 2h + 4I (gated: gate, up, act,
                product) or 2h + 2I; without activation checkpointing for every layer, with it the layer
@@ -194,6 +194,12 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
         rm = _arch({"name_or_path": path}, None, seq_cls=True) if _reachable(path) else policy
         other += rm.params * cb
         notes.append(f"reward model {path}")
+    teacher = recipe.extra.get(fp.teacher_key) if fp.teacher_key else None
+    if teacher:
+        spec = dict(teacher) if isinstance(teacher, dict) else {"name_or_path": str(teacher)}
+        tm = _arch(spec, None) if _reachable(spec["name_or_path"]) else policy
+        other += tm.params * cb
+        notes.append(f"teacher {spec['name_or_path']}")
     parts["other models"] = other
     rows = t.get("per_device_train_batch_size", 8) * fp.sequences_per_row
     generated = t.get(fp.generated_tokens_key, fp.generated_tokens_default) if fp.generated_tokens_key else 0

@@ -36,6 +36,7 @@ class Footprint:
     generated_tokens_default: int = 0
     reward_and_value_models: bool = False  # PPO: a frozen reward model and a trained value model
     reward_models_key: str | None = None  # a recipe key listing reward models held frozen (grpo/rloo `rewards`)
+    teacher_key: str | None = None  # a recipe key naming a frozen teacher model (gkd `teacher_model`)
     # which logits the loss keeps: "sft_loss" (TRL SFT loss_type: chunked_nll by default, else full fp32),
     # "per_token_logps" (full logits in the compute dtype, a log-softmax per row kept for backward),
     # "generated_logps" (the same over generated tokens only: TRL passes logits_to_keep), "none" (scoring)
@@ -54,7 +55,8 @@ class Stage:
     required: tuple[str, ...] = ()
     output: str = "policy"  # "policy": a causal LM the next stage can start from | "reward_model"
     # upstream output kind -> the recipe key a pipeline fills with that stage's output dir (`key[]`: appended
-    # to a list as {model: dir}); the policy a stage starts from is always `model.name_or_path`
+    # to a list as {model: dir}); an upstream policy becomes `model.name_or_path` (the policy this stage starts
+    # from) unless the stage maps "policy" to another key (gkd: its teacher)
     inputs: dict = dataclasses.field(default_factory=dict)
     resumable: bool = True
     headline: tuple[str, ...] = ()  # metrics shown after a run, in pipeline summaries and reports
