@@ -3,10 +3,12 @@ listed, planned and checked like the other stages, and chains after sft in a pip
 policy as its teacher). Also: DPO + QLoRA + peft.modules_to_save trains (it crashed in TRL's bf16 cast)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
+RECIPES = Path(__file__).resolve().parent.parent / "posttrain" / "recipes"
 NEW_RECIPES = ("cpo_gpt2", "cpo_gpt2_simpo", "online_dpo_gpt2", "gkd_gpt2")
 FAST = ["training.max_steps=2", "training.logging_steps=1", "training.save_steps=2", "training.eval_steps=2",
         "training.per_device_train_batch_size=2", "training.per_device_eval_batch_size=2",
@@ -124,12 +126,16 @@ def test_new_stages_chain_after_sft(fx, tmp_path, cli):
     fast = {"max_steps": 2, "logging_steps": 1, "save_steps": 2, "eval_strategy": "no", "learning_rate": 1e-3,
             "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}
     pref = {"train": str(fx["preference"]), "split": "train", "eval": None}
+    # a user's online DPO recipe with a rule reward: the pipeline adds the reward stage's model beside it
+    odpo_recipe = tmp_path / "odpo.yaml"
+    odpo_recipe.write_text(f"extends: {RECIPES / 'online_dpo_gpt2.yaml'}\n"
+                           "rewards: [{rule: length_penalty, target: 4}]\n")
     doc = {"output_root": str(tmp_path / "pipe"), "stages": {
         "sft": {"recipe": "alpaca_gpt2", "model.name_or_path": str(fx["model"]),
                 "data": {"train": str(fx["alpaca"]), "eval_fraction": None}, "training": fast},
         "reward": {"recipe": "reward_gpt2", "after": "sft", "data": pref, "training": fast},
         "simpo": {"recipe": "cpo_gpt2_simpo", "after": "sft", "data": pref, "training": fast},
-        "online_dpo": {"recipe": "online_dpo_gpt2", "after": ["sft", "reward"], "rewards": [],
+        "online_dpo": {"recipe": str(odpo_recipe), "after": ["sft", "reward"],
                        "data": {"train": str(fx["prompts"]), "split": "train"},
                        "training": {**fast, "max_new_tokens": 4}},
         "gkd": {"recipe": "gkd_gpt2", "after": "sft", "model.name_or_path": str(fx["model"]),
@@ -147,7 +153,8 @@ def test_new_stages_chain_after_sft(fx, tmp_path, cli):
 
     assert resolved("simpo")["model"]["name_or_path"] == str(root / "sft")
     odpo = resolved("online_dpo")
-    assert odpo["model"]["name_or_path"] == str(root / "sft") and odpo["rewards"] == [{"model": str(root / "reward")}]
+    assert odpo["model"]["name_or_path"] == str(root / "sft")
+    assert odpo["rewards"] == [{"rule": "length_penalty", "target": 4}, {"model": str(root / "reward")}]
     gkd = resolved("gkd")  # the upstream policy is the teacher; the student stays the entry's model
     assert gkd["teacher_model"] == str(root / "sft") and gkd["model"]["name_or_path"] == str(fx["model"])
     for stage in ("simpo", "online_dpo", "gkd"):
