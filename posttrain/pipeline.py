@@ -7,9 +7,10 @@
       ppo:    {recipe: ppo_gpt2, after: [sft, reward], training: {total_episodes: 64}}
       dpo:    {recipe: dpo_gpt2, after: sft, model.dtype: fp32}
 
-A stage's model is the output of the policy stage it comes after; ppo's reward_model (and so its
-default value model) is the reward stage's output; grpo/rloo get the reward stage's output added to
-their rewards. Values set in the stage entry (or on the command line) win over wiring.
+A stage's model is the output of the policy stage it comes after (gkd's teacher_model instead: its
+student stays the recipe's model); ppo's reward_model (and so its default value model) is the reward
+stage's output; grpo/rloo/online_dpo get the reward stage's output added to their rewards. Values set
+in the stage entry (or on the command line) win over wiring.
 Each stage is identified by its resolved recipe plus its upstream stages' identities; a stage whose
 output holds a finished run with the same identity is skipped.
 """
