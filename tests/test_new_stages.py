@@ -186,6 +186,16 @@ def llama64(fx, tmp_path_factory):
     return out
 
 
+def test_gkd_refuses_a_teacher_with_another_vocabulary_at_validate(fx, tmp_path, cli):
+    from transformers import GPT2Config
+
+    other = tmp_path / "other_vocab"
+    GPT2Config(vocab_size=1000, n_embd=32, n_layer=1, n_head=2).save_pretrained(other)
+    code, _, err = cli("validate", "gkd_gpt2", f"model.name_or_path={fx['model']}", f"teacher_model={other}",
+                       "--no-data")
+    assert code == 2 and "teacher_model" in err and "vocabulary of 1000 tokens" in err, err
+
+
 @pytest.mark.slow
 def test_dpo_qlora_with_full_embedding_and_head_copies_trains(llama64, fx, tmp_path, cli):
     """TRL's DPOTrainer casts every trainable parameter of a quantized model to bf16, the full modules_to_save

@@ -40,10 +40,31 @@ def check_data(recipe: Recipe, where: Where):
 
 
 def check_teacher(recipe: Recipe, where: Where):
+    """A teacher is named, and when both models are local directories, shares the student's vocabulary size
+    (TRL compares them only after loading both models)."""
     teacher = recipe.extra.get("teacher_model")
     name = teacher.get("name_or_path") if isinstance(teacher, dict) else teacher
     if not isinstance(name, str) or not name.strip():
         where.fail("teacher_model", f"expected a model path or hub id (or a mapping like `model:`), got {show(teacher)}")
+    sizes = [_local_vocab_size(spec) for spec in (recipe.model, teacher_spec(recipe))]
+    if None not in sizes and sizes[0] != sizes[1]:
+        where.fail("teacher_model", f"has a vocabulary of {sizes[1]} tokens and the student ({recipe.model['name_or_path']}) "
+                   f"{sizes[0]}: GKD compares full next-token distributions, so both must share one vocabulary")
+
+
+def _local_vocab_size(spec: dict) -> int | None:
+    """vocab_size from a local model directory's config.json (no weights, no network); None otherwise."""
+    import json
+    from pathlib import Path
+
+    cfg = Path(str(spec.get("name_or_path") or "")).expanduser() / "config.json"
+    if spec.get("gguf_file") or not cfg.is_file():
+        return None
+    try:
+        doc = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (doc.get("text_config") or {}).get("vocab_size") or doc.get("vocab_size")
 
 
 def config(recipe: Recipe):
