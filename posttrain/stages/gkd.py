@@ -16,6 +16,8 @@ recipe's model).
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from posttrain.data.collator import IGNORE_INDEX
@@ -54,9 +56,6 @@ def check_teacher(recipe: Recipe, where: Where):
 
 def _local_vocab_size(spec: dict) -> int | None:
     """vocab_size from a local model directory's config.json (no weights, no network); None otherwise."""
-    import json
-    from pathlib import Path
-
     cfg = Path(str(spec.get("name_or_path") or "")).expanduser() / "config.json"
     if spec.get("gguf_file") or not cfg.is_file():
         return None
