@@ -250,3 +250,30 @@ def meta_model(model: dict, seq_cls: bool = False, cfg=None):
     with torch.device("meta"):
         cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
         return cls.from_config(cfg, trust_remote_code=bool(model.get("trust_remote_code")))
+
+
+def full_copies_in_base_dtype(model, args) -> int:
+    """Put `peft.modules_to_save` copies back in the dtype of the modules they replace when no mixed-precision
+    autocast runs (CPU; fp32 on a GPU). Returns how many were recast.
+
+    TRL 1.12's DPO, KTO, GRPO, RLOO and reward trainers cast every trainable parameter of a quantized model to
+    bf16 (the QLoRA paper's adapter dtype). LoRA layers cast their input to their own dtype, but a
+    modules_to_save copy is a plain module: a bf16 `lm_head` then multiplies fp32 hidden states and the first
+    forward fails (`expected m1 and m2 to have the same dtype, float != BFloat16`). SFT escapes only because its
+    chunked loss reads the head's weight itself. Under bf16/fp16 autocast mixed dtypes are fine: left as TRL made them.
+    """
+    if getattr(args, "bf16", False) or getattr(args, "fp16", False):
+        return 0
+    from peft.utils.other import ModulesToSaveWrapper
+
+    recast = 0
+    for module in model.modules():
+        if not isinstance(module, ModulesToSaveWrapper):
+            continue
+        base = next((p.dtype for p in module.original_module.parameters() if p.is_floating_point()), None)
+        for copy in module.modules_to_save.values():
+            for p in copy.parameters():
+                if base is not None and p.is_floating_point() and p.dtype != base:
+                    p.data = p.data.to(base)
+                    recast += 1
+    return recast

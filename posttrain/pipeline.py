@@ -7,9 +7,10 @@
       ppo:    {recipe: ppo_gpt2, after: [sft, reward], training: {total_episodes: 64}}
       dpo:    {recipe: dpo_gpt2, after: sft, model.dtype: fp32}
 
-A stage's model is the output of the policy stage it comes after; ppo's reward_model (and so its
-default value model) is the reward stage's output; grpo/rloo get the reward stage's output added to
-their rewards. Values set in the stage entry (or on the command line) win over wiring.
+A stage's model is the output of the policy stage it comes after (gkd's teacher_model instead: its
+student stays the recipe's model); ppo's reward_model (and so its default value model) is the reward
+stage's output; grpo/rloo/online_dpo get the reward stage's output added to their rewards. Values set
+in the stage entry (or on the command line) win over wiring.
 Each stage is identified by its resolved recipe plus its upstream stages' identities; a stage whose
 output holds a finished run with the same identity is skipped.
 """
@@ -187,23 +188,27 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> tuple[list[s
     LoRA runs to merge first, and each key wired -> the output it names."""
     merge_inputs, wired = [], {}
     kind = {u.name: registry.get(u.recipe.stage).output for u in upstream}
-    policies = [u for u in upstream if kind[u.name] == "policy"]
-    if len(policies) > 1 and not explicit("model.name_or_path"):
-        raise RecipeError(f"stages.{name}: comes after several policy stages "
-                          f"({', '.join(u.name for u in policies)}); set model.name_or_path in its entry")
-    if policies and not explicit("model.name_or_path"):
-        up = policies[0].recipe
-        raw.setdefault("model", {})
-        if up.peft:  # a LoRA run's output is an adapter: load a merged copy, never the bare base
-            raw["model"]["name_or_path"] = f"{up.output_dir}/merged"
-            merge_inputs.append(up.output_dir)
-        else:
-            raw["model"]["name_or_path"] = up.output_dir
-        wired["model.name_or_path"] = raw["model"]["name_or_path"]
-        for key in ("gguf_file", "revision", "tokenizer"):
-            raw["model"].pop(key, None)  # those described the original model, not the stage output
     consumer = registry.all_stages().get(raw.get("stage"))  # an unknown stage is refused by validate
-    for output, w in (consumer.inputs.items() if consumer else ()):
+    inputs = dict(consumer.inputs) if consumer else {}
+    target = registry.wire(inputs.pop("policy", "model.name_or_path")).key  # where an upstream policy goes (gkd: teacher)
+    policies = [u for u in upstream if kind[u.name] == "policy"]
+    if len(policies) > 1 and not explicit(target):
+        raise RecipeError(f"stages.{name}: comes after several policy stages "
+                          f"({', '.join(u.name for u in policies)}); set {target} in its entry")
+    if policies and not explicit(target):
+        up = policies[0].recipe
+        path = up.output_dir
+        if up.peft:  # a LoRA run's output is an adapter: load a merged copy, never the bare base
+            path = f"{up.output_dir}/merged"
+            merge_inputs.append(up.output_dir)
+        if target == "model.name_or_path":
+            raw.setdefault("model", {})["name_or_path"] = path
+            for key in ("gguf_file", "revision", "tokenizer"):
+                raw["model"].pop(key, None)  # those described the original model, not the stage output
+        else:
+            raw[target] = path
+        wired[target] = path
+    for output, w in inputs.items():
         producers = [u for u in upstream if kind[u.name] == output]
         w = registry.wire(w)
         key = w.key

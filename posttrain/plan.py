@@ -9,7 +9,7 @@ holds is described by its `Footprint`; the estimate counts, per device:
   gradients    trainable parameters x bytes of their dtype
   optimizer    AdamW: 2 states per trainable parameter, in the parameter's dtype (torch keeps bf16 states
                for bf16 weights: 4 bytes; fp32 adapters: 8)
-  other models what the stage holds besides the policy (reference copy, reward and value models)
+  other models what the stage holds besides the policy (reference copy, reward and value models, a teacher)
   activations  per layer and token, in the compute dtype: attention block 5h + 3kv values (norm input,
                q/k/v input, q/k/v, rotated q/k, attention output), MLP 2h + 4I (gated: gate, up, act,
                product) or 2h + 2I; without activation checkpointing for every layer, with it the layer
@@ -165,11 +165,12 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
     if fp.reference(recipe):
         other += frozen if frozen else policy.params * cb
         notes.append("reference copy of the policy")
-    for spec, trained in fp.other_models(recipe):
-        # a scoring model not on this machine is sized as the policy
-        m = _arch(spec, None, seq_cls=True) if _reachable(spec["name_or_path"]) else policy
-        other += m.params * cb * (5 if trained else 1)  # trained: weights, gradients, AdamW's two moments
-        notes.append(f"{'trained' if trained else 'frozen'} model {spec['name_or_path']}")
+    for held in fp.other_models(recipe):
+        # a model not on this machine is sized as the policy
+        name = held.spec["name_or_path"]
+        m = _arch(held.spec, None, seq_cls=held.scoring) if _reachable(name) else policy
+        other += m.params * cb * (5 if held.trained else 1)  # trained: weights, gradients, AdamW's two moments
+        notes.append(f"{held.role} {name}{' (trained)' if held.trained else ''}")
     parts["other models"] = other
     rows = t.get("per_device_train_batch_size", 8) * fp.sequences_per_row
     generated = fp.generated_tokens(recipe)

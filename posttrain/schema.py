@@ -198,8 +198,8 @@ def _owned_value(dotted: str, k, v, cls, known: dict, where: Where, unknown):
         unknown(where, dotted, known, value=v, note=f" ({cls.__name__} has no such option)")
     choices = field_choices(cls).get(k)
     got = coerce(v, known[k])
-    if got is _NO and choices and isinstance(v, str) and coerce([v], known[k]) is not _NO:
-        got = [v]  # a list-of-names field (dpo loss_type) given one name: TRL accepts that too
+    if got is _NO and not isinstance(v, (list, dict)) and coerce([v], known[k]) is not _NO:
+        got = [v]  # a list field given one value (dpo loss_type: sigmoid, online_dpo beta: 0.1): TRL accepts that too
     if got is _NO:
         hint = did_you_mean(v, choices_of(known[k])) if isinstance(v, str) else ""
         where.fail(dotted, f"expected {describe(known[k])}, got {show(v)}{hint}")

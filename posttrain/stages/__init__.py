@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import typing
 from collections.abc import Callable
 
 from posttrain.errors import RecipeError
@@ -32,6 +33,16 @@ def reference_unless_peft(recipe) -> bool:
 def reference_unless_peft_or_precompute(recipe) -> bool:
     """As reference_unless_peft, and not when training.precompute_ref_log_probs computed its log-probs first."""
     return not recipe.peft and not recipe.training.get("precompute_ref_log_probs")
+
+
+class Held(typing.NamedTuple):
+    """A model a stage holds besides the policy: what it is, its model section, whether it trains, whether it is a
+    scorer (a scalar head) rather than a causal LM."""
+
+    role: str  # "reward model", "value model", "teacher": how plan names it
+    spec: dict
+    trained: bool = False
+    scoring: bool = True
 
 
 def no_models(recipe) -> list:
@@ -56,7 +67,7 @@ class Footprint:
     sequences_per_row: int = 1  # 2: chosen and rejected go through the model in one forward
     reference: Callable = no_reference  # reference(recipe) -> whether a frozen copy of the policy is held
     generated_tokens: Callable = no_tokens  # generated_tokens(recipe) -> tokens appended to each prompt
-    # other_models(recipe) -> [(model section, trained?)]: reward models (frozen), PPO's value model (trained)
+    # other_models(recipe) -> [Held]: reward models (frozen), PPO's value model (trained), a teacher (frozen)
     other_models: Callable = no_models
     logits: str = "sft_loss"  # one of LOGITS
 

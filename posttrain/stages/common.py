@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from posttrain import runs, stages, util
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
-from posttrain.models import bf16_supported, has_cuda
+from posttrain.models import bf16_supported, full_copies_in_base_dtype, has_cuda
 from posttrain.schema import config_class, fields_of
 from posttrain.util import first_line, is_main_process, world_size
 
@@ -261,6 +261,8 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
                 log.info("resuming from %s", ckpt)
         try:
             trainer, data_stats = build(recipe)
+            # TRL's bf16 cast of a quantized model's trainable parameters, undone where no autocast runs
+            full_copies_in_base_dtype(trainer.model, trainer.args)
             if on_build is not None:  # e.g. a benchmark's callbacks and hooks on the trainer the stage built
                 on_build(trainer)
             a = trainer.args

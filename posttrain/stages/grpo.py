@@ -16,7 +16,7 @@ from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config, torch_dtype
 from posttrain.rewards import parse_rewards, rule_reward
-from posttrain.stages import Footprint, Plot, Stage, Wire, common
+from posttrain.stages import Footprint, Held, Plot, Stage, Wire, common
 from posttrain.util import Where, world_size
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def generated_tokens(recipe: Recipe) -> int:
 
 
 def reward_models(recipe: Recipe) -> list:
-    return [({"name_or_path": s.model}, False) for s in recipe.parsed["rewards"] if s.model]
+    return [Held("reward model", {"name_or_path": s.model}) for s in recipe.parsed["rewards"] if s.model]
 
 
 def check_groups(recipe: Recipe, where: Where):

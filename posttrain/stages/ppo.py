@@ -15,7 +15,7 @@ from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Plot, Stage, common, reference_unless_peft
+from posttrain.stages import Footprint, Held, Plot, Stage, common, reference_unless_peft
 from posttrain.util import world_size
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ def generated_tokens(recipe: Recipe) -> int:
 def other_models(recipe: Recipe) -> list:
     """The reward model (frozen) and the value model (trained; it starts from the reward model by default)."""
     reward = _model_spec(recipe.extra["reward_model"], recipe)
-    return [(reward, False), (_model_spec(recipe.extra.get("value_model") or reward["name_or_path"], recipe), True)]
+    value = _model_spec(recipe.extra.get("value_model") or reward["name_or_path"], recipe)
+    return [Held("reward model", reward), Held("value model", value, trained=True)]
 
 
 def prepare_data(recipe: Recipe, tokenizer, args):

@@ -1,0 +1,63 @@
+"""cpo -> trl.experimental.cpo.CPOTrainer: contrastive preference optimisation, and SimPO through it.
+
+One model and no reference: the loss is a DPO-style preference term on the policy's own log-probs plus
+`training.cpo_alpha` x the NLL of the chosen completion. SimPO (length-normalised rewards and a target margin
+`simpo_gamma`, no NLL term) is `training.loss_type: simpo` with `cpo_alpha: 0`; AlphaPO is `loss_type:
+alphapo` (TRL turns it into simpo with cpo_alpha 0) with `alpha`. Preference rows; without a `prompt` column
+TRL takes the common prefix of chosen and rejected as the prompt. TRL truncates long pairs (the prompt
+first), it drops none.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from posttrain.data.trl_rows import load_pairs
+from posttrain.models import load_causal_lm, load_tokenizer, lora_config
+from posttrain.stages import Footprint, Stage, common
+from posttrain.util import Where
+
+if TYPE_CHECKING:
+    from posttrain.recipe import Recipe
+
+
+def check_simpo_gamma(recipe: Recipe, where: Where):
+    """simpo_gamma is read only by the simpo loss: set with another loss, it would silently do nothing."""
+    t = common.training_with_defaults(recipe)
+    if "simpo_gamma" in recipe.training and t["loss_type"] not in ("simpo", "alphapo"):
+        where.fail("training.simpo_gamma", f"is read only by loss_type simpo (or alphapo), and loss_type is "
+                   f"'{t['loss_type']}'; set training.loss_type: simpo (with cpo_alpha: 0 for SimPO) or remove it")
+
+
+def config(recipe: Recipe):
+    return common.build_config(recipe, max_length=recipe.data["max_length"])
+
+
+def build(recipe: Recipe):
+    from transformers import set_seed
+    from trl.experimental.cpo import CPOTrainer
+
+    args = config(recipe)
+    tokenizer = load_tokenizer(recipe.model)
+    train, eval_ds, stats = load_pairs(recipe, args)
+    set_seed(args.seed)
+    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    trainer = CPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=lora_config(recipe.peft))
+    return trainer, stats
+
+
+STAGE = Stage(
+    name="cpo",
+    summary="contrastive preference optimisation, or SimPO with loss_type: simpo, no reference model "
+            "(trl.experimental.cpo)",
+    trl_config="trl.experimental.cpo:CPOConfig",
+    formats=("preference",),
+    make_config=config,
+    build=build,
+    extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins", "nll_loss"),
+    headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
+    footprint=Footprint(sequences_per_row=2, logits="per_token_logps"),
+    checks=(check_simpo_gamma,),
+    position=52,
+)
