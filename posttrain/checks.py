@@ -424,16 +424,15 @@ def training_fits_trl_config(d: Draft):
                     "it was tested with?)", ", ".join(new), d.stage.trl_config, "it" if len(new) == 1 else "them")
 
 
-ALL_NAMES = ("all", ["all"])  # LLaMA-Factory's spelling of every linear layer
-
-
 def peft_fits_lora_config(d: Draft):
     if not d.peft:
         return
     d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where, options.unknown_in(d.stage))
-    if d.peft.get("target_modules") in ALL_NAMES:
-        d.where.fail("peft.target_modules", "no module is named 'all'; did you mean 'all-linear'? (every linear layer "
-                     "but the output head; `all` is LLaMA-Factory's spelling)")
+    targets = d.peft.get("target_modules")
+    name = targets[0] if isinstance(targets, list) and len(targets) == 1 else targets
+    if isinstance(name, str) and name.lower() in preflight.ALL_LINEAR:
+        d.where.fail("peft.target_modules", f"no module is named {name!r}; did you mean 'all-linear'? (every linear "
+                     "layer but the output head; `all` is LLaMA-Factory's spelling)")
     try:  # LoraConfig checks combinations itself (e.g. layers_to_transform needs a list of target_modules)
         models.lora_config(d.peft)
     except (ValueError, TypeError) as e:

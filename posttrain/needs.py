@@ -10,7 +10,6 @@ packages and no model is loaded. Every check refuses through `where.fail` (one l
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from posttrain import hub as hub_access
@@ -120,7 +119,7 @@ def hub(where: Where, training: dict):
     if key is None:
         return
 
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+    if hub_access.offline():
         where.fail(f"training.{key}", "uploads to the Hugging Face hub, but this process is offline (HF_HUB_OFFLINE is "
                    "set, or validate found the hub unreachable): the run would fail at its first upload")
     if not hub_access.hub_reachable():

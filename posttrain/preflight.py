@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posttrain import stages
+from posttrain import hub, stages
 from posttrain.data.formats import clean_pairs_or_prompts, get, resolve_columns
 from posttrain.data.mixture import entries, sample_rows
 from posttrain.data.sources import is_local
@@ -43,10 +43,6 @@ class Sample:
     source: str
     rows: object = None  # a datasets.Dataset of up to SAMPLE_ROWS rows, columns renamed by data.column_map
     note: str = ""
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _in_cache(dataset_id: str) -> bool:
@@ -76,7 +72,7 @@ def quiet():
 def _unreachable(source: str) -> str | None:
     """Why a hub dataset cannot be read now (offline and not cached), else None: decided without importing
     datasets, so validating a hub-only recipe offline stays quick."""
-    if not is_local(source) and _offline() and not _in_cache(source):
+    if not is_local(source) and hub.offline() and not _in_cache(source):
         return f"hub dataset '{source}': the hub is not reachable and it is not in the cache"
     return None
 
