@@ -481,6 +481,10 @@ def attention_available(d: Draft):
     needs.attention(d.where, d.model)
 
 
+def device_has_it(d: Draft):
+    needs.device(d.where, d.training)
+
+
 def quantization_available(d: Draft):
     needs.quantization(d.where, d.quantization)
 
@@ -616,6 +620,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(packages_installed, "owners", ("training",)),
     Step(hub_uploads_possible, "owners", ("training",)),
     Step(attention_available, "owners", ("model.attn_implementation",)),
+    Step(device_has_it, "owners", ("training.tf32",)),
     Step(quantization_available, "owners", ("quantization",)),
     Step(data_options_fit_stage, "owners", ("data.pad_to_multiple_of",)),
     Step(build_recipe, "owners"),

@@ -164,6 +164,16 @@ def attention(where: Where, model: dict):
                        "this machine has neither; use sdpa")
 
 
+def device(where: Where, training: dict):
+    """Precision settings only some devices have: said here with the line that set them, each on its own."""
+    if training.get("tf32"):
+        from transformers.utils import is_torch_tf32_available
+
+        if not is_torch_tf32_available():
+            where.fail("training.tf32", "needs an NVIDIA Ampere or newer GPU, which this machine has not; remove it "
+                       "(posttrain picks bf16/fp16 for the device)")
+
+
 def quantization(where: Where, quant: dict | None):
     if quant:
         _need(where, "quantization", "4/8-bit loading (bitsandbytes)", "bitsandbytes", "bitsandbytes")

@@ -130,3 +130,11 @@ def test_dpo_loss_types_come_from_trl_and_a_single_name_is_accepted(tmp_path):
     assert r.training["loss_type"] == ["ipo"]
 
 
+
+
+def test_tf32_without_an_ampere_gpu_is_one_line_at_its_key(tmp_path, monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_torch_tf32_available", lambda: False)
+    msg = _refused(tmp_path, BASE + "training:\n  max_steps: 2\n  tf32: true\n")
+    assert msg.startswith("r.yaml:6: training.tf32: needs an NVIDIA Ampere"), msg
