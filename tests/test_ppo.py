@@ -174,3 +174,14 @@ def test_wrong_data_shape_and_resume_exit_2(fx, tmp_path, cli):
 
     code, _, err = cli("train", "ppo_gpt2", *args, f"data.train={fx['prompts']}", "--resume")
     assert code == 2 and "ppo runs cannot be resumed" in err
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["training.whiten_rewards=true", "training.per_device_train_batch_size=2"],
+     "training.whiten_rewards: whitening needs at least 8 rows per mini-batch and process; this recipe has 2"),
+    (["training.num_mini_batches=3"], "training.num_mini_batches: 3 does not divide the batch of 4 prompts"),
+])
+def test_ppo_batch_rules_are_one_line_at_validate(cli, overrides, expected):
+    """TRL's PPOTrainer asserts these in its constructor, after every model loaded; posttrain says them first."""
+    code, _, err = cli("validate", "ppo_gpt2", *overrides, "--no-data")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err

@@ -54,6 +54,22 @@ def _model_spec(value, recipe: Recipe) -> dict:
     return spec
 
 
+def check_batches(recipe: Recipe, where) -> None:
+    """PPOTrainer's constructor rules on its batches, which depend only on the recipe: said at validate with the key
+    that sets them instead of an assertion after the models loaded."""
+    t = common.training_with_defaults(recipe)
+    local = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
+    how = (f"per_device_train_batch_size {t['per_device_train_batch_size']} x gradient_accumulation_steps "
+           f"{t['gradient_accumulation_steps']}")
+    minis = t["num_mini_batches"]
+    if isinstance(minis, int) and minis >= 1 and local % minis:
+        where.fail("training.num_mini_batches", f"{minis} does not divide the batch of {local} prompts per process "
+                   f"({how})")
+    if t["whiten_rewards"] and isinstance(minis, int) and minis >= 1 and local // minis < 8:
+        where.fail("training.whiten_rewards", f"whitening needs at least 8 rows per mini-batch and process; this recipe "
+                   f"has {local // minis} ({how} / num_mini_batches {minis}); raise the batch or set it false")
+
+
 def generated_tokens(recipe: Recipe) -> int:
     return common.training_with_defaults(recipe)["response_length"]
 
@@ -222,5 +238,6 @@ STAGE = Stage(
              "num_mini_batches and the number of processes" for k in
              ("num_total_batches", "micro_batch_size", "local_batch_size", "batch_size", "local_mini_batch_size",
               "mini_batch_size")},
+    checks=(check_batches,),
     position=60,
 )
