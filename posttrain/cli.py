@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a recipe or pipeline without training; show a masked example")
     recipe_args(v)
     v.add_argument("--no-data", action="store_true", help="check the recipe only; do not load tokenizer or data")
+    v.add_argument("--accelerate-config", metavar="FILE", help="check against this Accelerate launch config")  # scale
 
     mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base model")
     mg.add_argument("run_dir", help="a run directory holding a LoRA adapter")
@@ -46,8 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     pn = sub.add_parser("plan", help="estimate GPU memory per device for a recipe; say which knob to turn")
     recipe_args(pn)
     pn.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to fit, in GiB (default 80)")
-    pn.add_argument("--gpus", type=int, default=1, help="number of GPUs (with --sharding)")
-    pn.add_argument("--sharding", choices=("none", "zero2", "zero3", "fsdp"), default="none")
+    pn.add_argument("--gpus", "--nproc", type=int, default=None, dest="gpus",
+                    help="number of GPUs/processes (with --sharding; default: the launch config's, else 1)")
+    pn.add_argument("--sharding", choices=("none", "zero2", "zero3", "fsdp"), default=None,
+                    help="default: what --accelerate-config (or the environment accelerate sets) says, else none")
+    pn.add_argument("--accelerate-config", metavar="FILE", help="the Accelerate launch config the run will use")  # scale
 
     pl = sub.add_parser("pipeline", help="run a pipeline of recipes (recipes/pipelines/NAME.yaml)")
     pl.add_argument("pipeline", help="pipeline name or path")
@@ -123,6 +127,9 @@ def cmd_train(args) -> int:
 
     stage = stages.get(recipe.stage)
     stage.make_config(recipe)  # impossible training combinations fail here, before anything loads
+    from posttrain import launch  # scale: the launch accelerate set up (its environment), checked here too
+
+    launch.check(recipe, launch.from_environment())
     # (data and peft.target_modules are checked by the run lifecycle, stages/common.run, before the run dir)
     manifest = stage.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
@@ -153,10 +160,15 @@ def cmd_plan(args) -> int:
 
     recipe = _load(args)
     stages.get(recipe.stage).make_config(recipe)
+    from posttrain import launch  # scale: launch config checks and its sharding (merger: into the one pass)
+
+    launched = launch.resolve(args.accelerate_config)
+    launch.check(recipe, launched)
+    gpus, sharding = launch.plan_args(launched, args.gpus, args.sharding)  # scale
     preflight.target_modules(recipe)
     preflight.data(recipe)
     try:
-        text, fits = report(recipe, args.gpu_gib, args.gpus, args.sharding)
+        text, fits = report(recipe, args.gpu_gib, gpus, sharding)
     except PosttrainError:
         raise
     except Exception as e:  # plan reads only configs: whatever stops the estimate is said in one line
@@ -186,6 +198,12 @@ def cmd_validate(args) -> int:
     from posttrain import stages
 
     cfg = stages.get(recipe.stage).make_config(recipe)
+    from posttrain import launch  # scale: launch config checks (merger: into the one pass)
+
+    launched = launch.resolve(args.accelerate_config)
+    launch.check(recipe, launched)
+    if launched:
+        print(f"ok: launch checked ({launched.name}, {launched.processes} process(es), from {launched.source})")
     print(f"ok: recipe checked (training -> {type(cfg).__name__}"
           + (", peft -> LoraConfig" if recipe.peft else "")
           + (", quantization -> BitsAndBytesConfig" if recipe.quantization else "") + ")")

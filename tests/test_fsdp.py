@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # launches processes
 
 FSDP_CONFIG = REPO / "recipes/accelerate/fsdp_cpu_2proc.yaml"
 LAUNCH_TIMEOUT_S = 240
-PROBE = REPO / "tests/fsdp_probe.py"  # posttrain's CLI with FSDP promoted on CPU, and what the ranks see
+PROBE = REPO / "tests/launch_probe.py"  # posttrain's CLI with FSDP promoted on CPU, and what the ranks see
 
 
 def _env(**extra) -> dict:

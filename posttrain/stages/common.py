@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posttrain import runs, util
+from posttrain import launch, runs, util
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
 from posttrain.util import first_line, is_main_process, world_size
 
@@ -259,6 +259,7 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
     with runs.locked(out) if main else contextlib.nullcontext():
         ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force),
                       recipe.training.get("ddp_timeout"))
+        launch.warn_if_output_dir_not_shared(out)  # scale: node-local output_dir breaks --resume (launch.py)
         manifest = None
         if main:
             (out / runs.RESOLVED).write_text(recipe.to_yaml())

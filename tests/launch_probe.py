@@ -1,5 +1,5 @@
-"""`accelerate launch ... tests/fsdp_probe.py PROBE_DIR posttrain-args...`: posttrain's CLI, plus what the
-FSDP tests need to see inside the ranks.
+"""`accelerate launch ... tests/launch_probe.py PROBE_DIR posttrain-args...`: posttrain's CLI, plus what the
+FSDP and multi-node tests need to see inside the ranks.
 
 - Accelerate 1.15 takes its FSDP path only on accelerators: with `use_cpu: true` its state becomes MULTI_CPU
   and the FSDP plugin is dropped, so `distributed_type: FSDP` silently runs plain data parallel (nothing is
@@ -8,6 +8,7 @@ FSDP tests need to see inside the ranks.
   they run on GPUs. Test-only: posttrain itself never patches Accelerate.
 - Each rank writes probe-RANK.json: world size, whether the trainer runs FSDP, how many parameters are
   sharded (DTensor).
+- Each call of SFT's tokenization appends "RANK HF_DATASETS_CACHE" to PROBE_DIR/tokenized.txt.
 - HANG_AFTER_SAVE=N: every rank sleeps after checkpoint-N is written, for the test to SIGKILL the group.
 """
 
@@ -64,6 +65,16 @@ def main(out: str, argv: list[str]) -> int:
 
         return dataclasses.replace(spec, build=build)
 
+    from posttrain.stages import sft
+
+    tokenize = sft.tokenize_dataset
+
+    def counted(*args, **kwargs):
+        with open(os.path.join(out, "tokenized.txt"), "a") as f:
+            f.write(f"{os.environ.get('RANK', '0')} {os.environ.get('HF_DATASETS_CACHE')}\n")
+        return tokenize(*args, **kwargs)
+
+    sft.tokenize_dataset = counted
     for name, spec in list(stages.all_stages().items()):
         stages.all_stages()[name] = probed(spec)
     return posttrain(argv)
