@@ -103,7 +103,9 @@ def from_environment(env=None) -> Launch | None:
     if env.get("ACCELERATE_CONFIG_FILE"):
         return from_config(env["ACCELERATE_CONFIG_FILE"])
     procs = int(env.get("WORLD_SIZE") or 1)
-    common = {"processes": procs, "use_cpu": _on(env.get("ACCELERATE_USE_CPU", False))}
+    # accelerate sets ACCELERATE_USE_CPU for DDP launches but not for FSDP ones: inside a rank, no CUDA is CPU
+    common = {"processes": procs, "use_cpu": _on(env.get("ACCELERATE_USE_CPU", False)) or (
+        _on(env.get("ACCELERATE_USE_FSDP", False)) and not _cuda())}
     if _on(env.get("ACCELERATE_USE_DEEPSPEED", False)):
         stage = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)
         return Launch(sharding="zero3" if stage == 3 else "zero2",
@@ -114,6 +116,12 @@ def from_environment(env=None) -> Launch | None:
         off = _on(env.get("FSDP_OFFLOAD_PARAMS", False))
         return Launch(sharding="fsdp", offload_params=off, offload_optimizer=off, **common)
     return Launch(sharding="ddp", **common) if procs > 1 else None
+
+
+def _cuda() -> bool:
+    from posttrain.models import has_cuda
+
+    return has_cuda()
 
 
 def resolve(path: str | None = None) -> Launch | None:

@@ -39,6 +39,7 @@ def launch(probe_dir: Path, argv: list[str], **env) -> list[dict]:
     """Two FSDP ranks to the end; returns what each rank's probe saw."""
     done = subprocess.run(_launch_cmd(probe_dir, argv), env=_env(**env), capture_output=True, text=True,
                           timeout=LAUNCH_TIMEOUT_S, start_new_session=True)
+    (probe_dir / "stderr.txt").write_text(done.stderr)
     said = [line for line in done.stderr.splitlines() if line.startswith(("posttrain:", "[rank"))]
     assert done.returncode == 0, "\n".join(said[-20:]) or done.stderr[-4000:]
     return _probes(probe_dir)
@@ -110,6 +111,9 @@ def test_fsdp_sft_full_matches_one_process_saves_a_loadable_model_and_resumes_af
     _assert_sharded(launch(tmp_path / "probe", ["train", *args, f"output_dir={full}",
                                                 "training.per_device_train_batch_size=2"]))
     double = losses(full)
+    # launched as is, Accelerate would run this config as plain data parallel on CPU; posttrain says so
+    assert "FSDP with use_cpu: Accelerate runs it on CPU as plain data parallel" in (
+        tmp_path / "probe" / "stderr.txt").read_text()
     assert len(single) == len(double) == 6
     assert double == pytest.approx(single, rel=SFT_REL), (single, double)
     manifest = json.loads((full / "manifest.json").read_text())

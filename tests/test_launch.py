@@ -29,7 +29,8 @@ def test_every_shipped_launcher_config_reads_as_what_it_is(name, sharding, proce
     assert not (got.offload_params or got.offload_optimizer)
 
 
-def test_the_environment_accelerate_sets_is_read_like_its_config(tmp_path):
+def test_the_environment_accelerate_sets_is_read_like_its_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "_cuda", lambda: True)
     env = {"WORLD_SIZE": "4", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
            "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"}
     assert launch.from_environment(env) == launch.Launch("zero3", 4, offload_optimizer=True)
