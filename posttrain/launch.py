@@ -38,7 +38,7 @@ class Launch:
     offload_params: bool = False  # ZeRO-3 offload_param_device cpu/nvme, FSDP fsdp_offload_params
     offload_optimizer: bool = False  # ZeRO offload_optimizer_device cpu/nvme (FSDP offloads both or neither)
     use_cpu: bool = False
-    source: str = "environment"  # the file it came from, for messages
+    source: str = "accelerate's environment"  # the file it came from, for messages
 
     @property
     def name(self) -> str:
@@ -132,7 +132,8 @@ def resolve(path: str | None = None) -> Launch | None:
 def plan_args(launch: Launch | None, gpus: int | None, sharding: str | None) -> tuple[int, str]:
     """(processes, sharding) for plan: what the command line says, else the launch config, else one GPU."""
     named = launch.sharding if launch and launch.sharding in ("zero2", "zero3", "fsdp") else "none"
-    return gpus or (launch.processes if launch else 1), sharding or named
+    sharding = sharding or named
+    return gpus or (launch.processes if launch and sharding != "none" else 1), sharding
 
 
 # --- checks: def check_x(recipe, where, launch) -> None, refusing with where.fail(dotted, msg) -------------
@@ -191,7 +192,9 @@ def check_offload_fits_host_ram(recipe: Recipe, where: Where, launch: Launch):
 def note_fsdp_on_cpu(recipe: Recipe, where: Where, launch: Launch):
     """Not a refusal: Accelerate (1.15) runs `distributed_type: FSDP` with `use_cpu: true` as plain data
     parallel — its state becomes MULTI_CPU and the FSDP plugin is dropped — so nothing is sharded."""
-    if launch.sharding == "fsdp" and launch.use_cpu:
+    from posttrain.util import is_main_process
+
+    if launch.sharding == "fsdp" and launch.use_cpu and is_main_process():
         log.warning("%s: FSDP with use_cpu: Accelerate runs it on CPU as plain data parallel (nothing is sharded)",
                     launch.source)
 

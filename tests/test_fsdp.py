@@ -37,11 +37,16 @@ def _launch_cmd(probe_dir: Path, argv: list[str], config: Path = FSDP_CONFIG, ex
 
 def launch(probe_dir: Path, argv: list[str], **env) -> list[dict]:
     """Two FSDP ranks to the end; returns what each rank's probe saw."""
-    done = subprocess.run(_launch_cmd(probe_dir, argv), env=_env(**env), capture_output=True, text=True,
-                          timeout=LAUNCH_TIMEOUT_S, start_new_session=True)
-    (probe_dir / "stderr.txt").write_text(done.stderr)
-    said = [line for line in done.stderr.splitlines() if line.startswith(("posttrain:", "[rank"))]
-    assert done.returncode == 0, "\n".join(said[-20:]) or done.stderr[-4000:]
+    proc = subprocess.Popen(_launch_cmd(probe_dir, argv), env=_env(**env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:  # timed out: the ranks too, not only the launcher
+            kill_tree(proc)
+    (probe_dir / "stderr.txt").write_text(stderr)
+    said = [line for line in stderr.splitlines() if line.startswith(("posttrain:", "[rank"))]
+    assert proc.returncode == 0, "\n".join(said[-20:]) or stderr[-4000:]
     return _probes(probe_dir)
 
 
