@@ -118,3 +118,14 @@ def test_plan_shards_llama_8b_per_device_as_computed_by_hand(cli, fx):
     assert f"  optimizer     {P_8B * 4 / 8 / GIB:8.2f} GiB" in lines  # 3.74 GiB
     single = cli("plan", "alpaca_gpt2", f"model.name_or_path={LLAMA_8B}", *data, "--gpu-gib", "80")
     assert f"  weights       {P_8B * 2 / GIB:8.2f} GiB" in single[1].splitlines()  # 14.96 GiB unsharded
+
+
+def test_train_refuses_in_the_ranks_before_any_weights_or_run_dir(cli, fx, tmp_path, monkeypatch):
+    """Under `accelerate launch` each rank sees the launch in its environment; train checks it first."""
+    monkeypatch.setattr("posttrain.needs.installed", lambda module: True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    out = tmp_path / "run"
+    code, _, err = cli("train", "alpaca_gpt2_qlora", f"model.name_or_path={fx['model']}", f"output_dir={out}")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "QLoRA under FSDP (accelerate's environment)" in err and "bnb_4bit_quant_storage" in err
+    assert not out.exists()
