@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import models, needs, options, preflight, schema, stages
+from posttrain import launch, models, needs, options, preflight, schema, stages
 from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.keys import (
@@ -76,6 +76,7 @@ class Draft:
     notes: list[str] = dataclasses.field(default_factory=list)  # what could not be checked, and why
     facts: list[str] = dataclasses.field(default_factory=list)  # what a check found worth saying (validate prints)
     parsed: dict = dataclasses.field(default_factory=dict)  # stage keys read once (Stage.parse)
+    launched: launch.Launch | None = None  # the Accelerate launch the recipe will run under, when known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,6 +558,13 @@ def local_models_exist(d: Draft):
                 d.where.fail(dotted, f"{value} holds no model (no config.json, tokenizer or adapter)")
 
 
+def launch_fits(d: Draft):
+    """What the Accelerate launch (DeepSpeed, FSDP, offload) needs of the recipe and the machine, each on its own."""
+    for check in launch.CHECKS if d.launched else ():
+        with d.where.each():
+            check(d.recipe, d.where, d.launched)
+
+
 def data_readable(d: Draft):
     d.notes += [s.note for s in preflight.data(d.recipe) if s.note]
 
@@ -626,6 +634,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(build_recipe, "owners"),
     Step(stage_checks, "owners", STAGE_READS),
     Step(trl_config_builds, "owners", (*STAGE_READS, "output_dir")),
+    Step(launch_fits, "files", ("quantization", "peft", "training")),
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
     Step(target_modules_match, "model", MODEL_READS),
@@ -685,21 +694,24 @@ def check(d: Draft, level: str = "owners", skip: tuple[str, ...] = ()) -> Recipe
 
 
 def validate(raw: dict, *, where: dict[str, str] | None = None, source: str = "", default_name: str = "run",
-             level: str = "owners", skip: tuple[str, ...] = (), pending: tuple[str, ...] = ()) -> Recipe:
-    """Check a merged recipe mapping up to `level` (see LEVELS); `pending` keys wait for a pipeline's upstream."""
+             level: str = "owners", skip: tuple[str, ...] = (), pending: tuple[str, ...] = (),
+             launched: launch.Launch | None = None) -> Recipe:
+    """Check a merged recipe mapping up to `level` (see LEVELS); `pending` keys wait for a pipeline's upstream;
+    `launched` is the Accelerate launch it will run under."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of keys")
-    return check(Draft(raw=raw, where=Where(where), default_name=default_name, source=source, pending=pending),
-                 level, skip)
+    return check(Draft(raw=raw, where=Where(where), default_name=default_name, source=source, pending=pending,
+                       launched=launched), level, skip)
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, level: str = "owners",
-                skip: tuple[str, ...] = ()) -> Recipe:
+                skip: tuple[str, ...] = (), launched: launch.Launch | None = None) -> Recipe:
     """Resolve, merge, override and check a recipe; raises Problems (one line each) or RecipeError."""
     path = resolve_recipe_path(name_or_path)
     raw, where = load_raw(path)
     raw = apply_overrides(raw, overrides or [], where)
-    return validate(raw, where=where, source=str(path), default_name=path.stem, level=level, skip=skip)
+    return validate(raw, where=where, source=str(path), default_name=path.stem, level=level, skip=skip,
+                    launched=launched)
 
 
 def train(recipe: Recipe, **kw) -> dict:

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from posttrain import __version__, checks, pipeline, plan, schema, shipped, stages
+from posttrain import __version__, checks, launch, pipeline, plan, schema, shipped, stages
 from posttrain.demo.run import main as demo
 from posttrain.errors import PosttrainError, Problems
 from posttrain.generate import main as generate
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a recipe or pipeline without training; show a masked example")
     recipe_args(v)
     v.add_argument("--no-data", action="store_true", help="check the recipe only; do not load tokenizer or data")
+    v.add_argument("--accelerate-config", metavar="FILE", help="check against this Accelerate launch config")
 
     mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base model")
     mg.add_argument("run_dir", help="a run directory holding a LoRA adapter")
@@ -52,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     pn = sub.add_parser("plan", help="estimate GPU memory per device for a recipe; say which knob to turn")
     recipe_args(pn)
     pn.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to fit, in GiB (default 80)")
-    pn.add_argument("--gpus", type=int, default=1, help="number of GPUs (with --sharding)")
-    pn.add_argument("--sharding", choices=("none", "zero2", "zero3", "fsdp"), default="none")
+    pn.add_argument("--gpus", "--nproc", type=int, default=None, dest="gpus",
+                    help="number of GPUs/processes (with --sharding; default: the launch config's, else 1)")
+    pn.add_argument("--sharding", choices=("none", "zero2", "zero3", "fsdp"), default=None,
+                    help="default: what --accelerate-config (or the environment accelerate sets) says, else none")
+    pn.add_argument("--accelerate-config", metavar="FILE", help="the Accelerate launch config the run will use")
 
     pl = sub.add_parser("pipeline", help="run a pipeline of recipes (recipes/pipelines/NAME.yaml)")
     pl.add_argument("pipeline", help="pipeline name or path")
@@ -111,9 +115,10 @@ def _setup_logging():
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-def _load(args, level: str = "model", skip: tuple[str, ...] = ()):
-    """The recipe, through the one check pass (posttrain.checks): every problem reported at once, or none."""
-    recipe = checks.load_recipe(args.recipe, args.overrides, level=level, skip=skip)
+def _load(args, level: str = "model", skip: tuple[str, ...] = (), launched=None):
+    """The recipe, through the one check pass (posttrain.checks): every problem reported at once, or none.
+    `launched`: the Accelerate launch it will run under (checked with it)."""
+    recipe = checks.load_recipe(args.recipe, args.overrides, level=level, skip=skip, launched=launched)
     if args.stage and recipe.stage != args.stage:
         raise PosttrainError(
             f"{args.recipe} is a '{recipe.stage}' recipe, not '{args.stage}'; use `make {recipe.stage}` "
@@ -123,7 +128,7 @@ def _load(args, level: str = "model", skip: tuple[str, ...] = ()):
 
 
 def cmd_train(args) -> int:
-    recipe = _load(args)  # every rank checks alike, before the run dir or any weights
+    recipe = _load(args, launched=launch.from_environment())  # every rank checks alike, before the run dir or weights
     manifest = checks.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
         m = manifest.get("metrics", {})
@@ -144,9 +149,11 @@ def cmd_merge(args) -> int:
 
 def cmd_plan(args) -> int:
     go_offline_if_unreachable()  # plan reads configs and a few rows: from the cache, in seconds, when offline
-    recipe = _load(args)
+    launched = launch.resolve(args.accelerate_config)
+    recipe = _load(args, launched=launched)
+    gpus, sharding = launch.plan_args(launched, args.gpus, args.sharding)
     try:
-        text, fits = plan.report(recipe, args.gpu_gib, args.gpus, args.sharding)
+        text, fits = plan.report(recipe, args.gpu_gib, gpus, sharding)
     except PosttrainError:
         raise
     except Exception as e:  # plan reads only configs: whatever stops the estimate is said in one line
@@ -166,9 +173,12 @@ def cmd_validate(args) -> int:
         print(pipeline.describe(args.recipe, args.overrides))
         return 0
     # --no-data: the recipe and the model's config, not the data or the tokenizer
-    recipe = _load(args, skip=("data_readable", "eos_token_in_vocabulary") if args.no_data else ())
+    launched = launch.resolve(args.accelerate_config)
+    recipe = _load(args, skip=("data_readable", "eos_token_in_vocabulary") if args.no_data else (), launched=launched)
     print(f"# {recipe.source}: {recipe.stage} recipe, hash {recipe.hash}")
     print(recipe.to_yaml(), end="")
+    if launched:
+        print(f"ok: launch checked ({launched.name}, {launched.processes} process(es), from {launched.source})")
     print(f"ok: recipe checked (training -> {schema.config_class(stages.get(recipe.stage).trl_config).__name__}"
           + (", peft -> LoraConfig" if recipe.peft else "")
           + (", quantization -> BitsAndBytesConfig" if recipe.quantization else "") + ")")

@@ -56,7 +56,7 @@ class Arch:
     quantizable: int  # parameters of the linear layers a 4/8-bit load quantizes (not the output head)
 
 
-def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
+def arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
     """The model built on `meta` from its config. Every failure is one PosttrainError line."""
     name = model_section["name_or_path"]
     try:
@@ -101,7 +101,7 @@ def _arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch
                 gated, get("vocab_size"), attn, quantizable)
 
 
-def _compute_bytes(recipe: Recipe) -> float:
+def compute_bytes(recipe: Recipe) -> float:
     dtype = recipe.model.get("dtype") or "auto"
     return 4.0 if dtype in ("fp32", "float32") else 2.0  # auto on a bf16-capable GPU: bf16
 
@@ -109,7 +109,7 @@ def _compute_bytes(recipe: Recipe) -> float:
 def _policy_bytes(recipe: Recipe, a: Arch) -> tuple[float, float]:
     """(frozen weights, bytes per trainable parameter) of the policy."""
     q = recipe.quantization or {}
-    cb = _compute_bytes(recipe)
+    cb = compute_bytes(recipe)
     if q.get("load_in_4bit") or q.get("load_in_8bit"):
         per = 0.5 + 4 / 64 if q.get("load_in_4bit") else 1.0 + 4 / 64  # + an fp32 absmax per 64-value block
         frozen = a.params - a.trainable
@@ -153,8 +153,8 @@ def _logits(fp: Footprint, recipe: Recipe, a: Arch, rows: int, seq: int, generat
 def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: Footprint | None = None) -> dict:
     fp = footprint or stages.get(recipe.stage).footprint
     t = recipe.training
-    cb = _compute_bytes(recipe)
-    policy = _arch(recipe.model, recipe.peft, seq_cls=fp.scoring)
+    cb = compute_bytes(recipe)
+    policy = arch(recipe.model, recipe.peft, seq_cls=fp.scoring)
     frozen, train_bytes = _policy_bytes(recipe, policy)
     parts = {
         "weights": frozen + policy.trainable * train_bytes,
@@ -168,7 +168,7 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
     for held in fp.other_models(recipe):
         # a model not on this machine is sized as the policy
         name = held.spec["name_or_path"]
-        m = _arch(held.spec, None, seq_cls=held.scoring) if _reachable(name) else policy
+        m = arch(held.spec, None, seq_cls=held.scoring) if _reachable(name) else policy
         other += m.params * cb * (5 if held.trained else 1)  # trained: weights, gradients, AdamW's two moments
         notes.append(f"{held.role} {name}{' (trained)' if held.trained else ''}")
     parts["other models"] = other

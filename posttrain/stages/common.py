@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posttrain import runs, stages, util
+from posttrain import launch, runs, stages, util
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
 from posttrain.models import bf16_supported, full_copies_in_base_dtype, has_cuda
 from posttrain.schema import config_class, fields_of
@@ -252,6 +252,7 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
     with runs.locked(out) if main else contextlib.nullcontext():
         ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force),
                       recipe.training.get("ddp_timeout"))
+        launch.warn_if_output_dir_not_shared(out)  # a node-local output_dir breaks --resume
         manifest = None
         if main:
             (out / runs.RESOLVED).write_text(recipe.to_yaml())
