@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("dest", nargs="?", help="with copy: a file or directory (default ./NAME.yaml)")
     rc.add_argument("--overwrite", action="store_true", help="with copy: replace an existing file")
 
+    cv = sub.add_parser("convert", help="turn an axolotl, LLaMA-Factory, TRL/alignment-handbook or torchtune config "
+                                        "into a posttrain recipe, printing every key's fate")
+    cv.add_argument("file", help="the other tool's YAML config")
+    cv.add_argument("-o", "--out", help="the recipe to write (default ./NAME.posttrain.yaml)")
+    cv.add_argument("--from", dest="tool", choices=("axolotl", "llama-factory", "trl", "torchtune"),
+                    help="the tool the config is for (default: detected from its keys)")
+    cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
     d = sub.add_parser("demo", help="the whole pipeline offline on SmolLM2-135M-Instruct, measured on held-out data")
     d.add_argument("--root", default="runs/demo", help="where data, runs and results go (default runs/demo)")
     d.add_argument("--fast", action="store_true", default=None,
@@ -233,6 +241,13 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    """Exit 0 when every key is mapped or dropped with a reason, 3 when some are NOT TRANSLATED."""
+    from posttrain.convert import run
+
+    return run(args.file, args.out, args.tool, args.overwrite)
+
+
 def cmd_demo(args) -> int:
     from posttrain.demo.run import main as demo
 
@@ -244,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline, "plan": cmd_plan, "merge": cmd_merge,
-                "generate": cmd_generate, "report": cmd_report, "recipes": cmd_recipes, "demo": cmd_demo}[args.command](args)
+                "generate": cmd_generate, "report": cmd_report, "recipes": cmd_recipes, "demo": cmd_demo,
+                "convert": cmd_convert}[args.command](args)
     except PosttrainError as e:
         if is_main_process():  # under DDP every rank stops; one says why
             print(f"posttrain: error: {e}", file=sys.stderr)

@@ -587,6 +587,21 @@ def training_section(d: Draft):
     d.training = training
 
 
+def consistent_settings(d: Draft):
+    """Managed or script-only keys set to what posttrain does anyway are accepted with a note and not passed
+    on (options.ACCEPTED); `do_eval: false` is honoured by not building the eval data."""
+    has_eval = bool(d.data["eval"] or d.data["eval_fraction"])
+    d.training, honour = options.accept(d.where, d.stage, "training", d.training, has_eval=has_eval)
+    if "no_eval" in honour:
+        strategy = d.training.get("eval_strategy")
+        if strategy not in (None, False, "no"):
+            d.where.fail("training.eval_strategy", f"'{strategy}' contradicts training.do_eval: false")
+        d.data["eval"] = d.data["eval_fraction"] = None
+    if isinstance(d.raw.get("peft"), dict):
+        peft, _ = options.accept(d.where, d.stage, "peft", d.raw["peft"], has_eval=has_eval)
+        d.raw = {**d.raw, "peft": peft}
+
+
 def managed_or_refused_keys(d: Draft):
     """Keys posttrain sets itself, or cannot honour (posttrain.options): refused with where/why."""
     options.refuse(d.where, d.stage, "training", d.training)
@@ -635,7 +650,8 @@ def ranges(d: Draft):
 
 CHECKS = (no_secrets, known_stage, top_level_keys, model_section, data_section, data_format_fits_stage,
           column_map_is_names, data_sources, eval_fraction_or_count, template_and_train_on_fit_format,
-          chat_template_text, one_eval_source, output_dir, training_section, managed_or_refused_keys, one_precision,
+          chat_template_text, one_eval_source, output_dir, training_section, consistent_settings,
+          managed_or_refused_keys, one_precision,
           eval_strategy_needs_eval_data, peft_and_quantization, ranges)
 
 
