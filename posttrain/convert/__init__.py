@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from posttrain.convert import axolotl, llama_factory, torchtune, trl
-from posttrain.convert.core import Conversion, fate_lines, recipe_text
+from posttrain.convert.core import Conversion, fate_lines, recipe_text, stage_rules
 from posttrain.errors import PosttrainError
 
 TOOLS = {"axolotl": axolotl, "llama-factory": llama_factory, "trl": trl, "torchtune": torchtune}
@@ -49,6 +49,7 @@ def convert(path: str | Path, tool: str | None = None) -> Conversion:
     tool = tool or detect(raw)
     conv = Conversion(tool, path, raw)
     TOOLS[tool].convert(conv, text)
+    stage_rules(conv)
     seen = {f.key.split(".")[0].split("[")[0] for f in conv.fates}
     for key, value in raw.items():  # a key no rule gave a fate: said, never dropped silently
         if key not in seen:

@@ -16,6 +16,7 @@ Implicit defaults made explicit (from the schema and axolotl's loaders):
 from __future__ import annotations
 
 from posttrain.convert.core import (
+    LATER,
     Call,
     Conversion,
     Drop,
@@ -37,9 +38,6 @@ PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "argilla": {"i
                     "icr": {"input": "prompt"}, "prompt_pairs": {}}
 
 
-def _done(conv, key, value):  # read together with its neighbours
-    return None
-
 
 NEIGHBOURS = ("rl", "reward_model", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
               "lora_target_linear", "lora_modules_to_save", "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora",
@@ -48,7 +46,7 @@ NEIGHBOURS = ("rl", "reward_model", "adapter", "lora_r", "lora_alpha", "lora_dro
               "bf16", "fp16", "lora_model_dir", "bnb_config_kwargs")
 
 TABLE = {
-    **{k: Call(_done) for k in NEIGHBOURS},
+    **{k: LATER for k in NEIGHBOURS},
     "base_model": To("model.name_or_path"),
     "base_model_config": Drop("posttrain reads the config beside the weights in model.name_or_path"),
     "revision_of_model": To("model.revision"),
@@ -66,7 +64,7 @@ TABLE = {
     "dataset_processes": To("data.num_proc"),
     "dataset_num_proc": To("data.num_proc"),
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
-    "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v)),
+    "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v), empty_ok=True),
     "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
     "train_on_inputs": DropIf(False, "the prompt is masked, as posttrain does by default",
                               To("data.train_on", lambda v: "all")),
@@ -293,9 +291,11 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
         if base[0] in ("chat_template", "bradley_terry"):
             used |= {"field_messages", "field_chosen", "field_rejected", "message_property_mappings", "roles",
                      "field_system"}
-            fm = d.get("field_messages", "messages")
-            if fm != "prompt":
-                cmap[fm] = "prompt"
+            if "field_messages" not in d:
+                problem = f"type {typ} without field_messages: axolotl's prompt strategy picks the columns; give " \
+                          "posttrain prompt/chosen/rejected (data.column_map)"
+            elif d["field_messages"] != "prompt":
+                cmap[d["field_messages"]] = "prompt"
             for theirs, ours in (("field_chosen", "chosen"), ("field_rejected", "rejected")):
                 if d.get(theirs, ours) != ours:
                     cmap[d[theirs]] = ours
@@ -421,7 +421,8 @@ def _schedule(conv: Conversion):
             continue
         ratio = round(1 / (n * eff_epochs), 6)
         conv.map(key, n, "*", {f"training.{what}_strategy": "steps", f"training.{what}_steps": ratio},
-                 note=f"a {what} every {ratio} of the run's steps = {n} per epoch over {eff_epochs} epoch(s)")
+                 note=f"{'an' if what == 'eval' else 'a'} {what} every {ratio} of the run's steps = {n} per epoch "
+                      f"over {eff_epochs} epoch(s)")
 
 
 def _precision(conv: Conversion):

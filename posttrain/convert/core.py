@@ -54,9 +54,19 @@ class No:
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-    """fn(conversion, key, value) decides the fate itself (it must call conv.map/drop/no for the key)."""
+    """fn(conversion, key, value) decides the fate itself (it must call conv.map/drop/no for the key).
+    `empty_ok`: it is called for an empty value too (else an empty value is dropped as not set)."""
 
     fn: Callable
+    empty_ok: bool = False
+
+
+def _later(conv, key, value):
+    return None
+
+
+# a key read together with its neighbours by the tool module (which gives it its fate)
+LATER = Call(_later, empty_ok=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +302,7 @@ def walk(conv: Conversion, items, table: dict, fallback: Callable | None = train
     posttrain's default differs the tool module states it with conv.default)."""
     for key, value in items:
         rule = table.get(key)
-        if empty(value) and not isinstance(rule, Call):
+        if empty(value) and not (isinstance(rule, Call) and rule.empty_ok):
             conv.drop(key, value, "empty: not set")
             continue
         conv.apply(key, value, rule, fallback)
@@ -333,3 +343,15 @@ def fate_lines(conv: Conversion) -> list[str]:
         text = f.text if len(f.text) <= 240 else f.text[:237] + "..."  # the whole value is in the recipe
         lines.append(f"  {shown:<{width + 12}} {marks[f.kind]} {text}")
     return lines
+
+
+def stage_rules(conv: Conversion):
+    """Settings the source tool accepted that the posttrain stage (TRL 1.12) refuses: the key's fate becomes NOT
+    TRANSLATED, saying why, so the user sees it here rather than at validate."""
+    batch = conv.get("training.per_device_train_batch_size")
+    if conv.stage == "kto" and isinstance(batch, int) and batch < 2:
+        for f in conv.fates:
+            if f.kind == MAPPED and "training.per_device_train_batch_size" in f.text:
+                f.kind = NOT
+                f.text = (f"training.per_device_train_batch_size: {batch} -- TRL's KTO estimates its KL term from the "
+                          "other rows of a batch: use at least 2 (or training.loss_type: apo_zero_unpaired)")

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from posttrain.convert.core import (
+    LATER,
     Call,
     Conversion,
     Drop,
@@ -39,9 +40,6 @@ FORMATS = {"sft": "alpaca", "reward": "preference", "dpo": "preference", "orpo":
            "ppo": "prompt"}
 
 
-def _done(conv, key, value):  # read together with its neighbours below
-    return None
-
 
 NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
               "quantization_bit", "quantization_method", "quantization_type", "double_quantization", "dataset",
@@ -51,7 +49,7 @@ NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", "lora_rank", "lora_alpha"
 GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
 
 TABLE = {
-    **{k: Call(_done) for k in NEIGHBOURS},
+    **{k: LATER for k in NEIGHBOURS},
     # ModelArguments
     "model_name_or_path": To("model.name_or_path"),
     "model_revision": To("model.revision"),

@@ -17,19 +17,19 @@ from __future__ import annotations
 import re
 
 from posttrain.convert.core import Call, Conversion, Drop, DropIf, No, To, dtype, empty
+from posttrain.util import as_number
 
 # torchtune module names -> Hugging Face module names (Llama/Qwen/Mistral/Gemma layouts)
 ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj"}
 MLP = ["gate_proj", "up_proj", "down_proj"]
-DATASETS = {  # builder -> (hub id, posttrain format, trains the prompt by default)
-    "alpaca_dataset": ("tatsu-lab/alpaca", "alpaca", True),
-    "alpaca_cleaned_dataset": ("yahma/alpaca-cleaned", "alpaca", True),
-    "slimorca_dataset": ("Open-Orca/SlimOrca-Dedup", "messages", False),
-    "stack_exchange_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False),
-    "stack_exchanged_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False),
-    "hh_rlhf_helpful_dataset": ("RLHFlow/HH-RLHF-Helpful-standard", "preference", False),
-    "samsum_dataset": ("Samsung/samsum", "alpaca", False),
-    "grammar_dataset": ("liweili/c4_200m", "alpaca", False),
+SE_PAIRED = {"question": "prompt", "response_j": "chosen", "response_k": "rejected"}
+DATASETS = {  # builder -> (hub id, posttrain format, trains the prompt by default, column_map)
+    "alpaca_dataset": ("tatsu-lab/alpaca", "alpaca", True, None),
+    "alpaca_cleaned_dataset": ("yahma/alpaca-cleaned", "alpaca", True, None),
+    "slimorca_dataset": ("Open-Orca/SlimOrca-Dedup", "messages", False, None),
+    "stack_exchange_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False, SE_PAIRED),
+    "stack_exchanged_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False, SE_PAIRED),
+    "hh_rlhf_helpful_dataset": ("RLHFlow/HH-RLHF-Helpful-standard", "preference", False, None),
 }
 OPTIMIZERS = {"torch.optim.AdamW": "adamw_torch", "torch.optim.Adam": "adamw_torch", "torch.optim.SGD": "sgd",
               "bitsandbytes.optim.PagedAdamW8bit": "paged_adamw_8bit", "bitsandbytes.optim.PagedAdamW": "paged_adamw_32bit",
@@ -100,10 +100,10 @@ TABLE = {
     "batch_size": To("training.per_device_train_batch_size"),
     "batch_size_val": To("training.per_device_eval_batch_size"),
     "optimizer._component_": Call(_component),
-    "optimizer.lr": To("training.learning_rate"),
-    "optimizer.weight_decay": To("training.weight_decay"),
+    "optimizer.lr": To("training.learning_rate", as_number),
+    "optimizer.weight_decay": To("training.weight_decay", as_number),
     "optimizer.betas": Call(lambda c, k, v: c.map(k, v, "*", {"training.adam_beta1": v[0], "training.adam_beta2": v[1]})),
-    "optimizer.eps": To("training.adam_epsilon"),
+    "optimizer.eps": To("training.adam_epsilon", as_number),
     "optimizer.fused": Drop("a speed setting of torch's AdamW; TRL picks its implementation from training.optim"),
     "optimizer.foreach": Drop("a speed setting of torch's optimizer"),
     "optimizer.amsgrad": DropIf(False, "false", No("transformers' AdamW has no amsgrad")),
@@ -186,7 +186,6 @@ def _components(conv: Conversion):
             conv.default("quantization.bnb_4bit_use_double_quant", True, "torchtune's NF4 quantizes its scales too")
             conv.default("quantization.bnb_4bit_compute_dtype", "bfloat16" if raw.get("dtype") == "bf16" else "float32",
                          "torchtune computes in the recipe dtype")
-        conv.default("peft.lora_dropout", 0.0, "torchtune's LoRA builders: lora_dropout 0.0")
     elif model:
         conv.drop("model._component_", model, "the architecture comes from the model's config.json in "
                                               "model.name_or_path (full fine-tuning: no `peft:`)")
@@ -210,10 +209,13 @@ def _components(conv: Conversion):
         conv.no("dataset", ds, "a list of datasets: give data.train a list of sources (a mixture)")
         conv.put("data.train", "SET-ME")
     elif short in DATASETS:
-        hub, fmt, trains_prompt = DATASETS[short]
-        conv.drop("dataset._component_", builder, f"{hub} as data.train, {fmt} rows")
+        hub, fmt, trains_prompt, cmap = DATASETS[short]
+        conv.drop("dataset._component_", builder, f"{hub} as data.train, {fmt} rows"
+                  + (f", columns {cmap}" if cmap else ""))
         if "source" not in ds:
             conv.put("data.train", hub)
+            if cmap:
+                conv.put("data.column_map", cmap)
         conv.put("data.format", fmt)
         if trains_prompt and "train_on_input" not in ds and conv.stage == "sft":
             conv.default("data.train_on", "all", f"torchtune: {short} trains the prompt (train_on_input True)")
@@ -289,6 +291,8 @@ def convert(conv: Conversion, text: str):
             conv.drop(key, value, "empty: not set")
             continue
         conv.apply(key, value, rule)
+    if conv.get("peft.r") is not None:
+        conv.default("peft.lora_dropout", 0.0, "torchtune's LoRA builders: lora_dropout 0.0")
     if "clip_grad_norm" not in conv.raw:
         conv.default("training.max_grad_norm", 0.0, "torchtune clips no gradients unless clip_grad_norm is set "
                                                     "(TRL: 1.0)")

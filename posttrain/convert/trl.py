@@ -12,7 +12,7 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 
 from __future__ import annotations
 
-from posttrain.convert.core import Call, Conversion, Drop, DropIf, No, To, chat_template, dtype, training_field, walk
+from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, chat_template, dtype, training_field, walk
 
 STAGES = ("sft", "dpo", "orpo", "kto", "grpo", "rloo", "reward", "ppo")
 FORMATS = {"sft": "messages", "dpo": "preference", "orpo": "preference", "reward": "preference", "kto": "unpaired",
@@ -26,9 +26,6 @@ DATA_KEYS = ("dataset_name", "dataset_config", "dataset_train_split", "dataset_t
              "dataset_splits", "dataset_mixture", "dataset_configs", "dataset_streaming")
 
 
-def _done(conv, key, value):  # handled with its neighbours (LoRA, quantization, data)
-    return None
-
 
 TABLE = {
     # trl.ModelConfig
@@ -40,7 +37,7 @@ TABLE = {
     "use_flash_attention_2": DropIf(False, "false: the default attention",
                                     To("model.attn_implementation", lambda v: "flash_attention_2")),
     "trust_remote_code": To("model.trust_remote_code"),
-    **{k: Call(_done) for k in LORA_KEYS + QUANT_KEYS + DATA_KEYS},
+    **{k: LATER for k in LORA_KEYS + QUANT_KEYS + DATA_KEYS},
     # trl.ScriptArguments / the handbook's data arguments
     "chat_template": Call(chat_template),
     "preprocessing_num_workers": To("data.num_proc"),
