@@ -450,8 +450,10 @@ FOREIGN: dict[str, Foreign] = {
     "dataset_num_proc": Foreign("data.num_proc"),
     "dataset_processes": Foreign("data.num_proc"),
     "num_proc": Foreign("data.num_proc"),
-    "template": Foreign("model.chat_template"),
-    "chat_template": Foreign("model.chat_template"),
+    "template": Foreign("model.chat_template", "a .jinja file or inline Jinja; posttrain ships templates/chatml.jinja, "
+                        "llama3.jinja, zephyr.jinja, gemma.jinja; `posttrain convert` maps template names onto them"),
+    "chat_template": Foreign("model.chat_template", "a .jinja file or inline Jinja; posttrain ships "
+                             "templates/chatml.jinja, llama3.jinja, zephyr.jinja, gemma.jinja"),
     "train_on_inputs": Foreign("`data.train_on: all` to train the prompt too (false, the default: nothing to set; "
                                "the prompt is masked exactly)", cases={
         True: "`data.train_on: all` (the prompt is trained too)",

@@ -324,12 +324,24 @@ def recipe_text(conv: Conversion, out: Path) -> str:
             f"# Check: posttrain validate {out}    Run: posttrain train {out}"]
     defaults = [f for f in conv.fates if f.kind == DEFAULT]
     if defaults:
-        head += ["# Made explicit (the source tool's defaults, which posttrain's differ from):"]
+        head += [f"# Made explicit ({conv.tool}'s implicit defaults, so the run is the one the source config meant):"]
         head += [f"#   {f.text}" for f in defaults]
     for f in conv.untranslated:
         head.append(f"# NOT TRANSLATED: {f.key}: {render(f.value)} -- {f.text}")
-    body = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, width=110)
+    body = yaml.dump(recipe, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
     return "\n".join(head) + "\n" + body
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (chat templates) as literal blocks, so the recipe reads as the template does."""
+
+
+def _str(dumper, value):
+    style = "|" if "\n" in value and all(line == line.rstrip() for line in value.splitlines()) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def fate_lines(conv: Conversion) -> list[str]:
