@@ -27,7 +27,7 @@ def _fates(conv):
 
 
 def test_every_config_has_its_source_url_and_is_detected():
-    assert len(CONFIGS) >= 16 and {_tool(p) for p in CONFIGS} == set(TOOL)
+    assert len(CONFIGS) >= 24 and {_tool(p) for p in CONFIGS} == set(TOOL)
     for p in CONFIGS:
         assert p.read_text().startswith("# https://github.com/"), p
         assert detect(read(p)[0]) == _tool(p), p
@@ -100,6 +100,14 @@ PINNED = {
     ("torchtune/7B_lora_dpo_single_device.yaml", "checkpointer._component_"): (NOT, "Hugging Face version"),
     ("torchtune/7B_lora_dpo_single_device.yaml", "max_steps_per_epoch"): (MAPPED, "training.max_steps: 1000"),
     ("torchtune/0.5B_full_single_device.yaml", "seed"): (DROPPED, "random seed"),
+    ("torchtune/8B_qlora_single_device.yaml", "model._component_"): (DROPPED, "4-bit `quantization:`"),
+    ("torchtune/2B_lora_single_device.yaml", "enable_activation_checkpointing"): (
+        MAPPED, "training.gradient_checkpointing: true"),
+    ("llama-factory/llama3_lora_pretrain.yaml", "stage"): (NOT, "no raw-text format"),
+    ("llama-factory/qwen3_lora_sft.yaml", "template"): (NOT, "no template named 'qwen3_nothink'"),
+    ("llama-factory/qwen3_lora_sft.yaml", "report_to"): (MAPPED, "training.report_to: none"),
+    ("trl/sft/constitutional-ai_config_anthropic.yaml", "max_seq_length"): (MAPPED, "data.max_length: 2048"),
+    ("trl/dpo/zephyr-7b-beta_config_full.yaml", "dataset_mixture"): (MAPPED, "data.eval_fraction: 2000"),
 }
 
 
@@ -122,6 +130,8 @@ DEFAULTS = {
     "torchtune/1B_full_single_device.yaml": {"data.train_on": "all", "training.max_grad_norm": 0.0,
                                              "training.lr_scheduler_type": "constant"},
     "torchtune/0.5B_full_single_device.yaml": {"training.weight_decay": 0.01},
+    "torchtune/8B_qlora_single_device.yaml": {"quantization.bnb_4bit_compute_dtype": "bfloat16",
+                                             "peft.lora_dropout": 0.0},
     "torchtune/1B_lora_single_device.yaml": {"data.train_on": "all", "training.lr_scheduler_type": "cosine"},
 }
 

@@ -136,6 +136,7 @@ TABLE = {
     "metric_logger._component_": Call(_component),
     "metric_logger.log_dir": Drop("posttrain logs into the run directory"),
     "metric_logger.project": Call(lambda c, k, v: c.drop(k, v, f"set WANDB_PROJECT={v} in the environment")),
+    "low_cpu_ram": DropIf(False, "false", Drop("a loading memory setting; transformers 5 loads with low memory use")),
     "custom_sharded_layers": Drop("an FSDP wrapping setting; see recipes/accelerate/fsdp.yaml"),
     "fsdp_cpu_offload": Call(lambda c, k, v: c.drop(k, v, "false") if not v else c.no(k, v, "CPU offload: set "
                              "fsdp_offload_params in recipes/accelerate/fsdp.yaml and launch with it")),
