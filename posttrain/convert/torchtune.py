@@ -43,8 +43,9 @@ def _component(conv, key, value):
 
 
 def _lora_modules(conv: Conversion, key: str, value):
-    conv.map(key, value, "peft.target_modules", [ATTN.get(m, m) for m in value] + conv._mlp,
-             note="torchtune's names as Hugging Face modules" + (" (+ MLP: apply_lora_to_mlp)" if conv._mlp else ""))
+    mlp = MLP if (conv.raw.get("model") or {}).get("apply_lora_to_mlp") else []
+    conv.map(key, value, "peft.target_modules", [ATTN.get(m, m) for m in value] + mlp,
+             note="torchtune's names as Hugging Face modules" + (" (+ MLP: apply_lora_to_mlp)" if mlp else ""))
 
 
 TABLE = {
@@ -277,7 +278,6 @@ def _components(conv: Conversion):
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv, text)
     conv.put("stage", conv.stage)
-    conv._mlp = MLP if (conv.raw.get("model") or {}).get("apply_lora_to_mlp") else []
     _components(conv)
     for key, value in _flatten(conv.raw):
         if key.startswith("profiler.") or key == "profiler":

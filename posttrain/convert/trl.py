@@ -12,7 +12,7 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 
 from __future__ import annotations
 
-from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, chat_template, dtype, training_field, walk
+from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, chat_template, dtype, walk
 
 STAGES = ("sft", "dpo", "orpo", "kto", "grpo", "rloo", "reward", "ppo")
 FORMATS = {"sft": "messages", "dpo": "preference", "orpo": "preference", "reward": "preference", "kto": "unpaired",
@@ -47,7 +47,6 @@ TABLE = {
                                          "inserted); add one to the data if your template needs it"),
     "text_column": No("posttrain has no raw-text format; give the rows as messages or prompt/completion"),
     "max_prompt_length": No("posttrain bounds the whole row by data.max_length; TRL 1.12 has no prompt length"),
-    "max_completion_length": Call(lambda c, k, v: training_field(c, k, v)),
 }
 
 
@@ -59,7 +58,7 @@ def _stage(conv: Conversion) -> str:
     parts = [p.lower() for p in conv.source.parts[:-1]] + [conv.source.stem.lower()]
     for part in reversed(parts):
         for name in STAGES:
-            if part == name or part.startswith(name + "_") or part.endswith("_" + name):
+            if part == name or any(w == name for w in part.replace("-", "_").split("_")):
                 return name
     raw = conv.raw
     if "num_generations" in raw or "reward_funcs" in raw:
