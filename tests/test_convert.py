@@ -120,6 +120,7 @@ def test_pinned_fates(file, key):
 
 # each tool's implicit defaults, written out
 DEFAULTS = {
+    "trl/sft/smollm_config.yaml": {"data.train_on": "all", "data.format": "messages"},
     "trl/dpo/gemma-7b_config_qlora.yaml": {"quantization.bnb_4bit_use_double_quant": False,
                                             "quantization.bnb_4bit_compute_dtype": "bfloat16"},
     "llama-factory/llama3_lora_sft.yaml": {"peft.lora_alpha": 16, "peft.lora_dropout": 0.0, "data.template": "chat"},
@@ -151,6 +152,27 @@ def test_trl_qlora_compute_dtype_follows_the_model_dtype(tmp_path):
     conv = convert(p)
     assert conv.get("model.dtype") == "fp32" and conv.get("quantization.bnb_4bit_compute_dtype") == "float32"
     assert conv.get("peft.lora_dropout") == 0.05 and conv.get("peft.r") == 16 and conv.get("peft.lora_alpha") == 32
+
+
+def test_trl_script_evaluates_on_the_test_split_of_the_same_config(tmp_path):
+    p = tmp_path / "sft" / "c.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/set\ndataset_config: en\neval_strategy: steps\n"
+                 "assistant_only_loss: true\n")
+    conv = convert(p)
+    assert conv.get("data.name") == "en" and conv.get("data.eval") == [{"source": "org/set", "name": "en", "split": "test"}]
+    assert conv.get("data.train_on") is None and _fates(conv)["assistant_only_loss"].kind == DROPPED
+
+
+def test_llama_factory_freeze_is_said_plainly_and_its_lora_keys_dropped(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: freeze\nlora_rank: 4\nquantization_bit: 4\n"
+                 "dataset: org/set\ntemplate: llama3\n")
+    conv = convert(p)
+    f = _fates(conv)
+    assert f["finetuning_type"].kind == NOT and "trains only some layers" in f["finetuning_type"].text
+    assert f["lora_rank"].kind == DROPPED and f["quantization_bit"].kind == DROPPED
+    assert "peft" not in conv.recipe and "quantization" not in conv.recipe
 
 
 # --- the command ------------------------------------------------------------------------------------

@@ -218,7 +218,12 @@ def _peft(conv: Conversion):
     conv.default("peft.lora_dropout", 0.0, "axolotl: lora_dropout 0.0")
     four = adapter == "qlora" or raw.get("load_in_4bit")
     if four:
-        conv.map("load_in_4bit", raw.get("load_in_4bit", True), "quantization.load_in_4bit", True)
+        if raw.get("load_in_4bit"):
+            conv.map("load_in_4bit", True, "quantization.load_in_4bit", True)
+        else:
+            if "load_in_4bit" in raw:
+                conv.drop("load_in_4bit", raw["load_in_4bit"], "adapter: qlora loads 4-bit all the same")
+            conv.default("quantization.load_in_4bit", True, "axolotl: adapter qlora is a 4-bit base model")
         conv.default("quantization.bnb_4bit_quant_type", "nf4", "axolotl: nf4")
         conv.default("quantization.bnb_4bit_use_double_quant", True, "axolotl: double quantization")
         compute = "bfloat16" if raw.get("bf16") in (True, "auto") else "float16" if raw.get("fp16") else "float32"

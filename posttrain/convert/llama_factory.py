@@ -199,6 +199,9 @@ def _peft(conv: Conversion):
                 conv.drop(k, raw[k], "finetuning_type full: LoRA settings unused")
         return False
     if ft != "lora":
+        for k in keys + ("quantization_bit", "quantization_method", "quantization_type", "double_quantization"):
+            if k in raw:
+                conv.drop(k, raw[k], f"finetuning_type {ft}: LoRA/QLoRA settings unused")
         conv.no("finetuning_type", ft, "posttrain cannot express it: freeze trains only some layers; a recipe "
                                        "without `peft:` would train every layer instead (closest: LoRA on those "
                                        "layers with peft.layers_to_transform). Converted as full fine-tuning"

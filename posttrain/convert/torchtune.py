@@ -279,8 +279,9 @@ def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv, text)
     conv.put("stage", conv.stage)
     _components(conv)
+    done = {f.key for f in conv.fates}
     for key, value in _flatten(conv.raw):
-        if key.startswith("profiler.") or key == "profiler":
+        if key.startswith("profiler.") or key == "profiler" or key in done:
             continue
         rule = TABLE.get(key)
         if isinstance(rule, Call) and rule.fn is _component:

@@ -12,7 +12,7 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 
 from __future__ import annotations
 
-from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, chat_template, dtype, walk
+from posttrain.convert.core import DEFAULT, LATER, Call, Conversion, Drop, DropIf, Fate, No, To, chat_template, dtype, walk
 
 STAGES = ("sft", "dpo", "orpo", "kto", "grpo", "rloo", "reward", "ppo")
 FORMATS = {"sft": "messages", "dpo": "preference", "orpo": "preference", "reward": "preference", "kto": "unpaired",
@@ -37,7 +37,7 @@ TABLE = {
     "use_flash_attention_2": DropIf(False, "false: the default attention",
                                     To("model.attn_implementation", lambda v: "flash_attention_2")),
     "trust_remote_code": To("model.trust_remote_code"),
-    **{k: LATER for k in LORA_KEYS + QUANT_KEYS + DATA_KEYS},
+    **{k: LATER for k in LORA_KEYS + QUANT_KEYS + DATA_KEYS + ("assistant_only_loss", "completion_only_loss")},
     # trl.ScriptArguments / the handbook's data arguments
     "chat_template": Call(chat_template),
     "preprocessing_num_workers": To("data.num_proc"),
@@ -167,24 +167,29 @@ def _data(conv: Conversion):
                 conv.drop("dataset_splits", splits, "train splits: in data.train above")
     elif "dataset_name" in raw:
         conv.map("dataset_name", raw["dataset_name"], "data.train")
-        if raw.get("dataset_config") is not None:
-            conv.map("dataset_config", raw["dataset_config"], "data.name")
+        config = raw.get("dataset_config")
         split = raw.get("dataset_train_split", "train")
         if "dataset_train_split" in raw:
             conv.map("dataset_train_split", split, "data.split")
         test = raw.get("dataset_test_split", "test")
-        if evaluates:
-            conv.put("data.eval", raw["dataset_name"])
-            conv.put("data.eval_split", test)
-            if raw.get("dataset_config") is not None:
-                conv.no("dataset_config", raw["dataset_config"], "the eval source needs the same config: posttrain's "
-                        "data.name applies to data.train only; use a data.eval list entry with `name:`")
-            if "dataset_test_split" in raw:
-                conv.map("dataset_test_split", test, "data.eval_split")
+        if evaluates:  # TRL's scripts: eval_dataset = dataset[dataset_test_split] when eval_strategy != "no"
+            entry = {"source": raw["dataset_name"], **({"name": config} if config else {}), "split": test}
+            if config is not None:
+                conv.map("dataset_config", config, "*", {"data.name": config, "data.eval": [entry]},
+                         note="the eval split of the same dataset and config")
             else:
-                conv.default("data.eval_split", test, "TRL scripts evaluate on the 'test' split")
-        elif "dataset_test_split" in raw:
-            conv.drop("dataset_test_split", test, "eval_strategy is 'no': TRL's script passes no eval dataset")
+                conv.put("data.eval", raw["dataset_name"])
+                conv.put("data.eval_split", test)
+            if "dataset_test_split" in raw:
+                conv.drop("dataset_test_split", test, "the eval split in data.eval")
+            else:
+                conv.fates.append(Fate("(default)", None, DEFAULT, f"data.eval: {raw['dataset_name']}, split {test}  "
+                                       "(TRL scripts evaluate on the 'test' split when eval_strategy is not 'no')"))
+        else:
+            if config is not None:
+                conv.map("dataset_config", config, "data.name")
+            if "dataset_test_split" in raw:
+                conv.drop("dataset_test_split", test, "eval_strategy is 'no': TRL's script passes no eval dataset")
     else:
         conv.no("(data)", None, "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
         conv.put("data.train", "SET-ME")
@@ -208,5 +213,28 @@ def convert(conv: Conversion, text: str):
     conv.default("model.dtype", "fp32", "TRL ModelConfig: dtype float32 unless torch_dtype/dtype says")
     _peft(conv)
     _data(conv)
+    if conv.stage == "sft":
+        _loss_masking(conv)
     if conv.get("data.max_length") is None and conv.stage in ("sft", "dpo", "reward", "orpo", "kto"):
         conv.default("data.max_length", 1024, "TRL configs: max_length 1024")
+
+
+def _loss_masking(conv: Conversion):
+    """TRL's SFTTrainer trains every token of a conversation unless assistant_only_loss is true, and masks the
+    prompt of prompt/completion rows unless completion_only_loss is false. posttrain masks by default, so TRL's
+    default for conversations (these recipes' messages data) is written out as data.train_on: all."""
+    raw = conv.raw
+    for key in ("assistant_only_loss", "completion_only_loss"):
+        if key in raw:
+            v = raw[key]
+            if key == "assistant_only_loss":
+                (conv.drop(key, v, "posttrain trains the assistant turns (data.train_on: assistant)") if v else
+                 conv.map(key, v, "data.train_on", "all"))
+            elif conv.get("data.format") == "messages":
+                conv.drop(key, v, "it applies to prompt/completion rows; these are conversations (assistant_only_loss "
+                                  "and data.train_on decide)")
+            else:
+                (conv.map(key, v, "data.train_on", "all", note="the prompt is trained too") if v is False else
+                 conv.drop(key, v, "posttrain masks the prompt exactly (data.train_on: assistant)"))
+    if not raw.get("assistant_only_loss") and conv.get("data.format") == "messages":
+        conv.default("data.train_on", "all", "TRL SFT trains every token of a conversation unless assistant_only_loss")
