@@ -180,3 +180,15 @@ def test_the_tools_listed_names_all_have_hints():
               "loraplus_lr_ratio", "epochs", "clip_grad_norm", "input_key", "max_len", "train_on_input",
               "tokenizer_type", "finetuning_type"]
     assert not [n for n in listed if n not in options.FOREIGN]
+
+
+def test_every_option_the_converters_know_has_a_hint_or_is_a_posttrain_key():
+    """The tools' option lists, as the convert tables hold them: a name that is not posttrain's (a recipe key, or a
+    field of a TRL config, answered by the did-you-mean) has a hint."""
+    from posttrain.convert import axolotl, llama_factory, trl
+
+    fields = set().union(*options.snapshot().values())
+    ours = set(TOP_KEYS) | set(MODEL_KEYS) | set(DATA_KEYS) | set(stages.stage_keys()) | fields
+    missing = {m.__name__.rsplit(".", 1)[1]: [k for k in m.TABLE if k not in options.FOREIGN and k not in ours]
+               for m in (trl, llama_factory, axolotl)}
+    assert not any(missing.values()), missing
