@@ -682,6 +682,16 @@ FOREIGN: dict[str, Foreign] = {
     "skip_special_tokens": Foreign("nothing to set: `posttrain generate` prints the text without special tokens"),
     "max_new_tokens": Foreign("`training.response_length` (ppo) or `posttrain generate --max-new-tokens N`"),
     "test_datasets": Foreign("data.eval"),
+    "pref_bco_weight": Foreign(f"{CANNOT} (a BCO term in DPO) with TRL 1.12's DPOConfig"),
+    "ref_model_adapters": Foreign("ref_model", "merge the adapter first (`posttrain merge RUN_DIR`) and name the result"),
+    "reward_model_adapters": Foreign("reward_model", "merge the adapter first (`posttrain merge RUN_DIR`) and name the "
+                                     "result"),
+    "ref_model_quantization_bit": Foreign(f"{CANNOT}: posttrain loads the reference model unquantized"),
+    "reward_model_quantization_bit": Foreign(f"{CANNOT}: posttrain loads the reward model unquantized"),
+    "pure_bf16": Foreign("model.dtype", "bf16 weights", value=lambda v: "bf16" if v else None, example=True),
+    "pissa_iter": Foreign("nothing to set: peft's default PiSSA iterations (`peft.init_lora_weights: pissa_niter_N` "
+                          "for N)"),
+    "pissa_convert": Foreign(f"{CANNOT}: posttrain saves the PiSSA adapter as trained"),
     "bnb_config_kwargs": Foreign("quantization", "any transformers.BitsAndBytesConfig option"),
     "push_dataset_to_hub": Foreign(f"{CANNOT}: posttrain does not upload datasets"),
     "shuffle_merged_datasets": Foreign("nothing to set: a mixture is always shuffled"),

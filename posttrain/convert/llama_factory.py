@@ -144,6 +144,18 @@ TABLE = {
     "freeze_trainable_modules": No("freeze training is not translated (see finetuning_type)"),
     "freeze_extra_modules": No("freeze training is not translated (see finetuning_type)"),
     "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
+    "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
+    "ld_alpha": To("training.ld_alpha"),
+    "ref_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
+                             "ref_model"),
+    "reward_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
+                                "reward_model"),
+    "ref_model_quantization_bit": No("posttrain loads the reference model unquantized"),
+    "reward_model_quantization_bit": No("posttrain loads the reward model unquantized"),
+    "pure_bf16": DropIf(False, "false", To("model.dtype", lambda v: "bf16", note="bf16 weights (set training.bf16: "
+                                                                                  "false for no autocast)")),
+    "pissa_iter": Drop("a PiSSA detail; peft's default iteration count applies"),
+    "pissa_convert": DropIf(False, "false", No("posttrain saves the PiSSA adapter as trained")),
     # GeneratingArguments
     **{k: Drop(GEN) for k in ("do_sample", "top_p", "top_k", "num_beams", "repetition_penalty", "length_penalty",
                               "skip_special_tokens", "max_length")},
@@ -151,6 +163,20 @@ TABLE = {
     "max_new_tokens": Call(lambda c, k, v: c.map(k, v, "training.response_length") if c.stage == "ppo"
                            else c.drop(k, v, GEN)),
 }
+
+
+# option groups used only with their switch (use_galore: galore_*, ...)
+GROUPS = {"galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam", "swanlab_": "use_swanlab",
+          "oft_": "finetuning_type", "module_dropout": "finetuning_type"}
+
+
+def _fallback(conv: Conversion, key: str, value):
+    for prefix, switch in GROUPS.items():
+        if key.startswith(prefix):
+            on = conv.raw.get(switch) == "oft" if switch == "finetuning_type" else conv.raw.get(switch)
+            return (conv.no(key, value, f"used with {switch}, which posttrain cannot express") if on else
+                    conv.drop(key, value, f"used only with {switch}, which is not set"))
+    return training_field(conv, key, value)
 
 
 def looks_like(raw: dict) -> bool:
@@ -247,9 +273,10 @@ def _peft(conv: Conversion):
             if "double_quantization" in raw:
                 conv.map("double_quantization", raw["double_quantization"], "quantization.bnb_4bit_use_double_quant")
             conv.default("quantization.bnb_4bit_use_double_quant", True, "LLaMA-Factory: double_quantization true")
-            compute = "bfloat16" if raw.get("bf16") else "float16" if raw.get("fp16") else "float32"
-            conv.default("quantization.bnb_4bit_compute_dtype", compute,
-                         "LLaMA-Factory: 4-bit compute dtype = the training precision (bf16/fp16, else float32)")
+            compute = "bfloat16" if raw.get("bf16") else "float16" if raw.get("fp16") else None
+            if compute:  # without bf16/fp16 LLaMA-Factory infers it from the device, as posttrain's default does
+                conv.default("quantization.bnb_4bit_compute_dtype", compute,
+                             "LLaMA-Factory: 4-bit compute dtype = the training precision")
         for k in ("quantization_type", "double_quantization"):
             if bits == 8 and k in raw:
                 conv.drop(k, raw[k], "4-bit only")
@@ -412,12 +439,16 @@ def _mixture_format(stage: str, fmts: set[str]) -> str:
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv)
     conv.put("stage", conv.stage)
-    walk(conv, conv.raw.items(), TABLE, training_field)
+    walk(conv, conv.raw.items(), TABLE, _fallback)
     for k in ("bf16", "fp16"):
         if k in conv.raw:
             training_field(conv, k, conv.raw[k])
     _peft(conv)
     _data(conv)
+    if conv.stage == "ppo" and "reward_model_type" not in conv.raw:
+        conv.no("(reward_model_type)", "lora", "LLaMA-Factory's default reward_model_type is lora (an adapter); "
+                                               "posttrain's PPO needs a whole scoring model: `posttrain merge` the "
+                                               "reward run, or train it with posttrain's reward stage")
     if conv.get("model.name_or_path") is None:
         conv.no("(model)", None, "no model_name_or_path: set model.name_or_path")
         conv.put("model.name_or_path", "SET-ME")
