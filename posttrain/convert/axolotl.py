@@ -396,8 +396,9 @@ def _data(conv: Conversion):
             conv.drop("chat_template", raw["chat_template"], "chat_template_jinja gives the template")
         elif key == "chat_template_jinja" and "chat_template" in raw:
             conv.drop("chat_template", raw["chat_template"], "jinja: the template is chat_template_jinja")
-        if conv.get("data.format") in ("alpaca", "preference") and str(tmpl) != "tokenizer_default":
-            conv.default("data.template", "chat", "axolotl renders rows through the chat template when one is set")
+        if conv.get("data.format") == "preference":  # (alpaca rows keep axolotl's Alpaca prompt, as posttrain's)
+            conv.default("data.template", "chat", "axolotl's chat_template dataset types render the pairs through "
+                                                  "the chat template")
 
 
 def _schedule(conv: Conversion):

@@ -179,7 +179,7 @@ def dtype(v):
 TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja",
                   "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
 # names that mean "the tokenizer's own template"
-TOKENIZER_TEMPLATE = {"tokenizer_default", "tokenizer_default_fallback_chatml", "default"}
+TOKENIZER_TEMPLATE = {"tokenizer_default", "tokenizer_default_fallback_chatml"}  # axolotl's names
 
 
 def chat_template(conv: Conversion, key: str, value):
