@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("-o", "--out", help="the recipe to write (default ./NAME.posttrain.yaml)")
     cv.add_argument("--from", dest="tool", choices=("axolotl", "llama-factory", "trl", "torchtune"),
                     help="the tool the config is for (default: detected from its keys)")
+    cv.add_argument("--stage", choices=("sft", "reward", "dpo", "kto", "orpo", "ppo", "grpo", "rloo"),
+                    help="with a TRL-script config (which does not name its trainer): the stage (default: from a "
+                         "folder or file name such as dpo/, else from its keys)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     d = sub.add_parser("demo", help="the whole pipeline offline on SmolLM2-135M-Instruct, measured on held-out data")
@@ -245,7 +248,7 @@ def cmd_convert(args) -> int:
     """Exit 0 when every key is mapped or dropped with a reason, 3 when some are NOT TRANSLATED."""
     from posttrain.convert import run
 
-    return run(args.file, args.out, args.tool, args.overwrite)
+    return run(args.file, args.out, args.tool, args.overwrite, stage=args.stage)
 
 
 def cmd_demo(args) -> int:

@@ -197,6 +197,17 @@ def test_exit_codes_recipe_comments_and_no_overwrite(tmp_path, cli):
     assert yaml.safe_load(out.read_text())["stage"] == "sft"
 
 
+def test_stage_of_a_trl_config_from_its_path_or_stage_flag(tmp_path, cli):
+    p = tmp_path / "config.yaml"
+    p.write_text("model_name_or_path: m\ndataset_name: org/pairs\nbeta: 0.1\nlearning_rate: 1.0e-6\n")
+    code, out, _ = cli("convert", p, "-o", tmp_path / "a.yaml")
+    assert code == 0 and "(stage: dpo)" in out  # from its keys: beta
+    code, out, _ = cli("convert", p, "-o", tmp_path / "b.yaml", "--stage", "orpo")
+    assert code == 0 and yaml.safe_load((tmp_path / "b.yaml").read_text())["stage"] == "orpo"
+    code, _, err = cli("convert", DATA / "axolotl/qlora.yml", "-o", tmp_path / "c.yaml", "--stage", "dpo")
+    assert code == 2 and "--stage is for TRL-script configs" in err
+
+
 def test_from_overrides_detection_and_bad_input_is_one_line(tmp_path, cli):
     p = tmp_path / "x.yaml"
     p.write_text("base_model: m\ndatasets: [{path: a.jsonl, type: alpaca}]\n")

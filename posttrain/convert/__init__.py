@@ -43,11 +43,14 @@ def read(path: Path) -> tuple[dict, str]:
     return raw, text
 
 
-def convert(path: str | Path, tool: str | None = None) -> Conversion:
+def convert(path: str | Path, tool: str | None = None, stage: str | None = None) -> Conversion:
     path = Path(path)
     raw, text = read(path)
     tool = tool or detect(raw)
+    if stage and tool != "trl":
+        raise PosttrainError(f"--stage is for TRL-script configs; a {tool} config names its own stage")
     conv = Conversion(tool, path, raw)
+    conv.stage = stage
     TOOLS[tool].convert(conv, text)
     stage_rules(conv)
     seen = {f.key.split(".")[0].split("[")[0] for f in conv.fates}
@@ -61,7 +64,7 @@ def default_out(path: Path) -> Path:
     return Path(f"{path.stem}.posttrain.yaml")
 
 
-def run(path: str, out: str | None, tool: str | None, overwrite: bool) -> int:
+def run(path: str, out: str | None, tool: str | None, overwrite: bool, stage: str | None = None) -> int:
     """The command: convert, print every key's fate, write the recipe. 0: all mapped or dropped; 3: some
     keys are NOT TRANSLATED (the recipe is written all the same, with them as comments)."""
     src = Path(path)
@@ -70,7 +73,7 @@ def run(path: str, out: str | None, tool: str | None, overwrite: bool) -> int:
     dest = Path(out) if out else default_out(src)
     if dest.exists() and not overwrite:
         raise PosttrainError(f"{dest} exists; pass --overwrite to replace it (or -o another file)")
-    conv = convert(src, tool)
+    conv = convert(src, tool, stage)
     print(f"{src} ({conv.tool} config) -> {dest} (stage: {conv.recipe.get('stage')})")
     print("\n".join(fate_lines(conv)))
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ class Conversion:
         self.tool, self.source, self.raw = tool, source, raw
         self.recipe: dict = {}
         self.fates: list[Fate] = []
-        self.stage = "sft"
+        self.stage: str | None = None  # the posttrain stage; set by the tool module (or --stage for TRL configs)
 
     # --- building the recipe
 

@@ -204,7 +204,7 @@ def _data(conv: Conversion):
 
 
 def convert(conv: Conversion, text: str):
-    conv.stage = _stage(conv)
+    conv.stage = conv.stage or _stage(conv)
     conv.put("stage", conv.stage)
     walk(conv, conv.raw.items(), TABLE)
     if conv.get("model.name_or_path") is None:
