@@ -682,6 +682,11 @@ FOREIGN: dict[str, Foreign] = {
     "skip_special_tokens": Foreign("nothing to set: `posttrain generate` prints the text without special tokens"),
     "max_new_tokens": Foreign("`training.response_length` (ppo) or `posttrain generate --max-new-tokens N`"),
     "test_datasets": Foreign("data.eval"),
+    "hub_model_revision": Foreign("training.hub_revision"),
+    "push_to_hub_revision": Foreign("`training.push_to_hub: true` with `training.hub_revision: BRANCH`"),
+    **{f"is_{m}_derived_model": Foreign("nothing to set: the model's config.json names its architecture")
+       for m in ("llama", "mistral", "qwen", "falcon")},
+    "eval_table_max_new_tokens": Foreign(f"{CANNOT}; `posttrain generate RUN_DIR --max-new-tokens N`"),
     "pref_bco_weight": Foreign(f"{CANNOT} (a BCO term in DPO) with TRL 1.12's DPOConfig"),
     "ref_model_adapters": Foreign("ref_model", "merge the adapter first (`posttrain merge RUN_DIR`) and name the result"),
     "reward_model_adapters": Foreign("reward_model", "merge the adapter first (`posttrain merge RUN_DIR`) and name the "

@@ -57,6 +57,10 @@ TABLE = {
     "num_labels": DropIf(1, "reward models score with one label", No("posttrain's reward models have one label")),
     "trust_remote_code": To("model.trust_remote_code"),
     "strict": Drop("posttrain is always strict: unknown keys are errors"),
+    "is_mistral_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
+    "is_llama_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
+    "is_qwen_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
+    "eval_table_max_new_tokens": Drop("used only for eval tables"),
     "dataset_prepared_path": Drop("prepared data is cached by `datasets` (HF_DATASETS_CACHE)"),
     "push_dataset_to_hub": No("posttrain does not upload datasets"),
     "shuffle_merged_datasets": DropIf(True, "the mixture is shuffled, as posttrain does",
@@ -138,8 +142,8 @@ def _special_tokens(conv: Conversion, key: str, value):
             conv.drop(dotted, v, "posttrain pads with the tokenizer's pad token, else EOS, and masks padding by "
                                  "position, so the pad token never changes the loss")
         else:
-            conv.no(dotted, v, "posttrain does not change the tokenizer's special tokens; use a tokenizer that has "
-                               "it (model.tokenizer)")
+            conv.no(dotted, v, f"posttrain keeps the tokenizer's own {tok}: nothing changes if it is already {v!r} "
+                               "(check with `posttrain validate`), else use a tokenizer that has it (model.tokenizer)")
 
 
 def _stage(conv: Conversion) -> str:
@@ -293,7 +297,9 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
     elif stage in ("dpo", "orpo", "reward"):
         fmt = "preference"
         kind = base[-1] if len(base) > 1 else base[0]
-        if base[0] in ("chat_template", "bradley_terry"):
+        if base[0] == "orpo" and kind == "chat_template":
+            pass  # axolotl's orpo.chat_template reads prompt, chosen and rejected (message lists), as posttrain
+        elif base[0] in ("chat_template", "bradley_terry"):
             used |= {"field_messages", "field_chosen", "field_rejected", "message_property_mappings", "roles",
                      "field_system"}
             if "field_messages" not in d:

@@ -341,6 +341,12 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
                       "{prompt, completion, label}"
         if cols.get("tools") or cols.get("images") or cols.get("videos") or cols.get("audios"):
             problem = f"dataset '{name}': tools/images/videos/audios columns are not translated"
+    elif stage == "ppo" and not ranking:
+        fmt = "prompt"
+        col = cols.get("prompt", "instruction")
+        cmap[col] = "prompt"
+        problem = f"dataset '{name}': LLaMA-Factory's PPO prompt is the instruction followed by the input; " \
+                  "posttrain's prompt rows take one column (the instruction), so an input would be left out"
     else:
         fmt = "preference" if ranking else "unpaired" if stage == "kto" else "alpaca"
         names = {"prompt": "instruction", "query": "input", "response": "output"}

@@ -165,6 +165,9 @@ def _flatten(node, prefix=""):
 def _stage(conv: Conversion, text: str) -> str:
     m = re.search(r"tune run\s+(?:--\S+\s+\S+\s+)*(\w+)", text)
     recipe = m.group(1) if m else ""
+    if "distributed" in recipe:
+        conv.drop("(recipe)", recipe, "a multi-GPU recipe (torchtune shards with FSDP); run `accelerate launch "
+                                      "--config_file recipes/accelerate/fsdp.yaml -m posttrain train OUT`")
     loss = str((conv.raw.get("loss") or {}).get("_component_", ""))
     if "dpo" in recipe or "DPOLoss" in loss or "RSOLoss" in loss or "SimPOLoss" in loss:
         return "dpo"

@@ -46,6 +46,10 @@ TABLE = {
     "auto_insert_empty_system_msg": Drop("posttrain renders the messages as written (no empty system turn is "
                                          "inserted); add one to the data if your template needs it"),
     "text_column": No("posttrain has no raw-text format; give the rows as messages or prompt/completion"),
+    "hub_model_revision": To("training.hub_revision", note="the handbook's name for the hub branch"),
+    "push_to_hub_revision": Call(lambda c, k, v: c.map(k, v, "training.push_to_hub", True,
+                                                       note="to the branch training.hub_revision")
+                                 if v else c.drop(k, v, "false")),
     "max_prompt_length": No("posttrain bounds the whole row by data.max_length; TRL 1.12 has no prompt length"),
 }
 
