@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("--overwrite", action="store_true", help="with copy: replace an existing file")
 
     cv = sub.add_parser("convert", help="turn an axolotl, LLaMA-Factory, TRL/alignment-handbook or torchtune config "
-                                        "into a posttrain recipe, printing every key's fate")
+                                        "into a posttrain recipe, printing every key's fate",
+                        epilog="exit status: 0 every key mapped or dropped with a reason; 3 some keys NOT TRANSLATED "
+                               "(the recipe is written all the same, with them as comments); 2 bad input")
     cv.add_argument("file", help="the other tool's YAML config")
     cv.add_argument("-o", "--out", help="the recipe to write (default ./NAME.posttrain.yaml)")
     cv.add_argument("--from", dest="tool", choices=("axolotl", "llama-factory", "trl", "torchtune"),
