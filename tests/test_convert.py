@@ -173,6 +173,17 @@ def test_trl_script_evaluates_on_the_test_split_of_the_same_config(tmp_path):
     assert conv.get("data.train_on") is None and _fates(conv)["assistant_only_loss"].kind == DROPPED
 
 
+def test_trl_grpo_reward_model_becomes_a_rewards_item_and_functions_are_said(tmp_path):
+    p = tmp_path / "grpo" / "c.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/prompts\nreward_model_name_or_path: org/rm\n"
+                 "reward_funcs: [think_format_reward]\nnum_generations: 4\n")
+    conv = convert(p)
+    assert conv.stage == "grpo" and conv.get("rewards") == [{"model": "org/rm"}]
+    assert conv.get("training.num_generations") == 4 and conv.get("data.format") == "prompt"
+    assert _fates(conv)["reward_funcs"].kind == NOT
+
+
 def test_llama_factory_freeze_is_said_plainly_and_its_lora_keys_dropped(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: freeze\nlora_rank: 4\nquantization_bit: 4\n"

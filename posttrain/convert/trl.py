@@ -46,6 +46,14 @@ TABLE = {
     "auto_insert_empty_system_msg": Drop("posttrain renders the messages as written (no empty system turn is "
                                          "inserted); add one to the data if your template needs it"),
     "text_column": No("posttrain has no raw-text format; give the rows as messages or prompt/completion"),
+    # trl/scripts/grpo.py, rloo.py: rewards; ppo.py: the reward and value models
+    "reward_model_name_or_path": Call(lambda c, k, v: c.map(k, v, "rewards", [{"model": v}]) if c.stage in (
+        "grpo", "rloo") else c.map(k, v, "reward_model")),
+    "reward_funcs": Call(lambda c, k, v: c.no(k, v, "Python reward functions: posttrain's rewards are reward models "
+                                                     "and the rules exact_match and length_penalty (a `rewards:` "
+                                                     "list); write the equivalent by hand")),
+    "sft_model_path": Drop("the policy is model.name_or_path"),
+    "reward_model_path": To("reward_model"),
     "hub_model_revision": To("training.hub_revision", note="the handbook's name for the hub branch"),
     "push_to_hub_revision": Call(lambda c, k, v: c.map(k, v, "training.push_to_hub", True,
                                                        note="to the branch training.hub_revision")
