@@ -685,6 +685,7 @@ FOREIGN: dict[str, Foreign] = {
     "hub_model_revision": Foreign("training.hub_revision"),
     "reward_funcs": Foreign("rewards", "grpo/rloo: a list of reward models and the rules exact_match and "
                             "length_penalty; Python functions cannot be named"),
+    "trl": Foreign("training", "axolotl's `trl:` options are fields of the stage's TRL config, under `training:`"),
     "sft_model_path": Foreign("model.name_or_path", "the policy (ppo)"),
     "push_to_hub_revision": Foreign("`training.push_to_hub: true` with `training.hub_revision: BRANCH`"),
     **{f"is_{m}_derived_model": Foreign("nothing to set: the model's config.json names its architecture")

@@ -184,6 +184,16 @@ def test_trl_grpo_reward_model_becomes_a_rewards_item_and_functions_are_said(tmp
     assert _fates(conv)["reward_funcs"].kind == NOT
 
 
+def test_axolotl_grpo_trl_block(tmp_path):
+    p = tmp_path / "c.yml"
+    p.write_text("base_model: m\nrl: grpo\ntrl:\n  beta: 0.04\n  num_generations: 8\n  reward_funcs: [r.acc]\n"
+                 "  use_vllm:\ndatasets: [{path: org/p, type: r.transform}]\n")
+    conv = convert(p)
+    f = _fates(conv)
+    assert conv.stage == "grpo" and conv.get("training.beta") == 0.04 and conv.get("training.num_generations") == 8
+    assert f["trl.reward_funcs"].kind == NOT and f["trl.use_vllm"].kind == DROPPED and f["datasets"].kind == NOT
+
+
 def test_llama_factory_freeze_is_said_plainly_and_its_lora_keys_dropped(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: freeze\nlora_rank: 4\nquantization_bit: 4\n"

@@ -57,6 +57,7 @@ TABLE = {
     "num_labels": DropIf(1, "reward models score with one label", No("posttrain's reward models have one label")),
     "trust_remote_code": To("model.trust_remote_code"),
     "strict": Drop("posttrain is always strict: unknown keys are errors"),
+    "trl": Call(lambda c, k, v: _trl_section(c, k, v)),
     "is_mistral_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
     "is_llama_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
     "is_qwen_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
@@ -124,6 +125,24 @@ TABLE = {
                                    if isinstance(v, bool) else c.no(k, v, "posttrain uses transformers' activation "
                                                                           "checkpointing (true/false)")),
 }
+
+
+def _trl_section(conv: Conversion, key: str, value):
+    """axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names."""
+    if not isinstance(value, dict):
+        return conv.no(key, value, "expected a mapping of TRL options")
+    for k, v in value.items():
+        dotted = f"{key}.{k}"
+        if empty(v):
+            conv.drop(dotted, v, "empty: not set")
+        elif k == "reward_funcs":
+            conv.no(dotted, v, "Python reward functions: posttrain's rewards are reward models and the rules "
+                               "exact_match and length_penalty (a `rewards:` list); write the equivalent by hand")
+        elif k == "reward_weights":
+            conv.no(dotted, v, "give each `rewards:` item its `weight:`")
+        else:
+            training_field(conv, k, v)
+            conv.fates[-1].key = dotted
 
 
 def looks_like(raw: dict) -> bool:
