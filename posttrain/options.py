@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -124,8 +125,6 @@ def accept(where: Where, stage, section: str, values: dict | None, *, has_eval: 
     """Take out of `values` the keys whose value is what posttrain does anyway (ACCEPTED), each with a one-line
     note; returns the rest and what must be done to honour them (e.g. {"no_eval"}). A key with an accepted
     value that needs eval data the recipe lacks is refused here; other values stay for `refuse`."""
-    import logging
-
     if not values:
         return values, set()
     log = logging.getLogger("posttrain")
