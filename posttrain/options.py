@@ -684,6 +684,8 @@ FOREIGN: dict[str, Foreign] = {
     "hub_model_revision": Foreign("training.hub_revision"),
     "reward_funcs": Foreign("rewards", "grpo/rloo: a list of reward models and the rules exact_match and "
                             "length_penalty; Python functions cannot be named"),
+    "attn": Foreign("model.attn_implementation", "fa2: flash_attention_2, sdpa, disabled: eager"),
+    "enable_liger_kernel": Foreign("training.use_liger_kernel"),
     "trl": Foreign("training", "axolotl's `trl:` options are fields of the stage's TRL config, under `training:`"),
     "sft_model_path": Foreign("model.name_or_path", "the policy (ppo)"),
     "push_to_hub_revision": Foreign("`training.push_to_hub: true` with `training.hub_revision: BRANCH`"),

@@ -27,7 +27,7 @@ def _fates(conv):
 
 
 def test_every_config_has_its_source_url_and_is_detected():
-    assert len(CONFIGS) >= 29 and {_tool(p) for p in CONFIGS} == set(TOOL)
+    assert len(CONFIGS) >= 33 and {_tool(p) for p in CONFIGS} == set(TOOL)
     for p in CONFIGS:
         assert p.read_text().startswith("# https://github.com/"), p
         assert detect(read(p)[0]) == _tool(p), p
@@ -117,6 +117,12 @@ PINNED = {
     ("llama-factory/llama3_lora_ppo.yaml", "(reward_model_type)"): (NOT, "whole scoring model"),
     ("llama-factory/llama3_lora_ppo.yaml", "max_new_tokens"): (MAPPED, "training.response_length: 512"),
     ("llama-factory/llama3_lora_ppo.yaml", "dataset"): (NOT, "instruction followed by the input"),
+    ("llama-factory/qwen3_full_sft.yaml", "attn"): (MAPPED, "model.attn_implementation: flash_attention_2"),
+    ("llama-factory/qwen3_full_sft.yaml", "rope_scaling"): (NOT, "RoPE scaling"),
+    ("llama-factory/qwen3_full_sft.yaml", "max_samples"): (DROPPED, "every row"),
+    ("axolotl/mistral-dpo-qlora.yml", "lora_modules_to_save"): (MAPPED, "peft.modules_to_save: [embed_tokens, lm_head]"),
+    ("axolotl/qwen2-dpo.yaml", "chat_template"): (NOT, "no template named 'qwen_25'"),
+    ("trl/cli/example_config.yaml", "dataset_name"): (MAPPED, "data.train: stanfordnlp/imdb"),
 }
 
 
@@ -258,7 +264,7 @@ FIXTURE_DATA = {"alpaca": "alpaca", "messages": "messages", "preference": "prefe
 
 def swap_in(recipe: dict, fx) -> list[str]:
     """Overrides that put the tiny local model and data in place of the hub ones, and switch off what this
-    offline CPU machine lacks (flash-attn, the hub, tensorboard/wandb, tf32) and what the tiny tokenizer lacks
+    offline CPU machine lacks (flash-attn, liger, the hub, tensorboard/wandb, tf32) and what the tiny tokenizer lacks
     (another model's EOS token)."""
     fmt = recipe["data"].get("format", "alpaca")
     over = [f"model.name_or_path={fx['model']}", f"data.train={fx[FIXTURE_DATA[fmt]]}", "data.split=train",
@@ -271,6 +277,8 @@ def swap_in(recipe: dict, fx) -> list[str]:
         over.append("training.per_device_train_batch_size=2")  # said NOT TRANSLATED by convert (pinned above)
     if "eos_token" in recipe.get("training", {}):
         over.append("training.eos_token=null")
+    if recipe.get("training", {}).get("use_liger_kernel"):
+        over.append("training.use_liger_kernel=false")  # liger-kernel is not installed here (a GPU package)
     if recipe.get("peft"):
         over.append("peft.target_modules=all-linear")  # the tiny GPT-2's module names
     if recipe["data"].get("eval") and not recipe["data"].get("eval_fraction"):
@@ -291,7 +299,7 @@ def test_converted_recipe_validates_with_the_tiny_model(path, tmp_path, fx, cli)
 
 TRAINED = ["trl/sft/smollm_config.yaml", "llama-factory/llama3_lora_sft.yaml", "axolotl/lora-1b.yml",
            "torchtune/1B_lora_single_device.yaml", "trl/dpo/pref_align_scan_config_zephyr.yaml",
-           "axolotl/mistral-qlora-orpo.yml"]
+           "axolotl/mistral-qlora-orpo.yml", "llama-factory/qwen3_full_sft.yaml", "trl/cli/example_config.yaml"]
 
 
 @pytest.mark.slow

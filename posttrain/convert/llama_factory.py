@@ -58,6 +58,8 @@ TABLE = {
     "use_fast_tokenizer": DropIf(True, "the fast tokenizer is what transformers loads", No("posttrain loads the "
                                                                                            "fast tokenizer")),
     "infer_dtype": To("model.dtype", dtype),
+    "attn": Call(lambda c, k, v: TABLE["flash_attn"].fn(c, k, v)),  # newer LLaMA-Factory's name for flash_attn
+    "enable_liger_kernel": To("training.use_liger_kernel"),
     "flash_attn": Call(lambda c, k, v: {"fa2": lambda: c.map(k, v, "model.attn_implementation", "flash_attention_2"),
                                         "sdpa": lambda: c.map(k, v, "model.attn_implementation", "sdpa"),
                                         "disabled": lambda: c.map(k, v, "model.attn_implementation", "eager"),
@@ -413,6 +415,8 @@ def _data(conv: Conversion):
             conv.map(split_key, value, "*", new, note=note)
     if n and "dataset" in raw:
         conv.drop("max_samples", n, "in each data.train split slice above")
+    elif "max_samples" in raw:
+        conv.drop("max_samples", n, "every row" if n is None else "no dataset")
     for k in ("dataset_dir",):
         if k in raw:
             conv.drop(k, raw[k], "where dataset_info.json was looked up; the paths above include it")
