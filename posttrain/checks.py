@@ -353,6 +353,20 @@ def read_peft_and_quantization(d: Draft):
         d.where.fail("quantization", f"expected a mapping of BitsAndBytesConfig options (or null), got {show(quant)}")
 
 
+def consistent_settings(d: Draft):
+    """Managed or script-only keys set to what posttrain does anyway are accepted with a note and not passed on
+    (options.ACCEPTED); `do_eval: false` is honoured by not building the eval data."""
+    has_eval = bool(d.data["eval"] or d.data["eval_fraction"])
+    d.training, honour = options.accept(d.where, d.stage, "training", d.training, has_eval=has_eval)
+    if "no_eval" in honour:
+        d.data["eval"] = d.data["eval_fraction"] = None
+        strategy = d.training.get("eval_strategy")
+        if strategy not in (None, False, "no"):
+            d.where.fail("training.eval_strategy", f"'{strategy}' contradicts training.do_eval: false")
+    if d.peft:
+        d.peft, _ = options.accept(d.where, d.stage, "peft", d.peft, has_eval=has_eval)
+
+
 def managed_or_refused_keys(d: Draft):
     """Keys posttrain sets itself, or cannot honour (posttrain.options): refused with where/why, each."""
     for section, values in (("training", d.training), ("peft", d.peft), ("quantization", d.quantization)):
@@ -614,6 +628,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(read_output_dir, "recipe"),
     Step(read_training, "recipe"),
     Step(read_peft_and_quantization, "recipe"),
+    Step(consistent_settings, "recipe", ("training", "peft", "data.eval", "data.eval_fraction")),
     Step(managed_or_refused_keys, "recipe", ("training", "peft", "quantization")),
     Step(one_precision, "recipe", ("training.bf16", "training.fp16")),
     Step(eval_strategy_needs_eval_data, "recipe", ("training.eval_strategy", "data.eval", "data.eval_fraction")),

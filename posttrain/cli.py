@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from posttrain import __version__, checks, launch, pipeline, plan, schema, shipped, stages
+from posttrain import __version__, checks, convert, launch, pipeline, plan, schema, shipped, stages
 from posttrain.demo.run import main as demo
 from posttrain.errors import PosttrainError, Problems
 from posttrain.generate import main as generate
@@ -85,6 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("name", nargs="?", help="with copy: a shipped recipe or pipeline name")
     rc.add_argument("dest", nargs="?", help="with copy: a file or directory (default ./NAME.yaml)")
     rc.add_argument("--overwrite", action="store_true", help="with copy: replace an existing file")
+
+    cv = sub.add_parser("convert", help="turn an axolotl, LLaMA-Factory, TRL/alignment-handbook or torchtune config "
+                                        "into a posttrain recipe, printing every key's fate",
+                        epilog="exit status: 0 every key mapped or dropped with a reason; 3 some keys NOT TRANSLATED "
+                               "(the recipe is written all the same, with them as comments); 2 bad input")
+    cv.add_argument("file", help="the other tool's YAML config")
+    cv.add_argument("-o", "--out", help="the recipe to write (default ./NAME.posttrain.yaml)")
+    cv.add_argument("--from", dest="tool", choices=("axolotl", "llama-factory", "trl", "torchtune"),
+                    help="the tool the config is for (default: detected from its keys)")
+    cv.add_argument("--stage", choices=("sft", "reward", "dpo", "kto", "orpo", "ppo", "grpo", "rloo"),
+                    help="with a TRL-script config (which does not name its trainer): the stage (default: from a "
+                         "folder or file name such as dpo/, else from its keys)")
+    cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     d = sub.add_parser("demo", help="the whole pipeline offline on SmolLM2-135M-Instruct, measured on held-out data")
     d.add_argument("--root", default="runs/demo", help="where data, runs and results go (default runs/demo)")
@@ -217,6 +230,11 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    """Exit 0 when every key is mapped or dropped with a reason, 3 when some are NOT TRANSLATED."""
+    return convert.run(args.file, args.out, args.tool, args.overwrite, stage=args.stage)
+
+
 def cmd_demo(args) -> int:
     return demo(args.root, fast=args.fast, overwrite=args.overwrite, prepare_only=args.prepare_only)
 
@@ -226,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline, "plan": cmd_plan, "merge": cmd_merge,
-                "generate": cmd_generate, "report": cmd_report, "recipes": cmd_recipes, "demo": cmd_demo}[args.command](args)
+                "generate": cmd_generate, "report": cmd_report, "recipes": cmd_recipes, "demo": cmd_demo,
+                "convert": cmd_convert}[args.command](args)
     except PosttrainError as e:
         if is_main_process():  # under DDP every rank stops; one says why
             for line in str(e).splitlines() if isinstance(e, Problems) else [str(e)]:

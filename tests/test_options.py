@@ -81,7 +81,7 @@ def test_the_options_doc_is_generated_from_the_one_place():
 
 @pytest.mark.parametrize("key, value, says", [
     ("resume_from_checkpoint", "runs/x/checkpoint-5", "posttrain train --resume"),
-    ("do_eval", True, "cannot be set in a posttrain recipe"),
+    ("do_predict", True, "cannot be set in a posttrain recipe"),
     ("dataset_num_proc", 4, "set `data.num_proc`"),
 ])
 def test_managed_and_refused_keys_are_refused_with_where_or_why(tmp_path, key, value, says):

@@ -1,0 +1,84 @@
+"""`posttrain convert`: another tool's training config -> a posttrain recipe, with every key's fate.
+
+One module per tool holds its mapping table as data (built from that tool's own option definitions) and
+the implicit defaults a faithful translation must spell out; `core` holds the fates, the shared rules and
+the writing. Nothing here imports torch or TRL's trainers: converting is reading YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from posttrain.convert import axolotl, llama_factory, torchtune, trl
+from posttrain.convert.core import Conversion, fate_lines, recipe_text, stage_rules
+from posttrain.errors import PosttrainError
+
+TOOLS = {"axolotl": axolotl, "llama-factory": llama_factory, "trl": trl, "torchtune": torchtune}
+
+
+def detect(raw: dict) -> str:
+    """Which tool a config is for, from its keys (each module's `looks_like`); TRL scripts last."""
+    if isinstance(raw.get("model"), dict) and "name_or_path" in raw["model"]:
+        raise PosttrainError("this is already a posttrain recipe (model.name_or_path); check it with "
+                             "`posttrain validate`")
+    for name in ("torchtune", "llama-factory", "axolotl", "trl"):
+        if TOOLS[name].looks_like(raw):
+            return name
+    raise PosttrainError("cannot tell which tool this config is for; pass --from axolotl|llama-factory|trl|torchtune")
+
+
+def read(path: Path) -> tuple[dict, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PosttrainError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PosttrainError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise PosttrainError(f"{path}: expected a mapping of options")
+    return raw, text
+
+
+def convert(path: str | Path, tool: str | None = None, stage: str | None = None) -> Conversion:
+    path = Path(path)
+    raw, text = read(path)
+    tool = tool or detect(raw)
+    if stage and tool != "trl":
+        raise PosttrainError(f"--stage is for TRL-script configs; a {tool} config names its own stage")
+    conv = Conversion(tool, path, raw)
+    conv.stage = stage
+    TOOLS[tool].convert(conv, text)
+    stage_rules(conv)
+    seen = {f.key.split(".")[0].split("[")[0] for f in conv.fates}
+    for key, value in raw.items():  # a key no rule gave a fate: said, never dropped silently
+        if key not in seen:
+            conv.no(key, value, f"not translated by posttrain's {tool} table (for this combination of settings)")
+    return conv
+
+
+def default_out(path: Path) -> Path:
+    return Path(f"{path.stem}.posttrain.yaml")
+
+
+def run(path: str, out: str | None, tool: str | None, overwrite: bool, stage: str | None = None) -> int:
+    """The command: convert, print every key's fate, write the recipe. 0: all mapped or dropped; 3: some
+    keys are NOT TRANSLATED (the recipe is written all the same, with them as comments)."""
+    src = Path(path)
+    if not src.is_file():
+        raise PosttrainError(f"config file not found: {path}")
+    dest = Path(out) if out else default_out(src)
+    if dest.exists() and not overwrite:
+        raise PosttrainError(f"{dest} exists; pass --overwrite to replace it (or -o another file)")
+    conv = convert(src, tool, stage)
+    print(f"{src} ({conv.tool} config) -> {dest} (stage: {conv.recipe.get('stage')})")
+    print("\n".join(fate_lines(conv)))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(recipe_text(conv, dest), encoding="utf-8")
+    n = len(conv.untranslated)
+    print(f"wrote {dest}: {len(conv.fates) - n} key(s) mapped, dropped or made explicit"
+          + (f"; {n} NOT TRANSLATED (see the comments at its top)" if n else "") + f". Next: posttrain validate {dest}")
+    return 3 if n else 0

@@ -1,0 +1,481 @@
+"""axolotl YAML (`axolotl train x.yml`).
+
+Keys: axolotl's config schema (src/axolotl/utils/schemas/: AxolotlInputConfig with its model, dataset,
+LoRA, RL, training and integration fields); those that are Hugging Face TrainingArguments under the same
+name pass through to the stage's TRL config.
+
+Implicit defaults made explicit (from the schema and axolotl's loaders):
+- sequence_len 512 (`sequence_len: int = Field(default=512)`; posttrain's data.max_length default is 1024);
+- LoRA/QLoRA: lora_dropout 0.0; `adapter: qlora` loads 4-bit nf4 with double quantization and compute
+  dtype = the training precision (bf16/fp16, else float32);
+- the prompt is masked (train_on_inputs false), every assistant turn trained;
+- `evals_per_epoch` / `saves_per_epoch` N become eval/save every 1/(N x epochs) of the run (a step ratio);
+- `bf16: auto` is posttrain's own rule (bf16 where the GPU supports it).
+"""
+
+from __future__ import annotations
+
+from posttrain.convert.core import (
+    LATER,
+    Call,
+    Conversion,
+    Drop,
+    DropIf,
+    No,
+    To,
+    chat_template,
+    empty,
+    training_field,
+    walk,
+)
+
+RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo"}
+FORMATS = {"sft": "alpaca", "reward": "preference", "dpo": "preference", "orpo": "preference", "kto": "unpaired",
+           "grpo": "prompt"}
+# axolotl DPO/ORPO dataset types whose columns are fixed (their prompt strategies) -> posttrain column_map
+PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "argilla": {"instruction": "prompt",
+                    "chosen_response": "chosen", "rejected_response": "rejected"},
+                    "icr": {"input": "prompt"}, "prompt_pairs": {}}
+
+
+
+NEIGHBOURS = ("rl", "reward_model", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+              "lora_target_linear", "lora_modules_to_save", "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora",
+              "load_in_4bit", "load_in_8bit", "datasets", "test_datasets", "val_set_size", "sequence_len",
+              "evals_per_epoch", "saves_per_epoch", "num_epochs", "max_steps", "chat_template", "chat_template_jinja",
+              "bf16", "fp16", "lora_model_dir", "bnb_config_kwargs")
+
+TABLE = {
+    **{k: LATER for k in NEIGHBOURS},
+    "base_model": To("model.name_or_path"),
+    "base_model_config": Drop("posttrain reads the config beside the weights in model.name_or_path"),
+    "revision_of_model": To("model.revision"),
+    "tokenizer_config": To("model.tokenizer"),
+    "model_type": Call(lambda c, k, v: c.drop(k, v, "the model class follows the stage (sequence classification "
+                                                    "for reward, a causal LM otherwise)")),
+    "tokenizer_type": Drop("the tokenizer class comes from the tokenizer's own files"),
+    "num_labels": DropIf(1, "reward models score with one label", No("posttrain's reward models have one label")),
+    "trust_remote_code": To("model.trust_remote_code"),
+    "strict": Drop("posttrain is always strict: unknown keys are errors"),
+    "trl": Call(lambda c, k, v: _trl_section(c, k, v)),
+    "is_mistral_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
+    "is_llama_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
+    "is_qwen_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
+    "eval_table_max_new_tokens": Drop("used only for eval tables"),
+    "dataset_prepared_path": Drop("prepared data is cached by `datasets` (HF_DATASETS_CACHE)"),
+    "push_dataset_to_hub": No("posttrain does not upload datasets"),
+    "shuffle_merged_datasets": DropIf(True, "the mixture is shuffled, as posttrain does",
+                                      No("posttrain always shuffles a mixture")),
+    "dataset_processes": To("data.num_proc"),
+    "dataset_num_proc": To("data.num_proc"),
+    "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
+    "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v), empty_ok=True),
+    "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
+    "train_on_inputs": DropIf(False, "the prompt is masked, as posttrain does by default",
+                              To("data.train_on", lambda v: "all")),
+    "sample_packing": Call(lambda c, k, v: c.map(k, v, "training.packing", True) if v and c.stage == "sft"
+                           else c.drop(k, v, "false: not packed") if not v else c.no(k, v, "packing is sft only")),
+    "eval_sample_packing": Drop("eval batches are padded (training.packing packs training batches only)"),
+    "pad_to_sequence_len": Drop("batches pad to their longest row (data.pad_to_multiple_of for a multiple); the "
+                                "loss is the same"),
+    "micro_batch_size": To("training.per_device_train_batch_size"),
+    "eval_batch_size": To("training.per_device_eval_batch_size"),
+    "optimizer": To("training.optim"),
+    "lr_scheduler": To("training.lr_scheduler_type", lambda v: {"one_cycle": "linear"}.get(v, v)),
+    "cosine_min_lr_ratio": Call(lambda c, k, v: c.map(k, v, "*", {"training.lr_scheduler_type": "cosine_with_min_lr",
+                                                                   "training.lr_scheduler_kwargs": {"min_lr_rate": v}})),
+    "xformers_attention": DropIf(None, "", Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "sdpa",
+                                                                      note="closest to xformers") if v else
+                                              c.drop(k, v, "false"))),
+    "flash_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "flash_attention_2") if v
+                            else c.drop(k, v, "false")),
+    "sdp_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "sdpa") if v
+                          else c.drop(k, v, "false")),
+    "eager_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "eager") if v
+                            else c.drop(k, v, "false")),
+    "flex_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "flex_attention") if v
+                           else c.drop(k, v, "false")),
+    "s2_attention": DropIf(False, "false", No("posttrain cannot use shifted-sparse attention")),
+    "early_stopping_patience": No("posttrain adds no early-stopping callback"),
+    "loss_watchdog_threshold": No("posttrain has no loss watchdog"),
+    "loss_watchdog_patience": No("posttrain has no loss watchdog"),
+    "eval_table_size": No("`posttrain generate RUN_DIR --prompt ...` shows the model's answers"),
+    "eval_max_new_tokens": Drop("used only for eval tables"),
+    "debug": DropIf(False, "false", Drop("`posttrain validate RECIPE` shows a masked training example")),
+    "group_by_length": DropIf(False, "false", No("transformers 5 has no length-grouped sampler")),
+    "tf32": To("training.tf32"),
+    "rl_beta": To("training.beta"),
+    "dpo_beta": To("training.beta"),
+    "orpo_alpha": To("training.beta", note="ORPO's lambda is beta in TRL's ORPOConfig"),
+    "max_prompt_len": No("posttrain bounds the whole row by data.max_length"),
+    "wandb_project": Call(lambda c, k, v: c.map(k, v, "training.report_to", "wandb",
+                                                note=f"set WANDB_PROJECT={v} in the environment")),
+    "wandb_name": To("training.run_name"),
+    "wandb_entity": No("set WANDB_ENTITY in the environment"),
+    "wandb_watch": No("set WANDB_WATCH in the environment"),
+    "wandb_log_model": No("set WANDB_LOG_MODEL in the environment"),
+    "wandb_run_id": No("set WANDB_RUN_ID in the environment"),
+    "use_tensorboard": Call(lambda c, k, v: c.map(k, v, "training.report_to", "tensorboard") if v
+                            else c.drop(k, v, "false")),
+    "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
+    "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
+    "unfrozen_parameters": No("posttrain cannot freeze all but some parameters; closest: LoRA on those modules"),
+    "auto_resume_from_checkpoints": Drop("run-time flag: `posttrain train OUT --resume`"),
+    "gradient_checkpointing": Call(lambda c, k, v: c.map(k, v, "training.gradient_checkpointing", bool(v))
+                                   if isinstance(v, bool) else c.no(k, v, "posttrain uses transformers' activation "
+                                                                          "checkpointing (true/false)")),
+}
+
+
+def _trl_section(conv: Conversion, key: str, value):
+    """axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names."""
+    if not isinstance(value, dict):
+        return conv.no(key, value, "expected a mapping of TRL options")
+    for k, v in value.items():
+        dotted = f"{key}.{k}"
+        if empty(v):
+            conv.drop(dotted, v, "empty: not set")
+        elif k == "reward_funcs":
+            conv.no(dotted, v, "Python reward functions: posttrain's rewards are reward models and the rules "
+                               "exact_match and length_penalty (a `rewards:` list); write the equivalent by hand")
+        elif k == "reward_weights":
+            conv.no(dotted, v, "give each `rewards:` item its `weight:`")
+        else:
+            training_field(conv, k, v)
+            conv.fates[-1].key = dotted
+
+
+def looks_like(raw: dict) -> bool:
+    return "base_model" in raw or any(k in raw for k in ("micro_batch_size", "sequence_len", "adapter",
+                                                         "sample_packing", "rl"))
+
+
+def _special_tokens(conv: Conversion, key: str, value):
+    if empty(value):
+        return conv.drop(key, value, "empty: not set")
+    for tok, v in dict(value).items():
+        dotted = f"{key}.{tok}"
+        if tok == "eos_token" and conv.stage in ("sft", "reward"):
+            conv.map(dotted, v, "training.eos_token")
+        elif tok == "pad_token":
+            conv.drop(dotted, v, "posttrain pads with the tokenizer's pad token, else EOS, and masks padding by "
+                                 "position, so the pad token never changes the loss")
+        else:
+            conv.no(dotted, v, f"posttrain keeps the tokenizer's own {tok}: nothing changes if it is already {v!r} "
+                               "(check with `posttrain validate`), else use a tokenizer that has it (model.tokenizer)")
+
+
+def _stage(conv: Conversion) -> str:
+    raw = conv.raw
+    rl = raw.get("rl")
+    if raw.get("reward_model"):
+        conv.map("reward_model", True, "stage", "reward")
+        if "rl" in raw:
+            conv.drop("rl", rl, "reward_model: true wins")
+        return "reward"
+    if "reward_model" in raw:
+        conv.drop("reward_model", raw["reward_model"], "false")
+    if empty(rl) or rl is False:
+        if "rl" in raw:
+            conv.drop("rl", rl, "empty: supervised fine-tuning")
+        return "sft"
+    rl = str(rl).lower()
+    if rl not in RL:
+        conv.no("rl", rl, "SimPO is TRL's CPO trainer, not a posttrain stage yet" if rl == "simpo" else
+                f"'{rl}' is not a posttrain stage")
+        return "dpo"
+    conv.map("rl", rl, "stage", RL[rl])
+    if rl == "ipo":
+        conv.put("training.loss_type", "ipo")
+    return RL[rl]
+
+
+def _peft(conv: Conversion):
+    raw = conv.raw
+    adapter = raw.get("adapter")
+    lora = {k: raw[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
+                                "lora_modules_to_save", "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora",
+                                "lora_model_dir") if k in raw}
+    quant = {k: raw[k] for k in ("load_in_4bit", "load_in_8bit", "bnb_config_kwargs") if k in raw}
+    if empty(adapter):
+        if "adapter" in raw:
+            conv.drop("adapter", adapter, "empty: full fine-tuning (a recipe without `peft:`)")
+        for k, v in {**lora, **quant}.items():
+            conv.drop(k, v, "no adapter: full fine-tuning" if not (k.startswith("load_in") and v) else
+                      "no adapter: axolotl does not quantize a fully fine-tuned model")
+        return
+    if adapter not in ("lora", "qlora"):
+        conv.no("adapter", adapter, "posttrain trains LoRA adapters (lora, qlora) only; converted as lora")
+    else:
+        conv.drop("adapter", adapter, "the `peft:` section" + (" and `quantization:` (4-bit)" if adapter == "qlora"
+                                                                  else "") + " below")
+    names = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+             "lora_modules_to_save": "modules_to_save", "lora_fan_in_fan_out": "fan_in_fan_out",
+             "peft_use_dora": "use_dora", "peft_use_rslora": "use_rslora"}
+    for k, v in lora.items():
+        if k in names:
+            if empty(v):
+                conv.drop(k, v, "empty: not set")
+            else:
+                conv.map(k, v, f"peft.{names[k]}")
+    if raw.get("lora_target_linear"):
+        conv.map("lora_target_linear", True, "peft.target_modules", "all-linear")
+        if "lora_target_modules" in raw:
+            (conv.drop("lora_target_modules", raw["lora_target_modules"], "lora_target_linear covers every linear "
+                                                                          "layer") if empty(raw["lora_target_modules"])
+             else conv.map("lora_target_modules", raw["lora_target_modules"], "peft.target_modules", "all-linear",
+                           note="axolotl adds every linear layer when lora_target_linear is true"))
+    else:
+        if "lora_target_linear" in raw:
+            conv.drop("lora_target_linear", raw["lora_target_linear"], "false")
+        if not empty(raw.get("lora_target_modules")):
+            conv.map("lora_target_modules", raw["lora_target_modules"], "peft.target_modules")
+        elif "lora_target_modules" in raw:
+            conv.drop("lora_target_modules", raw["lora_target_modules"], "empty: peft's default modules for the "
+                                                                         "architecture, as axolotl")
+    if not empty(raw.get("lora_model_dir")):
+        conv.no("lora_model_dir", raw["lora_model_dir"], "posttrain trains a new adapter; merge this one first "
+                                                         "(`posttrain merge`) and train on the merged model")
+    elif "lora_model_dir" in raw:
+        conv.drop("lora_model_dir", raw["lora_model_dir"], "empty: a new adapter")
+    conv.default("peft.lora_dropout", 0.0, "axolotl: lora_dropout 0.0")
+    four = adapter == "qlora" or raw.get("load_in_4bit")
+    if four:
+        if raw.get("load_in_4bit"):
+            conv.map("load_in_4bit", True, "quantization.load_in_4bit", True)
+        else:
+            if "load_in_4bit" in raw:
+                conv.drop("load_in_4bit", raw["load_in_4bit"], "adapter: qlora loads 4-bit all the same")
+            conv.default("quantization.load_in_4bit", True, "axolotl: adapter qlora is a 4-bit base model")
+        conv.default("quantization.bnb_4bit_quant_type", "nf4", "axolotl: nf4")
+        conv.default("quantization.bnb_4bit_use_double_quant", True, "axolotl: double quantization")
+        compute = "bfloat16" if raw.get("bf16") in (True, "auto") else "float16" if raw.get("fp16") else "float32"
+        if raw.get("bf16") == "auto":
+            conv.default("quantization.bnb_4bit_compute_dtype", "bfloat16", "axolotl: compute dtype bf16 with bf16: "
+                                                                            "auto on a bf16 GPU")
+        else:
+            conv.default("quantization.bnb_4bit_compute_dtype", compute, "axolotl: compute dtype = the training "
+                                                                         "precision")
+        if "load_in_8bit" in raw:
+            conv.drop("load_in_8bit", raw["load_in_8bit"], "4-bit wins")
+    elif raw.get("load_in_8bit"):
+        conv.map("load_in_8bit", True, "quantization.load_in_8bit", True)
+        if "load_in_4bit" in raw:
+            conv.drop("load_in_4bit", raw["load_in_4bit"], "false")
+    else:
+        for k in ("load_in_4bit", "load_in_8bit"):
+            if k in raw:
+                conv.drop(k, raw[k], "false")
+    if not empty(raw.get("bnb_config_kwargs")):
+        for k, v in raw["bnb_config_kwargs"].items():
+            conv.map(f"bnb_config_kwargs.{k}", v, f"quantization.{k}")
+    elif "bnb_config_kwargs" in raw:
+        conv.drop("bnb_config_kwargs", raw["bnb_config_kwargs"], "empty")
+
+
+def _source(d: dict, stage: str) -> tuple[dict, str, str]:
+    """One axolotl `datasets:` entry -> (posttrain source, row format, problem or '')."""
+    if not isinstance(d, dict) or not d.get("path"):
+        return {"source": str(d)}, "", "a dataset entry without `path:`"
+    src = {"source": d["path"]}
+    if d.get("name"):
+        src["name"] = d["name"]
+    if d.get("split") and d["split"] != "train":
+        src["split"] = d["split"]
+    typ = str(d.get("type") or ("chat_template" if stage == "sft" else ""))
+    base = typ.split(":")[0].split(".")
+    problem = ""
+    cmap: dict[str, str] = {}
+    used = {"path", "type", "name", "split", "ds_type", "data_files"}
+    if d.get("data_files"):
+        problem = "data_files: give the file itself as the source"
+    if stage == "sft" and base[0].startswith("alpaca"):
+        fmt = "alpaca"
+        if typ not in ("alpaca", "alpaca_chat"):
+            problem = f"type {typ}: posttrain's alpaca rows use the Stanford Alpaca template"
+    elif stage == "sft" and base[0] in ("sharegpt",):
+        fmt = "sharegpt"
+    elif base[0] == "chat_template" and stage == "sft":
+        fmt = "messages"
+        field = d.get("field_messages", "messages")
+        used |= {"field_messages", "message_property_mappings", "message_field_role", "message_field_content",
+                 "roles", "roles_to_train", "train_on_eos"}
+        if field == "conversations":
+            fmt = "sharegpt"
+        elif field != "messages":
+            cmap[field] = "messages"
+        props = d.get("message_property_mappings") or {}
+        if any(props.get(k, k) != k for k in ("role", "content")) or d.get("message_field_role") not in (None, "role") \
+                or d.get("message_field_content") not in (None, "content"):
+            if fmt != "sharegpt":
+                problem = "renamed message properties (role/content) are not translated"
+        if d.get("roles_to_train") not in (None, ["assistant"], ["gpt"]):
+            problem = f"roles_to_train {d['roles_to_train']}: posttrain trains assistant turns (data.train_on)"
+        if d.get("train_on_eos") not in (None, "turn", "all"):
+            problem = f"train_on_eos {d['train_on_eos']}: posttrain trains each assistant turn's end-of-turn tokens"
+    elif stage in ("dpo", "orpo", "reward"):
+        fmt = "preference"
+        kind = base[-1] if len(base) > 1 else base[0]
+        if base[0] == "orpo" and kind == "chat_template":
+            pass  # axolotl's orpo.chat_template reads prompt, chosen and rejected (message lists), as posttrain
+        elif base[0] in ("chat_template", "bradley_terry"):
+            used |= {"field_messages", "field_chosen", "field_rejected", "message_property_mappings", "roles",
+                     "field_system"}
+            if "field_messages" not in d:
+                problem = f"type {typ} without field_messages: axolotl's prompt strategy picks the columns; give " \
+                          "posttrain prompt/chosen/rejected (data.column_map)"
+            elif d["field_messages"] != "prompt":
+                cmap[d["field_messages"]] = "prompt"
+            for theirs, ours in (("field_chosen", "chosen"), ("field_rejected", "rejected")):
+                if d.get(theirs, ours) != ours:
+                    cmap[d[theirs]] = ours
+        elif kind in PREFERENCE_TYPES:
+            cmap.update(PREFERENCE_TYPES[kind])
+        else:
+            problem = f"type {typ}: its columns are not known to posttrain; give prompt/chosen/rejected " \
+                      "(data.column_map)"
+    elif stage == "kto":
+        fmt = "unpaired"
+        problem = f"type {typ}: KTO rows need prompt/completion/label (data.column_map)"
+    else:
+        fmt = FORMATS.get(stage, "alpaca")
+        problem = f"type {typ} is not translated for stage {stage}"
+    extra = [k for k in d if k not in used and not k.startswith("field_")]
+    if extra and not problem:
+        problem = f"dataset keys {', '.join(extra)} are not translated"
+    for k in d:
+        if k.startswith("field_") and k not in used and not problem:
+            col = d[k]
+            ours = {"field_instruction": "instruction", "field_input": "input", "field_output": "output",
+                    "field_system": None}.get(k)
+            if ours:
+                cmap[col] = ours
+            else:
+                problem = f"{k} is not translated"
+    if cmap:
+        src["column_map"] = cmap
+    return src, fmt, problem
+
+
+def _data(conv: Conversion):
+    raw = conv.raw
+    for key, dotted in (("datasets", "data.train"), ("test_datasets", "data.eval")):
+        value = raw.get(key)
+        if empty(value):
+            if key == "datasets":
+                conv.no("(datasets)", value, "no datasets: set data.train")
+                conv.put("data.train", "SET-ME")
+            elif key in raw:
+                conv.drop(key, value, "empty")
+            continue
+        srcs = [_source(d, conv.stage) for d in value]
+        fmts = {f for _, f, _ in srcs}
+        fmt = "messages" if conv.stage == "sft" and fmts - {"alpaca"} else FORMATS[conv.stage] \
+            if conv.stage != "sft" else "alpaca"
+        if len(srcs) == 1:
+            src, f, _ = srcs[0]
+            new = {dotted: src["source"]}
+            if src.get("split"):
+                new["data.split" if key == "datasets" else "data.eval_split"] = src["split"]
+            if src.get("name"):
+                new["data.name"] = src["name"]
+            if src.get("column_map"):
+                new["data.column_map"] = src["column_map"]
+            if f == "sharegpt":
+                f = "messages"
+            if key == "datasets":
+                new["data.format"] = f
+        else:
+            entries = []
+            for s, f, _ in srcs:
+                if f != fmt:
+                    s["format"] = f
+                entries.append(s)
+            new = {dotted: entries}
+            if key == "datasets":
+                new["data.format"] = fmt
+        problems = [p for _, _, p in srcs if p]
+        if problems:
+            for k, v in new.items():
+                conv.put(k, v)
+            conv.no(key, value, "; ".join(problems))
+        else:
+            conv.map(key, "<list>", "*", new)
+    v = raw.get("val_set_size")
+    if v:
+        conv.map("val_set_size", v, "data.eval_fraction", int(v) if isinstance(v, float) and v >= 1 else v)
+    elif "val_set_size" in raw:
+        conv.drop("val_set_size", v, "0: no eval split")
+    if raw.get("sequence_len") is not None:
+        conv.map("sequence_len", raw["sequence_len"], "data.max_length")
+    else:
+        conv.default("data.max_length", 512, "axolotl: sequence_len 512")
+    tmpl = raw.get("chat_template_jinja") or raw.get("chat_template")
+    for k in ("chat_template", "chat_template_jinja"):
+        if k in raw and empty(raw[k]):
+            conv.drop(k, raw[k], "empty: the tokenizer's own template")
+    if not empty(tmpl):
+        key = "chat_template_jinja" if raw.get("chat_template_jinja") else "chat_template"
+        chat_template(conv, key, tmpl)
+        if key == "chat_template_jinja" and raw.get("chat_template") not in (None, "jinja"):
+            conv.drop("chat_template", raw["chat_template"], "chat_template_jinja gives the template")
+        elif key == "chat_template_jinja" and "chat_template" in raw:
+            conv.drop("chat_template", raw["chat_template"], "jinja: the template is chat_template_jinja")
+        if conv.get("data.format") == "preference":  # (alpaca rows keep axolotl's Alpaca prompt, as posttrain's)
+            conv.default("data.template", "chat", "axolotl's chat_template dataset types render the pairs through "
+                                                  "the chat template")
+
+
+def _schedule(conv: Conversion):
+    raw = conv.raw
+    epochs = raw.get("num_epochs")
+    if epochs is not None:
+        conv.map("num_epochs", epochs, "training.num_train_epochs")
+    if raw.get("max_steps") is not None:
+        conv.map("max_steps", raw["max_steps"], "training.max_steps")
+    elif "max_steps" in raw:
+        conv.drop("max_steps", None, "empty: not set")
+    eff_epochs = epochs or 1
+    has_eval = bool(raw.get("val_set_size")) or not empty(raw.get("test_datasets"))
+    for key, what in (("evals_per_epoch", "eval"), ("saves_per_epoch", "save")):
+        n = raw.get(key)
+        if empty(n):
+            if key in raw:
+                conv.drop(key, n, "empty: not set")
+            continue
+        if what == "eval" and not has_eval:
+            conv.drop(key, n, "no eval data (val_set_size 0): nothing to evaluate")
+            continue
+        if raw.get("max_steps"):
+            conv.no(key, n, "with max_steps, a per-epoch count has no step ratio; set training."
+                             f"{what}_steps")
+            continue
+        ratio = round(1 / (n * eff_epochs), 6)
+        conv.map(key, n, "*", {f"training.{what}_strategy": "steps", f"training.{what}_steps": ratio},
+                 note=f"{'an' if what == 'eval' else 'a'} {what} every {ratio} of the run's steps = {n} per epoch "
+                      f"over {eff_epochs} epoch(s)")
+
+
+def _precision(conv: Conversion):
+    raw = conv.raw
+    bf16 = raw.get("bf16")
+    if bf16 == "auto":
+        conv.drop("bf16", bf16, "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)")
+    elif "bf16" in raw:
+        (conv.drop("bf16", bf16, "empty: not set") if empty(bf16) else conv.map("bf16", bf16, "training.bf16"))
+    if "fp16" in raw:
+        (conv.drop("fp16", raw["fp16"], "empty: not set") if empty(raw["fp16"])
+         else conv.map("fp16", raw["fp16"], "training.fp16"))
+
+
+def convert(conv: Conversion, text: str):
+    conv.stage = _stage(conv)
+    conv.put("stage", conv.stage)
+    walk(conv, conv.raw.items(), TABLE, training_field)
+    _peft(conv)
+    _data(conv)
+    _schedule(conv)
+    _precision(conv)
+    if conv.get("model.name_or_path") is None:
+        conv.no("(base_model)", None, "no base_model: set model.name_or_path")
+        conv.put("model.name_or_path", "SET-ME")

@@ -1,0 +1,369 @@
+"""The common core of `posttrain convert`: what happens to each source key (its fate), the rules a tool's
+table is made of, the settings several tools share (Hugging Face TrainingArguments names, launchers, chat
+template names), and writing the recipe.
+
+A tool module (trl, llama_factory, axolotl, torchtune) holds its TABLE: source key -> rule, as data. A rule
+says the key's fate: mapped onto a posttrain key (`To`), dropped with why (`Drop`), NOT TRANSLATED with why
+and what to do (`No`), or worked out from the whole config (`Call`, for keys that need their neighbours).
+Every source key gets exactly one fate, printed by the command; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from posttrain import options
+
+MAPPED, DROPPED, NOT, DEFAULT = "mapped", "dropped", "NOT TRANSLATED", "default"
+
+TEMPLATES_DIR = Path(str(resources.files("posttrain") / "recipes" / "templates"))
+
+
+@dataclasses.dataclass
+class Fate:
+    key: str  # the source key, dotted for nested configs
+    value: Any
+    kind: str  # mapped | dropped | NOT TRANSLATED | default (a tool's implicit default made explicit)
+    text: str  # mapped/default: "posttrain.key: value"; dropped / NOT TRANSLATED: why (and what to do)
+
+
+@dataclasses.dataclass(frozen=True)
+class To:
+    """Mapped onto `target` (a dotted posttrain key). `value(v)` gives the posttrain value (default: v); it may
+    return a dict {dotted: value} to set several keys. `note` is printed after the mapping."""
+
+    target: str
+    value: Callable[[Any], Any] | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    why: str
+
+
+@dataclasses.dataclass(frozen=True)
+class No:
+    why: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """fn(conversion, key, value) decides the fate itself (it must call conv.map/drop/no for the key).
+    `empty_ok`: it is called for an empty value too (else an empty value is dropped as not set)."""
+
+    fn: Callable
+    empty_ok: bool = False
+
+
+def _later(conv, key, value):
+    return None
+
+
+# a key read together with its neighbours by the tool module (which gives it its fate)
+LATER = Call(_later, empty_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DropIf:
+    """Dropped when the value equals `value` (what posttrain does anyway, `why`); otherwise `otherwise`."""
+
+    value: Any
+    why: str
+    otherwise: Any
+
+
+class Conversion:
+    """A recipe being built from one source config, and the fate of every source key."""
+
+    def __init__(self, tool: str, source: Path, raw: dict):
+        self.tool, self.source, self.raw = tool, source, raw
+        self.recipe: dict = {}
+        self.fates: list[Fate] = []
+        self.stage: str | None = None  # the posttrain stage; set by the tool module (or --stage for TRL configs)
+
+    # --- building the recipe
+
+    def get(self, dotted: str, default=None):
+        node = self.recipe
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def put(self, dotted: str, value):
+        node = self.recipe
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    # --- fates
+
+    def map(self, key: str, value, target: str, new=None, note: str = ""):
+        """`key: value` becomes `target: new` (new defaults to value); `new` may be {dotted: value, ...}."""
+        new = value if new is None else new
+        pairs = new if isinstance(new, dict) and target == "*" else {target: new}
+        for dotted, v in pairs.items():
+            self.put(dotted, v)
+        shown = ", ".join(f"{d}: {render(v)}" for d, v in pairs.items())
+        self.fates.append(Fate(key, value, MAPPED, shown + (f"  ({note})" if note else "")))
+
+    def drop(self, key: str, value, why: str):
+        self.fates.append(Fate(key, value, DROPPED, why))
+
+    def no(self, key: str, value, why: str):
+        self.fates.append(Fate(key, value, NOT, why))
+
+    def default(self, dotted: str, value, why: str):
+        """A tool's implicit default made explicit, unless the recipe already sets the key."""
+        if self.get(dotted) is None:
+            self.put(dotted, value)
+            self.fates.append(Fate("(default)", None, DEFAULT, f"{dotted}: {render(value)}  ({why})"))
+
+    @property
+    def untranslated(self) -> list[Fate]:
+        return [f for f in self.fates if f.kind == NOT]
+
+    # --- applying a table
+
+    def apply(self, key: str, value, rule, fallback: Callable | None = None):
+        if rule is None:
+            if fallback is not None:
+                return fallback(self, key, value)
+            return self.no(key, value, f"not an option posttrain knows for {self.tool}; translate it by hand")
+        if isinstance(rule, DropIf):
+            if value == rule.value and type(value) is type(rule.value):
+                return self.drop(key, value, rule.why)
+            return self.apply(key, value, rule.otherwise, fallback)
+        if isinstance(rule, To):
+            new = rule.value(value) if rule.value else value
+            if isinstance(new, dict) and all("." in k for k in new):
+                return self.map(key, value, "*", new, rule.note)
+            return self.map(key, value, rule.target, new, rule.note)
+        if isinstance(rule, Drop):
+            return self.drop(key, value, rule.why)
+        if isinstance(rule, No):
+            return self.no(key, value, rule.why)
+        if isinstance(rule, Call):
+            return rule.fn(self, key, value)
+        raise TypeError(f"not a rule: {rule!r}")
+
+
+def render(value) -> str:
+    if isinstance(value, str) and "\n" in value:
+        return f"<{len(value.splitlines())} lines>"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True).strip()
+    return text.removesuffix("...").strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
+          "float32": "fp32", "fp32": "fp32", "float": "fp32", "auto": "auto"}
+
+
+def dtype(v):
+    return DTYPES.get(str(v).removeprefix("torch."), v)
+
+
+# chat template names (LLaMA-Factory `template:`, axolotl `chat_template:`) -> a .jinja shipped with posttrain
+TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja",
+                  "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
+# names that mean "the tokenizer's own template"
+TOKENIZER_TEMPLATE = {"tokenizer_default", "tokenizer_default_fallback_chatml"}  # axolotl's names
+
+
+def chat_template(conv: Conversion, key: str, value):
+    """A template name (or inline Jinja) -> model.chat_template holding the text of a shipped .jinja."""
+    if not isinstance(value, str):
+        return conv.no(key, value, "expected a template name or Jinja text")
+    if "{%" in value or "{{" in value:
+        return conv.map(key, "<inline Jinja>", "model.chat_template", value)
+    if value in TOKENIZER_TEMPLATE:
+        return conv.drop(key, value, "the tokenizer's own chat template is what posttrain uses when "
+                                     "model.chat_template is unset")
+    name = TEMPLATE_FILES.get(value)
+    if name is None:
+        return conv.no(key, value, f"no template named '{value}' ships with posttrain (it has "
+                                   f"{', '.join(sorted(TEMPLATE_FILES))}); the tokenizer's own template is used — "
+                                   "if it has none, set model.chat_template to a .jinja file")
+    text = (TEMPLATES_DIR / name).read_text(encoding="utf-8")
+    conv.map(key, value, "model.chat_template", text, note=f"posttrain's templates/{name}, inlined")
+
+
+def launcher(kind: str) -> str:
+    return f"recipes/accelerate/{kind}.yaml"
+
+
+def _launch_line(config: str) -> str:
+    return f"run `accelerate launch --config_file {config} -m posttrain train OUT`"
+
+
+def deepspeed(conv: Conversion, key: str, value):
+    """A DeepSpeed config (file or mapping) -> which accelerate config to launch with."""
+    text = str(value).lower()
+    stage = None
+    if isinstance(value, dict):
+        stage = (value.get("zero_optimization") or {}).get("stage")
+    else:
+        m = re.search(r"(?:zero|z)[_-]?(\d)", text)
+        stage = int(m.group(1)) if m else None
+    name = {3: "deepspeed_zero3", 2: "deepspeed_zero2"}.get(stage, "ddp" if stage in (0, 1) else "deepspeed_zero3")
+    conv.drop(key, value, f"launcher setting; {_launch_line(launcher(name))}")
+
+
+def fsdp(conv: Conversion, key: str, value):
+    if value in (None, "", [], {}, False):
+        return conv.drop(key, value, "empty: no FSDP")
+    conv.drop(key, value, f"launcher setting; {_launch_line(launcher('fsdp'))} (sharding and wrapping are in "
+                          "that file)")
+
+
+def report_to(conv: Conversion, key: str, value):
+    names = [value] if isinstance(value, str) else list(value or [])
+    conv.map(key, value, "training.report_to", names if len(names) != 1 else names[0])
+
+
+def warmup_ratio(conv: Conversion, key: str, value):
+    if not value:
+        return conv.map(key, value, "training.warmup_steps", 0)
+    conv.map(key, value, "training.warmup_steps", value, note="a value below 1 is a ratio of the total steps")
+
+
+# Hugging Face TrainingArguments names that TRL scripts, LLaMA-Factory and axolotl share, where posttrain
+# spells or handles them differently. Any other TrainingArguments field goes through `training_field`.
+TRAINING_ARGS = {
+    "output_dir": To("output_dir"),
+    "overwrite_output_dir": Drop("run-time flag: `posttrain train OUT --overwrite` replaces an existing run"),
+    "do_train": DropIf(True, "`posttrain train` always trains", No("do_train: false trains nothing; nothing "
+                                                                     "to convert")),
+    "do_eval": Call(lambda c, k, v: c.drop(k, v, "posttrain evaluates whenever there is eval data") if v
+                    else c.map(k, v, "training.do_eval", False, note="no evaluation although eval data exists")),
+    "do_predict": DropIf(False, "posttrain runs no prediction", No("posttrain runs no prediction; use "
+                                                                   "`posttrain generate RUN_DIR --prompt ...`")),
+    "max_length": To("data.max_length"),
+    "max_seq_length": To("data.max_length"),
+    "dataset_num_proc": To("data.num_proc"),
+    "pad_to_multiple_of": To("data.pad_to_multiple_of"),
+    "warmup_ratio": Call(warmup_ratio),
+    "evaluation_strategy": To("training.eval_strategy"),
+    "report_to": Call(report_to),
+    "remove_unused_columns": Drop("posttrain prepares the dataset itself and hands the trainer the columns it "
+                                  "reads"),
+    "resume_from_checkpoint": Call(lambda c, k, v: c.drop(k, v, "run-time flag: `posttrain train OUT --resume` "
+                                                                "continues from the newest checkpoint")),
+    "local_rank": Drop("set by the launcher (torchrun / accelerate launch)"),
+    "deepspeed": Call(deepspeed),
+    "fsdp": Call(fsdp),
+    "fsdp_config": Call(fsdp),
+    "hub_token": No("secrets never go in a recipe; set HF_TOKEN in the environment"),
+    "logging_dir": Drop("transformers 5 writes logs under output_dir"),
+    "log_level": Drop("posttrain sets its own log level (the CLI prints what matters)"),
+    "dataset_kwargs": Drop("posttrain tokenizes the rows itself (each row as written, EOS appended and trained); "
+                           "TRL's dataset preparation is not used"),
+    "gradient_checkpointing_kwargs": To("training.gradient_checkpointing_kwargs"),
+    "use_liger_kernel": To("training.use_liger_kernel"),
+}
+
+
+def training_field(conv: Conversion, key: str, value):
+    """Any other key: a field of the stage's TRL config (passed through), else NOT TRANSLATED with the
+    foreign-name hint when there is one."""
+    if key in TRAINING_ARGS:
+        return conv.apply(key, value, TRAINING_ARGS[key])
+    opt = options.classify(conv.stage, "training", key)
+    if opt.kind == options.PASSED:
+        return conv.map(key, value, f"training.{key}")
+    if opt.kind in (options.MANAGED, options.REFUSED):
+        return conv.no(key, value, f"posttrain {'sets it itself' if opt.kind == options.MANAGED else 'refuses it'}: "
+                                   f"{opt.note}")
+    hint = options.foreign_hint(key, value).removeprefix("; ")
+    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}" + (f"; {hint}" if hint else
+                                                                                   "; translate it by hand"))
+
+
+def empty(value) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def walk(conv: Conversion, items, table: dict, fallback: Callable | None = training_field):
+    """Apply `table` to (key, value) pairs; an empty value is dropped (the tool's default applies, and where
+    posttrain's default differs the tool module states it with conv.default)."""
+    for key, value in items:
+        rule = table.get(key)
+        if empty(value) and not (isinstance(rule, Call) and rule.empty_ok):
+            conv.drop(key, value, "empty: not set")
+            continue
+        conv.apply(key, value, rule, fallback)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+ORDER = ("stage", "model", "data", "peft", "quantization", "reward_model", "ref_model", "value_model", "rewards",
+         "training", "output_dir")
+
+
+def recipe_text(conv: Conversion, out: Path) -> str:
+    recipe = {k: conv.recipe[k] for k in ORDER if k in conv.recipe}
+    recipe.update({k: v for k, v in conv.recipe.items() if k not in recipe})
+    head = [f"# Converted by `posttrain convert` from {conv.source} ({conv.tool} config).",
+            "# Every key's fate was printed by the command; the tool's implicit defaults are written out below.",
+            f"# Check: posttrain validate {out}    Run: posttrain train {out}"]
+    defaults = [f for f in conv.fates if f.kind == DEFAULT]
+    if defaults:
+        head += [f"# Made explicit ({conv.tool}'s implicit defaults, so the run is the one the source config meant):"]
+        head += [f"#   {f.text}" for f in defaults]
+    for f in conv.untranslated:
+        head.append(f"# NOT TRANSLATED: {f.key}: {render(f.value)} -- {f.text}")
+    body = yaml.dump(recipe, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    return "\n".join(head) + "\n" + body
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (chat templates) as literal blocks, so the recipe reads as the template does."""
+
+
+def _str(dumper, value):
+    style = "|" if "\n" in value and all(line == line.rstrip() for line in value.splitlines()) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def fate_lines(conv: Conversion) -> list[str]:
+    width = min(34, max((len(f.key) for f in conv.fates), default=10))
+    marks = {MAPPED: "->", DEFAULT: "+ ", DROPPED: "dropped:", NOT: "NOT TRANSLATED:"}
+    lines = []
+    for f in conv.fates:
+        shown = f.key if f.kind == DEFAULT else f"{f.key}: {render(f.value)}"
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        text = f.text if len(f.text) <= 240 else f.text[:237] + "..."  # the whole value is in the recipe
+        lines.append(f"  {shown:<{width + 12}} {marks[f.kind]} {text}")
+    return lines
+
+
+def stage_rules(conv: Conversion):
+    """Settings the source tool accepted that the posttrain stage (TRL 1.12) refuses: the key's fate becomes NOT
+    TRANSLATED, saying why, so the user sees it here rather than at validate."""
+    batch = conv.get("training.per_device_train_batch_size")
+    if conv.stage == "kto" and isinstance(batch, int) and batch < 2:
+        for f in conv.fates:
+            if f.kind == MAPPED and "training.per_device_train_batch_size" in f.text:
+                f.kind = NOT
+                f.text = (f"training.per_device_train_batch_size: {batch} -- TRL's KTO estimates its KL term from the "
+                          "other rows of a batch: use at least 2 (or training.loss_type: apo_zero_unpaired)")

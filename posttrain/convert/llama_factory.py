@@ -1,0 +1,464 @@
+"""LLaMA-Factory training YAML (`llamafactory-cli train x.yaml`).
+
+Keys: LLaMA-Factory's hparams dataclasses (src/llamafactory/hparams/: ModelArguments, DataArguments,
+FinetuningArguments with its LoRA/freeze/RLHF fields, GeneratingArguments) plus transformers'
+Seq2SeqTrainingArguments (passed through to the stage's TRL config where posttrain has the field).
+
+Implicit defaults made explicit (finetuning_args.py / data_args.py / model loader):
+- lora_alpha = 2 x lora_rank when unset (`self.lora_alpha = self.lora_alpha or self.lora_rank * 2`);
+  lora_rank 8, lora_dropout 0.0, lora_target "all" (every linear layer but the head);
+- cutoff_len 2048 (posttrain's data.max_length default is 1024);
+- QLoRA (quantization_bit 4, bitsandbytes): nf4, double quantization on, compute dtype = the training
+  precision (bf16/fp16, else float32);
+- every dataset is rendered through the `template`, alpaca rows too (so `data.template: chat`);
+  the prompt is masked (train_on_prompt false) and every assistant turn trained (mask_history false).
+Datasets are names in `dataset_info.json` (in `dataset_dir`, default `data`); it is read when it sits
+beside the config (or in dataset_dir relative to it or to the current directory).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from posttrain.convert.core import (
+    LATER,
+    Call,
+    Conversion,
+    Drop,
+    DropIf,
+    No,
+    To,
+    chat_template,
+    dtype,
+    training_field,
+    walk,
+)
+
+STAGES = {"sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "kto", "ppo": "ppo"}
+FORMATS = {"sft": "alpaca", "reward": "preference", "dpo": "preference", "orpo": "preference", "kto": "unpaired",
+           "ppo": "prompt"}
+
+
+
+NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+              "quantization_bit", "quantization_method", "quantization_type", "double_quantization", "dataset",
+              "eval_dataset", "dataset_dir", "max_samples", "val_size", "template", "cutoff_len", "additional_target",
+              "use_rslora", "use_dora", "pissa_init", "bf16", "fp16")
+
+GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
+
+TABLE = {
+    **{k: LATER for k in NEIGHBOURS},
+    # ModelArguments
+    "model_name_or_path": To("model.name_or_path"),
+    "model_revision": To("model.revision"),
+    "trust_remote_code": To("model.trust_remote_code"),
+    "cache_dir": Drop("the Hugging Face cache (HF_HOME) is used"),
+    "use_fast_tokenizer": DropIf(True, "the fast tokenizer is what transformers loads", No("posttrain loads the "
+                                                                                           "fast tokenizer")),
+    "infer_dtype": To("model.dtype", dtype),
+    "attn": Call(lambda c, k, v: TABLE["flash_attn"].fn(c, k, v)),  # newer LLaMA-Factory's name for flash_attn
+    "enable_liger_kernel": To("training.use_liger_kernel"),
+    "flash_attn": Call(lambda c, k, v: {"fa2": lambda: c.map(k, v, "model.attn_implementation", "flash_attention_2"),
+                                        "sdpa": lambda: c.map(k, v, "model.attn_implementation", "sdpa"),
+                                        "disabled": lambda: c.map(k, v, "model.attn_implementation", "eager"),
+                                        "auto": lambda: c.drop(k, v, "transformers picks the attention (sdpa where it "
+                                                                     "can), as posttrain does")}.get(
+        str(v), lambda: c.no(k, v, "one of auto, fa2, sdpa, disabled"))()),
+    "disable_gradient_checkpointing": Call(lambda c, k, v: c.map(k, v, "training.gradient_checkpointing", not v)),
+    "use_reentrant_gc": DropIf(True, "reentrant checkpointing is transformers' default too",
+                               To("training.gradient_checkpointing_kwargs", lambda v: {"use_reentrant": v})),
+    "use_unsloth": DropIf(False, "false", No("posttrain trains with TRL's trainers, not Unsloth's")),
+    "use_liger_kernel": To("training.use_liger_kernel"),
+    "low_cpu_mem_usage": Drop("transformers 5 always loads with low memory use"),
+    "hf_hub_token": No("secrets never go in a recipe; set HF_TOKEN in the environment"),
+    "ms_hub_token": No("secrets never go in a recipe; posttrain reads the Hugging Face hub only"),
+    "print_param_status": Drop("a debug print; posttrain logs the trainable parameter count"),
+    "adapter_name_or_path": No("posttrain trains a new adapter; merge this one first (`posttrain merge RUN_DIR`) and "
+                               "use the merged model as model.name_or_path"),
+    "create_new_adapter": DropIf(False, "false", No("posttrain always trains a new adapter")),
+    "rope_scaling": No("posttrain cannot set RoPE scaling; use a model whose config.json sets it"),
+    "shift_attn": DropIf(False, "false", No("posttrain cannot use shifted-sparse attention")),
+    "upcast_layernorm": DropIf(False, "false", No("posttrain cannot upcast only the layer norms; model.dtype: fp32 "
+                                                  "keeps every layer in float32")),
+    "resize_vocab": DropIf(False, "false", No("posttrain does not resize the vocabulary")),
+    "new_special_tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them "
+                             "(model.tokenizer)"),
+    "split_special_tokens": DropIf(False, "special tokens are kept whole, as posttrain does",
+                                   No("posttrain keeps special tokens whole")),
+    "train_from_scratch": DropIf(False, "false", No("posttrain fine-tunes pretrained weights")),
+    # DataArguments
+    "train_on_prompt": DropIf(False, "the prompt is masked, as posttrain does by default",
+                              To("data.train_on", lambda v: "all")),
+    "mask_history": DropIf(False, "every assistant turn is trained, as posttrain does by default (train_on: "
+                                  "assistant)", To("data.train_on", lambda v: "last_assistant")),
+    "overwrite_cache": Drop("the datasets cache is keyed on the data and settings"),
+    "preprocessing_num_workers": To("data.num_proc"),
+    "preprocessing_batch_size": Drop("a datasets.map batch size; it does not change the rows"),
+    "packing": Call(lambda c, k, v: c.map(k, v, "training.packing", bool(v)) if c.stage == "sft" and v else
+                    c.drop(k, v, "false: not packed") if not v else c.no(k, v, "packing is sft only")),
+    "neat_packing": Call(lambda c, k, v: c.map(k, v, "training.packing", True, note="posttrain's packing never "
+                                                                                    "attends across rows, as "
+                                                                                    "neat_packing")
+                         if v else c.drop(k, v, "false")),
+    "mix_strategy": DropIf("concat", "data.train lists are concatenated (and shuffled)",
+                           No("posttrain concatenates mixtures; per-source `weight:` sets the proportions")),
+    "interleave_probs": No("set `weight:` on each data.train entry"),
+    "streaming": DropIf(False, "false", No("posttrain loads datasets, it cannot stream them")),
+    "buffer_size": Drop("a streaming setting"),
+    "tokenized_path": No("posttrain tokenizes once per run (datasets caches it); it reads no pre-tokenized data"),
+    "eval_on_each_dataset": DropIf(False, "false", No("posttrain evaluates the mixture as one eval set")),
+    "ignore_pad_token_for_loss": DropIf(True, "padding is masked from the loss, as posttrain does (by position)",
+                                        No("posttrain always masks padding")),
+    "default_system": No("put the system turn in the data or in the chat template (model.chat_template)"),
+    "enable_thinking": No("add a per-row `chat_template_kwargs` column ({enable_thinking: ...}) to the data"),
+    "tool_format": No("posttrain renders tools through the tokenizer's chat template"),
+    # FinetuningArguments
+    "pref_beta": To("training.beta"),
+    "pref_ftx": DropIf(0, "0: no SFT term", No("TRL 1.12's DPOConfig has no SFT loss term")),
+    "dpo_label_smoothing": To("training.label_smoothing"),
+    "kto_chosen_weight": To("training.desirable_weight"),
+    "kto_rejected_weight": To("training.undesirable_weight"),
+    "simpo_gamma": Drop("a SimPO setting (pref_loss: simpo is not translated)"),
+    "ppo_epochs": To("training.num_ppo_epochs"),
+    "ppo_whiten_rewards": To("training.whiten_rewards"),
+    "ppo_score_norm": DropIf(False, "false", No("TRL's PPO does not normalise scores")),
+    "ppo_target": No("TRL's PPO uses a fixed training.kl_coef (no adaptive KL target)"),
+    "ppo_buffer_size": No("TRL's PPO sets its rollout batch from the batch sizes (num_mini_batches)"),
+    "reward_model": To("reward_model"),
+    "reward_model_type": DropIf("full", "a full reward model, as posttrain's reward_model",
+                                No("posttrain's PPO needs a full sequence-classification reward model "
+                                   "(a reward stage's run directory)")),
+    "ref_model": To("ref_model"),
+    "plot_loss": Drop("`posttrain report RUN_DIR` draws the loss curves after training"),
+    "compute_accuracy": DropIf(False, "false", No("posttrain computes no token accuracy")),
+    "disable_shuffling": DropIf(False, "rows are shuffled, as posttrain does", No("posttrain always shuffles")),
+    "include_effective_tokens_per_second": Drop("a throughput log; posttrain logs tokens seen in the manifest"),
+    "use_llama_pro": DropIf(False, "false", No("posttrain cannot do block expansion")),
+    "use_galore": DropIf(False, "false", To("training.optim", lambda v: "galore_adamw")),
+    "use_badam": DropIf(False, "false", No("posttrain cannot use BAdam")),
+    "use_apollo": DropIf(False, "false", No("posttrain cannot use APOLLO")),
+    "use_adam_mini": DropIf(False, "false", No("posttrain cannot use Adam-mini")),
+    "loraplus_lr_ratio": No("posttrain cannot express LoRA+ (a higher learning rate for the B matrices)"),
+    "loraplus_lr_embedding": No("posttrain cannot express LoRA+"),
+    "freeze_trainable_layers": No("freeze training is not translated (see finetuning_type)"),
+    "freeze_trainable_modules": No("freeze training is not translated (see finetuning_type)"),
+    "freeze_extra_modules": No("freeze training is not translated (see finetuning_type)"),
+    "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
+    "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
+    "ld_alpha": To("training.ld_alpha"),
+    "ref_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
+                             "ref_model"),
+    "reward_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
+                                "reward_model"),
+    "ref_model_quantization_bit": No("posttrain loads the reference model unquantized"),
+    "reward_model_quantization_bit": No("posttrain loads the reward model unquantized"),
+    "pure_bf16": DropIf(False, "false", To("model.dtype", lambda v: "bf16", note="bf16 weights (set training.bf16: "
+                                                                                  "false for no autocast)")),
+    "pissa_iter": Drop("a PiSSA detail; peft's default iteration count applies"),
+    "pissa_convert": DropIf(False, "false", No("posttrain saves the PiSSA adapter as trained")),
+    # GeneratingArguments
+    **{k: Drop(GEN) for k in ("do_sample", "top_p", "top_k", "num_beams", "repetition_penalty", "length_penalty",
+                              "skip_special_tokens", "max_length")},
+    "temperature": Call(lambda c, k, v: c.map(k, v, "training.temperature") if c.stage == "ppo" else c.drop(k, v, GEN)),
+    "max_new_tokens": Call(lambda c, k, v: c.map(k, v, "training.response_length") if c.stage == "ppo"
+                           else c.drop(k, v, GEN)),
+}
+
+
+# option groups used only with their switch (use_galore: galore_*, ...)
+GROUPS = {"galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam", "swanlab_": "use_swanlab",
+          "oft_": "finetuning_type", "module_dropout": "finetuning_type"}
+
+
+def _fallback(conv: Conversion, key: str, value):
+    for prefix, switch in GROUPS.items():
+        if key.startswith(prefix):
+            on = conv.raw.get(switch) == "oft" if switch == "finetuning_type" else conv.raw.get(switch)
+            return (conv.no(key, value, f"used with {switch}, which posttrain cannot express") if on else
+                    conv.drop(key, value, f"used only with {switch}, which is not set"))
+    return training_field(conv, key, value)
+
+
+def looks_like(raw: dict) -> bool:
+    return raw.get("stage") in ("pt", "sft", "rm", "ppo", "dpo", "kto") and "model" not in raw or \
+        any(k in raw for k in ("finetuning_type", "cutoff_len", "lora_target", "template")) and "dataset" in raw
+
+
+def _stage(conv: Conversion):
+    raw = conv.raw
+    st = raw.get("stage", "sft")
+    if st == "pt":
+        conv.no("stage", st, "pre-training on raw text: posttrain has no raw-text format (converted as sft; give "
+                             "the rows as prompt_completion or messages)")
+        return "sft"
+    if st not in STAGES:
+        conv.no("stage", st, "not a LLaMA-Factory stage posttrain knows")
+        return "sft"
+    stage = STAGES[st]
+    loss = raw.get("pref_loss", "sigmoid")
+    if stage == "dpo" and loss == "orpo":
+        stage = "orpo"
+        conv.map("stage", st, "stage", "orpo", note="pref_loss: orpo")
+        conv.drop("pref_loss", loss, "ORPO is its own stage in posttrain (no reference model)")
+        return stage
+    conv.map("stage", st, "stage", stage)
+    if "pref_loss" in raw:
+        if stage != "dpo":
+            conv.drop("pref_loss", loss, f"not used by stage {stage}")
+        elif loss == "simpo":
+            conv.no("pref_loss", loss, "SimPO is TRL's CPO trainer, not a posttrain stage yet")
+        else:
+            conv.map("pref_loss", loss, "training.loss_type")
+    return stage
+
+
+def _peft(conv: Conversion):
+    raw = conv.raw
+    ft = raw.get("finetuning_type", "lora")
+    keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora",
+            "pissa_init")
+    if ft == "full":
+        if "finetuning_type" in raw:
+            conv.drop("finetuning_type", ft, "full fine-tuning: a recipe without `peft:` fine-tunes every parameter")
+        for k in keys:
+            if k in raw:
+                conv.drop(k, raw[k], "finetuning_type full: LoRA settings unused")
+        return False
+    if ft != "lora":
+        for k in keys + ("quantization_bit", "quantization_method", "quantization_type", "double_quantization"):
+            if k in raw:
+                conv.drop(k, raw[k], f"finetuning_type {ft}: LoRA/QLoRA settings unused")
+        conv.no("finetuning_type", ft, "posttrain cannot express it: freeze trains only some layers; a recipe "
+                                       "without `peft:` would train every layer instead (closest: LoRA on those "
+                                       "layers with peft.layers_to_transform). Converted as full fine-tuning"
+                if ft == "freeze" else "posttrain trains LoRA adapters only; converted as full fine-tuning")
+        return False
+    if "finetuning_type" in raw:
+        conv.drop("finetuning_type", ft, "the `peft:` section is the LoRA setting")
+    rank = raw.get("lora_rank", 8)
+    for k, target in (("lora_rank", "peft.r"), ("lora_alpha", "peft.lora_alpha"),
+                      ("lora_dropout", "peft.lora_dropout"), ("use_rslora", "peft.use_rslora"),
+                      ("use_dora", "peft.use_dora"), ("additional_target", "peft.modules_to_save")):
+        if k in raw and raw[k] is not None:
+            v = raw[k]
+            if k == "additional_target" and isinstance(v, str):
+                v = [m.strip() for m in v.split(",") if m.strip()]
+            conv.map(k, raw[k], target, v)
+    if "lora_target" in raw:
+        t = raw["lora_target"]
+        names = [m.strip() for m in t.split(",")] if isinstance(t, str) else list(t)
+        conv.map("lora_target", t, "peft.target_modules", "all-linear" if names == ["all"] else names,
+                 note="all: every linear layer but the output head" if names == ["all"] else "")
+    if raw.get("pissa_init"):
+        conv.map("pissa_init", True, "peft.init_lora_weights", "pissa")
+    elif "pissa_init" in raw:
+        conv.drop("pissa_init", raw["pissa_init"], "false")
+    conv.default("peft.r", 8, "LLaMA-Factory: lora_rank 8")
+    conv.default("peft.lora_alpha", 2 * rank, "LLaMA-Factory: lora_alpha defaults to 2 x lora_rank")
+    conv.default("peft.lora_dropout", 0.0, "LLaMA-Factory: lora_dropout 0.0 (peft's default too)")
+    conv.default("peft.target_modules", "all-linear", "LLaMA-Factory: lora_target all")
+    bits = raw.get("quantization_bit")
+    method = raw.get("quantization_method", "bitsandbytes")
+    if "quantization_method" in raw:
+        (conv.drop if method in ("bitsandbytes", "bnb") else conv.no)(
+            "quantization_method", method, "bitsandbytes: the `quantization:` section"
+            if method in ("bitsandbytes", "bnb") else "posttrain quantizes with bitsandbytes only")
+    if bits in (4, 8):
+        conv.map("quantization_bit", bits, f"quantization.load_in_{bits}bit", True)
+        if bits == 4:
+            qt = raw.get("quantization_type", "nf4")
+            if "quantization_type" in raw:
+                conv.map("quantization_type", qt, "quantization.bnb_4bit_quant_type")
+            conv.default("quantization.bnb_4bit_quant_type", "nf4", "LLaMA-Factory: quantization_type nf4")
+            if "double_quantization" in raw:
+                conv.map("double_quantization", raw["double_quantization"], "quantization.bnb_4bit_use_double_quant")
+            conv.default("quantization.bnb_4bit_use_double_quant", True, "LLaMA-Factory: double_quantization true")
+            compute = "bfloat16" if raw.get("bf16") else "float16" if raw.get("fp16") else None
+            if compute:  # without bf16/fp16 LLaMA-Factory infers it from the device, as posttrain's default does
+                conv.default("quantization.bnb_4bit_compute_dtype", compute,
+                             "LLaMA-Factory: 4-bit compute dtype = the training precision")
+        for k in ("quantization_type", "double_quantization"):
+            if bits == 8 and k in raw:
+                conv.drop(k, raw[k], "4-bit only")
+    elif bits is not None:
+        conv.no("quantization_bit", bits, "posttrain quantizes to 4 or 8 bits (bitsandbytes)")
+    else:
+        for k in ("quantization_type", "double_quantization"):
+            if k in raw:
+                conv.drop(k, raw[k], "the model is not quantized (no quantization_bit)")
+    return True
+
+
+def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None]:
+    d = conv.raw.get("dataset_dir", "data")
+    here = conv.source.parent
+    for folder in (here, here / d, Path(d)):
+        f = folder / "dataset_info.json"
+        if f.is_file():
+            try:
+                return json.loads(f.read_text(encoding="utf-8")), folder
+            except (OSError, ValueError):
+                return None, None
+    return None, None
+
+
+def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice_: str) -> tuple[dict, str, str]:
+    """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or '')."""
+    entry = (info or {}).get(name)
+    if entry is None:
+        if "/" in name:
+            return {"source": name, "split": f"train{slice_}"}, "", ""
+        return {"source": name}, "", (f"'{name}' is not in dataset_info.json" if info is not None else
+                                      f"dataset '{name}': no dataset_info.json beside the config (or in "
+                                      "dataset_dir) to look it up; set data.train to its hub id or file")
+    if entry.get("hf_hub_url"):
+        src = {"source": entry["hf_hub_url"]}
+    elif entry.get("file_name"):
+        src = {"source": str(folder / entry["file_name"])}
+    else:
+        return {"source": name}, "", f"dataset '{name}' is on ModelScope/Modelers only; posttrain reads the " \
+                                     "Hugging Face hub and local files"
+    if entry.get("subset"):
+        src["name"] = entry["subset"]
+    src["split"] = entry.get("split", "train") + slice_
+    cols = entry.get("columns") or {}
+    tags = entry.get("tags") or {}
+    formatting = entry.get("formatting", "alpaca")
+    ranking = bool(entry.get("ranking"))
+    cmap: dict[str, str] = {}
+    problem = ""
+    if formatting == "sharegpt":
+        messages = cols.get("messages", "conversations")
+        openai = tags.get("role_tag") == "role"
+        fmt = "messages" if openai else "sharegpt"
+        if ranking:
+            fmt = "preference"
+            cmap[messages] = "prompt"
+        elif messages != ("messages" if openai else "conversations"):
+            cmap[messages] = "messages" if openai else "conversations"
+        if stage == "kto":
+            problem = f"dataset '{name}': KTO rows as conversations with a tag; posttrain's unpaired rows are " \
+                      "{prompt, completion, label}"
+        if cols.get("tools") or cols.get("images") or cols.get("videos") or cols.get("audios"):
+            problem = f"dataset '{name}': tools/images/videos/audios columns are not translated"
+    elif stage == "ppo" and not ranking:
+        fmt = "prompt"
+        col = cols.get("prompt", "instruction")
+        cmap[col] = "prompt"
+        problem = f"dataset '{name}': LLaMA-Factory's PPO prompt is the instruction followed by the input; " \
+                  "posttrain's prompt rows take one column (the instruction), so an input would be left out"
+    else:
+        fmt = "preference" if ranking else "unpaired" if stage == "kto" else "alpaca"
+        names = {"prompt": "instruction", "query": "input", "response": "output"}
+        if ranking:
+            names = {"prompt": "prompt"}
+        if stage == "kto":
+            names = {"prompt": "prompt", "response": "completion", "kto_tag": "label"}
+        for theirs, ours in names.items():
+            col = cols.get(theirs, ours if theirs != "prompt" or not ranking else "instruction")
+            if col != ours:
+                cmap[col] = ours
+        if cols.get("system") or cols.get("history"):
+            problem = f"dataset '{name}': system/history columns are not translated"
+        if ranking and cols.get("query"):
+            problem = f"dataset '{name}': a query column on preference rows is not translated"
+    if cmap:
+        src["column_map"] = cmap
+    return src, fmt, problem
+
+
+def _data(conv: Conversion):
+    raw = conv.raw
+    info, folder = _dataset_info(conv)
+    n = raw.get("max_samples")
+    slice_ = f"[:{n}]" if n else ""
+    for split_key, dotted in (("dataset", "data.train"), ("eval_dataset", "data.eval")):
+        value = raw.get(split_key)
+        if value is None:
+            if split_key == "dataset":
+                conv.no("(dataset)", None, "no dataset: set data.train")
+                conv.put("data.train", "SET-ME")
+            continue
+        names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+        srcs = [_source(nm, info, folder, conv.stage, slice_ if split_key == "dataset" else "") for nm in names]
+        fmts = {f for _, f, _ in srcs if f}
+        problems = [p for _, _, p in srcs if p]
+        if len(srcs) == 1:
+            src, fmt, _ = srcs[0]
+            new = {dotted: src["source"]}
+            split_name = "data.split" if split_key == "dataset" else "data.eval_split"
+            if src.get("split", "train") != "train":
+                new[split_name] = src["split"]
+            if src.get("name"):
+                new["data.name"] = src["name"]
+            if src.get("column_map"):
+                new["data.column_map"] = src["column_map"]
+        else:
+            new = {dotted: srcs and [s for s, _, _ in srcs]}
+        fmt = _mixture_format(conv.stage, fmts)
+        for s, f, _ in srcs:
+            if len(srcs) > 1 and f and f != fmt:
+                s["format"] = f
+        if split_key == "dataset":
+            new["data.format"] = fmt
+        if problems:
+            conv.put(dotted, new.pop(dotted))
+            for k, v in new.items():
+                conv.put(k, v)
+            conv.no(split_key, value, "; ".join(problems))
+        else:
+            note = "names read from dataset_info.json" if info is not None else ""
+            if n and split_key == "dataset":
+                note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
+            conv.map(split_key, value, "*", new, note=note)
+    if n and "dataset" in raw:
+        conv.drop("max_samples", n, "in each data.train split slice above")
+    elif "max_samples" in raw:
+        conv.drop("max_samples", n, "every row" if n is None else "no dataset")
+    for k in ("dataset_dir",):
+        if k in raw:
+            conv.drop(k, raw[k], "where dataset_info.json was looked up; the paths above include it")
+    if "val_size" in raw:
+        v = raw["val_size"]
+        if v:
+            conv.map("val_size", v, "data.eval_fraction", int(v) if isinstance(v, float) and v >= 1 else v)
+        else:
+            conv.drop("val_size", v, "0: no eval split")
+    fmt = conv.get("data.format")
+    if conv.raw.get("template") is not None:
+        chat_template(conv, "template", raw["template"])
+        if fmt in ("alpaca", "prompt_completion", "preference", "prompt"):
+            conv.default("data.template", "chat", "LLaMA-Factory renders every row through the template")
+    cutoff = raw.get("cutoff_len")
+    if cutoff is not None:
+        conv.map("cutoff_len", cutoff, "data.max_length")
+    else:
+        conv.default("data.max_length", 2048, "LLaMA-Factory: cutoff_len 2048")
+
+
+def _mixture_format(stage: str, fmts: set[str]) -> str:
+    if stage == "sft":
+        if fmts <= {"alpaca"}:
+            return "alpaca"
+        return "messages"
+    return FORMATS.get(stage, "alpaca")
+
+
+def convert(conv: Conversion, text: str):
+    conv.stage = _stage(conv)
+    conv.put("stage", conv.stage)
+    walk(conv, conv.raw.items(), TABLE, _fallback)
+    for k in ("bf16", "fp16"):
+        if k in conv.raw:
+            training_field(conv, k, conv.raw[k])
+    _peft(conv)
+    _data(conv)
+    if conv.stage == "ppo" and "reward_model_type" not in conv.raw:
+        conv.no("(reward_model_type)", "lora", "LLaMA-Factory's default reward_model_type is lora (an adapter); "
+                                               "posttrain's PPO needs a whole scoring model: `posttrain merge` the "
+                                               "reward run, or train it with posttrain's reward stage")
+    if conv.get("model.name_or_path") is None:
+        conv.no("(model)", None, "no model_name_or_path: set model.name_or_path")
+        conv.put("model.name_or_path", "SET-ME")

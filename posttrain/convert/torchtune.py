@@ -1,0 +1,305 @@
+"""torchtune YAML (`tune run <recipe> --config x.yaml`).
+
+A torchtune config names components (`_component_`) with their arguments; each nested key is converted
+by its dotted name (`optimizer.lr`, `model.lora_rank`, ...). The recipe (sft, dpo) comes from the
+`tune run` line of the config's header comment, else from the loss and dataset components.
+
+Implicit defaults made explicit (torchtune's recipes and builders):
+- the Alpaca builders train the prompt (`train_on_input: bool = True`): `data.train_on: all`;
+- the recipes clip no gradients unless `clip_grad_norm` is set: `training.max_grad_norm: 0` (TRL: 1.0);
+- no lr_scheduler means a constant learning rate (TRL: linear decay);
+- torch.optim.AdamW's weight_decay is 0.01 (TRL: 0.0);
+- `seed: null` draws a random seed (posttrain uses training.seed, default 42).
+"""
+
+from __future__ import annotations
+
+import re
+
+from posttrain.convert.core import Call, Conversion, Drop, DropIf, No, To, dtype, empty
+from posttrain.util import as_number
+
+# torchtune module names -> Hugging Face module names (Llama/Qwen/Mistral/Gemma layouts)
+ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj"}
+MLP = ["gate_proj", "up_proj", "down_proj"]
+SE_PAIRED = {"question": "prompt", "response_j": "chosen", "response_k": "rejected"}
+DATASETS = {  # builder -> (hub id, posttrain format, trains the prompt by default, column_map)
+    "alpaca_dataset": ("tatsu-lab/alpaca", "alpaca", True, None),
+    "alpaca_cleaned_dataset": ("yahma/alpaca-cleaned", "alpaca", True, None),
+    "slimorca_dataset": ("Open-Orca/SlimOrca-Dedup", "messages", False, None),
+    "stack_exchange_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False, SE_PAIRED),
+    "stack_exchanged_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False, SE_PAIRED),
+    "hh_rlhf_helpful_dataset": ("RLHFlow/HH-RLHF-Helpful-standard", "preference", False, None),
+}
+OPTIMIZERS = {"torch.optim.AdamW": "adamw_torch", "torch.optim.Adam": "adamw_torch", "torch.optim.SGD": "sgd",
+              "bitsandbytes.optim.PagedAdamW8bit": "paged_adamw_8bit", "bitsandbytes.optim.PagedAdamW": "paged_adamw_32bit",
+              "bitsandbytes.optim.AdamW8bit": "adamw_bnb_8bit"}
+SCHEDULERS = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_with_warmup": "linear",
+              "get_constant_schedule_with_warmup": "constant_with_warmup"}
+
+
+def _component(conv, key, value):
+    return None  # read with its section below
+
+
+def _lora_modules(conv: Conversion, key: str, value):
+    mlp = MLP if (conv.raw.get("model") or {}).get("apply_lora_to_mlp") else []
+    conv.map(key, value, "peft.target_modules", [ATTN.get(m, m) for m in value] + mlp,
+             note="torchtune's names as Hugging Face modules" + (" (+ MLP: apply_lora_to_mlp)" if mlp else ""))
+
+
+TABLE = {
+    "output_dir": To("output_dir"),
+    "model._component_": Call(_component),
+    "model.lora_attn_modules": Call(_lora_modules),
+    "model.apply_lora_to_mlp": Call(lambda c, k, v: c.drop(k, v, "in peft.target_modules" if v else "false")),
+    "model.apply_lora_to_output": Call(lambda c, k, v: c.no(k, v, "LoRA on the output head: add lm_head to "
+                                                                  "peft.target_modules (the name differs per model)")
+                                       if v else c.drop(k, v, "false")),
+    "model.lora_rank": To("peft.r"),
+    "model.lora_alpha": To("peft.lora_alpha"),
+    "model.lora_dropout": To("peft.lora_dropout"),
+    "model.use_dora": To("peft.use_dora"),
+    "model.quantize_base": Call(lambda c, k, v: c.drop(k, v, "the `quantization:` section (qlora component)")),
+    "tokenizer._component_": Drop("the tokenizer saved with the model in model.name_or_path is used"),
+    "tokenizer.path": Drop("a torchtune tokenizer file; posttrain loads the Hugging Face tokenizer beside the model"),
+    "tokenizer.merges_file": Drop("part of the tokenizer beside the model"),
+    "tokenizer.max_seq_len": Call(lambda c, k, v: c.map(k, v, "data.max_length") if v else
+                                  c.drop(k, v, "null: torchtune does not truncate; posttrain truncates at "
+                                               "data.max_length (default 1024), raise it for longer rows")),
+    "tokenizer.prompt_template": No("posttrain writes prompts with the Alpaca template or the chat template"),
+    "checkpointer._component_": Call(_component),
+    "checkpointer.checkpoint_dir": Call(_component),
+    "checkpointer.checkpoint_files": Drop("posttrain loads every weight file in model.name_or_path"),
+    "checkpointer.recipe_checkpoint": Drop("run-time flag: `posttrain train OUT --resume`"),
+    "checkpointer.adapter_checkpoint": DropIf(None, "", No("posttrain trains a new adapter; merge this one first")),
+    "checkpointer.output_dir": Drop("the run directory is output_dir"),
+    "checkpointer.model_type": Drop("read from the model's config.json"),
+    "resume_from_checkpoint": DropIf(False, "false", Drop("run-time flag: `posttrain train OUT --resume`")),
+    "save_adapter_weights_only": Drop("a LoRA run saves its adapter; `posttrain merge RUN_DIR` writes the merged model"),
+    "dataset._component_": Call(_component),
+    "dataset.packed": Call(lambda c, k, v: c.map(k, v, "training.packing", True) if v and c.stage == "sft"
+                           else c.drop(k, v, "false: not packed") if not v else c.no(k, v, "packing is sft only")),
+    "dataset.train_on_input": Call(lambda c, k, v: c.map(k, v, "data.train_on", "all") if v else
+                                   c.drop(k, v, "false: the prompt is masked, posttrain's default")),
+    "dataset.source": To("data.train"),
+    "dataset.split": To("data.split"),
+    "dataset.column_map": Call(lambda c, k, v: c.map(k, v, "data.column_map", {b: a for a, b in v.items()},
+                                                     note="torchtune maps expected->actual, posttrain actual->expected")),
+    "dataset.max_seq_len": To("data.max_length"),
+    "dataset.data_files": Call(lambda c, k, v: c.map(k, v, "data.train", v if isinstance(v, str) else v[0])
+                               if isinstance(v, str) or len(v) == 1 else c.no(k, v, "one file per source: use a "
+                                                                                    "data.train list")),
+    "dataset.new_system_prompt": No("put the system turn in the data or the chat template"),
+    "dataset.conversation_column": Call(lambda c, k, v: c.map(k, v, "data.column_map", {v: "messages"})
+                                        if v != "messages" else c.drop(k, v, "posttrain's column name")),
+    "dataset.conversation_style": Call(lambda c, k, v: c.drop(k, v, "posttrain reads openai-style messages and "
+                                                                    "sharegpt rows alike")),
+    "seed": Call(lambda c, k, v: c.map(k, v, "training.seed") if v is not None else
+                 c.drop(k, v, "null: torchtune draws a random seed; posttrain uses training.seed (default 42)")),
+    "shuffle": DropIf(True, "rows are shuffled every epoch, as posttrain does", No("posttrain always shuffles")),
+    "batch_size": To("training.per_device_train_batch_size"),
+    "batch_size_val": To("training.per_device_eval_batch_size"),
+    "optimizer._component_": Call(_component),
+    "optimizer.lr": To("training.learning_rate", as_number),
+    "optimizer.weight_decay": To("training.weight_decay", as_number),
+    "optimizer.betas": Call(lambda c, k, v: c.map(k, v, "*", {"training.adam_beta1": v[0], "training.adam_beta2": v[1]})),
+    "optimizer.eps": To("training.adam_epsilon", as_number),
+    "optimizer.fused": Drop("a speed setting of torch's AdamW; TRL picks its implementation from training.optim"),
+    "optimizer.foreach": Drop("a speed setting of torch's optimizer"),
+    "optimizer.amsgrad": DropIf(False, "false", No("transformers' AdamW has no amsgrad")),
+    "lr_scheduler._component_": Call(_component),
+    "lr_scheduler.num_warmup_steps": To("training.warmup_steps"),
+    "lr_scheduler.num_cycles": Call(lambda c, k, v: c.drop(k, v, "0.5: one half cosine, as transformers' cosine")
+                                    if v == 0.5 else c.map(k, v, "training.lr_scheduler_kwargs", {"num_cycles": v})),
+    "loss._component_": Call(_component),
+    "loss.beta": To("training.beta"),
+    "loss.label_smoothing": To("training.label_smoothing"),
+    "loss.loss_type": To("training.loss_type"),
+    "loss.num_output_chunks": Drop("a memory setting of the chunked loss"),
+    "epochs": To("training.num_train_epochs"),
+    "max_steps_per_epoch": Call(lambda c, k, v: c.drop(k, v, "null: whole epochs") if v is None else
+                                c.map(k, v, "training.max_steps", v * (c.raw.get("epochs") or 1),
+                                      note="max_steps_per_epoch x epochs: the same total")),
+    "gradient_accumulation_steps": To("training.gradient_accumulation_steps"),
+    "clip_grad_norm": Call(lambda c, k, v: c.map(k, v, "training.max_grad_norm", float(v or 0))),
+    "compile": To("training.torch_compile"),
+    "optimizer_in_bwd": DropIf(False, "false", No("posttrain cannot fuse the optimizer step into backward "
+                                                  "(closest: training.optim: adamw_torch_fused)")),
+    "device": Drop("posttrain trains on the GPU when there is one, else the CPU"),
+    "dtype": Call(lambda c, k, v: c.map(k, v, "model.dtype", dtype(v))),
+    "enable_activation_checkpointing": To("training.gradient_checkpointing"),
+    "enable_activation_offloading": Call(lambda c, k, v: c.map(k, v, "training.activation_offloading", True)
+                                         if v else c.drop(k, v, "false")),
+    "log_every_n_steps": To("training.logging_steps"),
+    "log_peak_memory_stats": Drop("`posttrain plan RECIPE` estimates GPU memory before a run"),
+    "log_level": Drop("posttrain sets its own log level"),
+    "metric_logger._component_": Call(_component),
+    "metric_logger.log_dir": Drop("posttrain logs into the run directory"),
+    "metric_logger.project": Call(lambda c, k, v: c.drop(k, v, f"set WANDB_PROJECT={v} in the environment")),
+    "low_cpu_ram": DropIf(False, "false", Drop("a loading memory setting; transformers 5 loads with low memory use")),
+    "custom_sharded_layers": Drop("an FSDP wrapping setting; see recipes/accelerate/fsdp.yaml"),
+    "fsdp_cpu_offload": Call(lambda c, k, v: c.drop(k, v, "false") if not v else c.no(k, v, "CPU offload: set "
+                             "fsdp_offload_params in recipes/accelerate/fsdp.yaml and launch with it")),
+    "fsdp_reshard_after_forward": Drop("an FSDP setting of the launcher config (recipes/accelerate/fsdp.yaml)"),
+    "mixed_precision._component_": Call(_component),
+    "mixed_precision.enabled": DropIf(False, "disabled", No("posttrain cannot train with int8 mixed precision")),
+    "profiler._component_": Call(_component),
+}
+
+
+def looks_like(raw: dict) -> bool:
+    return any(isinstance(v, dict) and "_component_" in v for v in raw.values())
+
+
+def _flatten(node, prefix=""):
+    for k, v in node.items():
+        dotted = f"{prefix}{k}"
+        if isinstance(v, dict) and "_component_" in v or isinstance(v, dict) and prefix == "" and k in (
+                "checkpointer", "dataset", "model", "tokenizer", "optimizer", "lr_scheduler", "loss"):
+            yield from _flatten(v, dotted + ".")
+        else:
+            yield dotted, v
+
+
+def _stage(conv: Conversion, text: str) -> str:
+    m = re.search(r"tune run\s+(?:--\S+\s+\S+\s+)*(\w+)", text)
+    recipe = m.group(1) if m else ""
+    if "distributed" in recipe:
+        conv.drop("(recipe)", recipe, "a multi-GPU recipe (torchtune shards with FSDP); run `accelerate launch "
+                                      "--config_file recipes/accelerate/fsdp.yaml -m posttrain train OUT`")
+    loss = str((conv.raw.get("loss") or {}).get("_component_", ""))
+    if "dpo" in recipe or "DPOLoss" in loss or "RSOLoss" in loss or "SimPOLoss" in loss:
+        return "dpo"
+    if "ppo" in recipe:
+        return "ppo"
+    if "grpo" in recipe:
+        return "grpo"
+    return "sft"
+
+
+def _components(conv: Conversion):
+    raw = conv.raw
+    model = str((raw.get("model") or {}).get("_component_", ""))
+    name = model.rsplit(".", 1)[-1]
+    if name.startswith(("lora_", "qlora_")):
+        conv.drop("model._component_", model, "LoRA: the `peft:` section" + (" and 4-bit `quantization:`"
+                                                                            if name.startswith("qlora_") else ""))
+        if name.startswith("qlora_"):
+            conv.put("quantization.load_in_4bit", True)
+            conv.default("quantization.bnb_4bit_quant_type", "nf4", "torchtune QLoRA: NF4 base weights")
+            conv.default("quantization.bnb_4bit_use_double_quant", True, "torchtune's NF4 quantizes its scales too")
+            conv.default("quantization.bnb_4bit_compute_dtype", "bfloat16" if raw.get("dtype") == "bf16" else "float32",
+                         "torchtune computes in the recipe dtype")
+    elif model:
+        conv.drop("model._component_", model, "the architecture comes from the model's config.json in "
+                                              "model.name_or_path (full fine-tuning: no `peft:`)")
+    ck = raw.get("checkpointer") or {}
+    kind = str(ck.get("_component_", ""))
+    if "checkpointer._component_" in dict(_flatten(raw)):
+        if "HF" in kind or "Hf" in kind:
+            conv.drop("checkpointer._component_", kind, "Hugging Face format: checkpoint_dir is model.name_or_path")
+        else:
+            conv.no("checkpointer._component_", kind, "weights in Meta/torchtune format; point model.name_or_path "
+                                                      "at the Hugging Face version of the model")
+    if "checkpoint_dir" in ck:
+        conv.map("checkpointer.checkpoint_dir", ck["checkpoint_dir"], "model.name_or_path")
+    else:
+        conv.no("(model)", None, "no checkpointer.checkpoint_dir: set model.name_or_path")
+        conv.put("model.name_or_path", "SET-ME")
+    ds = raw.get("dataset") or {}
+    builder = str(ds.get("_component_", "")) if isinstance(ds, dict) else ""
+    short = builder.rsplit(".", 1)[-1]
+    if isinstance(ds, list):
+        conv.no("dataset", ds, "a list of datasets: give data.train a list of sources (a mixture)")
+        conv.put("data.train", "SET-ME")
+    elif short in DATASETS:
+        hub, fmt, trains_prompt, cmap = DATASETS[short]
+        conv.drop("dataset._component_", builder, f"{hub} as data.train, {fmt} rows"
+                  + (f", columns {cmap}" if cmap else ""))
+        if "source" not in ds:
+            conv.put("data.train", hub)
+            if cmap:
+                conv.put("data.column_map", cmap)
+        conv.put("data.format", fmt)
+        if trains_prompt and "train_on_input" not in ds and conv.stage == "sft":
+            conv.default("data.train_on", "all", f"torchtune: {short} trains the prompt (train_on_input True)")
+    elif short in ("instruct_dataset", "chat_dataset"):
+        conv.drop("dataset._component_", builder, "a generic builder: data.train is its source")
+        conv.put("data.format", "alpaca" if short == "instruct_dataset" else "messages")
+        if short == "instruct_dataset" and "train_on_input" not in ds:
+            conv.default("data.train_on", "all", "torchtune: instruct_dataset trains the prompt (train_on_input True)")
+    elif short == "preference_dataset":
+        conv.drop("dataset._component_", builder, "a generic builder: data.train is its source")
+        conv.put("data.format", "preference")
+    elif builder:
+        conv.no("dataset._component_", builder, "a dataset builder posttrain does not know; set data.train and "
+                                                "data.format")
+        conv.put("data.train", "SET-ME")
+    opt = str((raw.get("optimizer") or {}).get("_component_", ""))
+    if opt:
+        if opt in OPTIMIZERS:
+            conv.map("optimizer._component_", opt, "training.optim", OPTIMIZERS[opt])
+            if opt.endswith("AdamW") and "weight_decay" not in raw.get("optimizer", {}):
+                conv.default("training.weight_decay", 0.01, "torch.optim.AdamW: weight_decay 0.01")
+        else:
+            conv.no("optimizer._component_", opt, "an optimizer posttrain does not know; set training.optim")
+    sched = str((raw.get("lr_scheduler") or {}).get("_component_", ""))
+    if sched:
+        s = SCHEDULERS.get(sched.rsplit(".", 1)[-1])
+        (conv.map("lr_scheduler._component_", sched, "training.lr_scheduler_type", s) if s else
+         conv.no("lr_scheduler._component_", sched, "a scheduler posttrain does not know"))
+    else:
+        conv.default("training.lr_scheduler_type", "constant", "torchtune: no lr_scheduler, a constant learning rate")
+    loss = str((raw.get("loss") or {}).get("_component_", ""))
+    if loss:
+        short_loss = loss.rsplit(".", 1)[-1]
+        if short_loss in ("CEWithChunkedOutputLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss"):
+            conv.drop("loss._component_", loss, "cross-entropy on the trained tokens, as posttrain's SFT")
+        elif short_loss == "DPOLoss":
+            conv.drop("loss._component_", loss, "stage: dpo")
+        else:
+            conv.no("loss._component_", loss, "a loss posttrain's stages do not have")
+    ml = str((raw.get("metric_logger") or {}).get("_component_", ""))
+    if ml:
+        if "WandB" in ml:
+            conv.map("metric_logger._component_", ml, "training.report_to", "wandb")
+        elif "TensorBoard" in ml:
+            conv.map("metric_logger._component_", ml, "training.report_to", "tensorboard")
+        else:
+            conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
+                                                       "(trainer_state.json, manifest.json)")
+    mp = raw.get("mixed_precision") or {}
+    if mp.get("_component_"):
+        conv.drop("mixed_precision._component_", mp["_component_"], "see mixed_precision.enabled")
+    prof = raw.get("profiler") or {}
+    if prof:
+        conv.drop("profiler", "<profiler>", "disabled" if not prof.get("enabled") else
+                  "posttrain runs no profiler (NOT translated: a profiling run)")
+
+
+def convert(conv: Conversion, text: str):
+    conv.stage = _stage(conv, text)
+    conv.put("stage", conv.stage)
+    _components(conv)
+    done = {f.key for f in conv.fates}
+    for key, value in _flatten(conv.raw):
+        if key.startswith("profiler.") or key == "profiler" or key in done:
+            continue
+        rule = TABLE.get(key)
+        if isinstance(rule, Call) and rule.fn is _component:
+            continue
+        if rule is None:
+            conv.no(key, value, "not an option posttrain knows for torchtune; translate it by hand")
+            continue
+        if empty(value) and not isinstance(rule, Call):
+            conv.drop(key, value, "empty: not set")
+            continue
+        conv.apply(key, value, rule)
+    if conv.get("peft.r") is not None:
+        conv.default("peft.lora_dropout", 0.0, "torchtune's LoRA builders: lora_dropout 0.0")
+    if "clip_grad_norm" not in conv.raw:
+        conv.default("training.max_grad_norm", 0.0, "torchtune clips no gradients unless clip_grad_norm is set "
+                                                    "(TRL: 1.0)")
+    if conv.get("peft.target_modules") is None and conv.get("peft.r") is not None:
+        conv.no("(lora modules)", None, "no lora_attn_modules: set peft.target_modules")
