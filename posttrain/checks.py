@@ -480,28 +480,14 @@ def qlora_defaults(d: Draft):
     d.quantization = out
 
 
-def report_to_installed(d: Draft):
-    needs.report_to(d.where, d.training)
+def needs_of(check, section: str):
+    """A step from a posttrain.needs check of one section (packages, the hub, a GPU: what a setting needs)."""
 
+    def step(d: Draft):
+        check(d.where, getattr(d, section))
 
-def packages_installed(d: Draft):
-    needs.packages(d.where, d.training)
-
-
-def hub_uploads_possible(d: Draft):
-    needs.hub(d.where, d.training)
-
-
-def attention_available(d: Draft):
-    needs.attention(d.where, d.model)
-
-
-def device_has_it(d: Draft):
-    needs.device(d.where, d.training)
-
-
-def quantization_available(d: Draft):
-    needs.quantization(d.where, d.quantization)
+    step.__name__ = f"needs_{check.__name__}"
+    return step
 
 
 def data_options_fit_stage(d: Draft):
@@ -639,12 +625,12 @@ REGISTRY: tuple[Step, ...] = (
     Step(peft_fits_lora_config, "owners", ("peft",)),
     Step(quantization_fits_bnb_config, "owners", ("quantization",)),
     Step(qlora_defaults, "owners", ("quantization", "model.dtype")),
-    Step(report_to_installed, "owners", ("training.report_to",)),
-    Step(packages_installed, "owners", ("training",)),
-    Step(hub_uploads_possible, "owners", ("training",)),
-    Step(attention_available, "owners", ("model.attn_implementation",)),
-    Step(device_has_it, "owners", ("training.tf32",)),
-    Step(quantization_available, "owners", ("quantization",)),
+    Step(needs_of(needs.report_to, "training"), "owners", ("training.report_to",)),
+    Step(needs_of(needs.packages, "training"), "owners", ("training",)),
+    Step(needs_of(needs.hub, "training"), "owners", ("training",)),
+    Step(needs_of(needs.attention, "model"), "owners", ("model.attn_implementation",)),
+    Step(needs_of(needs.device, "training"), "owners", ("training.tf32",)),
+    Step(needs_of(needs.quantization, "quantization"), "owners", ("quantization",)),
     Step(data_options_fit_stage, "owners", ("data.pad_to_multiple_of",)),
     Step(build_recipe, "owners"),
     Step(stage_checks, "owners", STAGE_READS),

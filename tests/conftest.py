@@ -45,6 +45,23 @@ def error_lines(err: str) -> list[str]:
     return [line.removeprefix("posttrain: error: ") for line in err.splitlines() if line.startswith("posttrain: error:")]
 
 
+def write_recipe(tmp_path, text, name="r.yaml") -> Path:
+    """A recipe file (text or bytes) in tmp_path."""
+    p = Path(tmp_path) / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+def refused(tmp_path, text, overrides=()) -> str:
+    """The refusal (its message) of loading a recipe written from text, up to the owners level."""
+    from posttrain.checks import load_recipe
+    from posttrain.errors import RecipeError
+
+    with pytest.raises(RecipeError) as e:
+        load_recipe(str(write_recipe(tmp_path, text)), list(overrides))
+    return str(e.value)
+
+
 def one_error_line(code: int, out: str, err: str, expected: str) -> str:
     """Exit 2 with exactly one `posttrain: error:` line (the last posttrain line; warnings may precede), naming
     `expected`, and no traceback."""

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import yaml
-from conftest import error_lines
+from conftest import error_lines, write_recipe
 
 from posttrain import checks
 from posttrain.checks import load_recipe
@@ -136,16 +136,10 @@ stages:
 BASE = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
 
 
-def _write(tmp_path, text, name="r.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
-
-
 def test_load_in_4bit_alone_means_nf4_double_quant_and_16bit_compute_where_there_is_one(tmp_path):
     from posttrain.models import bf16_supported
 
-    r = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
+    r = load_recipe(str(write_recipe(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
     resolved = yaml.safe_load(r.to_yaml())["quantization"]
     assert resolved == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
                         "bnb_4bit_compute_dtype": "bfloat16" if bf16_supported() else "float32"}
@@ -156,18 +150,18 @@ def test_qlora_computes_in_bf16_on_a_gpu_that_has_it(tmp_path, monkeypatch):
     from posttrain import models
 
     monkeypatch.setattr(models, "bf16_supported", lambda: True)
-    r = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
+    r = load_recipe(str(write_recipe(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
     assert r.quantization["bnb_4bit_compute_dtype"] == "bfloat16"
     assert "bnb_4bit_compute_dtype: bfloat16" in r.to_yaml()  # recipe.resolved.yaml says so
 
 
 def test_every_qlora_field_stays_settable(tmp_path):
-    r = load_recipe(str(_write(tmp_path, BASE.replace("gpt2}", "gpt2, dtype: fp16}") + "peft: {r: 4}\n"
+    r = load_recipe(str(write_recipe(tmp_path, BASE.replace("gpt2}", "gpt2, dtype: fp16}") + "peft: {r: 4}\n"
                                "quantization: {load_in_4bit: true, bnb_4bit_quant_type: fp4, "
                                "bnb_4bit_use_double_quant: false}\n")))
     assert r.quantization == {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False,
                               "bnb_4bit_compute_dtype": "float16"}  # an explicit model.dtype is the compute dtype
-    r8 = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_8bit: true}\n")))
+    r8 = load_recipe(str(write_recipe(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_8bit: true}\n")))
     assert r8.quantization == {"load_in_8bit": True}
 
 
@@ -176,7 +170,7 @@ def test_the_resolved_qlora_block_builds_the_bitsandbytes_config(tmp_path):
 
     from posttrain.models import quantization_config
 
-    r = load_recipe(str(_write(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
+    r = load_recipe(str(write_recipe(tmp_path, BASE + "peft: {r: 4}\nquantization: {load_in_4bit: true}\n")))
     qc = quantization_config(r.quantization, torch.float32)
     assert qc.bnb_4bit_quant_type == "nf4" and qc.bnb_4bit_use_double_quant
     assert qc.bnb_4bit_compute_dtype == getattr(torch, r.quantization["bnb_4bit_compute_dtype"])

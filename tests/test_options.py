@@ -5,25 +5,13 @@ import dataclasses
 import logging
 
 import pytest
+from conftest import refused, write_recipe
 
 from posttrain import options, stages
 from posttrain.checks import load_recipe
-from posttrain.errors import RecipeError
 
 BASE = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
 DPO = "stage: dpo\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
-
-
-def _write(tmp_path, text, name="r.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
-
-
-def _refused(tmp_path, text, overrides=()):
-    with pytest.raises(RecipeError) as e:
-        load_recipe(str(_write(tmp_path, text)), list(overrides))
-    return str(e.value)
 
 
 # --- 1. one classification of every option -------------------------------------------------------
@@ -52,7 +40,7 @@ def test_a_field_the_snapshot_lacks_is_passed_with_a_warning(tmp_path, monkeypat
     monkeypatch.setattr(options, "snapshot", lambda: snap)
     monkeypatch.setattr(logging.getLogger("posttrain"), "propagate", True)  # the CLI turns it off
     with caplog.at_level("WARNING", logger="posttrain"):
-        r = load_recipe(str(_write(tmp_path, BASE + "training: {neftune_noise_alpha: 5}\n")))
+        r = load_recipe(str(write_recipe(tmp_path, BASE + "training: {neftune_noise_alpha: 5}\n")))
     assert r.training["neftune_noise_alpha"] == 5
     assert "training.neftune_noise_alpha: passed to trl:SFTConfig, but this posttrain version has not " \
            "classified it" in caplog.text
@@ -85,12 +73,12 @@ def test_the_options_doc_is_generated_from_the_one_place():
     ("dataset_num_proc", 4, "set `data.num_proc`"),
 ])
 def test_managed_and_refused_keys_are_refused_with_where_or_why(tmp_path, key, value, says):
-    msg = _refused(tmp_path, BASE + f"training: {{{key}: {value}}}\n")
+    msg = refused(tmp_path, BASE + f"training: {{{key}: {value}}}\n")
     assert f"training.{key}" in msg and says in msg
 
 
 def test_peft_task_type_is_managed(tmp_path):
-    msg = _refused(tmp_path, BASE + "peft: {r: 4, task_type: SEQ_CLS}\n")
+    msg = refused(tmp_path, BASE + "peft: {r: 4, task_type: SEQ_CLS}\n")
     assert "peft.task_type: is set by posttrain" in msg
 
 
@@ -121,17 +109,17 @@ def test_peft_task_type_is_managed(tmp_path):
     (BASE + "preprocessing_num_workers: 8\n", "`data.num_proc: 8`"),
 ])
 def test_other_tools_names_point_at_the_posttrain_key(tmp_path, text, says):
-    msg = _refused(tmp_path, text)
+    msg = refused(tmp_path, text)
     assert says in msg, msg
 
 
 def test_lora_target_modules_all_hints_all_linear(tmp_path):
-    msg = _refused(tmp_path, BASE + "peft: {r: 4, target_modules: all}\n")
+    msg = refused(tmp_path, BASE + "peft: {r: 4, target_modules: all}\n")
     assert "peft.target_modules" in msg and "did you mean 'all-linear'?" in msg
 
 
 def test_plain_typos_still_get_edit_distance_hints(tmp_path):
-    assert "did you mean 'warmup_steps'" in _refused(tmp_path, BASE + "training: {warmup_stesp: 3}\n")
+    assert "did you mean 'warmup_steps'" in refused(tmp_path, BASE + "training: {warmup_stesp: 3}\n")
 
 
 def test_warmup_steps_below_one_is_a_ratio_in_the_installed_transformers():

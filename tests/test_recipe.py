@@ -2,6 +2,7 @@
 
 
 import pytest
+from conftest import write_recipe
 
 from posttrain import stages
 from posttrain.checks import load_recipe
@@ -55,12 +56,6 @@ def test_hash_follows_content():
     a, b = load_recipe("alpaca_gpt2"), load_recipe("alpaca_gpt2")
     assert a.hash == b.hash
     assert load_recipe("alpaca_gpt2", ["training.max_steps=5"]).hash != a.hash
-
-
-def _write(tmp_path, text, name="r.yaml"):
-    p = tmp_path / name
-    p.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return p
 
 
 BASE = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
@@ -122,7 +117,7 @@ BAD = [
 
 @pytest.mark.parametrize("name,text,overrides,expected", BAD, ids=[b[0] for b in BAD])
 def test_bad_recipe_exits_2_with_one_line(tmp_path, cli, name, text, overrides, expected):
-    target = "alpaca_gpt2" if text is None else _write(tmp_path, text)
+    target = "alpaca_gpt2" if text is None else write_recipe(tmp_path, text)
     out_dir = tmp_path / "out"
     code, out, err = cli("validate", target, *overrides, f"output_dir={out_dir}" if text is not None else "--no-data",
                          *(["--no-data"] if text is not None else []))
@@ -134,7 +129,7 @@ def test_bad_recipe_exits_2_with_one_line(tmp_path, cli, name, text, overrides, 
 
 
 def test_line_numbers_in_errors(tmp_path, cli):
-    p = _write(tmp_path, BASE + "training:\n  learning_rate: 1.0e-4\n  warmup_stesp: 3\n")
+    p = write_recipe(tmp_path, BASE + "training:\n  learning_rate: 1.0e-4\n  warmup_stesp: 3\n")
     code, _, err = cli("validate", p, "--no-data")
     assert code == 2 and "r.yaml:6: training.warmup_stesp" in err and "did you mean 'warmup_steps'" in err
 
@@ -142,15 +137,15 @@ def test_line_numbers_in_errors(tmp_path, cli):
 def test_extends_relative_merge_and_cycles(tmp_path, cli):
     sub = tmp_path / "sub"
     sub.mkdir()
-    _write(sub, BASE + "training: {learning_rate: 1.0e-4, num_train_epochs: 2}\n", "base.yaml")
-    child = _write(tmp_path, "extends: sub/base.yaml\ntraining: {num_train_epochs: 5}\n", "child.yaml")
+    write_recipe(sub, BASE + "training: {learning_rate: 1.0e-4, num_train_epochs: 2}\n", "base.yaml")
+    child = write_recipe(tmp_path, "extends: sub/base.yaml\ntraining: {num_train_epochs: 5}\n", "child.yaml")
     r = load_recipe(str(child))
     assert r.training == {"learning_rate": 1e-4, "num_train_epochs": 5} and r.stage == "sft"
-    _write(tmp_path, "extends: b.yaml\nstage: sft\n", "a.yaml")
-    _write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    write_recipe(tmp_path, "extends: b.yaml\nstage: sft\n", "a.yaml")
+    write_recipe(tmp_path, "extends: a.yaml\n", "b.yaml")
     code, _, err = cli("validate", tmp_path / "a.yaml", "--no-data")
     assert code == 2 and "extends: cycle (a.yaml -> b.yaml -> a.yaml)" in err
-    _write(tmp_path, "extends: nowhere.yaml\n", "c.yaml")
+    write_recipe(tmp_path, "extends: nowhere.yaml\n", "c.yaml")
     code, _, err = cli("validate", tmp_path / "c.yaml", "--no-data")
     assert code == 2 and "extends: file not found" in err
 
@@ -174,9 +169,9 @@ def test_validate_offline_says_what_it_could_not_check(cli):
 
 
 def test_null_under_extends_removes_the_inherited_key(tmp_path):
-    _write(tmp_path, BASE + "peft: {r: 4, lora_alpha: 8}\ntraining: {max_steps: 5, warmup_steps: 3}\n", "base.yaml")
-    child = _write(tmp_path, "extends: base.yaml\npeft: null\ntraining: {warmup_steps: null}\n", "child.yaml")
+    write_recipe(tmp_path, BASE + "peft: {r: 4, lora_alpha: 8}\ntraining: {max_steps: 5, warmup_steps: 3}\n", "base.yaml")
+    child = write_recipe(tmp_path, "extends: base.yaml\npeft: null\ntraining: {warmup_steps: null}\n", "child.yaml")
     r = load_recipe(str(child))
     assert r.peft is None and r.training == {"max_steps": 5}
-    child2 = _write(tmp_path, "extends: base.yaml\npeft: {lora_alpha: null}\n", "child2.yaml")
+    child2 = write_recipe(tmp_path, "extends: base.yaml\npeft: {lora_alpha: null}\n", "child2.yaml")
     assert load_recipe(str(child2)).peft == {"r": 4}

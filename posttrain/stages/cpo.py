@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from posttrain.data.trl_rows import load_pairs
-from posttrain.models import load_causal_lm, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Stage, common
+from posttrain.stages import Footprint, Stage, common, orpo
 from posttrain.util import Where
 
 if TYPE_CHECKING:
@@ -29,22 +27,8 @@ def check_simpo_gamma(recipe: Recipe, where: Where):
                    f"'{t['loss_type']}'; set training.loss_type: simpo (with cpo_alpha: 0 for SimPO) or remove it")
 
 
-def config(recipe: Recipe):
-    return common.build_config(recipe, max_length=recipe.data["max_length"])
-
-
 def build(recipe: Recipe):
-    from transformers import set_seed
-    from trl.experimental.cpo import CPOTrainer
-
-    args = config(recipe)
-    tokenizer = load_tokenizer(recipe.model)
-    train, eval_ds, stats = load_pairs(recipe, args)
-    set_seed(args.seed)
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
-    trainer = CPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=lora_config(recipe.peft))
-    return trainer, stats
+    return orpo.build(recipe, "trl.experimental.cpo:CPOTrainer")
 
 
 STAGE = Stage(
@@ -53,7 +37,7 @@ STAGE = Stage(
             "(trl.experimental.cpo)",
     trl_config="trl.experimental.cpo:CPOConfig",
     formats=("preference",),
-    make_config=config,
+    make_config=orpo.config,
     build=build,
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins", "nll_loss"),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),

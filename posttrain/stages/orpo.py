@@ -22,17 +22,21 @@ def config(recipe: Recipe):
     return common.build_config(recipe, max_length=recipe.data["max_length"])
 
 
-def build(recipe: Recipe):
-    from transformers import set_seed
-    from trl.experimental.orpo import ORPOTrainer
+def build(recipe: Recipe, trainer: str = "trl.experimental.orpo:ORPOTrainer"):
+    """Preference pairs, no reference model: ORPO's trainer, or another of the same shape (cpo)."""
+    import importlib
 
+    from transformers import set_seed
+
+    module, name = trainer.split(":")
+    trainer_class = getattr(importlib.import_module(module), name)
     args = config(recipe)
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = load_pairs(recipe, args)
     set_seed(args.seed)
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
-    trainer = ORPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
-                          processing_class=tokenizer, peft_config=lora_config(recipe.peft))
+    trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
+                            processing_class=tokenizer, peft_config=lora_config(recipe.peft))
     return trainer, stats
 
 
