@@ -1,8 +1,9 @@
 """Packing (training.packing): rows packed into one sequence train exactly as they do alone.
 
-Isolation is proved numerically on two architectures (the tiny GPT-2 fixture, learned positions; a tiny
-Llama built here, rotary positions), for eager and sdpa: each row's logits and loss inside a packed batch
-equal the row run alone. The architecture allow-list is checked against the installed transformers source.
+Isolation is proved numerically (the tiny GPT-2 fixture, learned positions; tiny Llama, Phi-3 and Gemma 3
+built here with their real configs' structure: rotary/longrope, fused qkv, sliding windows shorter than some
+rows, 5:1 local/global layers, softcapping), for eager and sdpa: each row's logits and loss inside a packed
+batch equal the row run alone. The architecture allow-list is checked against the installed transformers source.
 """
 
 import json
@@ -41,9 +42,93 @@ def _llama(tokenizer, tmp: Path) -> Path:
     return tmp
 
 
+# Tiny sliding window: the fixture's first five rows are 39, 71, 63, 47 and 37 tokens, so some rows fit in it
+# and some do not (and the window reaches across a row boundary in the pack if it counted flat indices).
+WINDOW = 48
+
+
+def _phi3(tokenizer, longrope: bool = False, original: int = 128):
+    """Phi-3 as microsoft/Phi-3-mini-4k-instruct's config.json sets it (model_type phi3, fused qkv_proj and
+    gate_up_proj, rope_theta 10000, rope_scaling null, sliding_window 2047, max_position_embeddings 4096,
+    num_key_value_heads = num_attention_heads 32, rms_norm_eps 1e-5, untied embeddings, silu), window scaled
+    down to WINDOW. longrope: as Phi-3-mini-128k-instruct / Phi-3.5-mini-instruct (rope_scaling type longrope
+    with short_factor and long_factor per rotary dim pair, original_max_position_embeddings 4096,
+    max_position_embeddings 131072), the 4096 scaled down to 128 (longer than every row here)."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    rope = {}
+    if longrope:
+        rope = {"original_max_position_embeddings": original, "max_position_embeddings": 4096,
+                "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.9],
+                                 "long_factor": [1.0, 2.0, 8.0, 30.0]}}
+    cfg = Phi3Config(**{"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                        "max_position_embeddings": 512, "original_max_position_embeddings": 512,
+                        "rope_theta": 10000.0, "rope_scaling": None, "sliding_window": WINDOW,
+                        "rms_norm_eps": 1e-5, "hidden_act": "silu", "tie_word_embeddings": False,
+                        "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                        "pad_token_id": tokenizer.eos_token_id, **rope})
+    return Phi3ForCausalLM(cfg)
+
+
+def _gemma3_text_config(tokenizer, vocab: int) -> dict:
+    """google/gemma-3-1b-it's config.json (model_type gemma3_text): sliding_window 512 on 5 of every 6 layers
+    (sliding_window_pattern 6), query_pre_attn_scalar 256 = head_dim, rope_theta 1e6 on global layers,
+    rope_local_base_freq 1e4 on local ones, num_key_value_heads 1, gelu_pytorch_tanh, rms_norm_eps 1e-6;
+    attn_logit_softcapping and final_logit_softcapping are null there, set here (Gemma 2's 50 and 30) so that
+    they are covered too. Sizes tiny, window scaled down to WINDOW."""
+    return {"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 8, "query_pre_attn_scalar": 8,
+            "sliding_window": WINDOW, "sliding_window_pattern": 6, "rope_theta": 1_000_000.0,
+            "rope_local_base_freq": 10_000.0, "max_position_embeddings": 512,
+            "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "attn_logit_softcapping": 50.0,
+            "final_logit_softcapping": 30.0, "bos_token_id": tokenizer.eos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
+
+
+def _gemma3_text(tokenizer):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(**_gemma3_text_config(tokenizer, len(tokenizer)))
+    assert cfg.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    return Gemma3ForCausalLM(cfg)
+
+
+def _gemma3(tokenizer):
+    """google/gemma-3-4b-it (model_type gemma3, Gemma3ForConditionalGeneration): the same text stack
+    (sliding_window 1024 there) with rope_scaling linear factor 8 on global layers, and a SigLIP vision tower
+    (tiny here) that text rows skip."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    vocab = len(tokenizer) + 3  # + begin/end of image and the image token, as the real vocabulary ends
+    text = {**_gemma3_text_config(tokenizer, vocab), "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
+    cfg = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=vocab - 3,
+                       eoi_token_index=vocab - 2, image_token_index=vocab - 1)
+    return Gemma3ForConditionalGeneration(cfg)
+
+
+def _save(model, tokenizer, tmp: Path) -> Path:
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return tmp
+
+
+SLIDING = ("phi3", "phi3_longrope", "gemma3_text", "gemma3")
+
+
 @pytest.fixture(scope="module")
 def models(fx, tokenizer, tmp_path_factory):
-    return {"gpt2": Path(fx["model"]), "llama": _llama(tokenizer, tmp_path_factory.mktemp("llama"))}
+    import torch
+
+    built = {"phi3": lambda: _phi3(tokenizer), "phi3_longrope": lambda: _phi3(tokenizer, longrope=True),
+             "gemma3_text": lambda: _gemma3_text(tokenizer), "gemma3": lambda: _gemma3(tokenizer)}
+    out = {"gpt2": Path(fx["model"]), "llama": _llama(tokenizer, tmp_path_factory.mktemp("llama"))}
+    for name, make in built.items():
+        torch.manual_seed(0)
+        out[name] = _save(make(), tokenizer, tmp_path_factory.mktemp(name))
+    return out
 
 
 def _row_loss(logits, labels):
@@ -56,7 +141,7 @@ def _row_loss(logits, labels):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa", packing.SEGMENT_SDPA])
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", *SLIDING])
 def test_packed_rows_equal_rows_alone(models, rows, tokenizer, arch, attn):
     import torch
     from transformers import AutoModelForCausalLM
@@ -64,9 +149,14 @@ def test_packed_rows_equal_rows_alone(models, rows, tokenizer, arch, attn):
     segments = attn == packing.SEGMENT_SDPA
     model = AutoModelForCausalLM.from_pretrained(models[arch], dtype=torch.float32,
                                                  attn_implementation="sdpa" if segments else attn).eval()
-    if segments:
+    assert packing.packing_problem(model.config.model_type, model.config._attn_implementation) is None
+    if segments and arch in SLIDING:  # per-row sdpa has no window: these stay on sdpa's (isolating) mask
+        assert not packing.use_segment_sdpa(model) and model.config._attn_implementation == "sdpa"
+    elif segments:
         assert packing.use_segment_sdpa(model) and model.config._attn_implementation == attn
     batch_rows = rows[:5]
+    if arch in SLIDING:  # rows inside and beyond the window
+        assert min(len(r["input_ids"]) for r in batch_rows) < WINDOW < max(len(r["input_ids"]) for r in batch_rows)
     packed = packing.PackedCollator(tokenizer.eos_token_id)(batch_rows)
     assert set(packed) == {"input_ids", "labels", "position_ids"}  # no attention_mask: that would hide the boundaries
     with torch.no_grad():
@@ -211,6 +301,14 @@ def test_refusal_exits_2(fx, tmp_path, cli):
     assert code == 2 and "ALiBi" in err
 
 
+@pytest.mark.parametrize("kind", ["phi3", "gemma3_text", "gemma3"])
+def test_phi3_and_gemma3_pass_validate(fx, tmp_path, kind):
+    cfg = tmp_path / kind
+    cfg.mkdir()
+    (cfg / "config.json").write_text(json.dumps({"model_type": kind}))
+    assert _validate(fx, tmp_path, f"model.name_or_path={cfg}", "training.packing=true").training["packing"] is True
+
+
 def test_refused_on_the_loaded_model_too():
     from types import SimpleNamespace
 
@@ -234,14 +332,21 @@ def _call_args(src: str, at: int) -> str:
         j += 1
 
 
+def _dict_has_position_ids(src: str, name: str) -> bool:
+    """`name = {... "position_ids": ...}`, or `name = other.copy()` of such a dict."""
+    if re.search(rf"\b{name}\s*=\s*\{{[^}}]*\"position_ids\"", src, re.DOTALL):
+        return True
+    copy = re.search(rf"\b{name}\s*=\s*(\w+)\.copy\(\)", src)
+    return bool(copy) and copy.group(1) != name and _dict_has_position_ids(src, copy.group(1))
+
+
 def _builds_masks_from_position_ids(src: str) -> bool:
     calls = [_call_args(src, m.start()) for m in _MASK_CALL.finditer(src)]
     if not calls or "alibi" in src.lower():
         return False
     for args in calls:
-        spread = re.fullmatch(r"\s*\*\*(\w+)\s*,?\s*", args)
-        if "position_ids" not in args and not (
-                spread and re.search(spread.group(1) + r"\s*=\s*\{[^}]*\"position_ids\"", src, re.DOTALL)):
+        spread = re.match(r"\s*\*\*(\w+)\s*(,|$)", args)  # create_causal_mask(**mask_kwargs[, more=...])
+        if "position_ids" not in args and not (spread and _dict_has_position_ids(src, spread.group(1))):
             return False
     return True
 
@@ -262,6 +367,48 @@ def test_refused_architectures_really_cannot(kind):
 
     src = (Path(transformers.__file__).parent / "models" / kind / f"modeling_{kind}.py").read_text()
     assert not _builds_masks_from_position_ids(src), kind
+
+
+@pytest.mark.parametrize("arch", ["phi3", "gemma3_text"])
+def test_the_tiny_window_is_really_used(models, rows, arch):
+    """The sliding-window models above are tested with rows both inside and beyond their window, and the window
+    changes a longer row's logits: isolation there covers the sliding-window mask, not just the causal one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(models[arch], attn_implementation="sdpa").eval()
+    short, long = (torch.tensor([r["input_ids"]]) for r in (rows[0], rows[1]))  # 39 and 71 tokens
+    with torch.no_grad():
+        windowed = [model(input_ids=ids).logits for ids in (short, long)]
+        model.config.sliding_window = 10_000
+        full = [model(input_ids=ids).logits for ids in (short, long)]
+    assert torch.equal(windowed[0], full[0])
+    assert (windowed[1] - full[1]).abs().max() > 1e-3
+
+
+def test_longrope_switches_per_batch_padded_or_packed(rows, tokenizer):
+    """Phi-3 longrope picks short or long rope factors from the largest position id in the whole batch. A row
+    beyond original_max_position_embeddings switches the other rows of its batch to the long factors, but a
+    padded batch does that just the same: packed logits equal padded ones (packing trains what padding trains)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = _phi3(tokenizer, longrope=True, original=64).eval()
+    batch_rows = rows[:5]
+    assert max(len(r["input_ids"]) for r in batch_rows) > 64 > len(batch_rows[0]["input_ids"])
+    packed = packing.PackedCollator(tokenizer.eos_token_id)(batch_rows)
+    padded = SFTCollator(tokenizer.eos_token_id)(batch_rows)
+    with torch.no_grad():
+        out = model(**packed, use_cache=False).logits
+        pad_out = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        first_alone = model(input_ids=torch.tensor([batch_rows[0]["input_ids"]])).logits
+    start = 0
+    for i, r in enumerate(batch_rows):
+        n = len(r["input_ids"])
+        assert torch.allclose(out[:, start:start + n], pad_out[i:i + 1, :n], atol=ATOL)
+        start += n
+    n0 = len(batch_rows[0]["input_ids"])
+    assert (out[:, :n0] - first_alone).abs().max() > 1e-4  # the batch-wide switch, not a leak of attention
 
 
 def test_bench_helpers(tmp_path):

@@ -14,7 +14,8 @@ labels data/collator.py built (prompt -100, EOS trained); the batch becomes one 
   label is never a target either, so this changes no trained token: packed trains exactly what unpacked trains.
 
 Only architectures whose mask is built that way can be packed; ISOLATING lists the ones checked against
-the installed transformers source (tests/test_packing.py keeps that true) and tested for GPT-2 and Llama.
+the installed transformers source (tests/test_packing.py keeps that true) and tested for GPT-2, Llama, and
+Phi-3 and Gemma 3 with their real configs' sliding windows, rope and softcapping (tiny sizes).
 This module imports no torch at import time: sft's validation check (stages/sft.py) reads `packing_problem`.
 """
 
@@ -30,10 +31,15 @@ IGNORE_INDEX = -100
 
 # model_type -> the decoder passes position_ids to masking_utils' create_causal_mask (or its sliding-window
 # twin) and takes positions from position_ids (learned or rotary), so restarting position_ids isolate rows.
+# A sliding window counts within the row: create_sliding_window_causal_mask remaps token indices to the
+# packed position_ids before applying the window, then ANDs the per-row mask (measured for phi3, gemma3).
+# gemma3 (the 4B-27B image-text model) builds its image-block masks from token_type_ids, which SFT rows never
+# carry; text rows take the same masks as gemma3_text. phi3 with longrope (the -128k models, Phi-3.5) picks
+# its short/long factors from the longest row of a batch, padded or packed alike (packed = padded, tested).
 ISOLATING = frozenset({
     "gpt2", "gpt_bigcode", "gptj", "codegen", "gpt_neox",
-    "llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "smollm3", "olmo", "olmo2",
-    "granite", "cohere", "phi", "stablelm", "glm4", "helium", "deepseek_v3",
+    "llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "smollm3",
+    "olmo", "olmo2", "granite", "cohere", "phi", "phi3", "stablelm", "glm4", "helium", "deepseek_v3",
 })
 # Attention implementations that read the packed boundaries (see the module docstring).
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
@@ -43,7 +49,6 @@ KNOWN_NOT = {
     "bloom": "ALiBi position bias is computed from the attention mask, not position_ids",
     "falcon": "ALiBi position bias is computed from the attention mask, not position_ids",
     "mpt": "ALiBi position bias is computed from the attention mask, not position_ids",
-    "gemma3": "its masks are built partly without position_ids",
 }
 
 
@@ -128,8 +133,9 @@ def use_segment_sdpa(model) -> bool:
     from transformers.masking_utils import AttentionMaskInterface
 
     cfg = model.config
-    layer_types = getattr(cfg, "layer_types", None) or []
-    sliding = getattr(cfg, "sliding_window", None) and any(t != "full_attention" for t in layer_types or ["?"])
+    text = cfg.get_text_config()  # an image-text model (gemma3) keeps its sliding window in text_config
+    layer_types = getattr(text, "layer_types", None) or []
+    sliding = getattr(text, "sliding_window", None) and any(t != "full_attention" for t in layer_types or ["?"])
     if cfg._attn_implementation != "sdpa" or sliding:
         return False
     AttentionInterface.register(SEGMENT_SDPA, _segment_sdpa)
