@@ -85,6 +85,9 @@ class Step:
     level: str
     reads: tuple[str, ...] = ()  # dotted keys; a problem reported on one of them (or a parent/child) skips it
     needs_stage: bool = True
+    # it checks each key of the sections it reads on its own: a problem on one key (a child) does not skip it, and
+    # what it finds again on that key is not said twice
+    each: bool = False
 
     @property
     def name(self) -> str:
@@ -600,7 +603,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(no_secrets, "recipe", needs_stage=False),
     Step(read_stage, "recipe", needs_stage=False),
     Step(top_level_keys, "recipe"),
-    Step(read_stage_keys, "recipe", STAGE_KEYS),
+    Step(read_stage_keys, "recipe", STAGE_KEYS, each=True),
     Step(read_model, "recipe"),
     Step(read_data, "recipe"),
     Step(format_fits_stage, "recipe", ("data.format",)),
@@ -614,20 +617,20 @@ REGISTRY: tuple[Step, ...] = (
     Step(read_output_dir, "recipe"),
     Step(read_training, "recipe"),
     Step(read_peft_and_quantization, "recipe"),
-    Step(consistent_settings, "recipe", ("training", "peft", "data.eval", "data.eval_fraction")),
-    Step(managed_or_refused_keys, "recipe", ("training", "peft", "quantization")),
+    Step(consistent_settings, "recipe", ("training", "peft", "data.eval", "data.eval_fraction"), each=True),
+    Step(managed_or_refused_keys, "recipe", ("training", "peft", "quantization"), each=True),
     Step(one_precision, "recipe", ("training.bf16", "training.fp16")),
     Step(eval_strategy_needs_eval_data, "recipe", ("training.eval_strategy", "data.eval", "data.eval_fraction")),
     Step(quantization_is_qlora, "recipe", ("quantization", "peft", "model.gguf_file")),
     Step(trainable_patterns, "recipe", ("model.trainable", "peft")),
-    Step(ranges, "recipe", ("training", "peft")),
-    Step(training_fits_trl_config, "owners", ("training",)),
-    Step(peft_fits_lora_config, "owners", ("peft",)),
-    Step(quantization_fits_bnb_config, "owners", ("quantization",)),
+    Step(ranges, "recipe", ("training", "peft"), each=True),
+    Step(training_fits_trl_config, "owners", ("training",), each=True),
+    Step(peft_fits_lora_config, "owners", ("peft",), each=True),
+    Step(quantization_fits_bnb_config, "owners", ("quantization",), each=True),
     Step(qlora_defaults, "owners", ("quantization", "model.dtype")),
     Step(needs_of(needs.report_to, "training"), "owners", ("training.report_to",)),
-    Step(needs_of(needs.packages, "training"), "owners", ("training",)),
-    Step(needs_of(needs.hub, "training"), "owners", ("training",)),
+    Step(needs_of(needs.packages, "training"), "owners", ("training",), each=True),
+    Step(needs_of(needs.hub, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.attention, "model"), "owners", ("model.attn_implementation",)),
     Step(needs_of(needs.device, "training"), "owners", ("training.tf32",)),
     Step(needs_of(needs.quantization, "quantization"), "owners", ("quantization",)),
@@ -656,6 +659,8 @@ def _related(a: str, b: str) -> bool:
 
 def _blocked(step: Step, bad: list[str]) -> bool:
     reads = (*step.reads, "stage") if step.needs_stage else step.reads
+    if step.each:  # only a problem with the read key as a whole (or above it) stops a key-by-key check
+        return any(_related(r, b) and not b.replace("[", ".[").startswith(r + ".") for r in reads for b in bad)
     return any(_related(r, b) for r in reads for b in bad)
 
 

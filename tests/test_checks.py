@@ -174,3 +174,16 @@ def test_the_resolved_qlora_block_builds_the_bitsandbytes_config(tmp_path):
     qc = quantization_config(r.quantization, torch.float32)
     assert qc.bnb_4bit_quant_type == "nf4" and qc.bnb_4bit_use_double_quant
     assert qc.bnb_4bit_compute_dtype == getattr(torch, r.quantization["bnb_4bit_compute_dtype"])
+
+
+def test_problems_on_other_keys_of_a_section_do_not_hide_each_other(tmp_path, cli):
+    """Key-by-key steps (managed keys, ranges, the TRL config's fields) each report their keys, whichever step
+    refused another key of the same section first."""
+    p = tmp_path / "keys.yaml"
+    p.write_text("stage: sft\nmodel: {name_or_path: m}\ndata: {train: d.jsonl}\ntraining:\n  do_eval: true\n"
+                 "  output_dir: x\n  learning_rate: -1\n  learnig_rate: 1\npeft: {r: 0, target_modules: all}\n")
+    code, _, err = cli("validate", p, "--no-data")
+    errors = error_lines(err)
+    assert code == 2 and [e.split(": ")[1] for e in errors] == [
+        "training.do_eval", "training.output_dir", "training.learning_rate", "peft.r", "training.learnig_rate",
+        "peft.target_modules"], err
