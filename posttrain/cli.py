@@ -182,11 +182,11 @@ def cmd_pipeline(args) -> int:
 
 def cmd_validate(args) -> int:
     offline = go_offline_if_unreachable()
+    launched = launch.resolve(args.accelerate_config)
     if pipeline.is_pipeline_file(args.recipe):
-        print(pipeline.describe(args.recipe, args.overrides))
+        print(pipeline.describe(args.recipe, args.overrides, launched))
         return 0
     # --no-data: the recipe and the model's config, not the data or the tokenizer
-    launched = launch.resolve(args.accelerate_config)
     recipe = _load(args, skip=("data_readable", "eos_token_in_vocabulary") if args.no_data else (), launched=launched)
     print(f"# {recipe.source}: {recipe.stage} recipe, hash {recipe.hash}")
     print(recipe.to_yaml(), end="")

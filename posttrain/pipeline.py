@@ -23,7 +23,7 @@ import logging
 import time
 from pathlib import Path
 
-from posttrain import checks, runs
+from posttrain import checks, launch, runs
 from posttrain import stages as registry
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.merge import merge_adapter
@@ -51,11 +51,12 @@ class Stage:
     merge_inputs: list[str]  # upstream run dirs holding LoRA adapters to merge before this stage runs
     raw: dict = dataclasses.field(default_factory=dict, repr=False)  # the merged, wired mapping: checked again
     lines: dict = dataclasses.field(default_factory=dict, repr=False)  # with the model level once upstream ran
+    launched: object = None  # the Accelerate launch (posttrain.launch.Launch) it runs under
 
     def checked(self) -> Recipe:
         """The recipe checked up to the `model` level, now that its upstream outputs exist."""
         recipe = checks.validate(copy.deepcopy(self.raw), where=self.lines, source=self.recipe.source,
-                                 default_name=self.name, level="model")
+                                 default_name=self.name, level="model", launched=self.launched)
         recipe.upstream = self.recipe.upstream
         return recipe
 
@@ -106,9 +107,10 @@ def order(stages: dict[str, list[str]]) -> list[str]:
     return out
 
 
-def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: str = "owners"):
+def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: str = "owners", launched=None):
     """Resolve every stage's recipe, wire outputs, check each up to `level` (the keys wired to an upstream output
-    that does not exist yet are left for later). Every stage's problems are reported at once.
+    that does not exist yet are left for later), and with the Accelerate launch it runs under (`launched`).
+    Every stage's problems are reported at once.
     Returns (name, output_root, [Stage])."""
     path = resolve_pipeline_path(name_or_path)
     doc, lines = read_yaml(path)
@@ -170,14 +172,14 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
             pending = ("model", *(registry.wire(w).key for w in (consumer.inputs.values() if consumer else ())))
         try:
             recipe = checks.validate(copy.deepcopy(raw), where=where, source=str(recipe_path), default_name=name,
-                                     level=level, pending=pending)
+                                     level=level, pending=pending, launched=launched)
         except RecipeError as e:
             problems += [f"stage {name} ({recipe_path.name}): {line}" for line in str(e).splitlines()]
             continue
         if blocked:
             continue
         recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
-        stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where)
+        stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched)
     if problems:
         raise Problems(problems)
     return path.stem, root, [stages[n] for n in order(deps)]
@@ -236,7 +238,7 @@ def _status(stage: Stage) -> str:
 def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None, only: str | None = None,
                  overwrite: bool = False) -> int:
     # every stage checked now, as far as it can be before its upstream ran: a bad one fails before the first trains
-    name, root, stages = load_pipeline(name_or_path, overrides, level="model")
+    name, root, stages = load_pipeline(name_or_path, overrides, level="model", launched=launch.from_environment())
     names = [s.name for s in stages]
     for flag, value in (("--from", start), ("--only", only)):
         if value and value not in names:
@@ -329,10 +331,10 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def describe(name_or_path: str, overrides=None) -> str:
+def describe(name_or_path: str, overrides=None, launched=None) -> str:
     """`posttrain validate` for a pipeline: every stage resolved, wired and checked (its data; its model where it
     does not come from an earlier stage); no weights loaded."""
-    name, root, stages = load_pipeline(name_or_path, overrides, level="model")
+    name, root, stages = load_pipeline(name_or_path, overrides, level="model", launched=launched)
     out = [f"# pipeline {name}: {len(stages)} stages, outputs under {root}"]
     for s in stages:
         wiring = [f"model={s.recipe.model['name_or_path']}"]

@@ -130,3 +130,14 @@ def test_train_refuses_in_the_ranks_before_any_weights_or_run_dir(cli, fx, tmp_p
     assert code == 2 and len(error_lines(err)) == 1, err
     assert "QLoRA under FSDP (accelerate's environment)" in err and "bnb_4bit_quant_storage" in err
     assert not out.exists()
+
+
+def test_a_pipeline_is_checked_against_the_launch_too(cli, fx, tmp_path, monkeypatch):
+    monkeypatch.setattr("posttrain.needs.installed", lambda module: True)
+    p = tmp_path / "pipe.yaml"
+    p.write_text(f"stages:\n  sft: {{recipe: alpaca_gpt2_qlora, model.name_or_path: {fx['model']}, "
+                 f"data.train: {fx['alpaca']}}}\n")
+    code, _, err = cli("validate", p, "--accelerate-config", ACCEL / "deepspeed_zero3.yaml")
+    errors = error_lines(err)
+    assert code == 2 and len(errors) == 1, err
+    assert errors[0].startswith("stage sft (alpaca_gpt2_qlora.yaml): ") and "bnb_4bit_quant_storage" in errors[0]
