@@ -123,6 +123,19 @@ def _at(recipe: Recipe, dotted: str) -> str:
     return f"{loc}: " if loc else ""
 
 
+def _meta_model(recipe: Recipe, checked: str):
+    """(the model built on the meta device, None), or (None, a note saying why `checked` could not be checked): the
+    config of a model named by a local path must read, one on the hub may be out of reach."""
+    name = recipe.model["name_or_path"]
+    try:
+        return meta_model(recipe.model, stages.get(recipe.stage).footprint.scoring), None
+    except Exception as e:
+        if is_local_path(name):
+            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
+                                 f"config of '{name}': {first_line(e)}") from None
+        return None, f"{checked} (the config of model '{name}' is not reachable: {first_line(e)})"
+
+
 def _linear_names(model) -> list[str]:
     import torch
 
@@ -142,15 +155,10 @@ def target_modules(recipe: Recipe) -> str | None:
     if not peft:
         return None
 
-    name = recipe.model["name_or_path"]
-    seq_cls = stages.get(recipe.stage).footprint.scoring
-    try:
-        model = meta_model(recipe.model, seq_cls)
-    except Exception as e:
-        if is_local_path(name):
-            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
-                                 f"config of '{name}': {first_line(e)}") from None
-        return f"peft.target_modules (the config of model '{name}' is not reachable: {first_line(e)})"
+    name, seq_cls = recipe.model["name_or_path"], stages.get(recipe.stage).footprint.scoring
+    model, note = _meta_model(recipe, "peft.target_modules")
+    if model is None:
+        return note
     names = [n for n, _ in model.named_modules() if n]
     linear = _linear_names(model)
     what = f"model '{name}' ({type(model).__name__})"
@@ -221,13 +229,9 @@ def trainable(recipe: Recipe) -> str | None:
     if not patterns:
         return None
     name = recipe.model["name_or_path"]
-    try:
-        model = meta_model(recipe.model, stages.get(recipe.stage).footprint.scoring)
-    except Exception as e:
-        if is_local_path(name):
-            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
-                                 f"config of '{name}': {first_line(e)}") from None
-        return f"model.trainable (the config of model '{name}' is not reachable: {first_line(e)})"
+    model, note = _meta_model(recipe, "model.trainable")
+    if model is None:
+        return note
     found = match_trainable(model, patterns)
     for p in found["unmatched"]:
         layer0 = [n for n in found["names"] if not re.search(r"\.([1-9]\d*)\.", n)]  # one layer's names suffice
