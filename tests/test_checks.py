@@ -129,6 +129,8 @@ stages:
     assert errors[0].startswith("stage sft (alpaca_gpt2.yaml): ") and "data file not found" in errors[0]
     assert errors[1].startswith("stage dpo (dpo_gpt2.yaml): ") and "training.beta: -1 is out of range" in errors[1]
     assert errors[2].startswith("stage reward (reward_gpt2.yaml): ") and "training.nope: unknown key" in errors[2]
+    code, _, err = cli("pipeline", p)  # the same problems before any stage trains
+    assert code == 2 and error_lines(err) == errors and not (tmp_path / "runs").exists()
 
 
 # QLoRA as users mean it: a resolve step of the pass (checks.qlora_defaults)
