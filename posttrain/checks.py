@@ -587,6 +587,12 @@ def trainable_matches(d: Draft):
         d.notes.append(line)
 
 
+def rows_fit_positions(d: Draft):
+    note = preflight.positions(d.recipe)
+    if note:
+        d.notes.append(note)
+
+
 def eos_token_in_vocabulary(d: Draft):
     note = preflight.eos_token(d.recipe)
     if note:
@@ -643,6 +649,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(data_readable, "files", DATA_READS),
     Step(target_modules_match, "model", MODEL_READS),
     Step(trainable_matches, "model", ("model.trainable", *MODEL_READS)),
+    Step(rows_fit_positions, "model", ("data.max_length", "training", *MODEL_READS[1:])),
     Step(eos_token_in_vocabulary, "model", ("training.eos_token", "model.tokenizer", *MODEL_READS[1:])),
 )
 

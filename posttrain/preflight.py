@@ -24,7 +24,7 @@ from posttrain.data.formats import clean_pairs_or_prompts, get, resolve_columns
 from posttrain.data.mixture import entries, sample_rows
 from posttrain.data.sources import is_local
 from posttrain.errors import DataError, PosttrainError, RecipeError
-from posttrain.models import is_local_path, lora_config, match_trainable, meta_model
+from posttrain.models import is_local_path, load_config, lora_config, match_trainable, meta_model
 from posttrain.util import did_you_mean, first_line
 
 if TYPE_CHECKING:
@@ -128,12 +128,17 @@ def _meta_model(recipe: Recipe, checked: str):
     config of a model named by a local path must read, one on the hub may be out of reach."""
     name = recipe.model["name_or_path"]
     try:
-        return meta_model(recipe.model, stages.get(recipe.stage).footprint.scoring), None
+        cfg = load_config(recipe.model)
     except Exception as e:
         if is_local_path(name):
             raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
                                  f"config of '{name}': {first_line(e)}") from None
         return None, f"{checked} (the config of model '{name}' is not reachable: {first_line(e)})"
+    try:
+        return meta_model(recipe.model, stages.get(recipe.stage).footprint.scoring, cfg), None
+    except Exception as e:
+        raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot build the model from "
+                             f"the config of '{name}': {type(e).__name__}: {first_line(e)}") from None
 
 
 def _linear_names(model) -> list[str]:
@@ -242,3 +247,26 @@ def trainable(recipe: Recipe) -> str | None:
     total = sum(t.numel() for t, _ in found["tensors"])
     k = sum(s for _, s in found["tensors"])
     return f"model.trainable: {n:,} of {total:,} parameters ({k} tensors, {100 * n / total:.2g}%) will train; the rest are frozen"
+
+
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # learned absolute positions (GPT-2, OPT, ...)
+
+
+def positions(recipe: Recipe) -> str | None:
+    """A model with learned absolute position embeddings cannot run a row longer than its table: data.max_length,
+    plus what a stage generates after the prompt, must fit (rotary models only degrade, and are not refused)."""
+    model, note = _meta_model(recipe, "data.max_length")
+    if model is None:
+        return note
+    import torch
+
+    tables = [m.num_embeddings for n, m in model.named_modules()
+              if n.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(m, torch.nn.Embedding)]
+    generated = stages.get(recipe.stage).footprint.generated_tokens(recipe)
+    need = recipe.data["max_length"] + generated
+    if tables and need > min(tables):
+        recipe.where.fail("data.max_length", f"{recipe.data['max_length']}{f' + {generated} generated' if generated else ''}"
+                          f" tokens do not fit the {min(tables)} positions of model '{recipe.model['name_or_path']}' "
+                          "(learned position embeddings: a longer row cannot run); lower it"
+                          + (" or the generation length" if generated else ""))
+    return None

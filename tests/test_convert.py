@@ -286,8 +286,8 @@ def swap_in(recipe: dict, fx) -> list[str]:
     if recipe["data"].get("eval") and not recipe["data"].get("eval_fraction") or \
             isinstance(recipe["data"].get("eval_fraction"), int):
         over.append("data.eval_fraction=0.2")  # the hub test split or a row count, as a part of the tiny data
-    if recipe["stage"] == "ppo":
-        over.append("training.response_length=8")  # the tiny GPT-2 has 256 positions for prompt and response
+    if (recipe["data"].get("max_length") or 0) > 512:
+        over.append("data.max_length=512")  # the tiny GPT-2 has 1280 learned positions (validate refuses more)
     return over
 
 

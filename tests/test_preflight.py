@@ -166,3 +166,15 @@ def test_pipeline_validate_checks_data_and_first_stage_target_modules(fx, tmp_pa
     code, out, err = cli("validate", pipeline({}, tmp_path / "missing.jsonl"))
     one_error_line(code, out, err, "stage dpo (dpo_gpt2.yaml): ")
     assert "data file not found" in err
+
+
+def test_rows_longer_than_learned_positions_are_refused(fx, cli):
+    """GPT-2 learns its positions (1280 in the tiny one): a longer row cannot run, generated tokens included."""
+    code, out, err = cli("validate", "alpaca_gpt2", _model(fx), "data.max_length=2000", "--no-data")
+    one_error_line(code, out, err, "data.max_length: 2000 tokens do not fit the 1280 positions of model")
+    code, out, err = cli("validate", "ppo_gpt2", _model(fx), f"reward_model={fx['model']}", "data.max_length=1250",
+                         "training.response_length=64", "--no-data")
+    one_error_line(code, out, err, "data.max_length: 1250 + 64 generated tokens do not fit the 1280 positions")
+    code, out, err = cli("validate", "ppo_gpt2", _model(fx), f"reward_model={fx['model']}", "data.max_length=1200",
+                         "training.response_length=64", "--no-data")
+    assert code == 0, err

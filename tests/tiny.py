@@ -113,7 +113,7 @@ def make_model(out: Path, seed: int = 0) -> Path:
     out = Path(out)
     tok = make_tokenizer(out)
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=1280, n_embd=32, n_layer=2, n_head=2,
                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(out)
     return out
