@@ -572,31 +572,17 @@ def data_readable(d: Draft):
     d.notes += [s.note for s in preflight.data(d.recipe) if s.note]
 
 
-def target_modules_match(d: Draft):
-    note = preflight.target_modules(d.recipe)
-    if note:
-        d.notes.append(note)
+def model_check(check):
+    """A step from a posttrain.preflight check of the tokenizer or the model's config: it refuses, or returns a note
+    on what it could not check (or, for model.trainable, what it found: "model.trainable: N of M ... will train")."""
 
+    def step(d: Draft):
+        line = check(d.recipe)
+        if line:
+            (d.facts if line.startswith("model.trainable: ") else d.notes).append(line)
 
-def trainable_matches(d: Draft):
-    """model.trainable patterns each match a parameter of the model (built on the meta device)."""
-    line = preflight.trainable(d.recipe)
-    if line and line.startswith("model.trainable: "):
-        d.facts.append(line)
-    elif line:
-        d.notes.append(line)
-
-
-def rows_fit_positions(d: Draft):
-    note = preflight.positions(d.recipe)
-    if note:
-        d.notes.append(note)
-
-
-def eos_token_in_vocabulary(d: Draft):
-    note = preflight.eos_token(d.recipe)
-    if note:
-        d.notes.append(note)
+    step.__name__ = check.__name__
+    return step
 
 
 # what reading a few rows depends on (not max_length, num_proc, ...: a problem there leaves the rows readable)
@@ -647,10 +633,10 @@ REGISTRY: tuple[Step, ...] = (
     Step(launch_fits, "files", ("quantization", "peft", "training")),
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
-    Step(target_modules_match, "model", MODEL_READS),
-    Step(trainable_matches, "model", ("model.trainable", *MODEL_READS)),
-    Step(rows_fit_positions, "model", ("data.max_length", "training", *MODEL_READS[1:])),
-    Step(eos_token_in_vocabulary, "model", ("training.eos_token", "model.tokenizer", *MODEL_READS[1:])),
+    Step(model_check(preflight.target_modules), "model", MODEL_READS),
+    Step(model_check(preflight.trainable), "model", ("model.trainable", *MODEL_READS)),
+    Step(model_check(preflight.positions), "model", ("data.max_length", "training", *MODEL_READS[1:])),
+    Step(model_check(preflight.eos_token), "model", ("training.eos_token", "model.tokenizer", *MODEL_READS[1:])),
 )
 
 

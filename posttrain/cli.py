@@ -187,7 +187,7 @@ def cmd_validate(args) -> int:
         print(pipeline.describe(args.recipe, args.overrides, launched))
         return 0
     # --no-data: the recipe and the model's config, not the data or the tokenizer
-    recipe = _load(args, skip=("data_readable", "eos_token_in_vocabulary") if args.no_data else (), launched=launched)
+    recipe = _load(args, skip=("data_readable", "eos_token") if args.no_data else (), launched=launched)
     print(f"# {recipe.source}: {recipe.stage} recipe, hash {recipe.hash}")
     print(recipe.to_yaml(), end="")
     if launched:
