@@ -181,3 +181,16 @@ def test_trl_loaded_reference_policy_gets_model_dtype_and_attention():
     assert stages.get("grpo").make_config(grpo).model_init_kwargs is None
 
 
+
+
+def test_report_plots_what_each_stage_declares(tmp_path):
+    """`posttrain report` draws a stage's own metrics from `Stage.plots` (no stage's metric names live in report.py)."""
+    pytest.importorskip("matplotlib")
+    from posttrain import report
+
+    plt = report._pyplot()
+    history = [{"step": i, "objective/scores": 0.1 * i, "objective/kl": 0.01 * i} for i in range(1, 4)]
+    assert report.plot_metrics(plt, "run", "ppo", history, tmp_path / "ppo_run.png").is_file()
+    assert report.plot_metrics(plt, "run", "sft", history, tmp_path / "sft_run.png") is None  # sft declares none
+    for s in stages.all_stages().values():
+        assert all(p.key and p.title for p in s.plots)

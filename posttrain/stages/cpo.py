@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from posttrain.stages import Footprint, Stage, common, orpo
+from posttrain.stages import Footprint, Plot, Stage, common, orpo
 from posttrain.util import Where
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ STAGE = Stage(
     build=build,
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins", "nll_loss"),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
+    plots=(Plot("rewards/margins", "reward margin"), Plot("rewards/accuracies", "pair accuracy")),
     footprint=Footprint(sequences_per_row=2, logits="per_token_logps"),
     checks=(check_simpo_gamma,),
     position=52,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from posttrain.data.trl_rows import load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Stage, common, dpo, reference_unless_peft_or_precompute
+from posttrain.stages import Footprint, Plot, Stage, common, dpo, reference_unless_peft_or_precompute
 from posttrain.util import Where
 
 if TYPE_CHECKING:
@@ -107,6 +107,7 @@ STAGE = Stage(
     extra_metrics=common.last_logged("rewards/margins", "rewards/chosen", "rewards/rejected", "kl"),
     keys=("ref_model",),
     headline=("eval_rewards/margins", "eval_kl", "rewards/margins", "kl"),
+    plots=(Plot("rewards/margins", "reward margin"), Plot("kl", "KL to reference")),
     footprint=Footprint(sequences_per_row=2, reference=reference_unless_peft_or_precompute, logits="per_token_logps"),
     checks=(check_kl_batch,),
     position=40,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
 from posttrain.rewards import parse_rewards
-from posttrain.stages import Footprint, Stage, Wire, common, grpo, reference_unless_peft
+from posttrain.stages import Footprint, Plot, Stage, Wire, common, grpo, reference_unless_peft
 from posttrain.util import Where
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ STAGE = Stage(
     required=("rewards",),
     inputs={"reward_model": Wire("rewards", as_item=True)},
     headline=("objective/scores", "objective/scores_margin", "objective/kl"),
+    plots=(Plot("objective/scores", "mean reward"), Plot("objective/kl", "KL to reference")),
     footprint=Footprint(sequences_per_row=2, reference=reference_unless_peft, generated_tokens=generated_tokens,
                         other_models=grpo.reward_models, logits="per_token_logps"),
     parse={"rewards": parse_rewards},

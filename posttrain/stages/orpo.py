@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from posttrain.data.trl_rows import load_pairs
 from posttrain.models import load_causal_lm, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Stage, common
+from posttrain.stages import Footprint, Plot, Stage, common
 
 if TYPE_CHECKING:
     from posttrain.recipe import Recipe
@@ -50,6 +50,7 @@ STAGE = Stage(
     build=build,
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins", "log_odds_ratio", "nll_loss"),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
+    plots=(Plot("rewards/margins", "reward margin"), Plot("rewards/accuracies", "pair accuracy")),
     footprint=Footprint(sequences_per_row=2, logits="per_token_logps"),
     position=50,
 )
