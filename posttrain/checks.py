@@ -630,7 +630,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(build_recipe, "owners"),
     Step(stage_checks, "owners", STAGE_READS),
     Step(trl_config_builds, "owners", (*STAGE_READS, "output_dir")),
-    Step(launch_fits, "files", ("quantization", "peft", "training")),
+    Step(launch_fits, "files", ("quantization", "peft", "model.name_or_path"), each=True),
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
     Step(model_check(preflight.target_modules), "model", MODEL_READS),
