@@ -569,7 +569,9 @@ def launch_fits(d: Draft):
 
 
 def data_readable(d: Draft):
-    d.notes += [s.note for s in preflight.data(d.recipe) if s.note]
+    """The first rows of every local data source, read as the loader reads them (kept for validate's example)."""
+    d.recipe.samples = preflight.data(d.recipe)
+    d.notes += [f"{s.key} ({s.note})" for s in d.recipe.samples if s.rows is None]
 
 
 def model_check(check):

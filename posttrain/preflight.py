@@ -113,14 +113,9 @@ def data(recipe: Recipe) -> list[Sample]:
                     with quiet():
                         clean_pairs_or_prompts(s.rows, d["format"], s.source, keep_extra=True)
         except DataError as e:
-            raise DataError(f"{_at(recipe, key)}{key}: {e}") from None
+            raise DataError(recipe.where.at(key, str(e))) from None
         samples.append(s)
     return samples
-
-
-def _at(recipe: Recipe, dotted: str) -> str:
-    loc = recipe.where.locate(dotted)
-    return f"{loc}: " if loc else ""
 
 
 def _meta_model(recipe: Recipe, checked: str):
@@ -131,14 +126,14 @@ def _meta_model(recipe: Recipe, checked: str):
         cfg = load_config(recipe.model)
     except Exception as e:
         if is_local_path(name):
-            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the model "
-                                 f"config of '{name}': {first_line(e)}") from None
+            raise PosttrainError(recipe.where.at("model.name_or_path", f"cannot read the model "
+                                 f"config of '{name}': {first_line(e)}")) from None
         return None, f"{checked} (the config of model '{name}' is not reachable: {first_line(e)})"
     try:
         return meta_model(recipe.model, stages.get(recipe.stage).footprint.scoring, cfg), None
     except Exception as e:
-        raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot build the model from "
-                             f"the config of '{name}': {type(e).__name__}: {first_line(e)}") from None
+        raise PosttrainError(recipe.where.at("model.name_or_path", f"cannot build the model from "
+                             f"the config of '{name}': {type(e).__name__}: {first_line(e)}")) from None
 
 
 def _linear_names(model) -> list[str]:
@@ -196,7 +191,7 @@ def target_modules(recipe: Recipe) -> str | None:
             warnings.simplefilter("ignore")
             get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
     except Exception as e:
-        raise RecipeError(f"{_at(recipe, 'peft')}peft: LoRA cannot be applied to {what}: {first_line(e)}") from None
+        raise RecipeError(recipe.where.at("peft", f"LoRA cannot be applied to {what}: {first_line(e)}")) from None
     return None
 
 
@@ -217,8 +212,8 @@ def eos_token(recipe: Recipe) -> str | None:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=True, **kw)
     except Exception as e:
         if is_local_path(name):
-            raise PosttrainError(f"{_at(recipe, 'model.name_or_path')}model.name_or_path: cannot read the tokenizer "
-                                 f"of '{name}': {first_line(e)}") from None
+            raise PosttrainError(recipe.where.at("model.name_or_path", f"cannot read the tokenizer "
+                                 f"of '{name}': {first_line(e)}")) from None
         return f"training.eos_token (the tokenizer of '{name}' is not on this machine: {first_line(e)})"
     if token not in tok.get_vocab():
         recipe.where.fail("training.eos_token", f"{token!r} is not a token of the tokenizer of '{name}' (it must "

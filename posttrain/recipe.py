@@ -45,6 +45,7 @@ class Recipe:
     notes: list = dataclasses.field(default_factory=list, repr=False, compare=False)  # what the checks could not check
     facts: list = dataclasses.field(default_factory=list, repr=False, compare=False)  # what they found worth saying
     parsed: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # stage keys read (Stage.parse)
+    samples: list = dataclasses.field(default_factory=list, repr=False, compare=False)  # first rows the checks read
 
     @property
     def hash(self) -> str:
