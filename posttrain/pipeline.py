@@ -52,9 +52,14 @@ class Stage:
     raw: dict = dataclasses.field(default_factory=dict, repr=False)  # the merged, wired mapping: checked again
     lines: dict = dataclasses.field(default_factory=dict, repr=False)  # with the model level once upstream ran
     launched: object = None  # the Accelerate launch (posttrain.launch.Launch) it runs under
+    pending: tuple = ()  # keys wired to an upstream output that did not exist when the pipeline was checked
+    level: str = "owners"  # how far it was checked then
 
     def checked(self) -> Recipe:
-        """The recipe checked up to the `model` level, now that its upstream outputs exist."""
+        """The recipe checked up to the `model` level: as loaded when nothing was pending, else checked again now
+        that its upstream outputs exist."""
+        if self.level == "model" and not self.pending:
+            return self.recipe
         recipe = checks.validate(copy.deepcopy(self.raw), where=self.lines, source=self.recipe.source,
                                  default_name=self.name, level="model", launched=self.launched)
         recipe.upstream = self.recipe.upstream
@@ -179,7 +184,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
         if blocked:
             continue
         recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
-        stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched)
+        stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched, pending, level)
     if problems:
         raise Problems(problems)
     return path.stem, root, [stages[n] for n in order(deps)]
