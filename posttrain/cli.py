@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("-o", "--out", help="the recipe to write (default ./NAME.posttrain.yaml)")
     cv.add_argument("--from", dest="tool", choices=("axolotl", "llama-factory", "trl", "torchtune"),
                     help="the tool the config is for (default: detected from its keys)")
-    cv.add_argument("--stage", choices=("sft", "reward", "dpo", "kto", "orpo", "ppo", "grpo", "rloo"),
+    cv.add_argument("--stage", choices=stages.names(),
                     help="with a TRL-script config (which does not name its trainer): the stage (default: from a "
                          "folder or file name such as dpo/, else from its keys)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

@@ -314,3 +314,15 @@ def test_every_converted_recipe_trains_a_step(file, tmp_path, fx, cli):
                             "training.save_strategy=no", f"output_dir={tmp_path / 'run'}")
     assert code == 0, err
     assert "finished" in stdout and (tmp_path / "run" / "manifest.json").is_file()
+
+
+def test_stage_of_a_trl_script_config_may_be_any_posttrain_stage(tmp_path, fx, cli):
+    """--stage takes every stage of the registry, and the data format follows the stage's own default."""
+    from posttrain import stages
+
+    for name in stages.names():
+        out = tmp_path / f"{name}.yaml"
+        code, _, err = cli("convert", DATA / "trl/orpo/llama3-8b_config_v1.0.yaml", "-o", out, "--stage", name)
+        assert code in (0, 3) and "Traceback" not in err, (name, err)
+        recipe = yaml.safe_load(out.read_text())
+        assert recipe["stage"] == name and recipe["data"]["format"] in stages.get(name).formats, name

@@ -25,13 +25,12 @@ from posttrain.convert.core import (
     To,
     chat_template,
     empty,
+    stage_format,
     training_field,
     walk,
 )
 
 RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo"}
-FORMATS = {"sft": "alpaca", "reward": "preference", "dpo": "preference", "orpo": "preference", "kto": "unpaired",
-           "grpo": "prompt"}
 # axolotl DPO/ORPO dataset types whose columns are fixed (their prompt strategies) -> posttrain column_map
 PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "argilla": {"instruction": "prompt",
                     "chosen_response": "chosen", "rejected_response": "rejected"},
@@ -338,7 +337,7 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
         fmt = "unpaired"
         problem = f"type {typ}: KTO rows need prompt/completion/label (data.column_map)"
     else:
-        fmt = FORMATS.get(stage, "alpaca")
+        fmt = stage_format(stage)
         problem = f"type {typ} is not translated for stage {stage}"
     extra = [k for k in d if k not in used and not k.startswith("field_")]
     if extra and not problem:
@@ -370,8 +369,7 @@ def _data(conv: Conversion):
             continue
         srcs = [_source(d, conv.stage) for d in value]
         fmts = {f for _, f, _ in srcs}
-        fmt = "messages" if conv.stage == "sft" and fmts - {"alpaca"} else FORMATS[conv.stage] \
-            if conv.stage != "sft" else "alpaca"
+        fmt = stage_format(conv.stage, sft="messages" if fmts - {"alpaca"} else "alpaca")
         if len(srcs) == 1:
             src, f, _ = srcs[0]
             new = {dotted: src["source"]}

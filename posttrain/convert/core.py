@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from posttrain import options
+from posttrain import options, stages
 
 MAPPED, DROPPED, NOT, DEFAULT = "mapped", "dropped", "NOT TRANSLATED", "default"
 
@@ -367,3 +367,9 @@ def stage_rules(conv: Conversion):
                 f.kind = NOT
                 f.text = (f"training.per_device_train_batch_size: {batch} -- TRL's KTO estimates its KL term from the "
                           "other rows of a batch: use at least 2 (or training.loss_type: apo_zero_unpaired)")
+
+
+def stage_format(stage: str, sft: str = "alpaca") -> str:
+    """The data format a converted recipe of this stage reads: the stage's own default (posttrain's stage registry),
+    or for sft what the source tool's rows usually are (`sft`)."""
+    return sft if stage == "sft" else stages.get(stage).formats[0]

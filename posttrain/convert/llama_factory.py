@@ -31,13 +31,12 @@ from posttrain.convert.core import (
     To,
     chat_template,
     dtype,
+    stage_format,
     training_field,
     walk,
 )
 
 STAGES = {"sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "kto", "ppo": "ppo"}
-FORMATS = {"sft": "alpaca", "reward": "preference", "dpo": "preference", "orpo": "preference", "kto": "unpaired",
-           "ppo": "prompt"}
 
 
 
@@ -439,11 +438,7 @@ def _data(conv: Conversion):
 
 
 def _mixture_format(stage: str, fmts: set[str]) -> str:
-    if stage == "sft":
-        if fmts <= {"alpaca"}:
-            return "alpaca"
-        return "messages"
-    return FORMATS.get(stage, "alpaca")
+    return stage_format(stage, sft="alpaca" if fmts <= {"alpaca"} else "messages")
 
 
 def convert(conv: Conversion, text: str):

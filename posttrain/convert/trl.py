@@ -12,11 +12,8 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 
 from __future__ import annotations
 
-from posttrain.convert.core import DEFAULT, LATER, Call, Conversion, Drop, DropIf, Fate, No, To, chat_template, dtype, walk
-
-STAGES = ("sft", "dpo", "orpo", "kto", "grpo", "rloo", "reward", "ppo")
-FORMATS = {"sft": "messages", "dpo": "preference", "orpo": "preference", "reward": "preference", "kto": "unpaired",
-           "ppo": "prompt", "grpo": "prompt", "rloo": "prompt"}
+from posttrain import stages
+from posttrain.convert.core import DEFAULT, LATER, Call, Conversion, Drop, DropIf, Fate, No, To, chat_template, dtype, stage_format, walk
 
 # ModelConfig fields that make up the LoRA/QLoRA settings; read together by `_peft`
 LORA_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
@@ -68,8 +65,9 @@ def looks_like(raw: dict) -> bool:
 
 def _stage(conv: Conversion) -> str:
     parts = [p.lower() for p in conv.source.parts[:-1]] + [conv.source.stem.lower()]
+    names = stages.names()
     for part in reversed(parts):
-        for name in STAGES:
+        for name in sorted(names, key=lambda n: n != part):  # a whole folder name (online_dpo/) before a word of it
             if part == name or any(w == name for w in part.replace("-", "_").split("_")):
                 return name
     raw = conv.raw
@@ -138,7 +136,7 @@ def _peft(conv: Conversion):
 
 def _data(conv: Conversion):
     raw = conv.raw
-    conv.put("data.format", FORMATS[conv.stage])
+    conv.put("data.format", stage_format(conv.stage, sft="messages"))
     evaluates = raw.get("eval_strategy", raw.get("evaluation_strategy", "no")) not in ("no", False, None)
     if "dataset_mixture" in raw:
         mix = raw["dataset_mixture"] or {}
