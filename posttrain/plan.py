@@ -169,7 +169,7 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
         # a model not on this machine is sized as the policy
         name = held.spec["name_or_path"]
         m = arch(held.spec, None, seq_cls=held.scoring) if _reachable(name) else policy
-        other += m.params * cb * (5 if held.trained else 1)  # trained: weights, gradients, AdamW's two moments
+        other += m.params * cb * (4 if held.trained else 1)  # trained: weights, gradients and AdamW's two moments
         notes.append(f"{held.role} {name}{' (trained)' if held.trained else ''}")
     parts["other models"] = other
     rows = t.get("per_device_train_batch_size", 8) * fp.sequences_per_row

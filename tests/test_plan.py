@@ -153,3 +153,15 @@ def test_plan_never_prints_a_traceback(fx, cli, tmp_path):
     assert code == 2 and "cannot build" in _one_line_error(err)
     code, _, err = cli("plan", "alpaca_gpt2", f"model.name_or_path={tmp_path / 'missing'}")
     assert code == 2 and _one_line_error(err)
+
+
+def test_ppo_holds_a_frozen_reward_model_and_a_trained_value_model():
+    """Not on this machine, both are sized as the policy: the reward model's weights once, the value model's weights,
+    gradients and AdamW's two moments (4x); plus the reference copy of a full fine-tune."""
+    from posttrain.plan import compute_bytes
+
+    recipe = _real("ppo_gpt2", "smollm2-135m", "reward_model=org/not-here")
+    est = estimate(recipe)
+    weights = est["params"] * compute_bytes(recipe)
+    assert est["parts"]["other models"] == pytest.approx(weights * (1 + 1 + 4))  # reference, reward, value
+    assert "reward model org/not-here" in est["notes"] and "value model org/not-here (trained)" in est["notes"]
