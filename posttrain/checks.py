@@ -313,13 +313,19 @@ def read_chat_template(d: Draft):
         except (OSError, UnicodeDecodeError) as e:
             d.where.fail("model.chat_template", f"cannot read {value}: {e}")
     d.model["chat_template"] = text
+
+
+def chat_template_compiles(d: Draft):
+    """Compiled as transformers compiles it at load: its `{% generation %}` tag (assistant masks) and filters too."""
+    text = d.model["chat_template"]
     try:
         from jinja2.exceptions import TemplateSyntaxError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:  # jinja2 comes with transformers; without it, the tokenizer checks at load
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # a transformers without it: the tokenizer checks the template at load
         return
     try:
-        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string(text)
+        if text is not None:
+            _compile_jinja_template(text)
     except TemplateSyntaxError as e:
         d.where.fail("model.chat_template", f"not a valid Jinja template: {e.message} (template line {e.lineno})")
 
@@ -622,6 +628,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(peft_fits_lora_config, "owners", ("peft",), each=True),
     Step(quantization_fits_bnb_config, "owners", ("quantization",), each=True),
     Step(qlora_defaults, "owners", ("quantization", "model.dtype")),
+    Step(chat_template_compiles, "owners", ("model.chat_template",)),
     Step(needs_of(needs.report_to, "training"), "owners", ("training.report_to",)),
     Step(needs_of(needs.packages, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.hub, "training"), "owners", ("training",), each=True),

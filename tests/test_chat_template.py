@@ -148,3 +148,12 @@ def test_shipped_chat_recipe_copies_with_its_template(tmp_path):
     assert (tmp_path / "templates" / "chatml.jinja").is_file()
     recipe = load_recipe(str(target))
     assert "<|im_start|>" in recipe.model["chat_template"] and len(recipe.data["train"]) == 3
+
+
+def test_template_with_transformers_generation_tag_is_accepted(fx, tmp_path):
+    """transformers compiles chat templates with its `{% generation %}` extension (SmolLM3's template uses it):
+    plain Jinja refuses the tag, the check must not."""
+    tpl = "{% for m in messages %}{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}"
+    assert load_recipe(str(_recipe(tmp_path, fx, f"chat_template: {json.dumps(tpl)}"))).model["chat_template"] == tpl
+    with pytest.raises(RecipeError, match="not a valid Jinja template"):
+        load_recipe(str(_recipe(tmp_path, fx, f"chat_template: {json.dumps(tpl.replace('{% endgeneration %}', ''))}")))
