@@ -25,9 +25,8 @@ import itertools
 import json
 from pathlib import Path
 
+from posttrain.data.collator import IGNORE_INDEX, SFTCollator
 from posttrain.errors import RecipeError
-
-IGNORE_INDEX = -100
 
 # model_type -> the decoder passes position_ids to masking_utils' create_causal_mask (or its sliding-window
 # twin) and takes positions from position_ids (learned or rotary), so restarting position_ids isolate rows.
@@ -52,16 +51,12 @@ KNOWN_NOT = {
 }
 
 
-class PackedCollator:
+class PackedCollator(SFTCollator):
     """Concatenate a batch's rows into one sequence: input_ids, labels and position_ids of shape [1, total].
 
     pad_to_multiple_of pads the tail with a dummy row (pad ids, labels -100, its own positions from 0), so
     no real row attends to the padding.
     """
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
-        self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict]):
         import torch
