@@ -50,11 +50,6 @@ def run_template(path: str | Path) -> str | None:
     return None
 
 
-def _output_of(stage) -> str | None:
-    spec = stages.all_stages().get(stage)
-    return spec.output if spec else None
-
-
 def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
     if template == "alpaca":
         return alpaca_prompt(instruction, input_text)
@@ -72,12 +67,11 @@ def load_policy(path: str | Path):
     """(model, tokenizer) for a run dir holding a causal LM or a LoRA adapter (merged in memory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
     path = Path(path)
     if not path.is_dir():
         raise PosttrainError(f"{path}: no such directory")
-    recipe = _recipe_of(path)
-    if recipe and _output_of(recipe.get("stage")) == "reward_model" and path.name != "merged":
+    stage = stages.all_stages().get((_recipe_of(path) or {}).get("stage"))
+    if stage and stage.output == "reward_model" and path.name != "merged":
         raise PosttrainError(f"{path} holds a reward model (a scalar score head), not a policy that generates text")
     try:
         if is_adapter(path):
