@@ -90,39 +90,35 @@ def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: b
     if fmt == "messages":
         src_col = cols.get("messages")
         first = ds[0][src_col] if src_col and len(ds) else None
-        if src_fmt == "messages" and src_col == "messages" and "system" not in cols and (
-                first is None or _is_canonical_chat(first)):
-            out = ds
-        else:
+        keep = [c for c in extra if c != "messages"]
+        if not (src_fmt == "messages" and src_col == "messages" and "system" not in cols and (
+                first is None or _is_canonical_chat(first))):
             def fn(batch):
                 rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
                 return {"messages": [formats.as_messages_row(r, src_fmt, cols) or [] for r in rows]}
 
-            keep = [c for c in extra if c != "messages"]
-            out = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
-                         desc=f"Reading {where} as messages")
-        return out.select_columns(["messages"] + [c for c in extra if c != "messages"])
+            ds = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                        desc=f"Reading {where} as messages")
+        return ds.select_columns(["messages"] + keep)
     if _conversational(fmt):
         spec = formats.get(fmt)
-        names = [c for c in cols if c not in ("messages", "system")]
-        if "messages" in cols:
-            names = [c for c in spec.turn_columns if c not in names] + names
         fields = [c for c in spec.turn_columns if c in cols]
         first = {c: ds[0][cols[c]] for c in fields} if len(ds) else {}
-        # rows already in one shape that no rule changes pass as they are, renamed
+        # rows already in one shape that no rule changes pass as they are, only renamed (below)
         plain = "messages" not in cols and "system" not in cols and not (fmt == "preference" and chat and "prompt" in cols)
-        if plain and (all(_is_canonical_chat(first.get(c)) for c in fields) if chat
-                      else not formats.row_is_chat(first, fields)):
-            renames = {src: dst for dst, src in cols.items() if src != dst}
-            ds = ds.rename_columns(renames) if renames else ds
-        else:
+        if not (plain and (all(_is_canonical_chat(first.get(c)) for c in fields) if chat
+                           else not formats.row_is_chat(first, fields))):
+            names = [c for c in cols if c not in ("messages", "system")]
+            if "messages" in cols:
+                names = [c for c in spec.turn_columns if c not in names] + names
+
             def fn(batch):
                 shaped = [formats.shape_row(dict(zip(batch, values)), fmt, cols, chat) for values in zip(*batch.values())]
                 return {c: [r[c] for r in shaped] for c in names}
 
             ds = ds.map(fn, batched=True, remove_columns=list(cols.values()), desc=f"Shaping {where} rows")
-        return ds.select_columns(names + [c for c in extra if c not in names])
-    # alpaca / prompt_completion: same format (validation refuses others); canonical names
+            return ds.select_columns(names + [c for c in extra if c not in names])
+    # alpaca / prompt_completion (one format: validation refuses others), and rows passed as they are: canonical names
     renames = {src: dst for dst, src in cols.items() if src != dst}
     if renames:
         ds = ds.rename_columns(renames)
