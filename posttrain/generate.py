@@ -53,7 +53,6 @@ def run_template(path: str | Path) -> str | None:
 def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
     if template == "alpaca":
         return alpaca_prompt(instruction, input_text)
-
     text = user_text(instruction, input_text)
     if template == "chat":
         if getattr(tokenizer, "chat_template", None) is None:
@@ -96,8 +95,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, 
     from tqdm.auto import tqdm
 
     out = []
-    starts = range(0, len(prompts), batch_size)
-    for i in tqdm(starts, desc=desc or "generating", unit="batch", disable=desc is False):
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc or "generating", unit="batch", disable=desc is False):
         batch = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
         kw = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
         with torch.no_grad():

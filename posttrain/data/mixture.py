@@ -52,10 +52,6 @@ def label(data: dict, split: str = "train") -> str:
     return f"mixture of {len(es)} sources ({names})"
 
 
-def _entry_label(e: dict, split: str, i: int, n: int) -> str:
-    return e["source"] if n == 1 else f"data.{split}[{i}] ({e['source']})"
-
-
 # ---------------------------------------------------------------------------------------------
 # One source
 
@@ -126,7 +122,6 @@ def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: b
 
 
 def _read(entry: dict, split: str, where: str):
-    """One split of an entry's source, its columns renamed by the entry's column_map."""
     ds = load_source(entry["source"], split, entry.get("name"))
     return rename_columns(ds, entry["column_map"], where) if entry.get("column_map") else ds
 
@@ -291,7 +286,8 @@ def _load(data: dict, split: str, seed: int, eval_fraction=None):
     es = entries(data, split)
     fmt = data["format"]
     n = len(es)
-    sources = [_Source(e, fmt, _entry_label(e, split, i, n)) for i, e in enumerate(es)]
+    where = [e["source"] if n == 1 else f"data.{split}[{i}] ({e['source']})" for i, e in enumerate(es)]
+    sources = [_Source(e, fmt, w) for e, w in zip(es, where)]
     # one shape for all: if any preference/prompt source is conversational (or data.template is chat), all are
     chat = _conversational(fmt) and (data.get("template") == "chat" or any(s.chat for s in sources))
     if n == 1 and es[0].get("plain"):

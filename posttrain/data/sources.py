@@ -31,8 +31,7 @@ def load_source(source: str, split: str = "train", name: str | None = None):
             builder = LOCAL_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise DataError(f"{source}: unsupported file type (use {', '.join(LOCAL_BUILDERS)})")
-            base = split.split("[")[0]
-            if base != "train":
+            if split.split("[")[0] != "train":
                 raise DataError(f"{source}: a local file has only the 'train' split (got {split!r})")
             _check_utf8(path, builder)
             extra = _csv_as_text(path) if builder == "csv" else {}

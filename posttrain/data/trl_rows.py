@@ -21,12 +21,11 @@ def load_pairs(recipe: Recipe, args, keep_extra: bool = False):
     data = recipe.data
     with args.main_process_first(desc="checking the dataset"):
         train, eval_ds, sources = load_splits(data, seed=args.seed)
-        train, stats = clean_pairs_or_prompts(train, data["format"], label(data), keep_extra)
-        stats = {"train": stats}
+        stats = {}
+        train, stats["train"] = clean_pairs_or_prompts(train, data["format"], label(data), keep_extra)
         if eval_ds is not None:
-            eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"],
-                                                            label(data, "eval" if data.get("eval") else "train"),
-                                                            keep_extra)
+            where = label(data, "eval" if data.get("eval") else "train")
+            eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"], where, keep_extra)
         stats["sources"] = sources  # per source: rows read, kept, dropped, taken (the manifest's data.sources)
     return train, eval_ds, stats
 
