@@ -107,7 +107,6 @@ def _fmt(v) -> str:
 def summary_markdown(path: Path, found: list[tuple[str, Path]], images: list[Path], demo: dict | None) -> str:
     lines = [f"# posttrain report: {path.name}", ""]
     lines += ["| run | stage | status | duration | key metrics |", "|---|---|---|---|---|"]
-
     for name, run_dir in found:
         m = runs.read_manifest(run_dir) or {}
         metrics = m.get("metrics") or {}

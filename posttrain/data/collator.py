@@ -21,9 +21,7 @@ log = logging.getLogger("posttrain")
 
 
 def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
-    if not texts:
-        return []
-    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+    return tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
 
 
 def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: int, *, train_on: str = "assistant",

@@ -94,10 +94,8 @@ def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str,
         hit = next((c for c in options if c in column_names), None)
         if hit is None and col in spec.required:
             need = " or ".join(f"'{c}'" for c in options)
-            raise DataError(
-                f"{source}: format '{fmt}' needs a column {need}; columns found: {', '.join(column_names)} "
-                f"(rename with data.column_map)"
-            )
+            raise DataError(f"{source}: format '{fmt}' needs a column {need}; columns found: {', '.join(column_names)} "
+                            f"(rename with data.column_map)")
         if hit is not None:
             found[col] = hit
     return found
@@ -258,10 +256,8 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
         head = render(messages[:i], True)
         full = render(messages[: i + 1], False)
         if not head.startswith(done) or not full.startswith(head):
-            raise DataError(
-                "the chat template does not render conversations as growing prefixes, so assistant turns "
-                "cannot be masked exactly; use format prompt_completion instead"
-            )
+            raise DataError("the chat template does not render conversations as growing prefixes, so assistant turns "
+                            "cannot be masked exactly; use format prompt_completion instead")
         out.append((head[len(done):], False))
         out.append((full[len(head):], True))
         done = full
@@ -385,13 +381,12 @@ def shape_row(row: dict, fmt: str, cols: dict[str, str], chat: bool) -> dict:
     repeat the prompt cut to what follows it (`shared_prompt`); a `system` column put in front of the prompt
     (of chosen and rejected when there is none), or refused for text rows."""
     spec = get(fmt)
-    out = {}
     if "messages" in cols:
         turns = to_messages(row[cols["messages"]] or [], cols["messages"])
         if turns and turns[-1]["role"] != "assistant":
             raise DataError(f"column '{cols['messages']}': an unpaired conversation ends with the assistant turn "
                             f"that is judged; this one ends with a {turns[-1]['role']!r} turn")
-        out["prompt"], out["completion"] = turns[:-1], turns[-1:]
+        out = {"prompt": turns[:-1], "completion": turns[-1:]}
     else:
         out = {c: pair_shape({c: row[cols[c]]}, c, chat) for c in spec.turn_columns if c in cols}
     if fmt == "preference" and chat and out.get("prompt") and out.get("chosen") and out.get("rejected"):

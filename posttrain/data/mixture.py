@@ -148,9 +148,7 @@ class _Source:
         s = {"source": self.entry["source"], "split": self.entry.get("split") or "train"}
         if self.src_fmt != self.fmt:
             s["format"] = self.src_fmt
-        for k in ("weight", "rows"):
-            if self.entry.get(k) is not None:
-                s[k] = self.entry[k]
+        s.update({k: self.entry[k] for k in ("weight", "rows") if self.entry.get(k) is not None})
         s.update(read=self.read, kept=self.kept, dropped=self.read - self.kept, taken=taken)
         if n_eval is not None:
             s["eval"] = n_eval
@@ -209,9 +207,7 @@ def _mix(sources: list[_Source], fmt: str, chat: bool, eval_fraction, seed: int,
     import datasets
 
     targets = [s.target for s in sources]
-    evals = [0] * len(sources)
-    if eval_fraction:
-        evals = _apportion(_n_eval(eval_fraction, sum(targets)), targets)
+    evals = _apportion(_n_eval(eval_fraction, sum(targets)), targets) if eval_fraction else [0] * len(sources)
     train_idx, eval_idx = [], []
     for i, (s, t, e) in enumerate(zip(sources, targets, evals)):
         if e >= s.kept and t > e:

@@ -63,11 +63,9 @@ class PackedCollator(SFTCollator):
 
         ids, labels, positions = [], [], []
         for f in features:
-            n = len(f["input_ids"])
             ids.extend(f["input_ids"])
-            labels.append(IGNORE_INDEX)  # never a target of the previous row's last token
-            labels.extend(f["labels"][1:])
-            positions.extend(range(n))
+            labels += [IGNORE_INDEX, *f["labels"][1:]]  # the first is never a target of the previous row's last token
+            positions.extend(range(len(f["input_ids"])))
         total = len(ids)
         if self.pad_to_multiple_of:
             extra = -total % self.pad_to_multiple_of
@@ -129,8 +127,8 @@ def use_segment_sdpa(model) -> bool:
 
     cfg = model.config
     text = cfg.get_text_config()  # an image-text model (gemma3) keeps its sliding window in text_config
-    layer_types = getattr(text, "layer_types", None) or []
-    sliding = getattr(text, "sliding_window", None) and any(t != "full_attention" for t in layer_types or ["?"])
+    layer_types = getattr(text, "layer_types", None) or ["?"]  # none listed: a sliding window may apply anywhere
+    sliding = getattr(text, "sliding_window", None) and any(t != "full_attention" for t in layer_types)
     if cfg._attn_implementation != "sdpa" or sliding:
         return False
     AttentionInterface.register(SEGMENT_SDPA, _segment_sdpa)

@@ -82,8 +82,6 @@ def _check_utf8(path: Path, builder: str):
 def rename_columns(ds, column_map: dict, source: str):
     missing = [c for c in column_map if c not in ds.column_names]
     if missing:
-        raise DataError(
-            f"{source}: data.column_map names column(s) {', '.join(missing)} not in the data "
-            f"(columns found: {', '.join(ds.column_names)})"
-        )
+        raise DataError(f"{source}: data.column_map names column(s) {', '.join(missing)} not in the data "
+                        f"(columns found: {', '.join(ds.column_names)})")
     return ds.rename_columns(dict(column_map))
