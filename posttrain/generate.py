@@ -50,15 +50,9 @@ def run_template(path: str | Path) -> str | None:
     return None
 
 
-def _output_of(stage) -> str | None:
-    spec = stages.all_stages().get(stage)
-    return spec.output if spec else None
-
-
 def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
     if template == "alpaca":
         return alpaca_prompt(instruction, input_text)
-
     text = user_text(instruction, input_text)
     if template == "chat":
         if getattr(tokenizer, "chat_template", None) is None:
@@ -72,12 +66,11 @@ def load_policy(path: str | Path):
     """(model, tokenizer) for a run dir holding a causal LM or a LoRA adapter (merged in memory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
     path = Path(path)
     if not path.is_dir():
         raise PosttrainError(f"{path}: no such directory")
-    recipe = _recipe_of(path)
-    if recipe and _output_of(recipe.get("stage")) == "reward_model" and path.name != "merged":
+    stage = stages.all_stages().get((_recipe_of(path) or {}).get("stage"))
+    if stage and stage.output == "reward_model" and path.name != "merged":
         raise PosttrainError(f"{path} holds a reward model (a scalar score head), not a policy that generates text")
     try:
         if is_adapter(path):
@@ -102,8 +95,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, 
     from tqdm.auto import tqdm
 
     out = []
-    starts = range(0, len(prompts), batch_size)
-    for i in tqdm(starts, desc=desc or "generating", unit="batch", disable=desc is False):
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc or "generating", unit="batch", disable=desc is False):
         batch = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
         kw = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
         with torch.no_grad():

@@ -20,13 +20,9 @@ def render_example(tokenizer, input_ids: list[int], labels: list[int], color: bo
         if i == len(labels) or (labels[i] == IGNORE_INDEX) != (labels[start] == IGNORE_INDEX):
             runs.append((labels[start] == IGNORE_INDEX, tokenizer.decode(input_ids[start:i])))
             start = i
-    parts = []
-    for masked, text in runs:
-        if color:
-            parts.append(f"\033[2m{text}\033[0m" if masked else f"\033[1;32m{text}\033[0m")
-        else:
-            parts.append(f"[masked]{text}[/masked]" if masked else f"[trained]{text}[/trained]")
-    return "".join(parts)
+    if color:
+        return "".join(f"\033[2m{text}\033[0m" if masked else f"\033[1;32m{text}\033[0m" for masked, text in runs)
+    return "".join(f"[masked]{text}[/masked]" if masked else f"[trained]{text}[/trained]" for masked, text in runs)
 
 
 def preview(recipe: Recipe, out=None):
@@ -37,10 +33,8 @@ def preview(recipe: Recipe, out=None):
     name = recipe.model.get("tokenizer") or recipe.model["name_or_path"]
     try:
         tokenizer = load_tokenizer(recipe.model, eos_token=recipe.training.get("eos_token"))
-    except RecipeError:
-        raise
     except PosttrainError as e:
-        if is_local_path(name):
+        if isinstance(e, RecipeError) or is_local_path(name):
             raise
         print(f"not checked: tokenizer ({e})", file=out)
         return
@@ -62,7 +56,6 @@ def preview(recipe: Recipe, out=None):
         return
     shown = f"{first.key} ({first.source})" if "[" in first.key else first.source  # a mixture's entry by index
     if not supervised:  # TRL tokenizes these itself: show a checked row
-
         with preflight.quiet():
             cleaned, _ = clean_pairs_or_prompts(first.rows, data["format"], first.source, keep_extra=True)
         row = cleaned[0]

@@ -50,6 +50,13 @@ def _history(run_dir: Path) -> list[dict]:
         return []
 
 
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot_loss(plt, name: str, history: list[dict], out: Path) -> Path | None:
     series = {k: [(e["step"], e[k]) for e in history if k in e and "step" in e] for k in LOSS_KEYS}
     if not any(series.values()):
@@ -60,10 +67,7 @@ def plot_loss(plt, name: str, history: list[dict], out: Path) -> Path | None:
             ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
     ax.set(title=f"{name}: loss", xlabel="step", ylabel="loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_metrics(plt, name: str, stage: str, history: list[dict], out: Path) -> Path | None:
@@ -77,10 +81,7 @@ def plot_metrics(plt, name: str, stage: str, history: list[dict], out: Path) -> 
     for ax, (p, values) in zip(axes[0], panels):
         ax.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 30 else None)
         ax.set(title=f"{name}: {p.title}", xlabel=f"{stage} update", ylabel=p.key)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_demo(plt, demo: dict, out: Path) -> Path:
@@ -96,10 +97,7 @@ def plot_demo(plt, demo: dict, out: Path) -> Path:
                  color=["gray", "tab:purple", "tab:orange"])
     b.bar_label(bars, fmt="%.2f")
     b.set(title=f"pair accuracy, {demo['held_out']['pairs']} held-out pairs", ylim=(0, 1))
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def _fmt(v) -> str:
@@ -109,7 +107,6 @@ def _fmt(v) -> str:
 def summary_markdown(path: Path, found: list[tuple[str, Path]], images: list[Path], demo: dict | None) -> str:
     lines = [f"# posttrain report: {path.name}", ""]
     lines += ["| run | stage | status | duration | key metrics |", "|---|---|---|---|---|"]
-
     for name, run_dir in found:
         m = runs.read_manifest(run_dir) or {}
         metrics = m.get("metrics") or {}

@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 
@@ -60,10 +60,8 @@ def checkpoints(out: Path) -> list[Path]:
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
-        try:
+        with suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -81,28 +79,21 @@ def prepare(out: Path, recipe_hash: str, *, resume: bool, overwrite: bool, force
     if occupied and manifest is None and not ckpts:
         raise RunDirError(f"{out} is not empty and holds no posttrain run; choose another output_dir "
                           "(posttrain never clears a directory it did not create)")
-    if overwrite:
-        if occupied:
-            _clear(out)
-        return None
     if resume:
         if manifest and manifest.get("status") == "finished":
             raise RunDirError(f"{out} holds a finished run; nothing to resume (use --overwrite to train again)")
         if manifest and manifest.get("recipe_hash") != recipe_hash and not force:
-            raise RunDirError(
-                f"{out} was started from a different recipe (hash {manifest.get('recipe_hash')} vs {recipe_hash}); "
-                "resume it with the same recipe and overrides, or pass --force to resume anyway"
-            )
+            raise RunDirError(f"{out} was started from a different recipe (hash {manifest.get('recipe_hash')} vs "
+                              f"{recipe_hash}); resume it with the same recipe and overrides, or pass --force to "
+                              "resume anyway")
         return ckpts[-1] if ckpts else None
-    if manifest and manifest.get("status") == "finished":
+    if not overwrite and manifest and manifest.get("status") == "finished":
         raise RunDirError(f"{out} already holds a finished run; pass --overwrite to replace it")
-    if ckpts:
-        raise RunDirError(
-            f"{out} holds an unfinished run (newest {ckpts[-1].name}); pass --resume to continue it "
-            "or --overwrite to start over"
-        )
+    if not overwrite and ckpts:
+        raise RunDirError(f"{out} holds an unfinished run (newest {ckpts[-1].name}); pass --resume to continue it "
+                          "or --overwrite to start over")
     if occupied:
-        _clear(out)  # an unfinished run that never reached a checkpoint: nothing to keep
+        _clear(out)  # --overwrite, or an unfinished run that never reached a checkpoint: nothing to keep
     return None
 
 

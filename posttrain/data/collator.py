@@ -11,6 +11,7 @@ collator, never by token id, so EOS is trained even when pad == eos (GPT-2).
 from __future__ import annotations
 
 import logging
+import math
 
 from posttrain.data.formats import get, resolve_columns, segments
 from posttrain.errors import DataError
@@ -20,9 +21,7 @@ log = logging.getLogger("posttrain")
 
 
 def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
-    if not texts:
-        return []
-    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+    return tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
 
 
 def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: int, *, train_on: str = "assistant",
@@ -95,23 +94,16 @@ def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_
     split = get(fmt).split_long_rows
 
     def fn(batch):
-        n = len(next(iter(batch.values())))
-        rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         enc = encode_batch(rows, fmt, cols, tokenizer, max_length, train_on=train_on, template=template)
-        if split:  # one row per chunk: its first carries the document's status, the others "chunk"
-            out = {"input_ids": [], "labels": [], "_status": []}
-            for e in enc:
-                for i, c in enumerate(e["chunks"] if e else [{"input_ids": [], "labels": []}]):
-                    out["input_ids"].append(c["input_ids"])
-                    out["labels"].append(c["labels"])
-                    out["_status"].append("empty" if e is None else e["status"] if i == 0 else "chunk")
-            return out
-        status = ["empty" if e is None else e["status"] for e in enc]
-        return {
-            "input_ids": [e["input_ids"] if e else [] for e in enc],
-            "labels": [e["labels"] if e else [] for e in enc],
-            "_status": status,
-        }
+        # one row per chunk of a split row (its first carries the row's status, the others "chunk"), else per row
+        out = {"input_ids": [], "labels": [], "_status": []}
+        for e in enc:
+            for i, c in enumerate(e.get("chunks", [e]) if e else [{"input_ids": [], "labels": []}]):
+                out["input_ids"].append(c["input_ids"])
+                out["labels"].append(c["labels"])
+                out["_status"].append("empty" if e is None else e["status"] if i == 0 else "chunk")
+        return out
 
     mapped = ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {source}")
     status = mapped["_status"]
@@ -157,10 +149,8 @@ class SFTCollator:
     def __call__(self, features: list[dict]):
         import torch
 
-        longest = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            longest = (longest + m - 1) // m * m
+        m = self.pad_to_multiple_of or 1
+        longest = math.ceil(max(len(f["input_ids"]) for f in features) / m) * m
         n = len(features)
         input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)

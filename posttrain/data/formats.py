@@ -18,9 +18,12 @@ conversation.)
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 
 from posttrain.errors import DataError
+
+log = logging.getLogger("posttrain")
 
 # The classic Stanford Alpaca templates, verbatim.
 ALPACA_WITH_INPUT = (
@@ -91,10 +94,8 @@ def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str,
         hit = next((c for c in options if c in column_names), None)
         if hit is None and col in spec.required:
             need = " or ".join(f"'{c}'" for c in options)
-            raise DataError(
-                f"{source}: format '{fmt}' needs a column {need}; columns found: {', '.join(column_names)} "
-                f"(rename with data.column_map)"
-            )
+            raise DataError(f"{source}: format '{fmt}' needs a column {need}; columns found: {', '.join(column_names)} "
+                            f"(rename with data.column_map)")
         if hit is not None:
             found[col] = hit
     return found
@@ -172,15 +173,14 @@ def with_system(messages: list[dict], system: list[dict], column: str) -> list[d
 
 
 def _alpaca_segments(row, cols, tokenizer, train_on, template):
+    if template == "chat":  # the row as one user and one assistant turn, as a messages mixture reads it
+        return chat_segments(as_messages_row(row, "alpaca", cols), tokenizer, train_on=train_on,
+                             template_kwargs=row.get("chat_template_kwargs"))
     instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
     if instruction is None or output is None:
         return None
     input_text = _text(row.get(cols["input"])) if "input" in cols else None
-    system = _system(row, cols, "alpaca", template == "chat")
-    if template == "chat":
-        msgs = system + [{"role": "user", "content": user_text(instruction, input_text)},
-                         {"role": "assistant", "content": output}]
-        return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
+    _system(row, cols, "alpaca", chat=False)  # a system column is refused: text has no place for it
     return _single(alpaca_prompt(instruction, input_text), output, train_on)
 
 
@@ -250,18 +250,14 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
     if train_on == "last_assistant":
         turns = turns[-1:]
     out, done = [], ""
-    for i, m in enumerate(messages):
-        if i not in turns:
-            continue
-        if _text(m["content"]) is None:
+    for i in turns:
+        if _text(messages[i]["content"]) is None:
             return None
         head = render(messages[:i], True)
         full = render(messages[: i + 1], False)
         if not head.startswith(done) or not full.startswith(head):
-            raise DataError(
-                "the chat template does not render conversations as growing prefixes, so assistant turns "
-                "cannot be masked exactly; use format prompt_completion instead"
-            )
+            raise DataError("the chat template does not render conversations as growing prefixes, so assistant turns "
+                            "cannot be masked exactly; use format prompt_completion instead")
         out.append((head[len(done):], False))
         out.append((full[len(head):], True))
         done = full
@@ -275,16 +271,11 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "system": "system", "tool": "tool"}
 
 
-def _is_turns(value) -> bool:
-    """A conversation: a list of mappings (possibly empty)."""
-    return isinstance(value, list) and all(isinstance(m, dict) for m in value)
-
-
 def to_messages(turns, column: str) -> list[dict]:
     """[{role, content}] from [{role, content}] or sharegpt [{from, value}] (human/gpt/system/tool)."""
     if isinstance(turns, dict):  # a single message, e.g. a `chosen` that is one assistant turn
         turns = [turns]
-    if not _is_turns(turns):
+    if not (isinstance(turns, list) and all(isinstance(m, dict) for m in turns)):
         raise DataError(f"column '{column}': expected a list of {{role, content}} or {{from, value}} turns, "
                         f"got {turns!r:.80}")
     out = []
@@ -303,25 +294,16 @@ def to_messages(turns, column: str) -> list[dict]:
     return out
 
 
-def messages_column(column_names) -> str | None:
-    """Where a messages source keeps its conversation: `messages`, else sharegpt's `conversations`."""
-    return next((c for c in ("messages", "conversations") if c in column_names), None)
-
-
 def as_messages_row(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
     """One row of an SFT format as a conversation (for messages data), its `system` column in front; None if
     a field is empty."""
-    messages = _as_messages(row, src_fmt, cols)
-    if messages is None:
-        return None
-    return with_system(messages, _system(row, cols, src_fmt, True), cols.get("messages", "messages"))
-
-
-def _as_messages(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
     spec = get(src_fmt)
     if spec.as_messages is None:
         raise DataError(f"format '{src_fmt}' rows cannot be read as messages")
-    return spec.as_messages(row, cols)
+    messages = spec.as_messages(row, cols)
+    if messages is None:
+        return None
+    return with_system(messages, _system(row, cols, src_fmt, True), cols.get("messages", "messages"))
 
 
 def _messages_as_messages(row, cols):
@@ -347,7 +329,7 @@ def _prompt_completion_as_messages(row, cols):
 
 
 def conversational(value) -> bool:
-    return isinstance(value, (list, dict)) and not isinstance(value, str)
+    return isinstance(value, (list, dict))
 
 
 def pair_shape(row: dict, column: str, chat: bool):
@@ -399,13 +381,12 @@ def shape_row(row: dict, fmt: str, cols: dict[str, str], chat: bool) -> dict:
     repeat the prompt cut to what follows it (`shared_prompt`); a `system` column put in front of the prompt
     (of chosen and rejected when there is none), or refused for text rows."""
     spec = get(fmt)
-    out = {}
     if "messages" in cols:
         turns = to_messages(row[cols["messages"]] or [], cols["messages"])
         if turns and turns[-1]["role"] != "assistant":
             raise DataError(f"column '{cols['messages']}': an unpaired conversation ends with the assistant turn "
                             f"that is judged; this one ends with a {turns[-1]['role']!r} turn")
-        out["prompt"], out["completion"] = turns[:-1], turns[-1:]
+        out = {"prompt": turns[:-1], "completion": turns[-1:]}
     else:
         out = {c: pair_shape({c: row[cols[c]]}, c, chat) for c in spec.turn_columns if c in cols}
     if fmt == "preference" and chat and out.get("prompt") and out.get("chosen") and out.get("rejected"):
@@ -417,8 +398,9 @@ def shape_row(row: dict, fmt: str, cols: dict[str, str], chat: bool) -> dict:
     return out
 
 
-def usable_mask(ds, columns: list[str]):
-    """Rows whose columns are all filled (text not blank, lists not empty, not null/NaN), computed by Arrow."""
+def usable_rows(ds, columns: list[str], source: str):
+    """Indices of the rows whose columns are all filled (text not blank, lists not empty, not null/NaN), computed by
+    Arrow; the others are dropped with a warning, and a source with none left is refused."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -440,7 +422,12 @@ def usable_mask(ds, columns: list[str]):
         else:
             ok = pc.is_valid(col)
         mask &= np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
-    return mask
+    kept = np.flatnonzero(mask)
+    if len(kept) < len(ds):
+        log.warning("%s: dropped %d of %d rows with an empty or null field", source, len(ds) - len(kept), len(ds))
+    if not len(kept):
+        raise DataError(f"{source}: no usable row (every row has an empty or null {' / '.join(columns)})")
+    return kept
 
 
 def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
@@ -458,18 +445,8 @@ def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
     if not keep_extra:
         ds = ds.select_columns(needed + kept)
     n = len(ds)
-    import numpy as np
-
-    ds = ds.select(np.flatnonzero(usable_mask(ds, needed)))
-    stats = {"rows": n, "kept": len(ds), "dropped_empty_field": n - len(ds)}
-    if stats["dropped_empty_field"]:
-        import logging
-
-        logging.getLogger("posttrain").warning("%s: dropped %d of %d rows with an empty or null field",
-                                               source, stats["dropped_empty_field"], n)
-    if len(ds) == 0:
-        raise DataError(f"{source}: no usable row (every row has an empty or null {' / '.join(needed)})")
-    return ds, stats
+    ds = ds.select(usable_rows(ds, needed, source))
+    return ds, {"rows": n, "kept": len(ds), "dropped_empty_field": n - len(ds)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,9 +24,6 @@ from posttrain.errors import DataError
 
 log = logging.getLogger("posttrain")
 
-ENTRY_KEYS = ("source", "name", "split", "format", "column_map", "weight", "rows")
-
-
 def entries(data: dict, split: str = "train") -> list[dict]:
     """The sources of data.train / data.eval as entry mappings (a string source takes the data-level keys)."""
     value = data.get(split)
@@ -53,10 +50,6 @@ def label(data: dict, split: str = "train") -> str:
         return es[0]["source"]
     names = ", ".join(e["source"] for e in es[:3]) + (", ..." if len(es) > 3 else "")
     return f"mixture of {len(es)} sources ({names})"
-
-
-def _entry_label(e: dict, split: str, i: int, n: int) -> str:
-    return e["source"] if n == 1 else f"data.{split}[{i}] ({e['source']})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,45 +86,44 @@ def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: b
     if fmt == "messages":
         src_col = cols.get("messages")
         first = ds[0][src_col] if src_col and len(ds) else None
-        if src_fmt == "messages" and src_col == "messages" and "system" not in cols and (
-                first is None or _is_canonical_chat(first)):
-            out = ds
-        else:
+        keep = [c for c in extra if c != "messages"]
+        if not (src_fmt == "messages" and src_col == "messages" and "system" not in cols and (
+                first is None or _is_canonical_chat(first))):
             def fn(batch):
-                n = len(next(iter(batch.values())))
-                rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+                rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
                 return {"messages": [formats.as_messages_row(r, src_fmt, cols) or [] for r in rows]}
 
-            keep = [c for c in extra if c != "messages"]
-            out = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
-                         desc=f"Reading {where} as messages")
-        return out.select_columns(["messages"] + [c for c in extra if c != "messages"])
+            ds = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                        desc=f"Reading {where} as messages")
+        return ds.select_columns(["messages"] + keep)
     if _conversational(fmt):
         spec = formats.get(fmt)
-        names = [c for c in cols if c not in ("messages", "system")]
-        if "messages" in cols:
-            names = [c for c in spec.turn_columns if c not in names] + names
         fields = [c for c in spec.turn_columns if c in cols]
         first = {c: ds[0][cols[c]] for c in fields} if len(ds) else {}
-        # rows already in one shape that no rule changes pass as they are, renamed
+        # rows already in one shape that no rule changes pass as they are, only renamed (below)
         plain = "messages" not in cols and "system" not in cols and not (fmt == "preference" and chat and "prompt" in cols)
-        if plain and (all(_is_canonical_chat(first.get(c)) for c in fields) if chat
-                      else not formats.row_is_chat(first, fields)):
-            renames = {src: dst for dst, src in cols.items() if src != dst}
-            ds = ds.rename_columns(renames) if renames else ds
-        else:
+        if not (plain and (all(_is_canonical_chat(first.get(c)) for c in fields) if chat
+                           else not formats.row_is_chat(first, fields))):
+            names = [c for c in cols if c not in ("messages", "system")]
+            if "messages" in cols:
+                names = [c for c in spec.turn_columns if c not in names] + names
+
             def fn(batch):
-                n = len(next(iter(batch.values())))
-                shaped = [formats.shape_row({k: batch[k][i] for k in batch}, fmt, cols, chat) for i in range(n)]
+                shaped = [formats.shape_row(dict(zip(batch, values)), fmt, cols, chat) for values in zip(*batch.values())]
                 return {c: [r[c] for r in shaped] for c in names}
 
             ds = ds.map(fn, batched=True, remove_columns=list(cols.values()), desc=f"Shaping {where} rows")
-        return ds.select_columns(names + [c for c in extra if c not in names])
-    # alpaca / prompt_completion: same format (validation refuses others); canonical names
+            return ds.select_columns(names + [c for c in extra if c not in names])
+    # alpaca / prompt_completion (one format: validation refuses others), and rows passed as they are: canonical names
     renames = {src: dst for dst, src in cols.items() if src != dst}
     if renames:
         ds = ds.rename_columns(renames)
     return ds.select_columns(list(cols) + [c for c in extra if c not in cols])
+
+
+def _read(entry: dict, split: str, where: str):
+    ds = load_source(entry["source"], split, entry.get("name"))
+    return rename_columns(ds, entry["column_map"], where) if entry.get("column_map") else ds
 
 
 class _Source:
@@ -140,20 +132,11 @@ class _Source:
     def __init__(self, entry: dict, fmt: str, where: str):
         self.entry, self.where, self.fmt = entry, where, fmt
         self.src_fmt = entry.get("format") or fmt
-        ds = load_source(entry["source"], entry.get("split") or "train", entry.get("name"))
-        if entry.get("column_map"):
-            ds = rename_columns(ds, entry["column_map"], where)
-        self.ds = ds
+        self.ds = ds = _read(entry, entry.get("split") or "train", where)
         self.cols = formats.source_columns(ds.column_names, self.src_fmt, where)
         self.read = len(ds)
-        self.kept_idx = np.flatnonzero(formats.usable_mask(ds, _required(self.cols, self.src_fmt)))
+        self.kept_idx = formats.usable_rows(ds, _required(self.cols, self.src_fmt), where)
         self.kept = len(self.kept_idx)
-        if self.kept < self.read:
-            log.warning("%s: dropped %d of %d rows with an empty or null field", where, self.read - self.kept,
-                        self.read)
-        if self.kept == 0:
-            raise DataError(f"{where}: no usable row (every row has an empty or null "
-                            f"{' / '.join(_required(self.cols, self.src_fmt))})")
         if entry.get("rows") is not None:
             self.target = int(entry["rows"])
         else:
@@ -165,9 +148,7 @@ class _Source:
         s = {"source": self.entry["source"], "split": self.entry.get("split") or "train"}
         if self.src_fmt != self.fmt:
             s["format"] = self.src_fmt
-        for k in ("weight", "rows"):
-            if self.entry.get(k) is not None:
-                s[k] = self.entry[k]
+        s.update({k: self.entry[k] for k in ("weight", "rows") if self.entry.get(k) is not None})
         s.update(read=self.read, kept=self.kept, dropped=self.read - self.kept, taken=taken)
         if n_eval is not None:
             s["eval"] = n_eval
@@ -198,9 +179,12 @@ def _take(pool: np.ndarray, n: int) -> np.ndarray:
 
 
 def _n_eval(eval_fraction, total: int) -> int:
-    if isinstance(eval_fraction, int) and not isinstance(eval_fraction, bool):
-        return eval_fraction
-    return max(1, round(total * eval_fraction))
+    """Rows held out for eval: eval_fraction as a count, or as a fraction of total; refused if that is all of them."""
+    exact = isinstance(eval_fraction, int) and not isinstance(eval_fraction, bool)
+    n = eval_fraction if exact else max(1, round(total * eval_fraction))
+    if n >= total:
+        raise DataError(f"data.eval_fraction {eval_fraction} leaves no training rows out of {total}")
+    return n
 
 
 def _plain(src: _Source, fmt: str, chat: bool, eval_fraction, seed: int):
@@ -209,12 +193,9 @@ def _plain(src: _Source, fmt: str, chat: bool, eval_fraction, seed: int):
     ds = convert(ds, fmt, src.src_fmt, src.cols, chat=chat, keep_extra=True, where=src.where)
     eval_ds = None
     if eval_fraction:
-        n_eval = _n_eval(eval_fraction, len(ds))
-        if n_eval >= len(ds):
-            raise DataError(f"data.eval_fraction {eval_fraction} leaves no training rows out of {len(ds)}")
-        parts = ds.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+        parts = ds.train_test_split(test_size=_n_eval(eval_fraction, len(ds)), seed=seed, shuffle=True)
         ds, eval_ds = parts["train"], parts["test"]
-    return ds, eval_ds, src.stats(len(ds), len(eval_ds) if eval_ds is not None else None)
+    return ds, eval_ds, [src.stats(len(ds), len(eval_ds) if eval_ds is not None else None)]
 
 
 def _mix(sources: list[_Source], fmt: str, chat: bool, eval_fraction, seed: int, split: str):
@@ -226,12 +207,7 @@ def _mix(sources: list[_Source], fmt: str, chat: bool, eval_fraction, seed: int,
     import datasets
 
     targets = [s.target for s in sources]
-    evals = [0] * len(sources)
-    if eval_fraction:
-        n_eval = _n_eval(eval_fraction, sum(targets))
-        if n_eval >= sum(targets):
-            raise DataError(f"data.eval_fraction {eval_fraction} leaves no training rows out of {sum(targets)}")
-        evals = _apportion(n_eval, targets)
+    evals = _apportion(_n_eval(eval_fraction, sum(targets)), targets) if eval_fraction else [0] * len(sources)
     train_idx, eval_idx = [], []
     for i, (s, t, e) in enumerate(zip(sources, targets, evals)):
         if e >= s.kept and t > e:
@@ -258,13 +234,13 @@ def _mix(sources: list[_Source], fmt: str, chat: bool, eval_fraction, seed: int,
     parts = _align(parts, sources, fmt)
     mixed = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     rng = np.random.default_rng([seed, len(sources), 7])
-    glob_train = np.concatenate([off + tr for off, tr in zip(offsets, train_idx)])
-    glob_train = glob_train[rng.permutation(len(glob_train))]
-    train = mixed.select(glob_train)
-    eval_ds = None
-    if eval_fraction:
-        glob_eval = np.concatenate([off + ev for off, ev in zip(offsets, eval_idx)])
-        eval_ds = mixed.select(glob_eval[rng.permutation(len(glob_eval))])
+
+    def shuffled(idx):  # every source's sampled rows, at their place in `mixed`, in one random order
+        rows = np.concatenate([off + i for off, i in zip(offsets, idx)])
+        return mixed.select(rows[rng.permutation(len(rows))])
+
+    train = shuffled(train_idx)
+    eval_ds = shuffled(eval_idx) if eval_fraction else None
     stats = [s.stats(len(tr), len(ev) if eval_fraction else None) for s, tr, ev in zip(sources, train_idx, eval_idx)]
     return train, eval_ds, stats
 
@@ -306,14 +282,13 @@ def _load(data: dict, split: str, seed: int, eval_fraction=None):
     es = entries(data, split)
     fmt = data["format"]
     n = len(es)
-    sources = [_Source(e, fmt, _entry_label(e, split, i, n)) for i, e in enumerate(es)]
+    where = [e["source"] if n == 1 else f"data.{split}[{i}] ({e['source']})" for i, e in enumerate(es)]
+    sources = [_Source(e, fmt, w) for e, w in zip(es, where)]
     # one shape for all: if any preference/prompt source is conversational (or data.template is chat), all are
     chat = _conversational(fmt) and (data.get("template") == "chat" or any(s.chat for s in sources))
     if n == 1 and es[0].get("plain"):
-        ds, eval_ds, stats = _plain(sources[0], fmt, chat, eval_fraction, seed)
-        return ds, eval_ds, [stats], chat
-    ds, eval_ds, stats = _mix(sources, fmt, chat, eval_fraction, seed, split)
-    return ds, eval_ds, stats, chat
+        return *_plain(sources[0], fmt, chat, eval_fraction, seed), chat
+    return *_mix(sources, fmt, chat, eval_fraction, seed, split), chat
 
 
 def load_splits(data: dict, seed: int = 42):
@@ -338,10 +313,7 @@ def load_splits(data: dict, seed: int = 42):
 def sample_rows(data: dict, e: dict, where: str, n: int = 8):
     """The first n rows of one source entry (see `entries`), in the recipe format's columns."""
     fmt = data["format"]
-    split = (e.get("split") or "train").split("[")[0] + f"[:{n}]"
-    ds = load_source(e["source"], split, e.get("name"))
-    if e.get("column_map"):
-        ds = rename_columns(ds, e["column_map"], where)
+    ds = _read(e, (e.get("split") or "train").split("[")[0] + f"[:{n}]", where)
     src_fmt = e.get("format") or fmt
     cols = formats.source_columns(ds.column_names, src_fmt, where)
     chat = _conversational(fmt) and (data.get("template") == "chat" or _chat_flag(ds, cols, fmt))

@@ -25,9 +25,8 @@ import itertools
 import json
 from pathlib import Path
 
+from posttrain.data.collator import IGNORE_INDEX, SFTCollator
 from posttrain.errors import RecipeError
-
-IGNORE_INDEX = -100
 
 # model_type -> the decoder passes position_ids to masking_utils' create_causal_mask (or its sliding-window
 # twin) and takes positions from position_ids (learned or rotary), so restarting position_ids isolate rows.
@@ -52,27 +51,21 @@ KNOWN_NOT = {
 }
 
 
-class PackedCollator:
+class PackedCollator(SFTCollator):
     """Concatenate a batch's rows into one sequence: input_ids, labels and position_ids of shape [1, total].
 
     pad_to_multiple_of pads the tail with a dummy row (pad ids, labels -100, its own positions from 0), so
     no real row attends to the padding.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
-        self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
-
     def __call__(self, features: list[dict]):
         import torch
 
         ids, labels, positions = [], [], []
         for f in features:
-            n = len(f["input_ids"])
             ids.extend(f["input_ids"])
-            labels.append(IGNORE_INDEX)  # never a target of the previous row's last token
-            labels.extend(f["labels"][1:])
-            positions.extend(range(n))
+            labels += [IGNORE_INDEX, *f["labels"][1:]]  # the first is never a target of the previous row's last token
+            positions.extend(range(len(f["input_ids"])))
         total = len(ids)
         if self.pad_to_multiple_of:
             extra = -total % self.pad_to_multiple_of
@@ -134,8 +127,8 @@ def use_segment_sdpa(model) -> bool:
 
     cfg = model.config
     text = cfg.get_text_config()  # an image-text model (gemma3) keeps its sliding window in text_config
-    layer_types = getattr(text, "layer_types", None) or []
-    sliding = getattr(text, "sliding_window", None) and any(t != "full_attention" for t in layer_types or ["?"])
+    layer_types = getattr(text, "layer_types", None) or ["?"]  # none listed: a sliding window may apply anywhere
+    sliding = getattr(text, "sliding_window", None) and any(t != "full_attention" for t in layer_types)
     if cfg._attn_implementation != "sdpa" or sliding:
         return False
     AttentionInterface.register(SEGMENT_SDPA, _segment_sdpa)

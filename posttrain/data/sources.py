@@ -31,8 +31,7 @@ def load_source(source: str, split: str = "train", name: str | None = None):
             builder = LOCAL_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise DataError(f"{source}: unsupported file type (use {', '.join(LOCAL_BUILDERS)})")
-            base = split.split("[")[0]
-            if base != "train":
+            if split.split("[")[0] != "train":
                 raise DataError(f"{source}: a local file has only the 'train' split (got {split!r})")
             _check_utf8(path, builder)
             extra = _csv_as_text(path) if builder == "csv" else {}
@@ -83,8 +82,6 @@ def _check_utf8(path: Path, builder: str):
 def rename_columns(ds, column_map: dict, source: str):
     missing = [c for c in column_map if c not in ds.column_names]
     if missing:
-        raise DataError(
-            f"{source}: data.column_map names column(s) {', '.join(missing)} not in the data "
-            f"(columns found: {', '.join(ds.column_names)})"
-        )
+        raise DataError(f"{source}: data.column_map names column(s) {', '.join(missing)} not in the data "
+                        f"(columns found: {', '.join(ds.column_names)})")
     return ds.rename_columns(dict(column_map))

@@ -21,12 +21,11 @@ def load_pairs(recipe: Recipe, args, keep_extra: bool = False):
     data = recipe.data
     with args.main_process_first(desc="checking the dataset"):
         train, eval_ds, sources = load_splits(data, seed=args.seed)
-        train, stats = clean_pairs_or_prompts(train, data["format"], label(data), keep_extra)
-        stats = {"train": stats}
+        stats = {}
+        train, stats["train"] = clean_pairs_or_prompts(train, data["format"], label(data), keep_extra)
         if eval_ds is not None:
-            eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"],
-                                                            label(data, "eval" if data.get("eval") else "train"),
-                                                            keep_extra)
+            where = label(data, "eval" if data.get("eval") else "train")
+            eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"], where, keep_extra)
         stats["sources"] = sources  # per source: rows read, kept, dropped, taken (the manifest's data.sources)
     return train, eval_ds, stats
 
@@ -36,8 +35,7 @@ def count_dropped_by_trl(trainer, stats: dict):
     for split, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
         if split in stats and ds is not None:
             over = stats[split]["kept"] - len(ds)
-            stats[split]["dropped_over_max_length"] = over
-            stats[split]["kept"] = len(ds)
+            stats[split].update(dropped_over_max_length=over, kept=len(ds))
             if over:
                 log.warning("%s split: %d pairs longer than max_length=%d were dropped by TRL",
                             split, over, trainer.args.max_length)
@@ -75,8 +73,7 @@ def drop_long_prompts(ds, tokenizer, max_length: int, stats: dict, split: str, *
     else:
         ds = ds.filter(lambda prompts, *kw: [len(i) <= max_length for i in prompt_ids(prompts, tokenizer, *kw)],
                        input_columns=cols, batched=True, num_proc=num_proc, desc=f"Measuring {split} prompts")
-    stats["dropped_over_max_length"] = n - len(ds)
-    stats["kept"] = len(ds)
+    stats.update(dropped_over_max_length=n - len(ds), kept=len(ds))
     if n - len(ds):
         log.warning("%s split: %d of %d prompts longer than data.max_length=%d tokens were dropped",
                     split, n - len(ds), n, max_length)
