@@ -71,14 +71,9 @@ def _nest(entry: dict) -> dict:
     """Stage-entry overrides may be nested (`training: {max_steps: 2}`) or dotted (`model.dtype: fp32`)."""
     out: dict = {}
     for key, value in entry.items():
-        node = out
-        parts = str(key).split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]] = deep_merge(node[parts[-1]], value)
-        else:
-            node[parts[-1]] = value
+        for part in reversed(str(key).split(".")):
+            value = {part: value}
+        out = deep_merge(out, value)
     return out
 
 
@@ -96,10 +91,10 @@ def _has(raws: list[dict], dotted: str) -> bool:
 
 def order(stages: dict[str, list[str]]) -> list[str]:
     """Topological order (file order among equals); a cycle is a RecipeError naming it."""
-    done, visiting, out = set(), [], []
+    visiting, out = [], []
 
     def visit(name):
-        if name in done:
+        if name in out:
             return
         if name in visiting:
             cycle = " -> ".join(visiting[visiting.index(name):] + [name])
@@ -108,7 +103,6 @@ def order(stages: dict[str, list[str]]) -> list[str]:
         for dep in stages[name]:
             visit(dep)
         visiting.pop()
-        done.add(name)
         out.append(name)
 
     for name in stages:
@@ -125,7 +119,8 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
     doc, lines = read_yaml(path)
     for k in doc:
         if k not in PIPELINE_KEYS:
-            raise RecipeError(f"{path.name}:{lines.get(k, '?')}: {k}: unknown key in pipeline{did_you_mean(k, PIPELINE_KEYS)}")
+            raise RecipeError(f"{path.name}:{lines.get(k, '?')}: {k}: unknown key in pipeline"
+                              f"{did_you_mean(k, PIPELINE_KEYS)}")
     entries = doc.get("stages")
     if not isinstance(entries, dict) or not entries:
         raise RecipeError(f"{path.name}: stages: expected a mapping of stage name -> {{recipe: ..., after: ...}}")
@@ -165,9 +160,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
         raw = deep_merge(raw, explicit[0])
         if not _has(explicit, "output_dir"):
             raw["output_dir"] = f"{root}/{name}"
-        merge_inputs, wired = [], {}
-        if not blocked:
-            merge_inputs, wired = _wire(name, raw, [stages[d] for d in deps[name]], explicit)
+        merge_inputs, wired = ([], {}) if blocked else _wire(name, raw, [stages[d] for d in deps[name]], explicit)
         raw = apply_overrides(raw, per_stage[name], where)
         pending = tuple(k for k, out in wired.items() if not Path(out).exists())
         if blocked:  # still checked, as far as it does not depend on what the upstream would give it
@@ -179,10 +172,9 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
         except RecipeError as e:
             problems += [f"stage {name} ({recipe_path.name}): {line}" for line in str(e).splitlines()]
             continue
-        if blocked:
-            continue
-        recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
-        stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched, pending, level)
+        if not blocked:
+            recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
+            stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched, pending, level)
     if problems:
         raise Problems(problems)
     return path.stem, root, [stages[n] for n in order(deps)]
