@@ -189,7 +189,6 @@ class LengthPenalty:
 
 
 def rule_reward(spec: RewardSpec):
-    """The callable for a rule item."""
     if spec.rule == "exact_match":
         return ExactMatch(spec.options["column"], spec.options.get("pattern"), spec.name)
     return LengthPenalty(spec.options["target"], spec.name)
