@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from posttrain import __version__, checks, convert, launch, pipeline, plan, schema, shipped, stages
 from posttrain.demo.run import main as demo
@@ -152,8 +153,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from pathlib import Path
-
     if not is_adapter(Path(args.run_dir)):
         raise PosttrainError(f"{args.run_dir} holds no LoRA adapter (adapter_config.json) to merge")
     print(f"merged model written to {merge_adapter(Path(args.run_dir), Path(args.out) if args.out else None)}")
@@ -174,10 +173,6 @@ def cmd_plan(args) -> int:
                              f"{first_line(e)}") from None
     print(text)
     return 0 if fits else 1
-
-
-def cmd_pipeline(args) -> int:
-    return pipeline.run_pipeline(args.pipeline, args.overrides, start=args.start, only=args.only, overwrite=args.overwrite)
 
 
 def cmd_validate(args) -> int:
@@ -209,15 +204,6 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    return generate(args.run_dir, args.prompt, input_text=args.input, template=args.template,
-                    max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature)
-
-
-def cmd_report(args) -> int:
-    return report(args.path)
-
-
 def cmd_recipes(args) -> int:
     if args.action == "copy":
         if not args.name:
@@ -230,22 +216,22 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-def cmd_convert(args) -> int:
-    """Exit 0 when every key is mapped or dropped with a reason, 3 when some are NOT TRANSLATED."""
-    return convert.run(args.file, args.out, args.tool, args.overwrite, stage=args.stage)
-
-
-def cmd_demo(args) -> int:
-    return demo(args.root, fast=args.fast, overwrite=args.overwrite, prepare_only=args.prepare_only)
+COMMANDS = {
+    "train": cmd_train, "validate": cmd_validate, "plan": cmd_plan, "merge": cmd_merge, "recipes": cmd_recipes,
+    "pipeline": lambda a: pipeline.run_pipeline(a.pipeline, a.overrides, start=a.start, only=a.only, overwrite=a.overwrite),
+    "generate": lambda a: generate(a.run_dir, a.prompt, input_text=a.input, template=a.template,
+                                   max_new_tokens=a.max_new_tokens, do_sample=a.sample, temperature=a.temperature),
+    "report": lambda a: report(a.path),
+    "convert": lambda a: convert.run(a.file, a.out, a.tool, a.overwrite, stage=a.stage),  # exit 3: keys NOT TRANSLATED
+    "demo": lambda a: demo(a.root, fast=a.fast, overwrite=a.overwrite, prepare_only=a.prepare_only),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     try:
-        return {"train": cmd_train, "validate": cmd_validate, "pipeline": cmd_pipeline, "plan": cmd_plan, "merge": cmd_merge,
-                "generate": cmd_generate, "report": cmd_report, "recipes": cmd_recipes, "demo": cmd_demo,
-                "convert": cmd_convert}[args.command](args)
+        return COMMANDS[args.command](args)
     except PosttrainError as e:
         if is_main_process():  # under DDP every rank stops; one says why
             for line in str(e).splitlines() if isinstance(e, Problems) else [str(e)]:

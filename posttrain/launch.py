@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("posttrain")
 
-SHARDINGS = ("none", "ddp", "zero2", "zero3", "fsdp")  # what plan divides by the process count (see plan.py)
-
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
@@ -79,8 +77,7 @@ def from_config(path: str | os.PathLike) -> Launch:
                       offload_params=_offloaded(ds.get("offload_param_device")),
                       offload_optimizer=_offloaded(ds.get("offload_optimizer_device")), **common)
     if kind == "FSDP":
-        fsdp = cfg.get("fsdp_config") or {}
-        off = _on(fsdp.get("fsdp_offload_params", False))
+        off = _on((cfg.get("fsdp_config") or {}).get("fsdp_offload_params", False))
         return Launch(sharding="fsdp", offload_params=off, offload_optimizer=off, **common)
     return Launch(sharding="ddp" if procs > 1 else "none", **common)
 
@@ -109,11 +106,9 @@ def from_environment(env=None) -> Launch | None:
     common = {"processes": procs, "use_cpu": _on(env.get("ACCELERATE_USE_CPU", False)) or (
         _on(env.get("ACCELERATE_USE_FSDP", False)) and not _cuda())}
     if _on(env.get("ACCELERATE_USE_DEEPSPEED", False)):
-        stage = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)
-        return Launch(sharding="zero3" if stage == 3 else "zero2",
+        return Launch(sharding="zero3" if int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2) == 3 else "zero2",
                       offload_params=_offloaded(env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE")),
-                      offload_optimizer=_offloaded(env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE")),
-                      **common)
+                      offload_optimizer=_offloaded(env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE")), **common)
     if _on(env.get("ACCELERATE_USE_FSDP", False)):
         off = _on(env.get("FSDP_OFFLOAD_PARAMS", False))
         return Launch(sharding="fsdp", offload_params=off, offload_optimizer=off, **common)
@@ -166,7 +161,6 @@ def offload_bytes(recipe: Recipe, launch: Launch) -> int | None:
     machine holds the share of its processes."""
     if not (launch.offload_params or launch.offload_optimizer):
         return 0
-
     try:
         arch = plan.arch(recipe.model, recipe.peft)
     except PosttrainError:
@@ -205,7 +199,6 @@ def warn_if_output_dir_not_shared(out: Path):
     """On every node's main process but the global main one: the run dir is made by the global main process
     before this runs, so a node that cannot see it has output_dir on a node-local disk. Checkpoints are then
     split over the nodes (each rank writes its RNG state into its own node's copy) and --resume cannot work."""
-
     if rank() == 0 or int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return
     if not (Path(out) / runs.LOCK).exists():

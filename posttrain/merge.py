@@ -9,8 +9,6 @@ from pathlib import Path
 
 log = logging.getLogger("posttrain")
 
-MERGED = "merged"
-
 
 def is_adapter(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
@@ -21,9 +19,7 @@ def loadable_model(run_dir: str | Path) -> str:
     """The directory a next stage should load: the run itself, or (for a LoRA adapter) a merged copy
     made once and kept in run_dir/merged. Never silently the bare base model."""
     run_dir = Path(run_dir)
-    if not is_adapter(run_dir):
-        return str(run_dir)
-    return str(merge_adapter(run_dir))
+    return str(merge_adapter(run_dir) if is_adapter(run_dir) else run_dir)
 
 
 def merge_adapter(run_dir: Path, out: Path | None = None) -> Path:
@@ -31,7 +27,7 @@ def merge_adapter(run_dir: Path, out: Path | None = None) -> Path:
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / MERGED
+    out = Path(out) if out else run_dir / "merged"
     stamp = run_dir / "adapter_model.safetensors"
     marker = out / ".merged_from.json"
     source = {"adapter_mtime": stamp.stat().st_mtime if stamp.exists() else None}

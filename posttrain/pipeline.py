@@ -41,6 +41,7 @@ from posttrain.util import did_you_mean
 log = logging.getLogger("posttrain")
 
 ENTRY_KEYS = ("recipe", "after")
+PIPELINE_KEYS = ("stages", "output_root", "description")
 
 
 @dataclasses.dataclass
@@ -70,32 +71,30 @@ def _nest(entry: dict) -> dict:
     """Stage-entry overrides may be nested (`training: {max_steps: 2}`) or dotted (`model.dtype: fp32`)."""
     out: dict = {}
     for key, value in entry.items():
-        node = out
-        parts = str(key).split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]] = deep_merge(node[parts[-1]], value)
-        else:
-            node[parts[-1]] = value
+        for part in reversed(str(key).split(".")):
+            value = {part: value}
+        out = deep_merge(out, value)
     return out
 
 
-def _has(raw: dict, dotted: str) -> bool:
-    node = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+def _has(raws: list[dict], dotted: str) -> bool:
+    """One of `raws` (the stage entry, its command-line overrides) sets the dotted key."""
+    for node in raws:
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return True
+    return False
 
 
 def order(stages: dict[str, list[str]]) -> list[str]:
     """Topological order (file order among equals); a cycle is a RecipeError naming it."""
-    done, visiting, out = set(), [], []
+    visiting, out = [], []
 
     def visit(name):
-        if name in done:
+        if name in out:
             return
         if name in visiting:
             cycle = " -> ".join(visiting[visiting.index(name):] + [name])
@@ -104,7 +103,6 @@ def order(stages: dict[str, list[str]]) -> list[str]:
         for dep in stages[name]:
             visit(dep)
         visiting.pop()
-        done.add(name)
         out.append(name)
 
     for name in stages:
@@ -119,11 +117,10 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
     Returns (name, output_root, [Stage])."""
     path = resolve_pipeline_path(name_or_path)
     doc, lines = read_yaml(path)
-    unknown = [k for k in doc if k not in ("stages", "output_root", "description")]
-    if unknown:
-        k = unknown[0]
-        raise RecipeError(f"{path.name}:{lines.get(k, '?')}: {k}: unknown key in pipeline"
-                          f"{did_you_mean(k, ['stages', 'output_root', 'description'])}")
+    for k in doc:
+        if k not in PIPELINE_KEYS:
+            raise RecipeError(f"{path.name}:{lines.get(k, '?')}: {k}: unknown key in pipeline"
+                              f"{did_you_mean(k, PIPELINE_KEYS)}")
     entries = doc.get("stages")
     if not isinstance(entries, dict) or not entries:
         raise RecipeError(f"{path.name}: stages: expected a mapping of stage name -> {{recipe: ..., after: ...}}")
@@ -155,21 +152,15 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
     for name in order(deps):
         blocked = any(d not in stages for d in deps[name])  # an upstream stage has problems: not wired, not run
         entry = entries[name]
-        recipe_path = Path(entry["recipe"])
-        if not recipe_path.is_absolute() and (path.parent / recipe_path).is_file():
-            recipe_path = path.parent / recipe_path
-        else:
+        recipe_path = path.parent / entry["recipe"]  # a path relative to the pipeline file, else a recipe name or path
+        if Path(entry["recipe"]).is_absolute() or not recipe_path.is_file():
             recipe_path = resolve_recipe_path(entry["recipe"])
         raw, where = load_raw(recipe_path)
-        explicit = _nest({k: v for k, v in entry.items() if k not in ENTRY_KEYS})
-        explicit_cli = apply_overrides({}, per_stage[name])
-        raw = deep_merge(raw, explicit)
-        if not _has(explicit, "output_dir") and not _has(explicit_cli, "output_dir"):
+        explicit = [_nest({k: v for k, v in entry.items() if k not in ENTRY_KEYS}), apply_overrides({}, per_stage[name])]
+        raw = deep_merge(raw, explicit[0])
+        if not _has(explicit, "output_dir"):
             raw["output_dir"] = f"{root}/{name}"
-        merge_inputs, wired = [], {}
-        if not blocked:
-            merge_inputs, wired = _wire(name, raw, [stages[d] for d in deps[name]],
-                                        lambda key, a=explicit, b=explicit_cli: _has(a, key) or _has(b, key))
+        merge_inputs, wired = ([], {}) if blocked else _wire(name, raw, [stages[d] for d in deps[name]], explicit)
         raw = apply_overrides(raw, per_stage[name], where)
         pending = tuple(k for k, out in wired.items() if not Path(out).exists())
         if blocked:  # still checked, as far as it does not depend on what the upstream would give it
@@ -181,28 +172,27 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
         except RecipeError as e:
             problems += [f"stage {name} ({recipe_path.name}): {line}" for line in str(e).splitlines()]
             continue
-        if blocked:
-            continue
-        recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
-        stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched, pending, level)
+        if not blocked:
+            recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
+            stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched, pending, level)
     if problems:
         raise Problems(problems)
     return path.stem, root, [stages[n] for n in order(deps)]
 
 
-def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> tuple[list[str], dict[str, str]]:
-    """Point this stage at its upstream outputs, unless the stage entry set the key itself. Returns the upstream
-    LoRA runs to merge first, and each key wired -> the output it names."""
+def _wire(name: str, raw: dict, upstream: list[Stage], explicit: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """Point this stage at its upstream outputs, unless the stage entry (or the command line) set the key itself.
+    Returns the upstream LoRA runs to merge first, and each key wired -> the output it names."""
     merge_inputs, wired = [], {}
     kind = {u.name: registry.get(u.recipe.stage).output for u in upstream}
     consumer = registry.all_stages().get(raw.get("stage"))  # an unknown stage is refused by validate
     inputs = dict(consumer.inputs) if consumer else {}
     target = registry.wire(inputs.pop("policy", "model.name_or_path")).key  # where an upstream policy goes (gkd: teacher)
     policies = [u for u in upstream if kind[u.name] == "policy"]
-    if len(policies) > 1 and not explicit(target):
+    if len(policies) > 1 and not _has(explicit, target):
         raise RecipeError(f"stages.{name}: comes after several policy stages "
                           f"({', '.join(u.name for u in policies)}); set {target} in its entry")
-    if policies and not explicit(target):
+    if policies and not _has(explicit, target):
         up = policies[0].recipe
         path = up.output_dir
         if up.peft:  # a LoRA run's output is an adapter: load a merged copy, never the bare base
@@ -218,26 +208,26 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit) -> tuple[list[s
     for output, w in inputs.items():
         producers = [u for u in upstream if kind[u.name] == output]
         w = registry.wire(w)
-        key = w.key
-        if not producers or explicit(key):
+        if not producers or _has(explicit, w.key):
             continue
         out = producers[0].recipe.output_dir
         if w.as_item:
-            items = list(raw.get(key) or [])
+            items = list(raw.get(w.key) or [])
             if not any(isinstance(i, dict) and i.get("model") == out or i == out for i in items):
                 items.append({"model": out})
-            raw[key] = items
+            raw[w.key] = items
         else:
-            raw[key] = out
-        wired[key] = out
+            raw[w.key] = out
+        wired[w.key] = out
     return merge_inputs, wired
 
 
 def _status(stage: Stage) -> str:
-    m = runs.read_manifest(Path(stage.recipe.output_dir))
-    if m and m.get("status") == "finished" and m.get("recipe_hash") == stage.recipe.hash:
-        return "done"
-    return "stale" if m else "new"
+    """done: a finished run of this recipe in its output_dir; unfinished: one that did not finish; else new."""
+    m = runs.read_manifest(Path(stage.recipe.output_dir)) or {}
+    if m.get("recipe_hash") != stage.recipe.hash:
+        return "new"
+    return "done" if m.get("status") == "finished" else "unfinished"
 
 
 def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None, only: str | None = None,
@@ -248,16 +238,13 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
     for flag, value in (("--from", start), ("--only", only)):
         if value and value not in names:
             raise RecipeError(f"{flag} {value}: no such stage (stages: {', '.join(names)}){did_you_mean(value, names)}")
-    forced: set[str] = set()
-    if overwrite:
-        forced = set(names)
-    elif start:
-        forced = {start} | {s.name for s in stages if _depends_on(s.name, start, stages)}
-    elif only:
-        forced = {only}
-    selected = [s for s in stages if not only or s.name == only]
+    forced = set(names) if overwrite else {start} if start else {only} if only else set()
+    for s in stages:  # --from: every stage downstream of it too (stages are in order)
+        if start and forced.intersection(s.after):
+            forced.add(s.name)
+    selected, by_name = [s for s in stages if not only or s.name == only], {s.name: s for s in stages}
 
-    summary, failed = [], None
+    summary, failed = [], None  # failed: the row of the stage that failed
     for s in selected:
         row = {"stage": s.name, "type": s.recipe.stage, "output_dir": s.recipe.output_dir, "duration_s": 0.0}
         summary.append(row)
@@ -269,16 +256,13 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
             log.info("stage %s: skipped (finished run with the same recipe in %s)", s.name, s.recipe.output_dir)
             row["status"] = "skipped"
         else:
-            missing = [d for d in s.after if _status(next(x for x in stages if x.name == d)) != "done"]
+            missing = [d for d in s.after if _status(by_name[d]) != "done"]
             if missing:
                 row["status"] = "failed"
                 row["error"] = f"upstream stage(s) {', '.join(missing)} have no finished run"
-                failed = s.name
+                failed = row
                 continue
-            manifest = runs.read_manifest(Path(s.recipe.output_dir)) or {}
-            same = manifest.get("recipe_hash") == s.recipe.hash
-            resume = bool(same and state == "stale" and runs.checkpoints(Path(s.recipe.output_dir))
-                          and s.name not in forced)
+            resume = state == "unfinished" and s.name not in forced and bool(runs.checkpoints(Path(s.recipe.output_dir)))
             log.info("stage %s (%s): %s -> %s", s.name, s.recipe.stage, "resuming" if resume else "running",
                      s.recipe.output_dir)
             t0 = time.time()
@@ -287,10 +271,9 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
                     merge_adapter(Path(up))
                 checks.train(s.checked(), resume=resume, overwrite=not resume)
                 row["status"] = "ran"
-            except PosttrainError as e:
-                row["status"], row["error"], failed = "failed", str(e), s.name
             except Exception as e:  # a stage crash must not lose the summary of what ran before it
-                row["status"], row["error"], failed = "failed", f"{type(e).__name__}: {e}", s.name
+                error = str(e) if isinstance(e, PosttrainError) else f"{type(e).__name__}: {e}"
+                row["status"], row["error"], failed = "failed", error, row
             row["duration_s"] = round(time.time() - t0, 1)
         m = runs.read_manifest(Path(s.recipe.output_dir)) or {}
         row["metrics"] = registry.headline(s.recipe.stage, m.get("metrics") or {})
@@ -301,35 +284,18 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
         "status": "failed" if failed else "finished"})
     print(format_summary(summary))
     if failed:
-        err = next(r["error"] for r in summary if r["stage"] == failed)
-        print(f"posttrain: error: stage {failed} failed: {err}\n"
-              f"  earlier stages are intact; fix it and run the same command again to continue from {failed}",
+        print(f"posttrain: error: stage {failed['stage']} failed: {failed['error']}\n"
+              f"  earlier stages are intact; fix it and run the same command again to continue from {failed['stage']}",
               flush=True)
         return 1
     return 0
 
 
-def _depends_on(name: str, target: str, stages: list[Stage]) -> bool:
-    by = {s.name: s for s in stages}
-    todo, seen = list(by[name].after), set()
-    while todo:
-        d = todo.pop()
-        if d == target:
-            return True
-        if d not in seen:
-            seen.add(d)
-            todo.extend(by[d].after)
-    return False
-
-
 def format_summary(rows: list[dict]) -> str:
-    def fmt(metrics):
-        return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()) or "-"
-
     table = [("stage", "type", "status", "time", "headline metrics", "output")]
     for r in rows:
-        table.append((r["stage"], r["type"], r["status"], f"{r['duration_s']:.0f}s",
-                      fmt(r.get("metrics") or {}), r["output_dir"]))
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items()) or "-"
+        table.append((r["stage"], r["type"], r["status"], f"{r['duration_s']:.0f}s", metrics, r["output_dir"]))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -342,10 +308,8 @@ def describe(name_or_path: str, overrides=None, launched=None) -> str:
     name, root, stages = load_pipeline(name_or_path, overrides, level="model", launched=launched)
     out = [f"# pipeline {name}: {len(stages)} stages, outputs under {root}"]
     for s in stages:
-        wiring = [f"model={s.recipe.model['name_or_path']}"]
-        for key, value in s.recipe.extra.items():
-            if isinstance(value, str):
-                wiring.append(f"{key}={value}")
+        wiring = [f"model={s.recipe.model['name_or_path']}",
+                  *(f"{key}={value}" for key, value in s.recipe.extra.items() if isinstance(value, str))]
         after = f" after {', '.join(s.after)}" if s.after else ""
         out.append(f"ok: {s.name} ({s.recipe.stage}){after}: checked; {'; '.join(wiring)} -> {s.recipe.output_dir}")
         out += [f"  not checked: {note}" for note in s.recipe.notes]
@@ -355,17 +319,13 @@ def describe(name_or_path: str, overrides=None, launched=None) -> str:
 def is_pipeline_file(name_or_path: str) -> bool:
     """A pipeline path, or a bare name found in recipes/pipelines/ and not in recipes/."""
     p = Path(name_or_path)
-    if not p.is_file():
-        try:
-            resolve_recipe_path(name_or_path)
-            return False
-        except RecipeError:
-            pass
-        try:
-            p = resolve_pipeline_path(name_or_path)
-        except RecipeError:
-            return False
     try:
+        if not p.is_file():
+            try:
+                resolve_recipe_path(name_or_path)
+                return False
+            except RecipeError:
+                p = resolve_pipeline_path(name_or_path)  # a RecipeError here too: neither
         doc, _ = read_yaml(p)
     except RecipeError:
         return False

@@ -26,6 +26,7 @@ the 10% margin.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from posttrain import stages
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 
 GIB = 1024**3
 SFT_CHUNK_TOKENS = 256  # trl.trainer.sft_trainer._CHUNKED_LM_HEAD_CHUNK_SIZE in TRL 1.12
+# what each sharding divides by the number of GPUs
+SHARDED = {"zero2": ("gradients", "optimizer"), "zero3": ("weights", "gradients", "optimizer", "other models"),
+           "fsdp": ("weights", "gradients", "optimizer", "other models")}
 
 
 @dataclasses.dataclass
@@ -85,7 +89,6 @@ def arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
         except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
             raise RecipeError(f"peft: {first_line(e)}") from None
     if model_section.get("trainable"):  # full weights of the selected parameters; gradients and AdamW for those
-
         train_only(model, model_section["trainable"])
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -102,22 +105,18 @@ def arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
 
 
 def compute_bytes(recipe: Recipe) -> float:
-    dtype = recipe.model.get("dtype") or "auto"
-    return 4.0 if dtype in ("fp32", "float32") else 2.0  # auto on a bf16-capable GPU: bf16
+    return 4.0 if recipe.model.get("dtype") in ("fp32", "float32") else 2.0  # auto on a bf16-capable GPU: bf16
 
 
 def _policy_bytes(recipe: Recipe, a: Arch) -> tuple[float, float]:
     """(frozen weights, bytes per trainable parameter) of the policy."""
     q = recipe.quantization or {}
-    cb = compute_bytes(recipe)
+    frozen, cb = a.params - a.trainable, compute_bytes(recipe)
     if q.get("load_in_4bit") or q.get("load_in_8bit"):
         per = 0.5 + 4 / 64 if q.get("load_in_4bit") else 1.0 + 4 / 64  # + an fp32 absmax per 64-value block
-        frozen = a.params - a.trainable
-        dense = a.quantizable * per + (frozen - a.quantizable) * 4.0  # the rest upcast to fp32 by peft
-        return dense, 4.0
-    if recipe.peft:
-        return (a.params - a.trainable) * cb, 4.0  # adapters in fp32 (peft autocast_adapter_dtype)
-    return (a.params - a.trainable) * cb, cb  # full weights (model.trainable: the rest frozen)
+        return a.quantizable * per + (frozen - a.quantizable) * 4.0, 4.0  # the rest upcast to fp32 by peft
+    # LoRA adapters in fp32 (peft autocast_adapter_dtype); full weights (model.trainable: the rest frozen)
+    return frozen * cb, 4.0 if recipe.peft else cb
 
 
 def _layer_bytes(a: Arch, cb: float) -> float:
@@ -168,7 +167,7 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
     for held in fp.other_models(recipe):
         # a model not on this machine is sized as the policy
         name = held.spec["name_or_path"]
-        m = arch(held.spec, None, seq_cls=held.scoring) if _reachable(name) else policy
+        m = arch(held.spec, None, seq_cls=held.scoring) if Path(name).exists() else policy
         other += m.params * cb * (4 if held.trained else 1)  # trained: weights, gradients and AdamW's two moments
         notes.append(f"{held.role} {name}{' (trained)' if held.trained else ''}")
     parts["other models"] = other
@@ -178,8 +177,7 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
     # posttrain turns activation checkpointing on by default on GPUs (see stages/common.device_defaults)
     checkpointing = bool(t.get("activation_checkpointing", t.get("gradient_checkpointing", True)))
     tokens = rows * seq
-    layer = _layer_bytes(policy, cb)
-    score = _score_bytes(policy, seq)
+    layer, score = _layer_bytes(policy, cb), _score_bytes(policy, seq)
     if checkpointing:
         parts["activations"] = tokens * (cb * policy.hidden * policy.layers + layer)
         parts["attention"] = tokens * score  # one layer's, while it is recomputed
@@ -187,22 +185,12 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
         parts["activations"] = tokens * layer * policy.layers
         parts["attention"] = tokens * score * policy.layers
     parts["logits"], logits_note = _logits(fp, recipe, policy, rows, seq, generated, cb)
-    if gpus > 1 and sharding in ("zero3", "fsdp"):
-        for k in ("weights", "gradients", "optimizer", "other models"):
-            parts[k] /= gpus
-    elif gpus > 1 and sharding == "zero2":
-        for k in ("gradients", "optimizer"):
-            parts[k] /= gpus
+    for k in SHARDED.get(sharding, ()) if gpus > 1 else ():
+        parts[k] /= gpus
     total = sum(parts.values()) * 1.1  # +10%: CUDA context, allocator fragmentation, buffers
     return {"parts": parts, "total": total, "params": policy.params, "trainable": policy.trainable,
             "batch": rows, "seq": seq, "checkpointing": checkpointing, "notes": notes,
             "attn_implementation": policy.attn_implementation, "logits_note": logits_note}
-
-
-def _reachable(name_or_path: str) -> bool:
-    from pathlib import Path
-
-    return Path(name_or_path).exists()
 
 
 def advice(recipe: Recipe, est: dict, gpu_gib: float, footprint: Footprint | None = None) -> list[str]:

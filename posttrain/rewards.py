@@ -42,13 +42,6 @@ class RewardSpec:
     options: dict = dataclasses.field(default_factory=dict)  # the rule's own keys (column, pattern, target)
 
 
-def _weight(w: Where, key: str, value) -> float:
-    value = as_number(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        w.fail(key, f"expected a number, got {show(value)}")
-    return float(value)
-
-
 def _check_keys(w: Where, where: str, item: dict, known: tuple[str, ...]):
     for k in item:
         if k not in known:
@@ -103,7 +96,9 @@ def parse_rewards(raw, where: Where | None = None) -> list[RewardSpec]:
         if "model" not in item and "rule" not in item:
             _check_keys(w, where, item, ("model", "rule", "weight"))
             w.fail(where, f"expected {{model: path}} or {{rule: one of {', '.join(RULES)}}}")
-        weight = _weight(w, f"{where}.weight", item["weight"]) if item.get("weight") is not None else 1.0
+        weight = 1.0 if item.get("weight") is None else as_number(item["weight"])
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            w.fail(f"{where}.weight", f"expected a number, got {show(weight)}")
         if "model" in item:
             _check_keys(w, where, item, MODEL_KEYS)
             path = item["model"]
@@ -121,7 +116,7 @@ def parse_rewards(raw, where: Where | None = None) -> list[RewardSpec]:
             n += 1
             name = f"{base}_{n}"
         names.add(name)
-        specs.append(RewardSpec(name=name, weight=weight, model=model, rule=rule, options=opts))
+        specs.append(RewardSpec(name=name, weight=float(weight), model=model, rule=rule, options=opts))
     return specs
 
 
@@ -139,9 +134,7 @@ def _completion_text(completion) -> str:
 
 def _extract(pattern: re.Pattern, text: str) -> str | None:
     m = pattern.search(text)
-    if m is None:
-        return None
-    return (m.group(1) if pattern.groups else m.group(0)).strip()
+    return None if m is None else (m.group(1) if pattern.groups else m.group(0)).strip()
 
 
 class ExactMatch:
@@ -189,16 +182,13 @@ class LengthPenalty:
         self.__name__ = name
 
     def score(self, n_tokens: int) -> float:
-        if n_tokens <= self.target:
-            return 0.0
-        return -min(1.0, (n_tokens - self.target) / self.target)
+        return 0.0 if n_tokens <= self.target else -min(1.0, (n_tokens - self.target) / self.target)
 
     def __call__(self, completions, completion_ids, **kwargs) -> list[float]:
         return [self.score(len(ids)) for ids in completion_ids]
 
 
 def rule_reward(spec: RewardSpec):
-    """The callable for a rule item."""
     if spec.rule == "exact_match":
         return ExactMatch(spec.options["column"], spec.options.get("pattern"), spec.name)
     return LengthPenalty(spec.options["target"], spec.name)

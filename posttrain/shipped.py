@@ -39,8 +39,7 @@ def _chain(path: Path) -> list[Path]:
 
 def _merged_field(path: Path, *keys):
     for p in _chain(path):
-        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        node = doc
+        node = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         for k in keys:
             node = node.get(k) if isinstance(node, dict) else None
         if node is not None:
@@ -65,14 +64,11 @@ def listing() -> str:
 
 
 def _source(name: str) -> Path:
-    try:
-        return resolve_recipe_path(name)
-    except RecipeError:
-        pass
-    try:
-        return resolve_pipeline_path(name)
-    except RecipeError:
-        pass
+    for resolve in (resolve_recipe_path, resolve_pipeline_path):
+        try:
+            return resolve(name)
+        except RecipeError:
+            pass
     cand = RECIPES_DIR / name  # e.g. accelerate/ddp.yaml
     if cand.is_file():
         return cand
@@ -94,16 +90,17 @@ def copy(name: str, dest: str | None = None, *, overwrite: bool = False) -> Path
     for parent in _chain(src)[1:]:
         rel = parent.relative_to(src.parent.resolve()) if parent.is_relative_to(src.parent.resolve()) else None
         there = target.parent / (rel if rel is not None else parent.name)
-        if not there.exists():
-            there.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(parent, there)
+        _copy_if_missing(parent, there)
         copied.append((parent, there))
     for file, there in copied:  # a model.chat_template file it names (relative to it) goes along too
         doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         tpl = (doc.get("model") or {}).get("chat_template") if isinstance(doc, dict) else None
         if isinstance(tpl, str) and "{" not in tpl and not Path(tpl).is_absolute() and (file.parent / tpl).is_file():
-            dest_tpl = there.parent / tpl
-            if not dest_tpl.exists():
-                dest_tpl.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(file.parent / tpl, dest_tpl)
+            _copy_if_missing(file.parent / tpl, there.parent / tpl)
     return target
+
+
+def _copy_if_missing(src: Path, dest: Path):
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)

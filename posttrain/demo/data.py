@@ -45,8 +45,6 @@ CAPITALS = {
     "Czechia": "Prague", "Indonesia": "Jakarta", "Philippines": "Manila", "South Korea": "Seoul",
 }
 
-SPLITS = ("train", "dev", "heldout")
-
 
 def _nums(rng, k, lo=1, hi=99):
     return rng.sample(range(lo, hi + 1), k)

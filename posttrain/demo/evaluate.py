@@ -82,19 +82,16 @@ def policy_metrics(model_dir, prompts: list[dict], pairs: list[dict] | None, *, 
     out = {"exact_match": sum(hits) / len(hits), "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
            "answers": answers, "correct": hits}
     if pairs:
-        lp_c = completion_logps(model, tokenizer, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
-                                desc=f"{name}: log-probs of chosen")
-        lp_r = completion_logps(model, tokenizer, [p["prompt"] for p in pairs], [p["rejected"] for p in pairs],
-                                desc=f"{name}: log-probs of rejected")
+        lp_c, lp_r = (completion_logps(model, tokenizer, [p["prompt"] for p in pairs], [p[side] for p in pairs],
+                                       desc=f"{name}: log-probs of {side}") for side in ("chosen", "rejected"))
         out.update(preference_accuracy=sum(c > r for c, r in zip(lp_c, lp_r)) / len(pairs),
                    logp_chosen=lp_c, logp_rejected=lp_r)
     return out
 
 
 def reward_model_metrics(model, tokenizer, pairs: list[dict], desc: str) -> dict:
-    chosen = sequence_scores(model, tokenizer, [p["prompt"] + p["chosen"] for p in pairs], desc=f"{desc}: chosen")
-    rejected = sequence_scores(model, tokenizer, [p["prompt"] + p["rejected"] for p in pairs],
-                               desc=f"{desc}: rejected")
+    chosen, rejected = (sequence_scores(model, tokenizer, [p["prompt"] + p[side] for p in pairs], desc=f"{desc}: {side}")
+                        for side in ("chosen", "rejected"))
     return {"accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(pairs),
             "margin": sum(c - r for c, r in zip(chosen, rejected)) / len(pairs)}
 
@@ -107,8 +104,7 @@ def load_reward_model(path, *, seed: int | None = None):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if seed is not None:
         set_seed(seed)
-    model = load_seq_cls({"name_or_path": str(path)}, tokenizer)
-    return model.eval(), tokenizer
+    return load_seq_cls({"name_or_path": str(path)}, tokenizer).eval(), tokenizer
 
 
 def dpo_implicit_reward(policy: dict, reference: dict, beta: float) -> dict:

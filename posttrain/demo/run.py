@@ -95,7 +95,6 @@ def ppo_curve(run_dir: Path) -> dict:
 
 
 def measure(root: Path, base: Path, files: dict[str, Path], max_new_tokens: int) -> dict:
-
     prompts, pairs = ev.read_jsonl(files["prompts_heldout"]), ev.read_jsonl(files["pairs_heldout"])
     policies = {"base": base, "sft": root / "sft", "ppo": root / "ppo", "dpo": root / "dpo"}
     result = {"held_out": {"prompts": len(prompts), "pairs": len(pairs)}, "policies": {}}
@@ -138,8 +137,7 @@ def table(result: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    rm, dpo, ppo = result["reward_model"], result["dpo"], result["ppo"]
-    held = result["held_out"]
+    rm, dpo, ppo, held = result["reward_model"], result["dpo"], result["ppo"], result["held_out"]
     lines += [
         "",
         f"reward model accuracy on {held['pairs']} held-out pairs: {rm['before']['accuracy']:.3f} before -> "
