@@ -123,33 +123,38 @@ def quantization_config(quant: dict | None, dtype):
     return BitsAndBytesConfig(**kw)
 
 
-def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
-    """AutoModelForCausalLM as the recipe says; embeddings grown if the tokenizer gained tokens."""
-    from transformers import AutoModelForCausalLM
-
+def _from_pretrained(auto_class, model: dict, quant: dict | None, tokenizer, *, place_quantized: bool = False, **kw):
+    """`auto_class` loaded as the recipe's model section says; embeddings grown if the tokenizer gained tokens."""
     warn_remote_code(model)
     dtype = torch_dtype(model.get("dtype") or "auto")
-    kw = {**_source_kwargs(model), **gguf_kwargs(model)}
-    kw["dtype"] = dtype
+    kw = {**_source_kwargs(model), **gguf_kwargs(model), "dtype": dtype, **kw}
     if model.get("attn_implementation"):
         kw["attn_implementation"] = model["attn_implementation"]
     qc = quantization_config(quant, dtype)
     if qc is not None:
         kw["quantization_config"] = qc
-        # a quantized model is placed at load time: on this rank's GPU under DDP, on the CPU without CUDA
-        kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if has_cuda() else "cpu"
+        if place_quantized:  # at load time: on this rank's GPU under DDP, on the CPU without CUDA
+            kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if has_cuda() else "cpu"
     try:
-        lm = AutoModelForCausalLM.from_pretrained(model["name_or_path"], **kw)
+        m = auto_class.from_pretrained(model["name_or_path"], **kw)
     except Exception as e:
         raise _load_error("model", model["name_or_path"], e) from None
+    if tokenizer is not None and len(tokenizer) > m.get_input_embeddings().weight.shape[0]:
+        m.resize_token_embeddings(len(tokenizer))
+    return m
+
+
+def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
+    """AutoModelForCausalLM as the recipe says; embeddings grown if the tokenizer gained tokens."""
+    from transformers import AutoModelForCausalLM
+
+    lm = _from_pretrained(AutoModelForCausalLM, model, quant, tokenizer, place_quantized=True)
     if tokenizer is not None:
-        if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
-            lm.resize_token_embeddings(len(tokenizer))
         if lm.config.pad_token_id is None:
             lm.config.pad_token_id = tokenizer.pad_token_id
         if getattr(lm, "generation_config", None) is not None and lm.generation_config.pad_token_id is None:
             lm.generation_config.pad_token_id = tokenizer.pad_token_id
-    if qc is not None:
+    if quant:
         from peft import prepare_model_for_kbit_training
 
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
@@ -163,20 +168,7 @@ def load_seq_cls(model: dict, tokenizer, quant: dict | None = None, num_labels: 
     the head reads the last non-pad token, so the model must know the pad id."""
     from transformers import AutoModelForSequenceClassification
 
-    warn_remote_code(model)
-    dtype = torch_dtype(model.get("dtype") or "auto")
-    kw = {**_source_kwargs(model), **gguf_kwargs(model), "dtype": dtype, "num_labels": num_labels}
-    if model.get("attn_implementation"):
-        kw["attn_implementation"] = model["attn_implementation"]
-    qc = quantization_config(quant, dtype)
-    if qc is not None:
-        kw["quantization_config"] = qc
-    try:
-        m = AutoModelForSequenceClassification.from_pretrained(model["name_or_path"], **kw)
-    except Exception as e:
-        raise _load_error("model", model["name_or_path"], e) from None
-    if len(tokenizer) > m.get_input_embeddings().weight.shape[0]:
-        m.resize_token_embeddings(len(tokenizer))
+    m = _from_pretrained(AutoModelForSequenceClassification, model, quant, tokenizer, num_labels=num_labels)
     m.config.pad_token_id = tokenizer.pad_token_id
     if model.get("trainable"):
         train_only(m, model["trainable"])

@@ -142,9 +142,9 @@ def test_grpo_resumes_from_checkpoint(fx, tmp_path, cli, monkeypatch):
 ], ids=["missing-data-column", "prompts-too-long"])
 def test_data_problems_exit_2_before_any_model_loads(fx, tmp_path, cli, monkeypatch, extra, expected):
 
-    from posttrain.stages import grpo
+    from posttrain.stages import common
 
-    monkeypatch.setattr(grpo, "load_causal_lm", lambda *a, **k: pytest.fail("loaded the policy"))
+    monkeypatch.setattr(common, "load_causal_lm", lambda *a, **k: pytest.fail("loaded the policy"))
     code, _, err = cli("train", "grpo_gpt2", *_args(fx, tmp_path / "bad", "[]", *extra))
     assert code == 2 and expected in err, err
 

@@ -158,14 +158,14 @@ def test_attn_implementation_reaches_reward_value_and_reward_function_models(fx,
     from posttrain.errors import PosttrainError
     from posttrain.models import load_seq_cls
     from posttrain.rewards import RewardSpec
-    from posttrain.stages import grpo, ppo
+    from posttrain.stages import common, grpo
 
     m = load_seq_cls({"name_or_path": str(fx["model"]), "attn_implementation": "eager"}, tokenizer)
     assert m.config._attn_implementation == "eager"
     with pytest.raises(PosttrainError):  # flash-attn is not installed: the setting is used, so it fails
         load_seq_cls({"name_or_path": str(fx["model"]), "attn_implementation": "flash_attention_2"}, tokenizer)
     recipe = load_recipe("ppo_gpt2", ["model.attn_implementation=sdpa", "model.dtype=fp32"])
-    spec = ppo._model_spec("runs/reward", recipe)
+    spec = common.model_spec("runs/reward", recipe)
     assert spec["attn_implementation"] == "sdpa" and spec["dtype"] == "fp32"
     funcs, _ = grpo.reward_funcs([RewardSpec(name="rm", weight=1.0, model=str(fx["model"]))],
                                  {"attn_implementation": "eager", "dtype": "fp32"})

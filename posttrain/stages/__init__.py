@@ -21,10 +21,6 @@ from posttrain.errors import RecipeError
 from posttrain.util import did_you_mean
 
 
-def no_reference(recipe) -> bool:
-    return False
-
-
 def reference_unless_peft(recipe) -> bool:
     """A frozen copy of the policy is held, except with LoRA (the disabled adapter is the reference)."""
     return not recipe.peft
@@ -45,14 +41,6 @@ class Held(typing.NamedTuple):
     scoring: bool = True
 
 
-def no_models(recipe) -> list:
-    return []
-
-
-def no_tokens(recipe) -> int:
-    return 0
-
-
 # Which logits the loss keeps (posttrain.plan sizes each): TRL SFT's loss ("sft_loss": chunked_nll by default, else
 # full fp32), full logits in the compute dtype with a log-softmax per row kept for backward ("per_token_logps"),
 # the same over generated tokens only ("generated_logps": TRL passes logits_to_keep), or none (a scalar head).
@@ -65,10 +53,10 @@ class Footprint:
 
     scoring: bool = False  # the trained model is a sequence classifier: a scalar head, no vocabulary logits
     sequences_per_row: int = 1  # 2: chosen and rejected go through the model in one forward
-    reference: Callable = no_reference  # reference(recipe) -> whether a frozen copy of the policy is held
-    generated_tokens: Callable = no_tokens  # generated_tokens(recipe) -> tokens appended to each prompt
+    reference: Callable = lambda recipe: False  # reference(recipe) -> whether a frozen copy of the policy is held
+    generated_tokens: Callable = lambda recipe: 0  # generated_tokens(recipe) -> tokens appended to each prompt
     # other_models(recipe) -> [Held]: reward models (frozen), PPO's value model (trained), a teacher (frozen)
-    other_models: Callable = no_models
+    other_models: Callable = lambda recipe: []
     logits: str = "sft_loss"  # one of LOGITS
 
     def __post_init__(self):
@@ -124,10 +112,6 @@ class Stage:
     save: Callable | None = None  # save(trainer, path) instead of trainer.save_model
     extra_metrics: Callable | None = None  # extra_metrics(trainer) -> dict, added to the manifest
     position: int = 100  # where it is listed (messages, `posttrain recipes`): the order of a post-training run
-
-    @property
-    def is_policy(self) -> bool:
-        return self.output == "policy"
 
 
 _REGISTRY: dict[str, Stage] | None = None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from posttrain import launch, runs, stages, util
 from posttrain.errors import PosttrainError, RecipeError, RunDirError
-from posttrain.models import bf16_supported, full_copies_in_base_dtype, has_cuda
+from posttrain.models import bf16_supported, full_copies_in_base_dtype, has_cuda, load_causal_lm
 from posttrain.schema import config_class, fields_of
 from posttrain.util import first_line, is_main_process, world_size
 
@@ -97,6 +97,11 @@ def build_config(recipe: Recipe, **managed):
     return args
 
 
+def max_length_config(recipe: Recipe):
+    """The TRL config of a stage whose TRL max_length is data.max_length and that manages nothing else."""
+    return build_config(recipe, max_length=recipe.data["max_length"])
+
+
 class _MainProcessFirst:
     """`args.main_process_first(desc=...)` bound to ours; a class, not a lambda: Trainer pickles its args."""
 
@@ -122,7 +127,7 @@ def _distributed_state(timeout_s: float | None = None):
 _prep_calls = itertools.count()
 
 
-def _store_wait(store, done, prefix: str, desc: str):
+def _store_wait(store, done, prefix: str):
     """Poll the rendezvous store until done() holds; a failure another process posted stops this one too."""
     while not done():
         if store.check([f"{prefix}/error"]):
@@ -147,7 +152,7 @@ def main_process_first(desc: str = "work", timeout_s: float | None = None):
     rank, local = util.rank(), int(os.environ.get("LOCAL_RANK", "0"))
     node_main = f"{prefix}/main{rank - local}"
     if local != 0:
-        _store_wait(store, lambda: store.check([node_main]), prefix, desc)
+        _store_wait(store, lambda: store.check([node_main]), prefix)
     try:
         yield
     except BaseException as e:
@@ -158,7 +163,7 @@ def main_process_first(desc: str = "work", timeout_s: float | None = None):
         store.set(node_main, "done")
     store.add(f"{prefix}/finished", 1)
     # and all leave together, so no process waits in the trainer's first collective while another still reads
-    _store_wait(store, lambda: store.add(f"{prefix}/finished", 0) >= world_size(), prefix, desc)
+    _store_wait(store, lambda: store.add(f"{prefix}/finished", 0) >= world_size(), prefix)
 
 
 def training_with_defaults(recipe: Recipe) -> dict:
@@ -168,6 +173,33 @@ def training_with_defaults(recipe: Recipe) -> dict:
     fields = dataclasses.fields(config_class(stages.get(recipe.stage).trl_config))
     return {**{f.name: f.default for f in fields if f.init and f.default is not dataclasses.MISSING},
             **recipe.training}
+
+
+def training_value(key: str):
+    """A footprint callable (e.g. `generated_tokens`): the recipe's effective training.<key>."""
+
+    def value(recipe: Recipe):
+        return training_with_defaults(recipe)[key]
+
+    return value
+
+
+def model_spec(value, recipe: Recipe) -> dict:
+    """A stage key naming a model (`reward_model: path`, or a mapping like `model:`) as a model section; dtype and
+    attention as the policy's unless given."""
+    spec = dict(value) if isinstance(value, dict) else {"name_or_path": str(value)}
+    spec.setdefault("dtype", recipe.model.get("dtype") or "auto")
+    spec.setdefault("attn_implementation", recipe.model.get("attn_implementation"))
+    return spec
+
+
+def load_policy(recipe: Recipe, args, tokenizer):
+    """The recipe's model, loaded after seeding: a LoRA adapter's initial weights (and any new embedding rows)
+    come from this RNG."""
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    return load_causal_lm(recipe.model, recipe.quantization, tokenizer)
 
 
 def last_logged(*keys: str):

@@ -10,6 +10,7 @@ first), it drops none.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from posttrain.stages import Footprint, Plot, Stage, common, orpo
@@ -27,18 +28,14 @@ def check_simpo_gamma(recipe: Recipe, where: Where):
                    f"'{t['loss_type']}'; set training.loss_type: simpo (with cpo_alpha: 0 for SimPO) or remove it")
 
 
-def build(recipe: Recipe):
-    return orpo.build(recipe, "trl.experimental.cpo:CPOTrainer")
-
-
 STAGE = Stage(
     name="cpo",
     summary="contrastive preference optimisation, or SimPO with loss_type: simpo, no reference model "
             "(trl.experimental.cpo)",
     trl_config="trl.experimental.cpo:CPOConfig",
     formats=("preference",),
-    make_config=orpo.config,
-    build=build,
+    make_config=common.max_length_config,
+    build=functools.partial(orpo.build, trainer="trl.experimental.cpo:CPOTrainer"),
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins", "nll_loss"),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),
     plots=(Plot("rewards/margins", "reward margin"), Plot("rewards/accuracies", "pair accuracy")),

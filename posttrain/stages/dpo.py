@@ -17,29 +17,21 @@ if TYPE_CHECKING:
     from posttrain.recipe import Recipe
 
 
-def config(recipe: Recipe):
-    return common.build_config(recipe, max_length=recipe.data["max_length"])
-
-
 def reference(recipe: Recipe, args, tokenizer):
     if recipe.peft or args.precompute_ref_log_probs:
         return None
     source = recipe.extra.get("ref_model")
     model = {**recipe.model, "name_or_path": source, "gguf_file": None} if source else recipe.model
-    ref = load_causal_lm(model, recipe.quantization, tokenizer)
-    ref.requires_grad_(False)
-    return ref.eval()
+    return load_causal_lm(model, recipe.quantization, tokenizer).requires_grad_(False).eval()
 
 
 def build(recipe: Recipe):
-    from transformers import set_seed
     from trl import DPOTrainer
 
-    args = config(recipe)
+    args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = load_pairs(recipe, args)
-    set_seed(args.seed)
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    model = common.load_policy(recipe, args, tokenizer)
     trainer = DPOTrainer(model=model, ref_model=reference(recipe, args, tokenizer), args=args,
                          train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
                          peft_config=lora_config(recipe.peft))
@@ -52,7 +44,7 @@ STAGE = Stage(
     summary="direct preference optimisation on preference pairs (trl.DPOTrainer)",
     trl_config="trl:DPOConfig",
     formats=("preference",),
-    make_config=config,
+    make_config=common.max_length_config,
     build=build,
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins"),
     keys=("ref_model",),

@@ -48,7 +48,7 @@ def check_teacher(recipe: Recipe, where: Where):
     name = teacher.get("name_or_path") if isinstance(teacher, dict) else teacher
     if not isinstance(name, str) or not name.strip():
         where.fail("teacher_model", f"expected a model path or hub id (or a mapping like `model:`), got {show(teacher)}")
-    sizes = [_local_vocab_size(spec) for spec in (recipe.model, teacher_spec(recipe))]
+    sizes = [_local_vocab_size(spec) for spec in (recipe.model, common.model_spec(teacher, recipe))]
     if None not in sizes and sizes[0] != sizes[1]:
         where.fail("teacher_model", f"has a vocabulary of {sizes[1]} tokens and the student ({recipe.model['name_or_path']}) "
                    f"{sizes[0]}: GKD compares full next-token distributions, so both must share one vocabulary")
@@ -66,19 +66,6 @@ def _local_vocab_size(spec: dict) -> int | None:
     return (doc.get("text_config") or {}).get("vocab_size") or doc.get("vocab_size")
 
 
-def config(recipe: Recipe):
-    return common.build_config(recipe, max_length=recipe.data["max_length"])
-
-
-def teacher_spec(recipe: Recipe) -> dict:
-    """`teacher_model: path` or a mapping like `model:`; dtype and attention as the student's unless given."""
-    value = recipe.extra["teacher_model"]
-    spec = dict(value) if isinstance(value, dict) else {"name_or_path": str(value)}
-    spec.setdefault("dtype", recipe.model.get("dtype") or "auto")
-    spec.setdefault("attn_implementation", recipe.model.get("attn_implementation"))
-    return spec
-
-
 def for_chatml_collator(ds, tokenizer, num_proc=None):
     """posttrain's {input_ids, labels} -> what TRL's DataCollatorForChatML reads for pre-tokenized rows:
     input_ids, a completion_mask (its first 1 ends the prompt) and the prompt's text (it asks for one)."""
@@ -92,10 +79,9 @@ def for_chatml_collator(ds, tokenizer, num_proc=None):
 
 
 def build(recipe: Recipe):
-    from transformers import set_seed
     from trl.experimental.gkd import GKDTrainer
 
-    args = config(recipe)
+    args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)
     as_gkd = dataclasses.replace(recipe, data={**recipe.data, "train_on": TRAIN_ON})
     train, eval_ds, stats = sft.prepare_data(as_gkd, tokenizer, args)
@@ -103,24 +89,18 @@ def build(recipe: Recipe):
         train = for_chatml_collator(train, tokenizer, recipe.data.get("num_proc"))
         if eval_ds is not None:
             eval_ds = for_chatml_collator(eval_ds, tokenizer, recipe.data.get("num_proc"))
-    set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    model = common.load_policy(recipe, args, tokenizer)
     if args.eos_token is not None:
         match_eos(model, tokenizer)
-    teacher = load_causal_lm(teacher_spec(recipe), None, tokenizer)
-    teacher.requires_grad_(False)
-    trainer = GKDTrainer(model=model, teacher_model=teacher.eval(), args=args, train_dataset=train,
+    teacher = load_causal_lm(common.model_spec(recipe.extra["teacher_model"], recipe), None, tokenizer)
+    trainer = GKDTrainer(model=model, teacher_model=teacher.requires_grad_(False).eval(), args=args, train_dataset=train,
                          eval_dataset=eval_ds, processing_class=tokenizer, peft_config=lora_config(recipe.peft))
     return trainer, stats
 
 
-def generated_tokens(recipe: Recipe) -> int:
-    return common.training_with_defaults(recipe)["max_new_tokens"]
-
-
 def teacher(recipe: Recipe) -> list:
     """The teacher, held frozen (a causal LM: plan sizes it as one)."""
-    return [Held("teacher", teacher_spec(recipe), scoring=False)]
+    return [Held("teacher", common.model_spec(recipe.extra["teacher_model"], recipe), scoring=False)]
 
 
 _NO_PACKING = "TRL's GKD collator (DataCollatorForChatML) pads each row; GKD cannot pack"
@@ -130,13 +110,14 @@ STAGE = Stage(
     summary="on-policy distillation: a student learns a teacher's token distributions (trl.experimental.gkd)",
     trl_config="trl.experimental.gkd:GKDConfig",
     formats=("messages", "prompt_completion", "alpaca"),
-    make_config=config,
+    make_config=common.max_length_config,
     build=build,
     keys=("teacher_model",),
     required=("teacher_model",),
     inputs={"policy": "teacher_model"},
     headline=("eval_loss", "train_loss"),
-    footprint=Footprint(generated_tokens=generated_tokens, other_models=teacher, logits="per_token_logps"),
+    footprint=Footprint(generated_tokens=common.training_value("max_new_tokens"), other_models=teacher,
+                        logits="per_token_logps"),
     managed={
         "teacher_model_name_or_path": "set the top-level `teacher_model`",
         "teacher_model_init_kwargs": "posttrain loads the teacher itself: give `teacher_model` a mapping like "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
-from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config, torch_dtype
+from posttrain.models import load_seq_cls, load_tokenizer, lora_config, torch_dtype
 from posttrain.rewards import parse_rewards, rule_reward
 from posttrain.stages import Footprint, Held, Plot, Stage, Wire, common
 from posttrain.util import Where, world_size
@@ -27,10 +27,6 @@ def reference(recipe: Recipe) -> bool:
     """TRL holds a reference copy of the policy when beta (the stage's TRL default: GRPO 0, RLOO 0.05) is not 0,
     and without LoRA (then the disabled adapter is the reference)."""
     return not recipe.peft and bool(common.training_with_defaults(recipe).get("beta"))
-
-
-def generated_tokens(recipe: Recipe) -> int:
-    return common.training_with_defaults(recipe)["max_completion_length"]
 
 
 def reward_models(recipe: Recipe) -> list:
@@ -71,7 +67,7 @@ def config(recipe: Recipe):
     managed = {"reward_weights": [s.weight for s in specs], "remove_unused_columns": False}
     # TRL loads the reference policy itself (beta > 0 without LoRA), from model_init_kwargs: load it as
     # posttrain loads the policy.
-    if not recipe.peft and common.training_with_defaults(recipe).get("beta"):
+    if reference(recipe):
         managed["model_init_kwargs"] = model_init_kwargs(recipe.model)
         managed["trust_remote_code"] = bool(recipe.model.get("trust_remote_code"))
     return common.build_config(recipe, **managed)
@@ -107,56 +103,36 @@ def reward_funcs(specs, model: dict | None = None):
     """TRL's reward_funcs and reward_processing_classes, in recipe order. A reward model is read with its
     own tokenizer: TRL re-tokenizes prompt + completion text for it. It loads with the policy's
     model.dtype and model.attn_implementation."""
-    funcs, tokenizers = [], []
     like = {k: (model or {}).get(k) for k in ("dtype", "attn_implementation")}
-    for s in specs:
-        if s.model is None:
-            funcs.append(rule_reward(s))
-            tokenizers.append(None)
-        else:
-            tok = load_tokenizer({"name_or_path": s.model})
-            funcs.append(load_seq_cls({"name_or_path": s.model, **like}, tok))
-            tokenizers.append(tok)
+    tokenizers = [load_tokenizer({"name_or_path": s.model}) if s.model else None for s in specs]
+    funcs = [load_seq_cls({"name_or_path": s.model, **like}, tok) if s.model else rule_reward(s)
+             for s, tok in zip(specs, tokenizers)]
     return funcs, tokenizers
 
 
-class _DropMessage(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record) -> bool:
-        return self.text not in record.getMessage()
+def _not_about_model_init_kwargs(record: logging.LogRecord) -> bool:
+    return "model_init_kwargs" not in record.getMessage()
 
 
 def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
     import trl
-    from transformers import set_seed
 
     args = config(recipe)
     specs = recipe.parsed["rewards"]
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = load_prompts(recipe, args, tokenizer, specs)
-    set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    model = common.load_policy(recipe, args, tokenizer)
     funcs, reward_tokenizers = reward_funcs(specs, recipe.model)
     # TRL warns that model_init_kwargs are ignored for an instantiated policy; they are for its reference copy
     trl_log = logging.getLogger(f"trl.trainer.{trainer_class.removesuffix('Trainer').lower()}_trainer")
-    quiet = _DropMessage("model_init_kwargs")
-    trl_log.addFilter(quiet)
+    trl_log.addFilter(_not_about_model_init_kwargs)
     try:
-        trainer = getattr(trl, trainer_class)(
-            model=model,
-            reward_funcs=funcs,
-            args=args,
-            train_dataset=train,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            reward_processing_classes=reward_tokenizers,
-            peft_config=lora_config(recipe.peft),
-        )
+        trainer = getattr(trl, trainer_class)(model=model, reward_funcs=funcs, args=args, train_dataset=train,
+                                              eval_dataset=eval_ds, processing_class=tokenizer,
+                                              reward_processing_classes=reward_tokenizers,
+                                              peft_config=lora_config(recipe.peft))
     finally:
-        trl_log.removeFilter(quiet)
+        trl_log.removeFilter(_not_about_model_init_kwargs)
     # TRL names metrics after a reward model's directory name, which two items may share; ours are unique.
     trainer.reward_func_names = [s.name for s in specs]
     return trainer, stats
@@ -188,8 +164,8 @@ STAGE = Stage(
     inputs={"reward_model": Wire("rewards", as_item=True)},
     headline=("reward/mean", "reward/last"),
     plots=(Plot("reward", "mean reward"),),
-    footprint=Footprint(reference=reference, generated_tokens=generated_tokens, other_models=reward_models,
-                        logits="generated_logps"),
+    footprint=Footprint(reference=reference, generated_tokens=common.training_value("max_completion_length"),
+                        other_models=reward_models, logits="generated_logps"),
     managed={"reward_weights": "give items of `rewards:` a `weight`"},
     parse={"rewards": parse_rewards},
     checks=(check_groups,),

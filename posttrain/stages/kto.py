@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from posttrain.data.trl_rows import load_pairs
 from posttrain.errors import DataError
-from posttrain.models import load_causal_lm, load_tokenizer, lora_config
+from posttrain.models import load_tokenizer, lora_config
 from posttrain.stages import Footprint, Plot, Stage, common, dpo, reference_unless_peft_or_precompute
 from posttrain.util import Where
 
@@ -40,10 +40,6 @@ def check_kl_batch(recipe: Recipe, where: Where):
                    "neighbours in a fixed-order batch: it needs 'sequential' (or loss_type: apo_zero_unpaired)")
 
 
-def config(recipe: Recipe):
-    return common.build_config(recipe, max_length=recipe.data["max_length"])
-
-
 def _as_label(value) -> bool:
     if isinstance(value, bool):
         return value
@@ -52,6 +48,10 @@ def _as_label(value) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
     raise DataError(f"column 'label': expected true/false (is the completion desirable?), got {value!r:.40}")
+
+
+def _read_labels(ds):
+    return ds.map(lambda v: {"label": [_as_label(x) for x in v]}, input_columns="label", batched=True)
 
 
 def unpair(ds):
@@ -72,25 +72,17 @@ def unpair(ds):
 
 
 def build(recipe: Recipe):
-    from transformers import set_seed
     from trl import KTOTrainer
 
-    args = config(recipe)
+    args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = load_pairs(recipe, args)
+    to_rows = _read_labels if recipe.data["format"] == "unpaired" else unpair
     with args.main_process_first(desc="unpairing"):
-        train = train.shuffle(seed=args.seed)
-        splits = [train, eval_ds]
-        for i, ds in enumerate(splits):
-            if ds is None:
-                continue
-            if recipe.data["format"] == "unpaired":
-                splits[i] = ds.map(lambda v: {"label": [_as_label(x) for x in v]}, input_columns="label", batched=True)
-            else:
-                splits[i] = unpair(ds)
-        train, eval_ds = splits
-    set_seed(args.seed)
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+        train = to_rows(train.shuffle(seed=args.seed))
+        if eval_ds is not None:
+            eval_ds = to_rows(eval_ds)
+    model = common.load_policy(recipe, args, tokenizer)
     trainer = KTOTrainer(model=model, ref_model=dpo.reference(recipe, args, tokenizer), args=args,
                          train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
                          peft_config=lora_config(recipe.peft))
@@ -102,7 +94,7 @@ STAGE = Stage(
     summary="Kahneman-Tversky optimisation on unpaired good/bad completions or preference pairs (trl.KTOTrainer)",
     trl_config="trl:KTOConfig",
     formats=("unpaired", "preference"),
-    make_config=config,
+    make_config=common.max_length_config,
     build=build,
     extra_metrics=common.last_logged("rewards/margins", "rewards/chosen", "rewards/rejected", "kl"),
     keys=("ref_model",),

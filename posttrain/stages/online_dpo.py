@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from posttrain.models import load_causal_lm, load_tokenizer, lora_config
+from posttrain.models import load_tokenizer, lora_config
 from posttrain.rewards import parse_rewards
 from posttrain.stages import Footprint, Plot, Stage, Wire, common, grpo, reference_unless_peft
 from posttrain.util import Where
@@ -34,10 +34,6 @@ def check_no_eval(recipe: Recipe, where: Where):
         where.fail("training.eval_strategy", "online DPO has no evaluation in TRL 1.12; remove it")
 
 
-def generated_tokens(recipe: Recipe) -> int:
-    return common.training_with_defaults(recipe)["max_new_tokens"]
-
-
 def config(recipe: Recipe):
     specs = recipe.parsed["rewards"]
     max_new = common.training_with_defaults(recipe)["max_new_tokens"]
@@ -47,15 +43,13 @@ def config(recipe: Recipe):
 
 
 def build(recipe: Recipe):
-    from transformers import set_seed
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
     args = config(recipe)
     specs = recipe.parsed["rewards"]
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = grpo.load_prompts(recipe, args, tokenizer, specs)
-    set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    model = common.load_policy(recipe, args, tokenizer)
     funcs, reward_tokenizers = grpo.reward_funcs(specs, recipe.model)
     trainer = OnlineDPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train, eval_dataset=eval_ds,
                                processing_class=tokenizer, reward_processing_classes=reward_tokenizers,
@@ -78,8 +72,9 @@ STAGE = Stage(
     inputs={"reward_model": Wire("rewards", as_item=True)},
     headline=("objective/scores", "objective/scores_margin", "objective/kl"),
     plots=(Plot("objective/scores", "mean reward"), Plot("objective/kl", "KL to reference")),
-    footprint=Footprint(sequences_per_row=2, reference=reference_unless_peft, generated_tokens=generated_tokens,
-                        other_models=grpo.reward_models, logits="per_token_logps"),
+    footprint=Footprint(sequences_per_row=2, reference=reference_unless_peft,
+                        generated_tokens=common.training_value("max_new_tokens"), other_models=grpo.reward_models,
+                        logits="per_token_logps"),
     parse={"rewards": parse_rewards},
     managed={"reward_weights": "give items of `rewards:` a `weight`",
              "reward_model_path": "list reward models under `rewards:` (TRL 1.12's OnlineDPOTrainer ignores it)"},

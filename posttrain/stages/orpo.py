@@ -11,30 +11,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from posttrain.data.trl_rows import load_pairs
-from posttrain.models import load_causal_lm, load_tokenizer, lora_config
+from posttrain.models import load_tokenizer, lora_config
 from posttrain.stages import Footprint, Plot, Stage, common
 
 if TYPE_CHECKING:
     from posttrain.recipe import Recipe
 
 
-def config(recipe: Recipe):
-    return common.build_config(recipe, max_length=recipe.data["max_length"])
-
-
 def build(recipe: Recipe, trainer: str = "trl.experimental.orpo:ORPOTrainer"):
     """Preference pairs, no reference model: ORPO's trainer, or another of the same shape (cpo)."""
     import importlib
 
-    from transformers import set_seed
-
     module, name = trainer.split(":")
     trainer_class = getattr(importlib.import_module(module), name)
-    args = config(recipe)
+    args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = load_pairs(recipe, args)
-    set_seed(args.seed)
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    model = common.load_policy(recipe, args, tokenizer)
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=lora_config(recipe.peft))
     return trainer, stats
@@ -46,7 +39,7 @@ STAGE = Stage(
             "(trl.experimental.orpo)",
     trl_config="trl.experimental.orpo:ORPOConfig",
     formats=("preference",),
-    make_config=config,
+    make_config=common.max_length_config,
     build=build,
     extra_metrics=common.last_logged("rewards/accuracies", "rewards/margins", "log_odds_ratio", "nll_loss"),
     headline=("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies", "rewards/margins"),

@@ -46,14 +46,6 @@ def config(recipe: Recipe):
     return args
 
 
-def _model_spec(value, recipe: Recipe) -> dict:
-    """A stage key (`reward_model: path`, or a mapping like `model:`) as a model section."""
-    spec = dict(value) if isinstance(value, dict) else {"name_or_path": str(value)}
-    spec.setdefault("dtype", recipe.model.get("dtype") or "auto")
-    spec.setdefault("attn_implementation", recipe.model.get("attn_implementation"))
-    return spec
-
-
 def check_batches(recipe: Recipe, where) -> None:
     """PPOTrainer's constructor rules on its batches, which depend only on the recipe: said at validate with the key
     that sets them instead of an assertion after the models loaded."""
@@ -70,14 +62,10 @@ def check_batches(recipe: Recipe, where) -> None:
                    f"has {local // minis} ({how} / num_mini_batches {minis}); raise the batch or set it false")
 
 
-def generated_tokens(recipe: Recipe) -> int:
-    return common.training_with_defaults(recipe)["response_length"]
-
-
 def other_models(recipe: Recipe) -> list:
     """The reward model (frozen) and the value model (trained; it starts from the reward model by default)."""
-    reward = _model_spec(recipe.extra["reward_model"], recipe)
-    value = _model_spec(recipe.extra.get("value_model") or reward["name_or_path"], recipe)
+    reward = common.model_spec(recipe.extra["reward_model"], recipe)
+    value = common.model_spec(recipe.extra.get("value_model") or reward["name_or_path"], recipe)
     return [Held("reward model", reward), Held("value model", value, trained=True)]
 
 
@@ -176,23 +164,18 @@ def write_samples(trainer, prompts) -> list[dict]:
 
 
 def build(recipe: Recipe):
-    from transformers import set_seed
-
     args = config(recipe)
     tokenizer = load_tokenizer(recipe.model, distinct_pad=True)  # with pad == eos, TRL scores EOS as padding
     tokenizer.padding_side = "left"  # prompts are left-padded so every response starts at the same column
     train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
 
-    set_seed(args.seed)  # before the LoRA adapter (and any new pad-token embedding rows) are initialised
-    policy = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
-    reward_spec = _model_spec(recipe.extra["reward_model"], recipe)
-    reward = load_seq_cls(reward_spec, tokenizer)
-    # By default the value model starts as the reward model: a second, separately trained copy.
-    value = load_seq_cls(_model_spec(recipe.extra.get("value_model") or reward_spec["name_or_path"], recipe), tokenizer)
+    policy = common.load_policy(recipe, args, tokenizer)
+    # the reward model, and the value model: by default a second, separately trained copy of the reward model
+    reward, value = (load_seq_cls(held.spec, tokenizer) for held in other_models(recipe))
     # None: with LoRA, TRL uses the policy with its adapter disabled; without, TRL deep-copies the policy.
     ref = None
     if recipe.extra.get("ref_model"):
-        ref = load_causal_lm(_model_spec(recipe.extra["ref_model"], recipe), None, tokenizer)
+        ref = load_causal_lm(common.model_spec(recipe.extra["ref_model"], recipe), None, tokenizer)
 
     Trainer, SampleCompletions = _trainer_class()
     trainer = Trainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
@@ -230,8 +213,8 @@ STAGE = Stage(
     resumable=False,
     headline=("objective/scores", "objective/kl", "last_logged_score", "last_logged_kl"),
     plots=(Plot("objective/scores", "mean reward"), Plot("objective/kl", "KL to reference")),
-    footprint=Footprint(reference=reference_unless_peft, generated_tokens=generated_tokens, other_models=other_models,
-                        logits="per_token_logps"),
+    footprint=Footprint(reference=reference_unless_peft, generated_tokens=common.training_value("response_length"),
+                        other_models=other_models, logits="per_token_logps"),
     managed={"sft_model_path": "set `model.name_or_path`", "reward_model_path": "set the top-level `reward_model`",
              "world_size": "posttrain sets it from the launcher's WORLD_SIZE"},
     refused={k: "TRL computes it at run time from per_device_train_batch_size, gradient_accumulation_steps, "

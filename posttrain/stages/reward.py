@@ -12,15 +12,11 @@ if TYPE_CHECKING:
     from posttrain.recipe import Recipe
 
 
-def config(recipe: Recipe):
-    return common.build_config(recipe, max_length=recipe.data["max_length"])
-
-
 def build(recipe: Recipe):
     from transformers import set_seed
     from trl import RewardTrainer
 
-    args = config(recipe)
+    args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)  # TRL appends it to chosen/rejected
     train, eval_ds, stats = load_pairs(recipe, args)
     set_seed(args.seed)  # the new score head and any LoRA adapter are initialised from this RNG
@@ -51,7 +47,7 @@ STAGE = Stage(
     summary="a reward model: a scalar score head trained on preference pairs (trl.RewardTrainer)",
     trl_config="trl:RewardConfig",
     formats=("preference",),
-    make_config=config,
+    make_config=common.max_length_config,
     build=build,
     save=save_merged,
     output="reward_model",

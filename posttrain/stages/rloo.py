@@ -7,23 +7,15 @@ the policy from its `name_or_path` on disk (grpo.reference reads the default fro
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import functools
 
 from posttrain.stages import grpo
-
-if TYPE_CHECKING:
-    from posttrain.recipe import Recipe
-
-
-def build(recipe: Recipe):
-    return grpo.build(recipe, "RLOOTrainer")
-
 
 STAGE = dataclasses.replace(
     grpo.STAGE,
     name="rloo",
     summary="online RL on prompts with a leave-one-out baseline (trl.RLOOTrainer); keys as grpo",
     trl_config="trl:RLOOConfig",
-    build=build,
+    build=functools.partial(grpo.build, trainer_class="RLOOTrainer"),
     position=80,
 )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from posttrain.data import packing
 from posttrain.data.collator import SFTCollator, tokenize_dataset
 from posttrain.data.mixture import label, load_splits
-from posttrain.models import load_causal_lm, load_tokenizer, lora_config, match_eos
+from posttrain.models import load_tokenizer, lora_config, match_eos
 from posttrain.stages import Footprint, Stage, common
 
 if TYPE_CHECKING:
@@ -44,15 +44,13 @@ def prepare_data(recipe: Recipe, tokenizer, args):
 
 
 def build(recipe: Recipe):
-    from transformers import set_seed
     from trl import SFTTrainer
 
     args = config(recipe)
     # training.eos_token: the rows end with it, the saved tokenizer says it, the model stops on it
     tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)
     train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
-    set_seed(args.seed)  # before the LoRA adapter is created: its initial weights come from this RNG
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+    model = common.load_policy(recipe, args, tokenizer)
     pack = bool(recipe.training.get("packing"))
     if pack:
         packing.check_model(model)
@@ -60,15 +58,9 @@ def build(recipe: Recipe):
     collate = packing.PackedCollator if pack else SFTCollator
     if args.eos_token is not None:
         match_eos(model, tokenizer)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=collate(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
-        peft_config=lora_config(recipe.peft),
-    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
+                         data_collator=collate(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
+                         peft_config=lora_config(recipe.peft))
     return trainer, stats
 
 
