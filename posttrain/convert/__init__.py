@@ -52,6 +52,7 @@ def convert(path: str | Path, tool: str | None = None, stage: str | None = None)
     conv = Conversion(tool, path, raw)
     conv.stage = stage
     TOOLS[tool].convert(conv, text)
+    conv.put("stage", conv.stage)
     stage_rules(conv)
     seen = {f.key.split(".")[0].split("[")[0] for f in conv.fates}
     for key, value in raw.items():  # a key no rule gave a fate: said, never dropped silently

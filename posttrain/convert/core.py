@@ -120,8 +120,19 @@ class Conversion:
     def drop(self, key: str, value, why: str):
         self.fates.append(Fate(key, value, DROPPED, why))
 
+    def drop_given(self, keys: str | tuple[str, ...], why: str):
+        """Drop each of `keys` (one or several) that the source config sets."""
+        for key in (keys,) if isinstance(keys, str) else keys:
+            if key in self.raw:
+                self.drop(key, self.raw[key], why)
+
     def no(self, key: str, value, why: str):
         self.fates.append(Fate(key, value, NOT, why))
+
+    def set_me(self, key: str, value, target: str, why: str):
+        """NOT TRANSLATED, and `target: SET-ME` in the recipe for the user to fill in (a required key)."""
+        self.no(key, value, why)
+        self.put(target, "SET-ME")
 
     def default(self, dotted: str, value, why: str):
         """A tool's implicit default made explicit, unless the recipe already sets the key."""
@@ -202,6 +213,49 @@ def chat_template(conv: Conversion, key: str, value):
     conv.map(key, value, "model.chat_template", text, note=f"posttrain's templates/{name}, inlined")
 
 
+def flag(target: str, new, note: str = "", off: str = "false") -> Call:
+    """A yes/no option: a true value maps to `target: new`, a false one is dropped (`off` says why)."""
+    return Call(lambda c, k, v: c.map(k, v, target, new, note) if v else c.drop(k, v, off))
+
+
+def packing(conv: Conversion, key: str, value):
+    if not value:
+        return conv.drop(key, value, "false: not packed")
+    if conv.stage != "sft":
+        return conv.no(key, value, "packing is sft only")
+    conv.map(key, value, "training.packing", True)
+
+
+def eval_fraction(conv: Conversion, key: str):
+    """A held-out part of the training rows: a fraction, or (1 and up) a count of rows."""
+    v = conv.raw.get(key)
+    if v:
+        conv.map(key, v, "data.eval_fraction", int(v) if isinstance(v, float) and v >= 1 else v)
+    elif key in conv.raw:
+        conv.drop(key, v, "0: no eval split")
+
+
+def one_source(src: dict, dotted: str) -> dict:
+    """A single source entry as plain data keys: data.train (or data.eval) and its split, name and column_map."""
+    new = {dotted: src["source"]}
+    if src.get("split", "train") != "train":
+        new["data.split" if dotted == "data.train" else "data.eval_split"] = src["split"]
+    if src.get("name"):
+        new["data.name"] = src["name"]
+    if src.get("column_map"):
+        new["data.column_map"] = src["column_map"]
+    return new
+
+
+def map_sources(conv: Conversion, key: str, value, new: dict, problems: list[str], shown=None, note: str = ""):
+    """A dataset key onto the data keys `new`; with problems it is NOT TRANSLATED, `new` written all the same."""
+    if not problems:
+        return conv.map(key, value if shown is None else shown, "*", new, note=note)
+    for dotted, v in new.items():
+        conv.put(dotted, v)
+    conv.no(key, value, "; ".join(problems))
+
+
 def launcher(kind: str) -> str:
     return f"recipes/accelerate/{kind}.yaml"
 
@@ -213,7 +267,6 @@ def _launch_line(config: str) -> str:
 def deepspeed(conv: Conversion, key: str, value):
     """A DeepSpeed config (file or mapping) -> which accelerate config to launch with."""
     text = str(value).lower()
-    stage = None
     if isinstance(value, dict):
         stage = (value.get("zero_optimization") or {}).get("stage")
     else:
@@ -261,8 +314,7 @@ TRAINING_ARGS = {
     "report_to": Call(report_to),
     "remove_unused_columns": Drop("posttrain prepares the dataset itself and hands the trainer the columns it "
                                   "reads"),
-    "resume_from_checkpoint": Call(lambda c, k, v: c.drop(k, v, "run-time flag: `posttrain train OUT --resume` "
-                                                                "continues from the newest checkpoint")),
+    "resume_from_checkpoint": Drop("run-time flag: `posttrain train OUT --resume` continues from the newest checkpoint"),
     "local_rank": Drop("set by the launcher (torchrun / accelerate launch)"),
     "deepspeed": Call(deepspeed),
     "fsdp": Call(fsdp),

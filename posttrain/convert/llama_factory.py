@@ -31,21 +31,34 @@ from posttrain.convert.core import (
     To,
     chat_template,
     dtype,
+    eval_fraction,
+    flag,
+    map_sources,
+    one_source,
+    packing,
     stage_format,
     training_field,
     walk,
 )
 
 STAGES = {"sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "kto", "ppo": "ppo"}
+# read together by `_peft`
+LORA = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora",
+        "pissa_init")
+QUANT = ("quantization_bit", "quantization_method", "quantization_type", "double_quantization")
+NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", *LORA, *QUANT, "dataset", "eval_dataset", "dataset_dir",
+              "max_samples", "val_size", "template", "cutoff_len", "bf16", "fp16")
 
-
-
-NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
-              "quantization_bit", "quantization_method", "quantization_type", "double_quantization", "dataset",
-              "eval_dataset", "dataset_dir", "max_samples", "val_size", "template", "cutoff_len", "additional_target",
-              "use_rslora", "use_dora", "pissa_init", "bf16", "fp16")
-
+ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}
 GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
+
+def _attention(conv: Conversion, key: str, value):
+    if str(value) == "auto":
+        return conv.drop(key, value, "transformers picks the attention (sdpa where it can), as posttrain does")
+    if str(value) not in ATTENTION:
+        return conv.no(key, value, "one of auto, fa2, sdpa, disabled")
+    conv.map(key, value, "model.attn_implementation", ATTENTION[str(value)])
+
 
 TABLE = {
     **{k: LATER for k in NEIGHBOURS},
@@ -57,14 +70,9 @@ TABLE = {
     "use_fast_tokenizer": DropIf(True, "the fast tokenizer is what transformers loads", No("posttrain loads the "
                                                                                            "fast tokenizer")),
     "infer_dtype": To("model.dtype", dtype),
-    "attn": Call(lambda c, k, v: TABLE["flash_attn"].fn(c, k, v)),  # newer LLaMA-Factory's name for flash_attn
+    "attn": Call(_attention),  # newer LLaMA-Factory's name for flash_attn
     "enable_liger_kernel": To("training.use_liger_kernel"),
-    "flash_attn": Call(lambda c, k, v: {"fa2": lambda: c.map(k, v, "model.attn_implementation", "flash_attention_2"),
-                                        "sdpa": lambda: c.map(k, v, "model.attn_implementation", "sdpa"),
-                                        "disabled": lambda: c.map(k, v, "model.attn_implementation", "eager"),
-                                        "auto": lambda: c.drop(k, v, "transformers picks the attention (sdpa where it "
-                                                                     "can), as posttrain does")}.get(
-        str(v), lambda: c.no(k, v, "one of auto, fa2, sdpa, disabled"))()),
+    "flash_attn": Call(_attention),
     "disable_gradient_checkpointing": Call(lambda c, k, v: c.map(k, v, "training.gradient_checkpointing", not v)),
     "use_reentrant_gc": DropIf(True, "reentrant checkpointing is transformers' default too",
                                To("training.gradient_checkpointing_kwargs", lambda v: {"use_reentrant": v})),
@@ -95,12 +103,9 @@ TABLE = {
     "overwrite_cache": Drop("the datasets cache is keyed on the data and settings"),
     "preprocessing_num_workers": To("data.num_proc"),
     "preprocessing_batch_size": Drop("a datasets.map batch size; it does not change the rows"),
-    "packing": Call(lambda c, k, v: c.map(k, v, "training.packing", bool(v)) if c.stage == "sft" and v else
-                    c.drop(k, v, "false: not packed") if not v else c.no(k, v, "packing is sft only")),
-    "neat_packing": Call(lambda c, k, v: c.map(k, v, "training.packing", True, note="posttrain's packing never "
-                                                                                    "attends across rows, as "
-                                                                                    "neat_packing")
-                         if v else c.drop(k, v, "false")),
+    "packing": Call(packing),
+    "neat_packing": flag("training.packing", True,
+                           note="posttrain's packing never attends across rows, as neat_packing"),
     "mix_strategy": DropIf("concat", "data.train lists are concatenated (and shuffled)",
                            No("posttrain concatenates mixtures; per-source `weight:` sets the proportions")),
     "interleave_probs": No("set `weight:` on each data.train entry"),
@@ -141,9 +146,8 @@ TABLE = {
     "use_adam_mini": DropIf(False, "false", No("posttrain cannot use Adam-mini")),
     "loraplus_lr_ratio": No("posttrain cannot express LoRA+ (a higher learning rate for the B matrices)"),
     "loraplus_lr_embedding": No("posttrain cannot express LoRA+"),
-    "freeze_trainable_layers": No("freeze training is not translated (see finetuning_type)"),
-    "freeze_trainable_modules": No("freeze training is not translated (see finetuning_type)"),
-    "freeze_extra_modules": No("freeze training is not translated (see finetuning_type)"),
+    **{f"freeze_{k}": No("freeze training is not translated (see finetuning_type)")
+       for k in ("trainable_layers", "trainable_modules", "extra_modules")},
     "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
     "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
     "ld_alpha": To("training.ld_alpha"),
@@ -216,26 +220,18 @@ def _stage(conv: Conversion):
 def _peft(conv: Conversion):
     raw = conv.raw
     ft = raw.get("finetuning_type", "lora")
-    keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora",
-            "pissa_init")
     if ft == "full":
-        if "finetuning_type" in raw:
-            conv.drop("finetuning_type", ft, "full fine-tuning: a recipe without `peft:` fine-tunes every parameter")
-        for k in keys:
-            if k in raw:
-                conv.drop(k, raw[k], "finetuning_type full: LoRA settings unused")
+        conv.drop_given("finetuning_type", "full fine-tuning: a recipe without `peft:` fine-tunes every parameter")
+        conv.drop_given(LORA, "finetuning_type full: LoRA settings unused")
         return False
     if ft != "lora":
-        for k in keys + ("quantization_bit", "quantization_method", "quantization_type", "double_quantization"):
-            if k in raw:
-                conv.drop(k, raw[k], f"finetuning_type {ft}: LoRA/QLoRA settings unused")
+        conv.drop_given(LORA + QUANT, f"finetuning_type {ft}: LoRA/QLoRA settings unused")
         conv.no("finetuning_type", ft, "posttrain cannot express it: freeze trains only some layers; a recipe "
                                        "without `peft:` would train every layer instead (closest: LoRA on those "
                                        "layers with peft.layers_to_transform). Converted as full fine-tuning"
                 if ft == "freeze" else "posttrain trains LoRA adapters only; converted as full fine-tuning")
         return False
-    if "finetuning_type" in raw:
-        conv.drop("finetuning_type", ft, "the `peft:` section is the LoRA setting")
+    conv.drop_given("finetuning_type", "the `peft:` section is the LoRA setting")
     rank = raw.get("lora_rank", 8)
     for k, target in (("lora_rank", "peft.r"), ("lora_alpha", "peft.lora_alpha"),
                       ("lora_dropout", "peft.lora_dropout"), ("use_rslora", "peft.use_rslora"),
@@ -252,8 +248,8 @@ def _peft(conv: Conversion):
                  note="all: every linear layer but the output head" if names == ["all"] else "")
     if raw.get("pissa_init"):
         conv.map("pissa_init", True, "peft.init_lora_weights", "pissa")
-    elif "pissa_init" in raw:
-        conv.drop("pissa_init", raw["pissa_init"], "false")
+    else:
+        conv.drop_given("pissa_init", "false")
     conv.default("peft.r", 8, "LLaMA-Factory: lora_rank 8")
     conv.default("peft.lora_alpha", 2 * rank, "LLaMA-Factory: lora_alpha defaults to 2 x lora_rank")
     conv.default("peft.lora_dropout", 0.0, "LLaMA-Factory: lora_dropout 0.0 (peft's default too)")
@@ -278,15 +274,12 @@ def _peft(conv: Conversion):
             if compute:  # without bf16/fp16 LLaMA-Factory infers it from the device, as posttrain's default does
                 conv.default("quantization.bnb_4bit_compute_dtype", compute,
                              "LLaMA-Factory: 4-bit compute dtype = the training precision")
-        for k in ("quantization_type", "double_quantization"):
-            if bits == 8 and k in raw:
-                conv.drop(k, raw[k], "4-bit only")
+        else:
+            conv.drop_given(("quantization_type", "double_quantization"), "4-bit only")
     elif bits is not None:
         conv.no("quantization_bit", bits, "posttrain quantizes to 4 or 8 bits (bitsandbytes)")
     else:
-        for k in ("quantization_type", "double_quantization"):
-            if k in raw:
-                conv.drop(k, raw[k], "the model is not quantized (no quantization_bit)")
+        conv.drop_given(("quantization_type", "double_quantization"), "the model is not quantized (no quantization_bit)")
     return True
 
 
@@ -377,54 +370,30 @@ def _data(conv: Conversion):
         value = raw.get(split_key)
         if value is None:
             if split_key == "dataset":
-                conv.no("(dataset)", None, "no dataset: set data.train")
-                conv.put("data.train", "SET-ME")
+                conv.set_me("(dataset)", None, "data.train", "no dataset: set data.train")
             continue
         names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
         srcs = [_source(nm, info, folder, conv.stage, slice_ if split_key == "dataset" else "") for nm in names]
-        fmts = {f for _, f, _ in srcs if f}
-        problems = [p for _, _, p in srcs if p]
+        fmt = stage_format(conv.stage, sft="alpaca" if {f for _, f, _ in srcs if f} <= {"alpaca"} else "messages")
         if len(srcs) == 1:
-            src, fmt, _ = srcs[0]
-            new = {dotted: src["source"]}
-            split_name = "data.split" if split_key == "dataset" else "data.eval_split"
-            if src.get("split", "train") != "train":
-                new[split_name] = src["split"]
-            if src.get("name"):
-                new["data.name"] = src["name"]
-            if src.get("column_map"):
-                new["data.column_map"] = src["column_map"]
-        else:
-            new = {dotted: srcs and [s for s, _, _ in srcs]}
-        fmt = _mixture_format(conv.stage, fmts)
-        for s, f, _ in srcs:
-            if len(srcs) > 1 and f and f != fmt:
-                s["format"] = f
+            new = one_source(srcs[0][0], dotted)
+        else:  # a mixture: each source of another format says its own
+            for s, f, _ in srcs:
+                if f and f != fmt:
+                    s["format"] = f
+            new = {dotted: [s for s, _, _ in srcs]}
         if split_key == "dataset":
             new["data.format"] = fmt
-        if problems:
-            conv.put(dotted, new.pop(dotted))
-            for k, v in new.items():
-                conv.put(k, v)
-            conv.no(split_key, value, "; ".join(problems))
-        else:
-            note = "names read from dataset_info.json" if info is not None else ""
-            if n and split_key == "dataset":
-                note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
-            conv.map(split_key, value, "*", new, note=note)
+        note = "names read from dataset_info.json" if info is not None else ""
+        if n and split_key == "dataset":
+            note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
+        map_sources(conv, split_key, value, new, [p for _, _, p in srcs if p], note=note)
     if n and "dataset" in raw:
         conv.drop("max_samples", n, "in each data.train split slice above")
     elif "max_samples" in raw:
         conv.drop("max_samples", n, "every row" if n is None else "no dataset")
-    for k in ("dataset_dir",):
-        if k in raw:
-            conv.drop(k, raw[k], "where dataset_info.json was looked up; the paths above include it")
-    if "val_size" in raw:
-        v = raw["val_size"]
-        if v:
-            conv.map("val_size", v, "data.eval_fraction", int(v) if isinstance(v, float) and v >= 1 else v)
-        else:
-            conv.drop("val_size", v, "0: no eval split")
+    conv.drop_given("dataset_dir", "where dataset_info.json was looked up; the paths above include it")
+    eval_fraction(conv, "val_size")
     fmt = conv.get("data.format")
     if conv.raw.get("template") is not None:
         chat_template(conv, "template", raw["template"])
@@ -437,13 +406,8 @@ def _data(conv: Conversion):
         conv.default("data.max_length", 2048, "LLaMA-Factory: cutoff_len 2048")
 
 
-def _mixture_format(stage: str, fmts: set[str]) -> str:
-    return stage_format(stage, sft="alpaca" if fmts <= {"alpaca"} else "messages")
-
-
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv)
-    conv.put("stage", conv.stage)
     walk(conv, conv.raw.items(), TABLE, _fallback)
     for k in ("bf16", "fp16"):
         if k in conv.raw:
@@ -455,5 +419,4 @@ def convert(conv: Conversion, text: str):
                                                "posttrain's PPO needs a whole scoring model: `posttrain merge` the "
                                                "reward run, or train it with posttrain's reward stage")
     if conv.get("model.name_or_path") is None:
-        conv.no("(model)", None, "no model_name_or_path: set model.name_or_path")
-        conv.put("model.name_or_path", "SET-ME")
+        conv.set_me("(model)", None, "model.name_or_path", "no model_name_or_path: set model.name_or_path")

@@ -22,8 +22,6 @@ QUANT_KEYS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_ne
 DATA_KEYS = ("dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_mixer",
              "dataset_splits", "dataset_mixture", "dataset_configs", "dataset_streaming")
 
-
-
 TABLE = {
     # trl.ModelConfig
     "model_name_or_path": To("model.name_or_path"),
@@ -46,9 +44,8 @@ TABLE = {
     # trl/scripts/grpo.py, rloo.py: rewards; ppo.py: the reward and value models
     "reward_model_name_or_path": Call(lambda c, k, v: c.map(k, v, "rewards", [{"model": v}]) if c.stage in (
         "grpo", "rloo") else c.map(k, v, "reward_model")),
-    "reward_funcs": Call(lambda c, k, v: c.no(k, v, "Python reward functions: posttrain's rewards are reward models "
-                                                     "and the rules exact_match and length_penalty (a `rewards:` "
-                                                     "list); write the equivalent by hand")),
+    "reward_funcs": No("Python reward functions: posttrain's rewards are reward models and the rules exact_match and "
+                       "length_penalty (a `rewards:` list); write the equivalent by hand"),
     "sft_model_path": Drop("the policy is model.name_or_path"),
     "reward_model_path": To("reward_model"),
     "hub_model_revision": To("training.hub_revision", note="the handbook's name for the hub branch"),
@@ -201,25 +198,22 @@ def _data(conv: Conversion):
             if "dataset_test_split" in raw:
                 conv.drop("dataset_test_split", test, "eval_strategy is 'no': TRL's script passes no eval dataset")
     else:
-        conv.no("(data)", None, "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
-        conv.put("data.train", "SET-ME")
+        conv.set_me("(data)", None, "data.train", "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
     if "dataset_configs" in raw:
         conv.no("dataset_configs", raw["dataset_configs"], "set `name:` on each data.train entry (a mixture)")
     if raw.get("dataset_streaming"):
         conv.no("dataset_streaming", True, "posttrain loads datasets, it cannot stream them")
-    elif "dataset_streaming" in raw:
-        conv.drop("dataset_streaming", raw["dataset_streaming"], "false: not streamed")
+    else:
+        conv.drop_given("dataset_streaming", "false: not streamed")
     if "dataset_splits" in raw and "dataset_mixer" not in raw and "dataset_mixture" not in raw:
         conv.no("dataset_splits", raw["dataset_splits"], "only meaningful with dataset_mixer")
 
 
 def convert(conv: Conversion, text: str):
     conv.stage = conv.stage or _stage(conv)
-    conv.put("stage", conv.stage)
     walk(conv, conv.raw.items(), TABLE)
     if conv.get("model.name_or_path") is None:
-        conv.no("(model)", None, "no model_name_or_path: set model.name_or_path")
-        conv.put("model.name_or_path", "SET-ME")
+        conv.set_me("(model)", None, "model.name_or_path", "no model_name_or_path: set model.name_or_path")
     conv.default("model.dtype", "fp32", "TRL ModelConfig: dtype float32 unless torch_dtype/dtype says")
     _peft(conv)
     _data(conv)
