@@ -232,12 +232,8 @@ def _peft(conv: Conversion):
         conv.default("quantization.bnb_4bit_quant_type", "nf4", "axolotl: nf4")
         conv.default("quantization.bnb_4bit_use_double_quant", True, "axolotl: double quantization")
         compute = "bfloat16" if raw.get("bf16") in (True, "auto") else "float16" if raw.get("fp16") else "float32"
-        if raw.get("bf16") == "auto":
-            conv.default("quantization.bnb_4bit_compute_dtype", "bfloat16", "axolotl: compute dtype bf16 with bf16: "
-                                                                            "auto on a bf16 GPU")
-        else:
-            conv.default("quantization.bnb_4bit_compute_dtype", compute, "axolotl: compute dtype = the training "
-                                                                         "precision")
+        why = "bf16 with bf16: auto on a bf16 GPU" if raw.get("bf16") == "auto" else "= the training precision"
+        conv.default("quantization.bnb_4bit_compute_dtype", compute, f"axolotl: compute dtype {why}")
         conv.drop_given("load_in_8bit", "4-bit wins")
     elif raw.get("load_in_8bit"):
         conv.map("load_in_8bit", True, "quantization.load_in_8bit", True)

@@ -63,12 +63,8 @@ class Call:
     empty_ok: bool = False
 
 
-def _later(conv, key, value):
-    return None
-
-
 # a key read together with its neighbours by the tool module (which gives it its fate)
-LATER = Call(_later, empty_ok=True)
+LATER = Call(lambda conv, key, value: None, empty_ok=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -202,10 +202,9 @@ def _stage(conv: Conversion):
     stage = STAGES[st]
     loss = raw.get("pref_loss", "sigmoid")
     if stage == "dpo" and loss == "orpo":
-        stage = "orpo"
         conv.map("stage", st, "stage", "orpo", note="pref_loss: orpo")
         conv.drop("pref_loss", loss, "ORPO is its own stage in posttrain (no reference model)")
-        return stage
+        return "orpo"
     conv.map("stage", st, "stage", stage)
     if "pref_loss" in raw:
         if stage != "dpo":

@@ -81,11 +81,10 @@ def _peft(conv: Conversion):
     quant = {k: raw[k] for k in QUANT_KEYS if k in raw}
     use = bool(raw.get("use_peft")) or bool(raw.get("load_in_4bit") or raw.get("load_in_8bit"))
     if not use:
-        for k, v in {**lora, **quant}.items():
-            conv.drop(k, v, "use_peft is false and the model is not quantized: TRL ignores it (full fine-tuning)")
+        conv.drop_given(LORA_KEYS + QUANT_KEYS, "use_peft is false and the model is not quantized: TRL ignores it "
+                                                "(full fine-tuning)")
         return
-    if "use_peft" in raw:
-        conv.drop("use_peft", raw["use_peft"], "the `peft:` section below is the LoRA setting")
+    conv.drop_given("use_peft", "the `peft:` section below is the LoRA setting")
     names = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
              "lora_target_modules": "target_modules", "lora_target_parameters": "target_parameters",
              "lora_modules_to_save": "modules_to_save", "use_rslora": "use_rslora", "use_dora": "use_dora"}
@@ -94,10 +93,8 @@ def _peft(conv: Conversion):
             continue
         if k == "lora_task_type":
             want = "SEQ_CLS" if conv.stage == "reward" else "CAUSAL_LM"
-            if str(v).upper() == want:
-                conv.drop(k, v, f"posttrain sets task type {want} for stage {conv.stage}")
-            else:
-                conv.no(k, v, f"posttrain sets task type {want} for stage {conv.stage}")
+            why = f"posttrain sets task type {want} for stage {conv.stage}"
+            (conv.drop if str(v).upper() == want else conv.no)(k, v, why)  # the same type: dropped
             continue
         conv.map(k, v, f"peft.{names[k]}", v)
     conv.default("peft.r", 16, "TRL ModelConfig: lora_r 16")
@@ -119,16 +116,13 @@ def _peft(conv: Conversion):
                      "TRL: 4-bit compute dtype = the model dtype (float32 unless dtype/torch_dtype says)")
         if "bnb_4bit_quant_storage" in quant:
             conv.map("bnb_4bit_quant_storage", quant["bnb_4bit_quant_storage"], "quantization.bnb_4bit_quant_storage")
-        if "load_in_8bit" in quant:
-            conv.drop("load_in_8bit", quant["load_in_8bit"], "load_in_4bit wins (TRL checks 4-bit first)")
+        conv.drop_given("load_in_8bit", "load_in_4bit wins (TRL checks 4-bit first)")
     elif raw.get("load_in_8bit"):
         conv.map("load_in_8bit", True, "quantization.load_in_8bit", True)
-        for k in ("load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage"):
-            if k in quant:
-                conv.drop(k, quant[k], "only used for 4-bit")
+        conv.drop_given(("load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage"),
+                        "only used for 4-bit")
     else:
-        for k, v in quant.items():
-            conv.drop(k, v, "the model is not quantized (load_in_4bit/load_in_8bit false)")
+        conv.drop_given(QUANT_KEYS, "the model is not quantized (load_in_4bit/load_in_8bit false)")
 
 
 def _data(conv: Conversion):
