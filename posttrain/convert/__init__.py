@@ -61,17 +61,13 @@ def convert(path: str | Path, tool: str | None = None, stage: str | None = None)
     return conv
 
 
-def default_out(path: Path) -> Path:
-    return Path(f"{path.stem}.posttrain.yaml")
-
-
 def run(path: str, out: str | None, tool: str | None, overwrite: bool, stage: str | None = None) -> int:
     """The command: convert, print every key's fate, write the recipe. 0: all mapped or dropped; 3: some
     keys are NOT TRANSLATED (the recipe is written all the same, with them as comments)."""
     src = Path(path)
     if not src.is_file():
         raise PosttrainError(f"config file not found: {path}")
-    dest = Path(out) if out else default_out(src)
+    dest = Path(out) if out else Path(f"{src.stem}.posttrain.yaml")
     if dest.exists() and not overwrite:
         raise PosttrainError(f"{dest} exists; pass --overwrite to replace it (or -o another file)")
     conv = convert(src, tool, stage)

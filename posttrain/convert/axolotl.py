@@ -31,7 +31,6 @@ from posttrain.convert.core import (
     one_source,
     packing,
     stage_format,
-    training_field,
     walk,
 )
 
@@ -68,7 +67,6 @@ TABLE = {
     "shuffle_merged_datasets": DropIf(True, "the mixture is shuffled, as posttrain does",
                                       No("posttrain always shuffles a mixture")),
     "dataset_processes": To("data.num_proc"),
-    "dataset_num_proc": To("data.num_proc"),
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
     "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v), empty_ok=True),
     "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
@@ -117,22 +115,18 @@ TABLE = {
 }
 
 
+# axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names, but these
+TRL_BLOCK = {"reward_funcs": No("Python reward functions: posttrain's rewards are reward models and the rules "
+                                "exact_match and length_penalty (a `rewards:` list); write the equivalent by hand"),
+             "reward_weights": No("give each `rewards:` item its `weight:`")}
+
+
 def _trl_section(conv: Conversion, key: str, value):
-    """axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names."""
     if not isinstance(value, dict):
         return conv.no(key, value, "expected a mapping of TRL options")
     for k, v in value.items():
-        dotted = f"{key}.{k}"
-        if empty(v):
-            conv.drop(dotted, v, "empty: not set")
-        elif k == "reward_funcs":
-            conv.no(dotted, v, "Python reward functions: posttrain's rewards are reward models and the rules "
-                               "exact_match and length_penalty (a `rewards:` list); write the equivalent by hand")
-        elif k == "reward_weights":
-            conv.no(dotted, v, "give each `rewards:` item its `weight:`")
-        else:
-            training_field(conv, k, v)
-            conv.fates[-1].key = dotted
+        walk(conv, [(k, v)], TRL_BLOCK)
+        conv.fates[-1].key = f"{key}.{k}"
 
 
 def looks_like(raw: dict) -> bool:
@@ -319,11 +313,10 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
         problem = f"dataset keys {', '.join(extra)} are not translated"
     for k in d:
         if k.startswith("field_") and k not in used and not problem:
-            col = d[k]
             ours = {"field_instruction": "instruction", "field_input": "input", "field_output": "output",
                     "field_system": None}.get(k)
             if ours:
-                cmap[col] = ours
+                cmap[d[k]] = ours
             else:
                 problem = f"{k} is not translated"
     if cmap:
@@ -396,8 +389,7 @@ def _schedule(conv: Conversion):
             conv.drop(key, n, "no eval data (val_set_size 0): nothing to evaluate")
             continue
         if raw.get("max_steps"):
-            conv.no(key, n, "with max_steps, a per-epoch count has no step ratio; set training."
-                             f"{what}_steps")
+            conv.no(key, n, f"with max_steps, a per-epoch count has no step ratio; set training.{what}_steps")
             continue
         ratio = round(1 / (n * eff_epochs), 6)
         conv.map(key, n, "*", {f"training.{what}_strategy": "steps", f"training.{what}_steps": ratio},

@@ -308,8 +308,7 @@ TRAINING_ARGS = {
     "warmup_ratio": Call(warmup_ratio),
     "evaluation_strategy": To("training.eval_strategy"),
     "report_to": Call(report_to),
-    "remove_unused_columns": Drop("posttrain prepares the dataset itself and hands the trainer the columns it "
-                                  "reads"),
+    "remove_unused_columns": Drop("posttrain prepares the dataset itself and hands the trainer the columns it reads"),
     "resume_from_checkpoint": Drop("run-time flag: `posttrain train OUT --resume` continues from the newest checkpoint"),
     "local_rank": Drop("set by the launcher (torchrun / accelerate launch)"),
     "deepspeed": Call(deepspeed),

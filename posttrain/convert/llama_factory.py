@@ -52,6 +52,7 @@ NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", *LORA, *QUANT, "dataset",
 ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}
 GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
 
+
 def _attention(conv: Conversion, key: str, value):
     if str(value) == "auto":
         return conv.drop(key, value, "transformers picks the attention (sdpa where it can), as posttrain does")
@@ -77,7 +78,6 @@ TABLE = {
     "use_reentrant_gc": DropIf(True, "reentrant checkpointing is transformers' default too",
                                To("training.gradient_checkpointing_kwargs", lambda v: {"use_reentrant": v})),
     "use_unsloth": DropIf(False, "false", No("posttrain trains with TRL's trainers, not Unsloth's")),
-    "use_liger_kernel": To("training.use_liger_kernel"),
     "low_cpu_mem_usage": Drop("transformers 5 always loads with low memory use"),
     "hf_hub_token": No("secrets never go in a recipe; set HF_TOKEN in the environment"),
     "ms_hub_token": No("secrets never go in a recipe; posttrain reads the Hugging Face hub only"),
@@ -104,8 +104,8 @@ TABLE = {
     "preprocessing_num_workers": To("data.num_proc"),
     "preprocessing_batch_size": Drop("a datasets.map batch size; it does not change the rows"),
     "packing": Call(packing),
-    "neat_packing": flag("training.packing", True,
-                           note="posttrain's packing never attends across rows, as neat_packing"),
+    "neat_packing": flag("training.packing", True, note="posttrain's packing never attends across rows, as "
+                                                        "neat_packing"),
     "mix_strategy": DropIf("concat", "data.train lists are concatenated (and shuffled)",
                            No("posttrain concatenates mixtures; per-source `weight:` sets the proportions")),
     "interleave_probs": No("set `weight:` on each data.train entry"),
@@ -393,10 +393,9 @@ def _data(conv: Conversion):
         conv.drop("max_samples", n, "every row" if n is None else "no dataset")
     conv.drop_given("dataset_dir", "where dataset_info.json was looked up; the paths above include it")
     eval_fraction(conv, "val_size")
-    fmt = conv.get("data.format")
-    if conv.raw.get("template") is not None:
+    if raw.get("template") is not None:
         chat_template(conv, "template", raw["template"])
-        if fmt in ("alpaca", "prompt_completion", "preference", "prompt"):
+        if conv.get("data.format") in ("alpaca", "prompt_completion", "preference", "prompt"):
             conv.default("data.template", "chat", "LLaMA-Factory renders every row through the template")
     cutoff = raw.get("cutoff_len")
     if cutoff is not None:

@@ -169,9 +169,8 @@ def _data(conv: Conversion):
     elif "dataset_name" in raw:
         conv.map("dataset_name", raw["dataset_name"], "data.train")
         config = raw.get("dataset_config")
-        split = raw.get("dataset_train_split", "train")
         if "dataset_train_split" in raw:
-            conv.map("dataset_train_split", split, "data.split")
+            conv.map("dataset_train_split", raw["dataset_train_split"], "data.split")
         test = raw.get("dataset_test_split", "test")
         if evaluates:  # TRL's scripts: eval_dataset = dataset[dataset_test_split] when eval_strategy != "no"
             entry = {"source": raw["dataset_name"], **({"name": config} if config else {}), "split": test}
@@ -189,8 +188,7 @@ def _data(conv: Conversion):
         else:
             if config is not None:
                 conv.map("dataset_config", config, "data.name")
-            if "dataset_test_split" in raw:
-                conv.drop("dataset_test_split", test, "eval_strategy is 'no': TRL's script passes no eval dataset")
+            conv.drop_given("dataset_test_split", "eval_strategy is 'no': TRL's script passes no eval dataset")
     else:
         conv.set_me("(data)", None, "data.train", "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
     if "dataset_configs" in raw:
