@@ -21,8 +21,7 @@ TOOLS = {"axolotl": axolotl, "llama-factory": llama_factory, "trl": trl, "torcht
 def detect(raw: dict) -> str:
     """Which tool a config is for, from its keys (each module's `looks_like`); TRL scripts last."""
     if isinstance(raw.get("model"), dict) and "name_or_path" in raw["model"]:
-        raise PosttrainError("this is already a posttrain recipe (model.name_or_path); check it with "
-                             "`posttrain validate`")
+        raise PosttrainError("this is already a posttrain recipe (model.name_or_path); check it with `posttrain validate`")
     for name in ("torchtune", "llama-factory", "axolotl", "trl"):
         if TOOLS[name].looks_like(raw):
             return name
@@ -49,8 +48,7 @@ def convert(path: str | Path, tool: str | None = None, stage: str | None = None)
     tool = tool or detect(raw)
     if stage and tool != "trl":
         raise PosttrainError(f"--stage is for TRL-script configs; a {tool} config names its own stage")
-    conv = Conversion(tool, path, raw)
-    conv.stage = stage
+    conv = Conversion(tool, path, raw, stage)
     TOOLS[tool].convert(conv, text)
     conv.put("stage", conv.stage)
     stage_rules(conv)

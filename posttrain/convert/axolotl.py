@@ -36,9 +36,8 @@ from posttrain.convert.core import (
 
 RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo"}
 # axolotl DPO/ORPO dataset types whose columns are fixed (their prompt strategies) -> posttrain column_map
-PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "argilla": {"instruction": "prompt",
-                    "chosen_response": "chosen", "rejected_response": "rejected"},
-                    "icr": {"input": "prompt"}, "prompt_pairs": {}}
+PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "icr": {"input": "prompt"}, "prompt_pairs": {},
+                    "argilla": {"instruction": "prompt", "chosen_response": "chosen", "rejected_response": "rejected"}}
 # read together by `_peft`
 LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "lora_modules_to_save",
         "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora", "lora_model_dir")
@@ -89,8 +88,7 @@ TABLE = {
     "flex_attention": flag("model.attn_implementation", "flex_attention"),
     "s2_attention": DropIf(False, "false", No("posttrain cannot use shifted-sparse attention")),
     "early_stopping_patience": No("posttrain adds no early-stopping callback"),
-    "loss_watchdog_threshold": No("posttrain has no loss watchdog"),
-    "loss_watchdog_patience": No("posttrain has no loss watchdog"),
+    **dict.fromkeys(("loss_watchdog_threshold", "loss_watchdog_patience"), No("posttrain has no loss watchdog")),
     "eval_table_size": No("`posttrain generate RUN_DIR --prompt ...` shows the model's answers"),
     "eval_max_new_tokens": Drop("used only for eval tables"),
     "debug": DropIf(False, "false", Drop("`posttrain validate RECIPE` shows a masked training example")),
@@ -196,20 +194,20 @@ def _peft(conv: Conversion):
                 conv.drop(k, v, "empty: not set")
             else:
                 conv.map(k, v, f"peft.{names[k]}")
+    targets = raw.get("lora_target_modules")
     if raw.get("lora_target_linear"):
         conv.map("lora_target_linear", True, "peft.target_modules", "all-linear")
-        if "lora_target_modules" in raw:
-            (conv.drop("lora_target_modules", raw["lora_target_modules"], "lora_target_linear covers every linear "
-                                                                          "layer") if empty(raw["lora_target_modules"])
-             else conv.map("lora_target_modules", raw["lora_target_modules"], "peft.target_modules", "all-linear",
-                           note="axolotl adds every linear layer when lora_target_linear is true"))
+        if not empty(targets):
+            conv.map("lora_target_modules", targets, "peft.target_modules", "all-linear",
+                     note="axolotl adds every linear layer when lora_target_linear is true")
+        else:
+            conv.drop_given("lora_target_modules", "lora_target_linear covers every linear layer")
     else:
         conv.drop_given("lora_target_linear", "false")
-        if not empty(raw.get("lora_target_modules")):
-            conv.map("lora_target_modules", raw["lora_target_modules"], "peft.target_modules")
-        elif "lora_target_modules" in raw:
-            conv.drop("lora_target_modules", raw["lora_target_modules"], "empty: peft's default modules for the "
-                                                                         "architecture, as axolotl")
+        if not empty(targets):
+            conv.map("lora_target_modules", targets, "peft.target_modules")
+        else:
+            conv.drop_given("lora_target_modules", "empty: peft's default modules for the architecture, as axolotl")
     if not empty(raw.get("lora_model_dir")):
         conv.no("lora_model_dir", raw["lora_model_dir"], "posttrain trains a new adapter; merge this one first "
                                                          "(`posttrain merge`) and train on the merged model")

@@ -79,11 +79,11 @@ class DropIf:
 class Conversion:
     """A recipe being built from one source config, and the fate of every source key."""
 
-    def __init__(self, tool: str, source: Path, raw: dict):
+    def __init__(self, tool: str, source: Path, raw: dict, stage: str | None = None):
         self.tool, self.source, self.raw = tool, source, raw
         self.recipe: dict = {}
         self.fates: list[Fate] = []
-        self.stage: str | None = None  # the posttrain stage; set by the tool module (or --stage for TRL configs)
+        self.stage = stage  # the posttrain stage: --stage for TRL configs, else set by the tool module
 
     # --- building the recipe
 
@@ -185,8 +185,7 @@ def dtype(v):
 
 
 # chat template names (LLaMA-Factory `template:`, axolotl `chat_template:`) -> a .jinja shipped with posttrain
-TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja",
-                  "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
+TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja", "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
 # names that mean "the tokenizer's own template"
 TOKENIZER_TEMPLATE = {"tokenizer_default", "tokenizer_default_fallback_chatml"}  # axolotl's names
 
@@ -209,8 +208,8 @@ def chat_template(conv: Conversion, key: str, value):
     conv.map(key, value, "model.chat_template", text, note=f"posttrain's templates/{name}, inlined")
 
 
-def flag(target: str, new, note: str = "", off: str = "false") -> Call:
-    """A yes/no option: a true value maps to `target: new`, a false one is dropped (`off` says why)."""
+def flag(target: str, new=None, note: str = "", off: str = "false") -> Call:
+    """On or off: a true value maps to `target: new` (default: the value itself), a false one is dropped (`off`)."""
     return Call(lambda c, k, v: c.map(k, v, target, new, note) if v else c.drop(k, v, off))
 
 
@@ -336,8 +335,7 @@ def training_field(conv: Conversion, key: str, value):
         return conv.no(key, value, f"posttrain {'sets it itself' if opt.kind == options.MANAGED else 'refuses it'}: "
                                    f"{opt.note}")
     hint = options.foreign_hint(key, value).removeprefix("; ")
-    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}" + (f"; {hint}" if hint else
-                                                                                   "; translate it by hand"))
+    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}; {hint or 'translate it by hand'}")
 
 
 def empty(value) -> bool:

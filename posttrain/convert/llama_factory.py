@@ -151,10 +151,8 @@ TABLE = {
     "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
     "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
     "ld_alpha": To("training.ld_alpha"),
-    "ref_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
-                             "ref_model"),
-    "reward_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
-                                "reward_model"),
+    **{f"{m}_adapters": No(f"merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as {m}")
+       for m in ("ref_model", "reward_model")},
     "ref_model_quantization_bit": No("posttrain loads the reference model unquantized"),
     "reward_model_quantization_bit": No("posttrain loads the reward model unquantized"),
     "pure_bf16": DropIf(False, "false", To("model.dtype", lambda v: "bf16", note="bf16 weights (set training.bf16: "
@@ -222,14 +220,14 @@ def _peft(conv: Conversion):
     if ft == "full":
         conv.drop_given("finetuning_type", "full fine-tuning: a recipe without `peft:` fine-tunes every parameter")
         conv.drop_given(LORA, "finetuning_type full: LoRA settings unused")
-        return False
+        return
     if ft != "lora":
         conv.drop_given(LORA + QUANT, f"finetuning_type {ft}: LoRA/QLoRA settings unused")
         conv.no("finetuning_type", ft, "posttrain cannot express it: freeze trains only some layers; a recipe "
                                        "without `peft:` would train every layer instead (closest: LoRA on those "
                                        "layers with peft.layers_to_transform). Converted as full fine-tuning"
                 if ft == "freeze" else "posttrain trains LoRA adapters only; converted as full fine-tuning")
-        return False
+        return
     conv.drop_given("finetuning_type", "the `peft:` section is the LoRA setting")
     rank = raw.get("lora_rank", 8)
     for k, target in (("lora_rank", "peft.r"), ("lora_alpha", "peft.lora_alpha"),
@@ -279,7 +277,6 @@ def _peft(conv: Conversion):
         conv.no("quantization_bit", bits, "posttrain quantizes to 4 or 8 bits (bitsandbytes)")
     else:
         conv.drop_given(("quantization_type", "double_quantization"), "the model is not quantized (no quantization_bit)")
-    return True
 
 
 def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None]:

@@ -60,9 +60,8 @@ TABLE = {
     "tokenizer._component_": Drop("the tokenizer saved with the model in model.name_or_path is used"),
     "tokenizer.path": Drop("a torchtune tokenizer file; posttrain loads the Hugging Face tokenizer beside the model"),
     "tokenizer.merges_file": Drop("part of the tokenizer beside the model"),
-    "tokenizer.max_seq_len": Call(lambda c, k, v: c.map(k, v, "data.max_length") if v else
-                                  c.drop(k, v, "null: torchtune does not truncate; posttrain truncates at "
-                                               "data.max_length (default 1024), raise it for longer rows")),
+    "tokenizer.max_seq_len": flag("data.max_length", off="null: torchtune does not truncate; posttrain truncates at "
+                                                         "data.max_length (default 1024), raise it for longer rows"),
     "tokenizer.prompt_template": No("posttrain writes prompts with the Alpaca template or the chat template"),
     "checkpointer._component_": LATER,
     "checkpointer.checkpoint_dir": LATER,

@@ -153,12 +153,9 @@ def _data(conv: Conversion):
         splits = raw.get("dataset_splits") or ["train", "test"]
         train_splits = [s for s in splits if "train" in s] or ["train"]
         test_splits = [s for s in splits if "test" in s]
-        train, evals = [], []
-        for ds, w in mixer.items():
-            for sp in train_splits:
-                train.append({"source": ds, "split": sp, **({"weight": w} if w != 1 else {})})
-            for sp in test_splits:
-                evals.append({"source": ds, "split": sp})
+        train = [{"source": ds, "split": sp, **({"weight": w} if w != 1 else {})}
+                 for ds, w in mixer.items() for sp in train_splits]
+        evals = [{"source": ds, "split": sp} for ds in mixer for sp in test_splits]
         conv.map("dataset_mixer", mixer, "data.train", train, note="weight: a fraction of the train split, as the "
                                                                    "handbook's mixer")
         if "dataset_splits" in raw:
