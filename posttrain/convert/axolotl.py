@@ -67,7 +67,7 @@ TABLE = {
                                       No("posttrain always shuffles a mixture")),
     "dataset_processes": To("data.num_proc"),
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
-    "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v), empty_ok=True),
+    "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v)),
     "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
     "train_on_inputs": DropIf(False, "the prompt is masked, as posttrain does by default",
                               To("data.train_on", lambda v: "all")),
@@ -133,8 +133,6 @@ def looks_like(raw: dict) -> bool:
 
 
 def _special_tokens(conv: Conversion, key: str, value):
-    if empty(value):
-        return conv.drop(key, value, "empty: not set")
     for tok, v in dict(value).items():
         dotted = f"{key}.{tok}"
         if tok == "eos_token" and conv.stage in ("sft", "reward"):
@@ -382,17 +380,15 @@ def _schedule(conv: Conversion):
         n = raw.get(key)
         if empty(n):
             conv.drop_given(key, "empty: not set")
-            continue
-        if what == "eval" and not has_eval:
+        elif what == "eval" and not has_eval:
             conv.drop(key, n, "no eval data (val_set_size 0): nothing to evaluate")
-            continue
-        if raw.get("max_steps"):
+        elif raw.get("max_steps"):
             conv.no(key, n, f"with max_steps, a per-epoch count has no step ratio; set training.{what}_steps")
-            continue
-        ratio = round(1 / (n * eff_epochs), 6)
-        conv.map(key, n, "*", {f"training.{what}_strategy": "steps", f"training.{what}_steps": ratio},
-                 note=f"{'an' if what == 'eval' else 'a'} {what} every {ratio} of the run's steps = {n} per epoch "
-                      f"over {eff_epochs} epoch(s)")
+        else:
+            ratio = round(1 / (n * eff_epochs), 6)
+            conv.map(key, n, "*", {f"training.{what}_strategy": "steps", f"training.{what}_steps": ratio},
+                     note=f"{'an' if what == 'eval' else 'a'} {what} every {ratio} of the run's steps = {n} per "
+                          f"epoch over {eff_epochs} epoch(s)")
 
 
 def _precision(conv: Conversion):

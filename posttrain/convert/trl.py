@@ -77,10 +77,7 @@ def _stage(conv: Conversion) -> str:
 
 def _peft(conv: Conversion):
     raw = conv.raw
-    lora = {k: raw[k] for k in LORA_KEYS if k in raw}
-    quant = {k: raw[k] for k in QUANT_KEYS if k in raw}
-    use = bool(raw.get("use_peft")) or bool(raw.get("load_in_4bit") or raw.get("load_in_8bit"))
-    if not use:
+    if not (raw.get("use_peft") or raw.get("load_in_4bit") or raw.get("load_in_8bit")):
         conv.drop_given(LORA_KEYS + QUANT_KEYS, "use_peft is false and the model is not quantized: TRL ignores it "
                                                 "(full fine-tuning)")
         return
@@ -88,25 +85,23 @@ def _peft(conv: Conversion):
     names = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
              "lora_target_modules": "target_modules", "lora_target_parameters": "target_parameters",
              "lora_modules_to_save": "modules_to_save", "use_rslora": "use_rslora", "use_dora": "use_dora"}
-    for k, v in lora.items():
-        if k == "use_peft":
-            continue
+    for k, v in {k: raw[k] for k in LORA_KEYS if k in raw}.items():
         if k == "lora_task_type":
             want = "SEQ_CLS" if conv.stage == "reward" else "CAUSAL_LM"
             why = f"posttrain sets task type {want} for stage {conv.stage}"
             (conv.drop if str(v).upper() == want else conv.no)(k, v, why)  # the same type: dropped
-            continue
-        conv.map(k, v, f"peft.{names[k]}", v)
+        elif k != "use_peft":
+            conv.map(k, v, f"peft.{names[k]}")
     conv.default("peft.r", 16, "TRL ModelConfig: lora_r 16")
     conv.default("peft.lora_alpha", 32, "TRL ModelConfig: lora_alpha 32")
     conv.default("peft.lora_dropout", 0.05, "TRL ModelConfig: lora_dropout 0.05")
     if raw.get("load_in_4bit"):
         conv.map("load_in_4bit", True, "quantization.load_in_4bit", True)
-        conv.map("bnb_4bit_quant_type", quant["bnb_4bit_quant_type"], "quantization.bnb_4bit_quant_type") \
-            if "bnb_4bit_quant_type" in quant else conv.default("quantization.bnb_4bit_quant_type", "nf4",
+        conv.map("bnb_4bit_quant_type", raw["bnb_4bit_quant_type"], "quantization.bnb_4bit_quant_type") \
+            if "bnb_4bit_quant_type" in raw else conv.default("quantization.bnb_4bit_quant_type", "nf4",
                                                                "TRL ModelConfig: nf4")
-        nested = quant.get("use_bnb_nested_quant", False)
-        if "use_bnb_nested_quant" in quant:
+        nested = raw.get("use_bnb_nested_quant", False)
+        if "use_bnb_nested_quant" in raw:
             conv.map("use_bnb_nested_quant", nested, "quantization.bnb_4bit_use_double_quant", bool(nested))
         else:
             conv.default("quantization.bnb_4bit_use_double_quant", False,
@@ -114,8 +109,8 @@ def _peft(conv: Conversion):
         compute = {"bf16": "bfloat16", "fp16": "float16"}.get(conv.get("model.dtype") or "fp32", "float32")
         conv.default("quantization.bnb_4bit_compute_dtype", compute,
                      "TRL: 4-bit compute dtype = the model dtype (float32 unless dtype/torch_dtype says)")
-        if "bnb_4bit_quant_storage" in quant:
-            conv.map("bnb_4bit_quant_storage", quant["bnb_4bit_quant_storage"], "quantization.bnb_4bit_quant_storage")
+        if "bnb_4bit_quant_storage" in raw:
+            conv.map("bnb_4bit_quant_storage", raw["bnb_4bit_quant_storage"], "quantization.bnb_4bit_quant_storage")
         conv.drop_given("load_in_8bit", "load_in_4bit wins (TRL checks 4-bit first)")
     elif raw.get("load_in_8bit"):
         conv.map("load_in_8bit", True, "quantization.load_in_8bit", True)
