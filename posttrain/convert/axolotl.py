@@ -212,8 +212,7 @@ def _peft(conv: Conversion):
     else:
         conv.drop_given("lora_model_dir", "empty: a new adapter")
     conv.default("peft.lora_dropout", 0.0, "axolotl: lora_dropout 0.0")
-    four = adapter == "qlora" or raw.get("load_in_4bit")
-    if four:
+    if adapter == "qlora" or raw.get("load_in_4bit"):
         if raw.get("load_in_4bit"):
             conv.map("load_in_4bit", True, "quantization.load_in_4bit", True)
         else:

@@ -251,31 +251,25 @@ def map_sources(conv: Conversion, key: str, value, new: dict, problems: list[str
     conv.no(key, value, "; ".join(problems))
 
 
-def launcher(kind: str) -> str:
-    return f"recipes/accelerate/{kind}.yaml"
-
-
-def _launch_line(config: str) -> str:
-    return f"run `accelerate launch --config_file {config} -m posttrain train OUT`"
+def _launch(kind: str) -> str:
+    return f"launcher setting; run `accelerate launch --config_file recipes/accelerate/{kind}.yaml -m posttrain train OUT`"
 
 
 def deepspeed(conv: Conversion, key: str, value):
     """A DeepSpeed config (file or mapping) -> which accelerate config to launch with."""
-    text = str(value).lower()
     if isinstance(value, dict):
         stage = (value.get("zero_optimization") or {}).get("stage")
     else:
-        m = re.search(r"(?:zero|z)[_-]?(\d)", text)
+        m = re.search(r"(?:zero|z)[_-]?(\d)", str(value).lower())
         stage = int(m.group(1)) if m else None
     name = {3: "deepspeed_zero3", 2: "deepspeed_zero2"}.get(stage, "ddp" if stage in (0, 1) else "deepspeed_zero3")
-    conv.drop(key, value, f"launcher setting; {_launch_line(launcher(name))}")
+    conv.drop(key, value, _launch(name))
 
 
 def fsdp(conv: Conversion, key: str, value):
     if value in (None, "", [], {}, False):
         return conv.drop(key, value, "empty: no FSDP")
-    conv.drop(key, value, f"launcher setting; {_launch_line(launcher('fsdp'))} (sharding and wrapping are in "
-                          "that file)")
+    conv.drop(key, value, _launch("fsdp") + " (sharding and wrapping are in that file)")
 
 
 def report_to(conv: Conversion, key: str, value):

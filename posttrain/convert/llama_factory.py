@@ -313,11 +313,10 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
     src["split"] = entry.get("split", "train") + slice_
     cols = entry.get("columns") or {}
     tags = entry.get("tags") or {}
-    formatting = entry.get("formatting", "alpaca")
     ranking = bool(entry.get("ranking"))
     cmap: dict[str, str] = {}
     problem = ""
-    if formatting == "sharegpt":
+    if entry.get("formatting", "alpaca") == "sharegpt":
         messages = cols.get("messages", "conversations")
         openai = tags.get("role_tag") == "role"
         fmt = "messages" if openai else "sharegpt"
@@ -333,8 +332,7 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
             problem = f"dataset '{name}': tools/images/videos/audios columns are not translated"
     elif stage == "ppo" and not ranking:
         fmt = "prompt"
-        col = cols.get("prompt", "instruction")
-        cmap[col] = "prompt"
+        cmap[cols.get("prompt", "instruction")] = "prompt"
         problem = f"dataset '{name}': LLaMA-Factory's PPO prompt is the instruction followed by the input; " \
                   "posttrain's prompt rows take one column (the instruction), so an input would be left out"
     else:

@@ -34,6 +34,8 @@ DATASETS = {  # builder -> (hub id, posttrain format, trains the prompt by defau
 OPTIMIZERS = {"torch.optim.AdamW": "adamw_torch", "torch.optim.Adam": "adamw_torch", "torch.optim.SGD": "sgd",
               "bitsandbytes.optim.PagedAdamW8bit": "paged_adamw_8bit", "bitsandbytes.optim.PagedAdamW": "paged_adamw_32bit",
               "bitsandbytes.optim.AdamW8bit": "adamw_bnb_8bit"}
+LOSSES = {**dict.fromkeys(("CEWithChunkedOutputLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss"),
+                         "cross-entropy on the trained tokens, as posttrain's SFT"), "DPOLoss": "stage: dpo"}
 SCHEDULERS = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_with_warmup": "linear",
               "get_constant_schedule_with_warmup": "constant_with_warmup"}
 
@@ -67,7 +69,7 @@ TABLE = {
     "checkpointer.checkpoint_dir": LATER,
     "checkpointer.checkpoint_files": Drop("posttrain loads every weight file in model.name_or_path"),
     "checkpointer.recipe_checkpoint": Drop("run-time flag: `posttrain train OUT --resume`"),
-    "checkpointer.adapter_checkpoint": DropIf(None, "", No("posttrain trains a new adapter; merge this one first")),
+    "checkpointer.adapter_checkpoint": No("posttrain trains a new adapter; merge this one first"),
     "checkpointer.output_dir": Drop("the run directory is output_dir"),
     "checkpointer.model_type": Drop("read from the model's config.json"),
     "resume_from_checkpoint": DropIf(False, "false", Drop("run-time flag: `posttrain train OUT --resume`")),
@@ -161,13 +163,9 @@ def _stage(conv: Conversion, text: str) -> str:
         conv.drop("(recipe)", recipe, "a multi-GPU recipe (torchtune shards with FSDP); run `accelerate launch "
                                       "--config_file recipes/accelerate/fsdp.yaml -m posttrain train OUT`")
     loss = str((conv.raw.get("loss") or {}).get("_component_", ""))
-    if "dpo" in recipe or "DPOLoss" in loss or "RSOLoss" in loss or "SimPOLoss" in loss:
+    if "dpo" in recipe or any(name in loss for name in ("DPOLoss", "RSOLoss", "SimPOLoss")):
         return "dpo"
-    if "ppo" in recipe:
-        return "ppo"
-    if "grpo" in recipe:
-        return "grpo"
-    return "sft"
+    return next((name for name in ("ppo", "grpo") if name in recipe), "sft")
 
 
 def _components(conv: Conversion):
@@ -242,22 +240,15 @@ def _components(conv: Conversion):
         conv.default("training.lr_scheduler_type", "constant", "torchtune: no lr_scheduler, a constant learning rate")
     loss = str((raw.get("loss") or {}).get("_component_", ""))
     if loss:
-        short_loss = loss.rsplit(".", 1)[-1]
-        if short_loss in ("CEWithChunkedOutputLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss"):
-            conv.drop("loss._component_", loss, "cross-entropy on the trained tokens, as posttrain's SFT")
-        elif short_loss == "DPOLoss":
-            conv.drop("loss._component_", loss, "stage: dpo")
-        else:
-            conv.no("loss._component_", loss, "a loss posttrain's stages do not have")
+        why = LOSSES.get(loss.rsplit(".", 1)[-1])
+        (conv.drop if why else conv.no)("loss._component_", loss, why or "a loss posttrain's stages do not have")
     ml = str((raw.get("metric_logger") or {}).get("_component_", ""))
-    if ml:
-        if "WandB" in ml:
-            conv.map("metric_logger._component_", ml, "training.report_to", "wandb")
-        elif "TensorBoard" in ml:
-            conv.map("metric_logger._component_", ml, "training.report_to", "tensorboard")
-        else:
-            conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
-                                                       "(trainer_state.json, manifest.json)")
+    report = "wandb" if "WandB" in ml else "tensorboard" if "TensorBoard" in ml else None
+    if report:
+        conv.map("metric_logger._component_", ml, "training.report_to", report)
+    elif ml:
+        conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
+                                                   "(trainer_state.json, manifest.json)")
     mp = raw.get("mixed_precision") or {}
     if mp.get("_component_"):
         conv.drop("mixed_precision._component_", mp["_component_"], "see mixed_precision.enabled")
