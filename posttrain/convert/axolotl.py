@@ -42,6 +42,11 @@ PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "icr": {"input
 LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "lora_modules_to_save",
         "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora", "lora_model_dir")
 QUANT = ("load_in_4bit", "load_in_8bit", "bnb_config_kwargs")
+PEFT = {"lora_r": To("peft.r"), "lora_alpha": To("peft.lora_alpha"), "lora_dropout": To("peft.lora_dropout"),
+        "lora_modules_to_save": To("peft.modules_to_save"), "lora_fan_in_fan_out": To("peft.fan_in_fan_out"),
+        "peft_use_dora": To("peft.use_dora"), "peft_use_rslora": To("peft.use_rslora")}
+PRECISION = {"bf16": DropIf("auto", "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)",
+                            To("training.bf16")), "fp16": To("training.fp16")}
 NEIGHBOURS = ("rl", "reward_model", "adapter", *LORA, *QUANT, "datasets", "test_datasets", "val_set_size", "sequence_len",
               "evals_per_epoch", "saves_per_epoch", "num_epochs", "max_steps", "chat_template", "chat_template_jinja",
               "bf16", "fp16")
@@ -170,11 +175,10 @@ def _stage(conv: Conversion) -> str:
 def _peft(conv: Conversion):
     raw = conv.raw
     adapter = raw.get("adapter")
-    lora = {k: raw[k] for k in LORA if k in raw}
-    quant = {k: raw[k] for k in QUANT if k in raw}
+    given = {k: raw[k] for k in LORA + QUANT if k in raw}
     if empty(adapter):
         conv.drop_given("adapter", "empty: full fine-tuning (a recipe without `peft:`)")
-        for k, v in {**lora, **quant}.items():
+        for k, v in given.items():
             conv.drop(k, v, "no adapter: full fine-tuning" if not (k.startswith("load_in") and v) else
                       "no adapter: axolotl does not quantize a fully fine-tuned model")
         return
@@ -183,15 +187,7 @@ def _peft(conv: Conversion):
     else:
         conv.drop("adapter", adapter, "the `peft:` section" + (" and `quantization:` (4-bit)" if adapter == "qlora"
                                                                   else "") + " below")
-    names = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-             "lora_modules_to_save": "modules_to_save", "lora_fan_in_fan_out": "fan_in_fan_out",
-             "peft_use_dora": "use_dora", "peft_use_rslora": "use_rslora"}
-    for k, v in lora.items():
-        if k in names:
-            if empty(v):
-                conv.drop(k, v, "empty: not set")
-            else:
-                conv.map(k, v, f"peft.{names[k]}")
+    walk(conv, [(k, v) for k, v in given.items() if k in PEFT], PEFT)
     targets = raw.get("lora_target_modules")
     if raw.get("lora_target_linear"):
         conv.map("lora_target_linear", True, "peft.target_modules", "all-linear")
@@ -390,23 +386,12 @@ def _schedule(conv: Conversion):
                           f"epoch over {eff_epochs} epoch(s)")
 
 
-def _precision(conv: Conversion):
-    for key in ("bf16", "fp16"):
-        value = conv.raw.get(key)
-        if key == "bf16" and value == "auto":
-            conv.drop(key, value, "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)")
-        elif empty(value):
-            conv.drop_given(key, "empty: not set")
-        else:
-            conv.map(key, value, f"training.{key}")
-
-
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv)
     walk(conv, conv.raw.items(), TABLE)
     _peft(conv)
     _data(conv)
     _schedule(conv)
-    _precision(conv)
+    walk(conv, [(k, conv.raw[k]) for k in PRECISION if k in conv.raw], PRECISION)
     if conv.get("model.name_or_path") is None:
         conv.set_me("(base_model)", None, "model.name_or_path", "no base_model: set model.name_or_path")

@@ -36,8 +36,8 @@ class Fate:
 
 @dataclasses.dataclass(frozen=True)
 class To:
-    """Mapped onto `target` (a dotted posttrain key). `value(v)` gives the posttrain value (default: v); it may
-    return a dict {dotted: value} to set several keys. `note` is printed after the mapping."""
+    """Mapped onto `target` (a dotted posttrain key). `value(v)` gives the posttrain value (default: v); `note` is
+    printed after the mapping. (A key that sets several posttrain keys is a Call.)"""
 
     target: str
     value: Callable[[Any], Any] | None = None
@@ -152,10 +152,7 @@ class Conversion:
                 return self.drop(key, value, rule.why)
             return self.apply(key, value, rule.otherwise, fallback)
         if isinstance(rule, To):
-            new = rule.value(value) if rule.value else value
-            if isinstance(new, dict) and all("." in k for k in new):
-                return self.map(key, value, "*", new, rule.note)
-            return self.map(key, value, rule.target, new, rule.note)
+            return self.map(key, value, rule.target, rule.value(value) if rule.value else value, rule.note)
         if isinstance(rule, Drop):
             return self.drop(key, value, rule.why)
         if isinstance(rule, No):
@@ -288,8 +285,7 @@ def warmup_ratio(conv: Conversion, key: str, value):
 TRAINING_ARGS = {
     "output_dir": To("output_dir"),
     "overwrite_output_dir": Drop("run-time flag: `posttrain train OUT --overwrite` replaces an existing run"),
-    "do_train": DropIf(True, "`posttrain train` always trains", No("do_train: false trains nothing; nothing "
-                                                                     "to convert")),
+    "do_train": DropIf(True, "`posttrain train` always trains", No("do_train: false trains nothing; nothing to convert")),
     "do_eval": Call(lambda c, k, v: c.drop(k, v, "posttrain evaluates whenever there is eval data") if v
                     else c.map(k, v, "training.do_eval", False, note="no evaluation although eval data exists")),
     "do_predict": DropIf(False, "posttrain runs no prediction", No("posttrain runs no prediction; use "

@@ -190,12 +190,9 @@ def looks_like(raw: dict) -> bool:
 def _stage(conv: Conversion):
     raw = conv.raw
     st = raw.get("stage", "sft")
-    if st == "pt":
-        conv.no("stage", st, "pre-training on raw text: posttrain has no raw-text format (converted as sft; give "
-                             "the rows as prompt_completion or messages)")
-        return "sft"
-    if st not in STAGES:
-        conv.no("stage", st, "not a LLaMA-Factory stage posttrain knows")
+    if st not in STAGES:  # converted as sft
+        conv.no("stage", st, "not a LLaMA-Factory stage posttrain knows" if st != "pt" else "pre-training on raw text: "
+                "posttrain has no raw-text format (converted as sft; give the rows as prompt_completion or messages)")
         return "sft"
     stage = STAGES[st]
     loss = raw.get("pref_loss", "sigmoid")
@@ -233,11 +230,9 @@ def _peft(conv: Conversion):
     for k, target in (("lora_rank", "peft.r"), ("lora_alpha", "peft.lora_alpha"),
                       ("lora_dropout", "peft.lora_dropout"), ("use_rslora", "peft.use_rslora"),
                       ("use_dora", "peft.use_dora"), ("additional_target", "peft.modules_to_save")):
-        if k in raw and raw[k] is not None:
-            v = raw[k]
-            if k == "additional_target" and isinstance(v, str):
-                v = [m.strip() for m in v.split(",") if m.strip()]
-            conv.map(k, raw[k], target, v)
+        if raw.get(k) is not None:
+            split = k == "additional_target" and isinstance(raw[k], str)  # "a, b": a list
+            conv.map(k, raw[k], target, [m.strip() for m in raw[k].split(",") if m.strip()] if split else raw[k])
     if "lora_target" in raw:
         t = raw["lora_target"]
         names = [m.strip() for m in t.split(",")] if isinstance(t, str) else list(t)
@@ -382,10 +377,8 @@ def _data(conv: Conversion):
         if n and split_key == "dataset":
             note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
         map_sources(conv, split_key, value, new, [p for _, _, p in srcs if p], note=note)
-    if n and "dataset" in raw:
-        conv.drop("max_samples", n, "in each data.train split slice above")
-    elif "max_samples" in raw:
-        conv.drop("max_samples", n, "every row" if n is None else "no dataset")
+    conv.drop_given("max_samples", "in each data.train split slice above" if n and "dataset" in raw else
+                    "every row" if n is None else "no dataset")
     conv.drop_given("dataset_dir", "where dataset_info.json was looked up; the paths above include it")
     eval_fraction(conv, "val_size")
     if raw.get("template") is not None:

@@ -224,13 +224,12 @@ def _components(conv: Conversion):
         conv.set_me("dataset._component_", builder, "data.train", "a dataset builder posttrain does not know; set "
                                                                   "data.train and data.format")
     opt = str((raw.get("optimizer") or {}).get("_component_", ""))
-    if opt:
-        if opt in OPTIMIZERS:
-            conv.map("optimizer._component_", opt, "training.optim", OPTIMIZERS[opt])
-            if opt.endswith("AdamW") and "weight_decay" not in raw.get("optimizer", {}):
-                conv.default("training.weight_decay", 0.01, "torch.optim.AdamW: weight_decay 0.01")
-        else:
-            conv.no("optimizer._component_", opt, "an optimizer posttrain does not know; set training.optim")
+    if opt in OPTIMIZERS:
+        conv.map("optimizer._component_", opt, "training.optim", OPTIMIZERS[opt])
+        if opt.endswith("AdamW") and "weight_decay" not in raw.get("optimizer", {}):
+            conv.default("training.weight_decay", 0.01, "torch.optim.AdamW: weight_decay 0.01")
+    elif opt:
+        conv.no("optimizer._component_", opt, "an optimizer posttrain does not know; set training.optim")
     sched = str((raw.get("lr_scheduler") or {}).get("_component_", ""))
     if sched:
         s = SCHEDULERS.get(sched.rsplit(".", 1)[-1])

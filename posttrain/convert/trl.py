@@ -203,7 +203,7 @@ def convert(conv: Conversion, text: str):
     _data(conv)
     if conv.stage == "sft":
         _loss_masking(conv)
-    if conv.get("data.max_length") is None and conv.stage in ("sft", "dpo", "reward", "orpo", "kto"):
+    if conv.stage in ("sft", "dpo", "reward", "orpo", "kto"):
         conv.default("data.max_length", 1024, "TRL configs: max_length 1024")
 
 
