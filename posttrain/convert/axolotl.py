@@ -118,7 +118,7 @@ TABLE = {
 }
 
 
-# axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names, but these
+# axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names, except these
 TRL_BLOCK = {"reward_funcs": No("Python reward functions: posttrain's rewards are reward models and the rules "
                                 "exact_match and length_penalty (a `rewards:` list); write the equivalent by hand"),
              "reward_weights": No("give each `rewards:` item its `weight:`")}

@@ -49,7 +49,7 @@ QUANT = ("quantization_bit", "quantization_method", "quantization_type", "double
 NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", *LORA, *QUANT, "dataset", "eval_dataset", "dataset_dir",
               "max_samples", "val_size", "template", "cutoff_len", "bf16", "fp16")
 
-ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}
+ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}  # flash_attn (attn) values
 GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
 
 
