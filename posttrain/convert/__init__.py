@@ -21,8 +21,7 @@ TOOLS = {"axolotl": axolotl, "llama-factory": llama_factory, "trl": trl, "torcht
 def detect(raw: dict) -> str:
     """Which tool a config is for, from its keys (each module's `looks_like`); TRL scripts last."""
     if isinstance(raw.get("model"), dict) and "name_or_path" in raw["model"]:
-        raise PosttrainError("this is already a posttrain recipe (model.name_or_path); check it with "
-                             "`posttrain validate`")
+        raise PosttrainError("this is already a posttrain recipe (model.name_or_path); check it with `posttrain validate`")
     for name in ("torchtune", "llama-factory", "axolotl", "trl"):
         if TOOLS[name].looks_like(raw):
             return name
@@ -49,9 +48,9 @@ def convert(path: str | Path, tool: str | None = None, stage: str | None = None)
     tool = tool or detect(raw)
     if stage and tool != "trl":
         raise PosttrainError(f"--stage is for TRL-script configs; a {tool} config names its own stage")
-    conv = Conversion(tool, path, raw)
-    conv.stage = stage
+    conv = Conversion(tool, path, raw, stage)
     TOOLS[tool].convert(conv, text)
+    conv.put("stage", conv.stage)
     stage_rules(conv)
     seen = {f.key.split(".")[0].split("[")[0] for f in conv.fates}
     for key, value in raw.items():  # a key no rule gave a fate: said, never dropped silently
@@ -60,17 +59,13 @@ def convert(path: str | Path, tool: str | None = None, stage: str | None = None)
     return conv
 
 
-def default_out(path: Path) -> Path:
-    return Path(f"{path.stem}.posttrain.yaml")
-
-
 def run(path: str, out: str | None, tool: str | None, overwrite: bool, stage: str | None = None) -> int:
     """The command: convert, print every key's fate, write the recipe. 0: all mapped or dropped; 3: some
     keys are NOT TRANSLATED (the recipe is written all the same, with them as comments)."""
     src = Path(path)
     if not src.is_file():
         raise PosttrainError(f"config file not found: {path}")
-    dest = Path(out) if out else default_out(src)
+    dest = Path(out) if out else Path(f"{src.stem}.posttrain.yaml")
     if dest.exists() and not overwrite:
         raise PosttrainError(f"{dest} exists; pass --overwrite to replace it (or -o another file)")
     conv = convert(src, tool, stage)

@@ -25,24 +25,31 @@ from posttrain.convert.core import (
     To,
     chat_template,
     empty,
+    eval_fraction,
+    flag,
+    map_sources,
+    one_source,
+    packing,
     stage_format,
-    training_field,
     walk,
 )
 
 RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo"}
 # axolotl DPO/ORPO dataset types whose columns are fixed (their prompt strategies) -> posttrain column_map
-PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "argilla": {"instruction": "prompt",
-                    "chosen_response": "chosen", "rejected_response": "rejected"},
-                    "icr": {"input": "prompt"}, "prompt_pairs": {}}
-
-
-
-NEIGHBOURS = ("rl", "reward_model", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-              "lora_target_linear", "lora_modules_to_save", "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora",
-              "load_in_4bit", "load_in_8bit", "datasets", "test_datasets", "val_set_size", "sequence_len",
+PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "icr": {"input": "prompt"}, "prompt_pairs": {},
+                    "argilla": {"instruction": "prompt", "chosen_response": "chosen", "rejected_response": "rejected"}}
+# read together by `_peft`
+LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "lora_modules_to_save",
+        "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora", "lora_model_dir")
+QUANT = ("load_in_4bit", "load_in_8bit", "bnb_config_kwargs")
+PEFT = {"lora_r": To("peft.r"), "lora_alpha": To("peft.lora_alpha"), "lora_dropout": To("peft.lora_dropout"),
+        "lora_modules_to_save": To("peft.modules_to_save"), "lora_fan_in_fan_out": To("peft.fan_in_fan_out"),
+        "peft_use_dora": To("peft.use_dora"), "peft_use_rslora": To("peft.use_rslora")}
+PRECISION = {"bf16": DropIf("auto", "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)",
+                            To("training.bf16")), "fp16": To("training.fp16")}
+NEIGHBOURS = ("rl", "reward_model", "adapter", *LORA, *QUANT, "datasets", "test_datasets", "val_set_size", "sequence_len",
               "evals_per_epoch", "saves_per_epoch", "num_epochs", "max_steps", "chat_template", "chat_template_jinja",
-              "bf16", "fp16", "lora_model_dir", "bnb_config_kwargs")
+              "bf16", "fp16")
 
 TABLE = {
     **{k: LATER for k in NEIGHBOURS},
@@ -50,30 +57,26 @@ TABLE = {
     "base_model_config": Drop("posttrain reads the config beside the weights in model.name_or_path"),
     "revision_of_model": To("model.revision"),
     "tokenizer_config": To("model.tokenizer"),
-    "model_type": Call(lambda c, k, v: c.drop(k, v, "the model class follows the stage (sequence classification "
-                                                    "for reward, a causal LM otherwise)")),
+    "model_type": Drop("the model class follows the stage (sequence classification for reward, a causal LM otherwise)"),
     "tokenizer_type": Drop("the tokenizer class comes from the tokenizer's own files"),
     "num_labels": DropIf(1, "reward models score with one label", No("posttrain's reward models have one label")),
     "trust_remote_code": To("model.trust_remote_code"),
     "strict": Drop("posttrain is always strict: unknown keys are errors"),
     "trl": Call(lambda c, k, v: _trl_section(c, k, v)),
-    "is_mistral_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
-    "is_llama_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
-    "is_qwen_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture"),
+    **{f"is_{m}_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture")
+       for m in ("mistral", "llama", "qwen")},
     "eval_table_max_new_tokens": Drop("used only for eval tables"),
     "dataset_prepared_path": Drop("prepared data is cached by `datasets` (HF_DATASETS_CACHE)"),
     "push_dataset_to_hub": No("posttrain does not upload datasets"),
     "shuffle_merged_datasets": DropIf(True, "the mixture is shuffled, as posttrain does",
                                       No("posttrain always shuffles a mixture")),
     "dataset_processes": To("data.num_proc"),
-    "dataset_num_proc": To("data.num_proc"),
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
-    "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v), empty_ok=True),
+    "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v)),
     "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
     "train_on_inputs": DropIf(False, "the prompt is masked, as posttrain does by default",
                               To("data.train_on", lambda v: "all")),
-    "sample_packing": Call(lambda c, k, v: c.map(k, v, "training.packing", True) if v and c.stage == "sft"
-                           else c.drop(k, v, "false: not packed") if not v else c.no(k, v, "packing is sft only")),
+    "sample_packing": Call(packing),
     "eval_sample_packing": Drop("eval batches are padded (training.packing packs training batches only)"),
     "pad_to_sequence_len": Drop("batches pad to their longest row (data.pad_to_multiple_of for a multiple); the "
                                 "loss is the same"),
@@ -83,21 +86,14 @@ TABLE = {
     "lr_scheduler": To("training.lr_scheduler_type", lambda v: {"one_cycle": "linear"}.get(v, v)),
     "cosine_min_lr_ratio": Call(lambda c, k, v: c.map(k, v, "*", {"training.lr_scheduler_type": "cosine_with_min_lr",
                                                                    "training.lr_scheduler_kwargs": {"min_lr_rate": v}})),
-    "xformers_attention": DropIf(None, "", Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "sdpa",
-                                                                      note="closest to xformers") if v else
-                                              c.drop(k, v, "false"))),
-    "flash_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "flash_attention_2") if v
-                            else c.drop(k, v, "false")),
-    "sdp_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "sdpa") if v
-                          else c.drop(k, v, "false")),
-    "eager_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "eager") if v
-                            else c.drop(k, v, "false")),
-    "flex_attention": Call(lambda c, k, v: c.map(k, v, "model.attn_implementation", "flex_attention") if v
-                           else c.drop(k, v, "false")),
+    "xformers_attention": flag("model.attn_implementation", "sdpa", note="closest to xformers"),
+    "flash_attention": flag("model.attn_implementation", "flash_attention_2"),
+    "sdp_attention": flag("model.attn_implementation", "sdpa"),
+    "eager_attention": flag("model.attn_implementation", "eager"),
+    "flex_attention": flag("model.attn_implementation", "flex_attention"),
     "s2_attention": DropIf(False, "false", No("posttrain cannot use shifted-sparse attention")),
     "early_stopping_patience": No("posttrain adds no early-stopping callback"),
-    "loss_watchdog_threshold": No("posttrain has no loss watchdog"),
-    "loss_watchdog_patience": No("posttrain has no loss watchdog"),
+    **dict.fromkeys(("loss_watchdog_threshold", "loss_watchdog_patience"), No("posttrain has no loss watchdog")),
     "eval_table_size": No("`posttrain generate RUN_DIR --prompt ...` shows the model's answers"),
     "eval_max_new_tokens": Drop("used only for eval tables"),
     "debug": DropIf(False, "false", Drop("`posttrain validate RECIPE` shows a masked training example")),
@@ -110,12 +106,8 @@ TABLE = {
     "wandb_project": Call(lambda c, k, v: c.map(k, v, "training.report_to", "wandb",
                                                 note=f"set WANDB_PROJECT={v} in the environment")),
     "wandb_name": To("training.run_name"),
-    "wandb_entity": No("set WANDB_ENTITY in the environment"),
-    "wandb_watch": No("set WANDB_WATCH in the environment"),
-    "wandb_log_model": No("set WANDB_LOG_MODEL in the environment"),
-    "wandb_run_id": No("set WANDB_RUN_ID in the environment"),
-    "use_tensorboard": Call(lambda c, k, v: c.map(k, v, "training.report_to", "tensorboard") if v
-                            else c.drop(k, v, "false")),
+    **{f"wandb_{k}": No(f"set WANDB_{k.upper()} in the environment") for k in ("entity", "watch", "log_model", "run_id")},
+    "use_tensorboard": flag("training.report_to", "tensorboard"),
     "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
     "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
     "unfrozen_parameters": No("posttrain cannot freeze all but some parameters; closest: LoRA on those modules"),
@@ -126,22 +118,18 @@ TABLE = {
 }
 
 
+# axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names, except these
+TRL_BLOCK = {"reward_funcs": No("Python reward functions: posttrain's rewards are reward models and the rules "
+                                "exact_match and length_penalty (a `rewards:` list); write the equivalent by hand"),
+             "reward_weights": No("give each `rewards:` item its `weight:`")}
+
+
 def _trl_section(conv: Conversion, key: str, value):
-    """axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names."""
     if not isinstance(value, dict):
         return conv.no(key, value, "expected a mapping of TRL options")
     for k, v in value.items():
-        dotted = f"{key}.{k}"
-        if empty(v):
-            conv.drop(dotted, v, "empty: not set")
-        elif k == "reward_funcs":
-            conv.no(dotted, v, "Python reward functions: posttrain's rewards are reward models and the rules "
-                               "exact_match and length_penalty (a `rewards:` list); write the equivalent by hand")
-        elif k == "reward_weights":
-            conv.no(dotted, v, "give each `rewards:` item its `weight:`")
-        else:
-            training_field(conv, k, v)
-            conv.fates[-1].key = dotted
+        walk(conv, [(k, v)], TRL_BLOCK)
+        conv.fates[-1].key = f"{key}.{k}"
 
 
 def looks_like(raw: dict) -> bool:
@@ -150,8 +138,6 @@ def looks_like(raw: dict) -> bool:
 
 
 def _special_tokens(conv: Conversion, key: str, value):
-    if empty(value):
-        return conv.drop(key, value, "empty: not set")
     for tok, v in dict(value).items():
         dotted = f"{key}.{tok}"
         if tok == "eos_token" and conv.stage in ("sft", "reward"):
@@ -169,14 +155,11 @@ def _stage(conv: Conversion) -> str:
     rl = raw.get("rl")
     if raw.get("reward_model"):
         conv.map("reward_model", True, "stage", "reward")
-        if "rl" in raw:
-            conv.drop("rl", rl, "reward_model: true wins")
+        conv.drop_given("rl", "reward_model: true wins")
         return "reward"
-    if "reward_model" in raw:
-        conv.drop("reward_model", raw["reward_model"], "false")
+    conv.drop_given("reward_model", "false")
     if empty(rl) or rl is False:
-        if "rl" in raw:
-            conv.drop("rl", rl, "empty: supervised fine-tuning")
+        conv.drop_given("rl", "empty: supervised fine-tuning")
         return "sft"
     rl = str(rl).lower()
     if rl not in RL:
@@ -192,14 +175,10 @@ def _stage(conv: Conversion) -> str:
 def _peft(conv: Conversion):
     raw = conv.raw
     adapter = raw.get("adapter")
-    lora = {k: raw[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
-                                "lora_modules_to_save", "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora",
-                                "lora_model_dir") if k in raw}
-    quant = {k: raw[k] for k in ("load_in_4bit", "load_in_8bit", "bnb_config_kwargs") if k in raw}
+    given = {k: raw[k] for k in LORA + QUANT if k in raw}
     if empty(adapter):
-        if "adapter" in raw:
-            conv.drop("adapter", adapter, "empty: full fine-tuning (a recipe without `peft:`)")
-        for k, v in {**lora, **quant}.items():
+        conv.drop_given("adapter", "empty: full fine-tuning (a recipe without `peft:`)")
+        for k, v in given.items():
             conv.drop(k, v, "no adapter: full fine-tuning" if not (k.startswith("load_in") and v) else
                       "no adapter: axolotl does not quantize a fully fine-tuned model")
         return
@@ -208,68 +187,49 @@ def _peft(conv: Conversion):
     else:
         conv.drop("adapter", adapter, "the `peft:` section" + (" and `quantization:` (4-bit)" if adapter == "qlora"
                                                                   else "") + " below")
-    names = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-             "lora_modules_to_save": "modules_to_save", "lora_fan_in_fan_out": "fan_in_fan_out",
-             "peft_use_dora": "use_dora", "peft_use_rslora": "use_rslora"}
-    for k, v in lora.items():
-        if k in names:
-            if empty(v):
-                conv.drop(k, v, "empty: not set")
-            else:
-                conv.map(k, v, f"peft.{names[k]}")
+    walk(conv, [(k, v) for k, v in given.items() if k in PEFT], PEFT)
+    targets = raw.get("lora_target_modules")
     if raw.get("lora_target_linear"):
         conv.map("lora_target_linear", True, "peft.target_modules", "all-linear")
-        if "lora_target_modules" in raw:
-            (conv.drop("lora_target_modules", raw["lora_target_modules"], "lora_target_linear covers every linear "
-                                                                          "layer") if empty(raw["lora_target_modules"])
-             else conv.map("lora_target_modules", raw["lora_target_modules"], "peft.target_modules", "all-linear",
-                           note="axolotl adds every linear layer when lora_target_linear is true"))
+        if not empty(targets):
+            conv.map("lora_target_modules", targets, "peft.target_modules", "all-linear",
+                     note="axolotl adds every linear layer when lora_target_linear is true")
+        else:
+            conv.drop_given("lora_target_modules", "lora_target_linear covers every linear layer")
     else:
-        if "lora_target_linear" in raw:
-            conv.drop("lora_target_linear", raw["lora_target_linear"], "false")
-        if not empty(raw.get("lora_target_modules")):
-            conv.map("lora_target_modules", raw["lora_target_modules"], "peft.target_modules")
-        elif "lora_target_modules" in raw:
-            conv.drop("lora_target_modules", raw["lora_target_modules"], "empty: peft's default modules for the "
-                                                                         "architecture, as axolotl")
+        conv.drop_given("lora_target_linear", "false")
+        if not empty(targets):
+            conv.map("lora_target_modules", targets, "peft.target_modules")
+        else:
+            conv.drop_given("lora_target_modules", "empty: peft's default modules for the architecture, as axolotl")
     if not empty(raw.get("lora_model_dir")):
         conv.no("lora_model_dir", raw["lora_model_dir"], "posttrain trains a new adapter; merge this one first "
                                                          "(`posttrain merge`) and train on the merged model")
-    elif "lora_model_dir" in raw:
-        conv.drop("lora_model_dir", raw["lora_model_dir"], "empty: a new adapter")
+    else:
+        conv.drop_given("lora_model_dir", "empty: a new adapter")
     conv.default("peft.lora_dropout", 0.0, "axolotl: lora_dropout 0.0")
-    four = adapter == "qlora" or raw.get("load_in_4bit")
-    if four:
+    if adapter == "qlora" or raw.get("load_in_4bit"):
         if raw.get("load_in_4bit"):
             conv.map("load_in_4bit", True, "quantization.load_in_4bit", True)
         else:
-            if "load_in_4bit" in raw:
-                conv.drop("load_in_4bit", raw["load_in_4bit"], "adapter: qlora loads 4-bit all the same")
+            conv.drop_given("load_in_4bit", "adapter: qlora loads 4-bit all the same")
             conv.default("quantization.load_in_4bit", True, "axolotl: adapter qlora is a 4-bit base model")
         conv.default("quantization.bnb_4bit_quant_type", "nf4", "axolotl: nf4")
         conv.default("quantization.bnb_4bit_use_double_quant", True, "axolotl: double quantization")
         compute = "bfloat16" if raw.get("bf16") in (True, "auto") else "float16" if raw.get("fp16") else "float32"
-        if raw.get("bf16") == "auto":
-            conv.default("quantization.bnb_4bit_compute_dtype", "bfloat16", "axolotl: compute dtype bf16 with bf16: "
-                                                                            "auto on a bf16 GPU")
-        else:
-            conv.default("quantization.bnb_4bit_compute_dtype", compute, "axolotl: compute dtype = the training "
-                                                                         "precision")
-        if "load_in_8bit" in raw:
-            conv.drop("load_in_8bit", raw["load_in_8bit"], "4-bit wins")
+        why = "bf16 with bf16: auto on a bf16 GPU" if raw.get("bf16") == "auto" else "= the training precision"
+        conv.default("quantization.bnb_4bit_compute_dtype", compute, f"axolotl: compute dtype {why}")
+        conv.drop_given("load_in_8bit", "4-bit wins")
     elif raw.get("load_in_8bit"):
         conv.map("load_in_8bit", True, "quantization.load_in_8bit", True)
-        if "load_in_4bit" in raw:
-            conv.drop("load_in_4bit", raw["load_in_4bit"], "false")
+        conv.drop_given("load_in_4bit", "false")
     else:
-        for k in ("load_in_4bit", "load_in_8bit"):
-            if k in raw:
-                conv.drop(k, raw[k], "false")
+        conv.drop_given(("load_in_4bit", "load_in_8bit"), "false")
     if not empty(raw.get("bnb_config_kwargs")):
         for k, v in raw["bnb_config_kwargs"].items():
             conv.map(f"bnb_config_kwargs.{k}", v, f"quantization.{k}")
-    elif "bnb_config_kwargs" in raw:
-        conv.drop("bnb_config_kwargs", raw["bnb_config_kwargs"], "empty")
+    else:
+        conv.drop_given("bnb_config_kwargs", "empty")
 
 
 def _source(d: dict, stage: str) -> tuple[dict, str, str]:
@@ -344,11 +304,10 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
         problem = f"dataset keys {', '.join(extra)} are not translated"
     for k in d:
         if k.startswith("field_") and k not in used and not problem:
-            col = d[k]
             ours = {"field_instruction": "instruction", "field_input": "input", "field_output": "output",
                     "field_system": None}.get(k)
             if ours:
-                cmap[col] = ours
+                cmap[d[k]] = ours
             else:
                 problem = f"{k} is not translated"
     if cmap:
@@ -362,48 +321,25 @@ def _data(conv: Conversion):
         value = raw.get(key)
         if empty(value):
             if key == "datasets":
-                conv.no("(datasets)", value, "no datasets: set data.train")
-                conv.put("data.train", "SET-ME")
-            elif key in raw:
-                conv.drop(key, value, "empty")
+                conv.set_me("(datasets)", value, "data.train", "no datasets: set data.train")
+            else:
+                conv.drop_given(key, "empty")
             continue
         srcs = [_source(d, conv.stage) for d in value]
-        fmts = {f for _, f, _ in srcs}
-        fmt = stage_format(conv.stage, sft="messages" if fmts - {"alpaca"} else "alpaca")
-        if len(srcs) == 1:
-            src, f, _ = srcs[0]
-            new = {dotted: src["source"]}
-            if src.get("split"):
-                new["data.split" if key == "datasets" else "data.eval_split"] = src["split"]
-            if src.get("name"):
-                new["data.name"] = src["name"]
-            if src.get("column_map"):
-                new["data.column_map"] = src["column_map"]
-            if f == "sharegpt":
-                f = "messages"
-            if key == "datasets":
-                new["data.format"] = f
-        else:
-            entries = []
+        if len(srcs) == 1:  # one source: its own format
+            src, fmt, _ = srcs[0]
+            new = one_source(src, dotted)
+            fmt = "messages" if fmt == "sharegpt" else fmt
+        else:  # a mixture: the common format, and each other source's own
+            fmt = stage_format(conv.stage, sft="messages" if {f for _, f, _ in srcs} - {"alpaca"} else "alpaca")
             for s, f, _ in srcs:
                 if f != fmt:
                     s["format"] = f
-                entries.append(s)
-            new = {dotted: entries}
-            if key == "datasets":
-                new["data.format"] = fmt
-        problems = [p for _, _, p in srcs if p]
-        if problems:
-            for k, v in new.items():
-                conv.put(k, v)
-            conv.no(key, value, "; ".join(problems))
-        else:
-            conv.map(key, "<list>", "*", new)
-    v = raw.get("val_set_size")
-    if v:
-        conv.map("val_set_size", v, "data.eval_fraction", int(v) if isinstance(v, float) and v >= 1 else v)
-    elif "val_set_size" in raw:
-        conv.drop("val_set_size", v, "0: no eval split")
+            new = {dotted: [s for s, _, _ in srcs]}
+        if key == "datasets":
+            new["data.format"] = fmt
+        map_sources(conv, key, value, new, [p for _, _, p in srcs if p], shown="<list>")
+    eval_fraction(conv, "val_set_size")
     if raw.get("sequence_len") is not None:
         conv.map("sequence_len", raw["sequence_len"], "data.max_length")
     else:
@@ -431,49 +367,31 @@ def _schedule(conv: Conversion):
         conv.map("num_epochs", epochs, "training.num_train_epochs")
     if raw.get("max_steps") is not None:
         conv.map("max_steps", raw["max_steps"], "training.max_steps")
-    elif "max_steps" in raw:
-        conv.drop("max_steps", None, "empty: not set")
+    else:
+        conv.drop_given("max_steps", "empty: not set")
     eff_epochs = epochs or 1
     has_eval = bool(raw.get("val_set_size")) or not empty(raw.get("test_datasets"))
     for key, what in (("evals_per_epoch", "eval"), ("saves_per_epoch", "save")):
         n = raw.get(key)
         if empty(n):
-            if key in raw:
-                conv.drop(key, n, "empty: not set")
-            continue
-        if what == "eval" and not has_eval:
+            conv.drop_given(key, "empty: not set")
+        elif what == "eval" and not has_eval:
             conv.drop(key, n, "no eval data (val_set_size 0): nothing to evaluate")
-            continue
-        if raw.get("max_steps"):
-            conv.no(key, n, "with max_steps, a per-epoch count has no step ratio; set training."
-                             f"{what}_steps")
-            continue
-        ratio = round(1 / (n * eff_epochs), 6)
-        conv.map(key, n, "*", {f"training.{what}_strategy": "steps", f"training.{what}_steps": ratio},
-                 note=f"{'an' if what == 'eval' else 'a'} {what} every {ratio} of the run's steps = {n} per epoch "
-                      f"over {eff_epochs} epoch(s)")
-
-
-def _precision(conv: Conversion):
-    raw = conv.raw
-    bf16 = raw.get("bf16")
-    if bf16 == "auto":
-        conv.drop("bf16", bf16, "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)")
-    elif "bf16" in raw:
-        (conv.drop("bf16", bf16, "empty: not set") if empty(bf16) else conv.map("bf16", bf16, "training.bf16"))
-    if "fp16" in raw:
-        (conv.drop("fp16", raw["fp16"], "empty: not set") if empty(raw["fp16"])
-         else conv.map("fp16", raw["fp16"], "training.fp16"))
+        elif raw.get("max_steps"):
+            conv.no(key, n, f"with max_steps, a per-epoch count has no step ratio; set training.{what}_steps")
+        else:
+            ratio = round(1 / (n * eff_epochs), 6)
+            conv.map(key, n, "*", {f"training.{what}_strategy": "steps", f"training.{what}_steps": ratio},
+                     note=f"{'an' if what == 'eval' else 'a'} {what} every {ratio} of the run's steps = {n} per "
+                          f"epoch over {eff_epochs} epoch(s)")
 
 
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv)
-    conv.put("stage", conv.stage)
-    walk(conv, conv.raw.items(), TABLE, training_field)
+    walk(conv, conv.raw.items(), TABLE)
     _peft(conv)
     _data(conv)
     _schedule(conv)
-    _precision(conv)
+    walk(conv, [(k, conv.raw[k]) for k in PRECISION if k in conv.raw], PRECISION)
     if conv.get("model.name_or_path") is None:
-        conv.no("(base_model)", None, "no base_model: set model.name_or_path")
-        conv.put("model.name_or_path", "SET-ME")
+        conv.set_me("(base_model)", None, "model.name_or_path", "no base_model: set model.name_or_path")

@@ -36,8 +36,8 @@ class Fate:
 
 @dataclasses.dataclass(frozen=True)
 class To:
-    """Mapped onto `target` (a dotted posttrain key). `value(v)` gives the posttrain value (default: v); it may
-    return a dict {dotted: value} to set several keys. `note` is printed after the mapping."""
+    """Mapped onto `target` (a dotted posttrain key). `value(v)` gives the posttrain value (default: v); `note` is
+    printed after the mapping. (A key that sets several posttrain keys is a Call.)"""
 
     target: str
     value: Callable[[Any], Any] | None = None
@@ -63,12 +63,8 @@ class Call:
     empty_ok: bool = False
 
 
-def _later(conv, key, value):
-    return None
-
-
 # a key read together with its neighbours by the tool module (which gives it its fate)
-LATER = Call(_later, empty_ok=True)
+LATER = Call(lambda conv, key, value: None, empty_ok=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +79,11 @@ class DropIf:
 class Conversion:
     """A recipe being built from one source config, and the fate of every source key."""
 
-    def __init__(self, tool: str, source: Path, raw: dict):
+    def __init__(self, tool: str, source: Path, raw: dict, stage: str | None = None):
         self.tool, self.source, self.raw = tool, source, raw
         self.recipe: dict = {}
         self.fates: list[Fate] = []
-        self.stage: str | None = None  # the posttrain stage; set by the tool module (or --stage for TRL configs)
+        self.stage = stage  # the posttrain stage: --stage for TRL configs, else set by the tool module
 
     # --- building the recipe
 
@@ -120,8 +116,19 @@ class Conversion:
     def drop(self, key: str, value, why: str):
         self.fates.append(Fate(key, value, DROPPED, why))
 
+    def drop_given(self, keys: str | tuple[str, ...], why: str):
+        """Drop each of `keys` (one or several) that the source config sets."""
+        for key in (keys,) if isinstance(keys, str) else keys:
+            if key in self.raw:
+                self.drop(key, self.raw[key], why)
+
     def no(self, key: str, value, why: str):
         self.fates.append(Fate(key, value, NOT, why))
+
+    def set_me(self, key: str, value, target: str, why: str):
+        """NOT TRANSLATED, and `target: SET-ME` in the recipe for the user to fill in (a required key)."""
+        self.no(key, value, why)
+        self.put(target, "SET-ME")
 
     def default(self, dotted: str, value, why: str):
         """A tool's implicit default made explicit, unless the recipe already sets the key."""
@@ -145,10 +152,7 @@ class Conversion:
                 return self.drop(key, value, rule.why)
             return self.apply(key, value, rule.otherwise, fallback)
         if isinstance(rule, To):
-            new = rule.value(value) if rule.value else value
-            if isinstance(new, dict) and all("." in k for k in new):
-                return self.map(key, value, "*", new, rule.note)
-            return self.map(key, value, rule.target, new, rule.note)
+            return self.map(key, value, rule.target, rule.value(value) if rule.value else value, rule.note)
         if isinstance(rule, Drop):
             return self.drop(key, value, rule.why)
         if isinstance(rule, No):
@@ -178,8 +182,7 @@ def dtype(v):
 
 
 # chat template names (LLaMA-Factory `template:`, axolotl `chat_template:`) -> a .jinja shipped with posttrain
-TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja",
-                  "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
+TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja", "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
 # names that mean "the tokenizer's own template"
 TOKENIZER_TEMPLATE = {"tokenizer_default", "tokenizer_default_fallback_chatml"}  # axolotl's names
 
@@ -202,32 +205,68 @@ def chat_template(conv: Conversion, key: str, value):
     conv.map(key, value, "model.chat_template", text, note=f"posttrain's templates/{name}, inlined")
 
 
-def launcher(kind: str) -> str:
-    return f"recipes/accelerate/{kind}.yaml"
+def flag(target: str, new=None, note: str = "", off: str = "false") -> Call:
+    """On or off: a true value maps to `target: new` (default: the value itself), a false one is dropped (`off`)."""
+    return Call(lambda c, k, v: c.map(k, v, target, new, note) if v else c.drop(k, v, off))
 
 
-def _launch_line(config: str) -> str:
-    return f"run `accelerate launch --config_file {config} -m posttrain train OUT`"
+def packing(conv: Conversion, key: str, value):
+    if not value:
+        return conv.drop(key, value, "false: not packed")
+    if conv.stage != "sft":
+        return conv.no(key, value, "packing is sft only")
+    conv.map(key, value, "training.packing", True)
+
+
+def eval_fraction(conv: Conversion, key: str):
+    """A held-out part of the training rows: a fraction, or (1 and up) a count of rows."""
+    v = conv.raw.get(key)
+    if v:
+        conv.map(key, v, "data.eval_fraction", int(v) if isinstance(v, float) and v >= 1 else v)
+    elif key in conv.raw:
+        conv.drop(key, v, "0: no eval split")
+
+
+def one_source(src: dict, dotted: str) -> dict:
+    """A single source entry as plain data keys: data.train (or data.eval) and its split, name and column_map."""
+    new = {dotted: src["source"]}
+    if src.get("split", "train") != "train":
+        new["data.split" if dotted == "data.train" else "data.eval_split"] = src["split"]
+    if src.get("name"):
+        new["data.name"] = src["name"]
+    if src.get("column_map"):
+        new["data.column_map"] = src["column_map"]
+    return new
+
+
+def map_sources(conv: Conversion, key: str, value, new: dict, problems: list[str], shown=None, note: str = ""):
+    """A dataset key onto the data keys `new`; with problems it is NOT TRANSLATED, `new` written all the same."""
+    if not problems:
+        return conv.map(key, value if shown is None else shown, "*", new, note=note)
+    for dotted, v in new.items():
+        conv.put(dotted, v)
+    conv.no(key, value, "; ".join(problems))
+
+
+def _launch(kind: str) -> str:
+    return f"launcher setting; run `accelerate launch --config_file recipes/accelerate/{kind}.yaml -m posttrain train OUT`"
 
 
 def deepspeed(conv: Conversion, key: str, value):
     """A DeepSpeed config (file or mapping) -> which accelerate config to launch with."""
-    text = str(value).lower()
-    stage = None
     if isinstance(value, dict):
         stage = (value.get("zero_optimization") or {}).get("stage")
     else:
-        m = re.search(r"(?:zero|z)[_-]?(\d)", text)
+        m = re.search(r"(?:zero|z)[_-]?(\d)", str(value).lower())
         stage = int(m.group(1)) if m else None
     name = {3: "deepspeed_zero3", 2: "deepspeed_zero2"}.get(stage, "ddp" if stage in (0, 1) else "deepspeed_zero3")
-    conv.drop(key, value, f"launcher setting; {_launch_line(launcher(name))}")
+    conv.drop(key, value, _launch(name))
 
 
 def fsdp(conv: Conversion, key: str, value):
     if value in (None, "", [], {}, False):
         return conv.drop(key, value, "empty: no FSDP")
-    conv.drop(key, value, f"launcher setting; {_launch_line(launcher('fsdp'))} (sharding and wrapping are in "
-                          "that file)")
+    conv.drop(key, value, _launch("fsdp") + " (sharding and wrapping are in that file)")
 
 
 def report_to(conv: Conversion, key: str, value):
@@ -246,8 +285,7 @@ def warmup_ratio(conv: Conversion, key: str, value):
 TRAINING_ARGS = {
     "output_dir": To("output_dir"),
     "overwrite_output_dir": Drop("run-time flag: `posttrain train OUT --overwrite` replaces an existing run"),
-    "do_train": DropIf(True, "`posttrain train` always trains", No("do_train: false trains nothing; nothing "
-                                                                     "to convert")),
+    "do_train": DropIf(True, "`posttrain train` always trains", No("do_train: false trains nothing; nothing to convert")),
     "do_eval": Call(lambda c, k, v: c.drop(k, v, "posttrain evaluates whenever there is eval data") if v
                     else c.map(k, v, "training.do_eval", False, note="no evaluation although eval data exists")),
     "do_predict": DropIf(False, "posttrain runs no prediction", No("posttrain runs no prediction; use "
@@ -259,10 +297,8 @@ TRAINING_ARGS = {
     "warmup_ratio": Call(warmup_ratio),
     "evaluation_strategy": To("training.eval_strategy"),
     "report_to": Call(report_to),
-    "remove_unused_columns": Drop("posttrain prepares the dataset itself and hands the trainer the columns it "
-                                  "reads"),
-    "resume_from_checkpoint": Call(lambda c, k, v: c.drop(k, v, "run-time flag: `posttrain train OUT --resume` "
-                                                                "continues from the newest checkpoint")),
+    "remove_unused_columns": Drop("posttrain prepares the dataset itself and hands the trainer the columns it reads"),
+    "resume_from_checkpoint": Drop("run-time flag: `posttrain train OUT --resume` continues from the newest checkpoint"),
     "local_rank": Drop("set by the launcher (torchrun / accelerate launch)"),
     "deepspeed": Call(deepspeed),
     "fsdp": Call(fsdp),
@@ -289,8 +325,7 @@ def training_field(conv: Conversion, key: str, value):
         return conv.no(key, value, f"posttrain {'sets it itself' if opt.kind == options.MANAGED else 'refuses it'}: "
                                    f"{opt.note}")
     hint = options.foreign_hint(key, value).removeprefix("; ")
-    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}" + (f"; {hint}" if hint else
-                                                                                   "; translate it by hand"))
+    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}; {hint or 'translate it by hand'}")
 
 
 def empty(value) -> bool:

@@ -31,21 +31,35 @@ from posttrain.convert.core import (
     To,
     chat_template,
     dtype,
+    eval_fraction,
+    flag,
+    map_sources,
+    one_source,
+    packing,
     stage_format,
     training_field,
     walk,
 )
 
 STAGES = {"sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "kto", "ppo": "ppo"}
+# read together by `_peft`
+LORA = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora",
+        "pissa_init")
+QUANT = ("quantization_bit", "quantization_method", "quantization_type", "double_quantization")
+NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", *LORA, *QUANT, "dataset", "eval_dataset", "dataset_dir",
+              "max_samples", "val_size", "template", "cutoff_len", "bf16", "fp16")
 
-
-
-NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
-              "quantization_bit", "quantization_method", "quantization_type", "double_quantization", "dataset",
-              "eval_dataset", "dataset_dir", "max_samples", "val_size", "template", "cutoff_len", "additional_target",
-              "use_rslora", "use_dora", "pissa_init", "bf16", "fp16")
-
+ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}  # flash_attn (attn) values
 GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
+
+
+def _attention(conv: Conversion, key: str, value):
+    if str(value) == "auto":
+        return conv.drop(key, value, "transformers picks the attention (sdpa where it can), as posttrain does")
+    if str(value) not in ATTENTION:
+        return conv.no(key, value, "one of auto, fa2, sdpa, disabled")
+    conv.map(key, value, "model.attn_implementation", ATTENTION[str(value)])
+
 
 TABLE = {
     **{k: LATER for k in NEIGHBOURS},
@@ -57,19 +71,13 @@ TABLE = {
     "use_fast_tokenizer": DropIf(True, "the fast tokenizer is what transformers loads", No("posttrain loads the "
                                                                                            "fast tokenizer")),
     "infer_dtype": To("model.dtype", dtype),
-    "attn": Call(lambda c, k, v: TABLE["flash_attn"].fn(c, k, v)),  # newer LLaMA-Factory's name for flash_attn
+    "attn": Call(_attention),  # newer LLaMA-Factory's name for flash_attn
     "enable_liger_kernel": To("training.use_liger_kernel"),
-    "flash_attn": Call(lambda c, k, v: {"fa2": lambda: c.map(k, v, "model.attn_implementation", "flash_attention_2"),
-                                        "sdpa": lambda: c.map(k, v, "model.attn_implementation", "sdpa"),
-                                        "disabled": lambda: c.map(k, v, "model.attn_implementation", "eager"),
-                                        "auto": lambda: c.drop(k, v, "transformers picks the attention (sdpa where it "
-                                                                     "can), as posttrain does")}.get(
-        str(v), lambda: c.no(k, v, "one of auto, fa2, sdpa, disabled"))()),
+    "flash_attn": Call(_attention),
     "disable_gradient_checkpointing": Call(lambda c, k, v: c.map(k, v, "training.gradient_checkpointing", not v)),
     "use_reentrant_gc": DropIf(True, "reentrant checkpointing is transformers' default too",
                                To("training.gradient_checkpointing_kwargs", lambda v: {"use_reentrant": v})),
     "use_unsloth": DropIf(False, "false", No("posttrain trains with TRL's trainers, not Unsloth's")),
-    "use_liger_kernel": To("training.use_liger_kernel"),
     "low_cpu_mem_usage": Drop("transformers 5 always loads with low memory use"),
     "hf_hub_token": No("secrets never go in a recipe; set HF_TOKEN in the environment"),
     "ms_hub_token": No("secrets never go in a recipe; posttrain reads the Hugging Face hub only"),
@@ -95,12 +103,9 @@ TABLE = {
     "overwrite_cache": Drop("the datasets cache is keyed on the data and settings"),
     "preprocessing_num_workers": To("data.num_proc"),
     "preprocessing_batch_size": Drop("a datasets.map batch size; it does not change the rows"),
-    "packing": Call(lambda c, k, v: c.map(k, v, "training.packing", bool(v)) if c.stage == "sft" and v else
-                    c.drop(k, v, "false: not packed") if not v else c.no(k, v, "packing is sft only")),
-    "neat_packing": Call(lambda c, k, v: c.map(k, v, "training.packing", True, note="posttrain's packing never "
-                                                                                    "attends across rows, as "
-                                                                                    "neat_packing")
-                         if v else c.drop(k, v, "false")),
+    "packing": Call(packing),
+    "neat_packing": flag("training.packing", True, note="posttrain's packing never attends across rows, as "
+                                                        "neat_packing"),
     "mix_strategy": DropIf("concat", "data.train lists are concatenated (and shuffled)",
                            No("posttrain concatenates mixtures; per-source `weight:` sets the proportions")),
     "interleave_probs": No("set `weight:` on each data.train entry"),
@@ -141,16 +146,13 @@ TABLE = {
     "use_adam_mini": DropIf(False, "false", No("posttrain cannot use Adam-mini")),
     "loraplus_lr_ratio": No("posttrain cannot express LoRA+ (a higher learning rate for the B matrices)"),
     "loraplus_lr_embedding": No("posttrain cannot express LoRA+"),
-    "freeze_trainable_layers": No("freeze training is not translated (see finetuning_type)"),
-    "freeze_trainable_modules": No("freeze training is not translated (see finetuning_type)"),
-    "freeze_extra_modules": No("freeze training is not translated (see finetuning_type)"),
+    **{f"freeze_{k}": No("freeze training is not translated (see finetuning_type)")
+       for k in ("trainable_layers", "trainable_modules", "extra_modules")},
     "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
     "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
     "ld_alpha": To("training.ld_alpha"),
-    "ref_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
-                             "ref_model"),
-    "reward_model_adapters": No("merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as "
-                                "reward_model"),
+    **{f"{m}_adapters": No(f"merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as {m}")
+       for m in ("ref_model", "reward_model")},
     "ref_model_quantization_bit": No("posttrain loads the reference model unquantized"),
     "reward_model_quantization_bit": No("posttrain loads the reward model unquantized"),
     "pure_bf16": DropIf(False, "false", To("model.dtype", lambda v: "bf16", note="bf16 weights (set training.bf16: "
@@ -188,20 +190,16 @@ def looks_like(raw: dict) -> bool:
 def _stage(conv: Conversion):
     raw = conv.raw
     st = raw.get("stage", "sft")
-    if st == "pt":
-        conv.no("stage", st, "pre-training on raw text: posttrain has no raw-text format (converted as sft; give "
-                             "the rows as prompt_completion or messages)")
-        return "sft"
-    if st not in STAGES:
-        conv.no("stage", st, "not a LLaMA-Factory stage posttrain knows")
+    if st not in STAGES:  # converted as sft
+        conv.no("stage", st, "not a LLaMA-Factory stage posttrain knows" if st != "pt" else "pre-training on raw text: "
+                "posttrain has no raw-text format (converted as sft; give the rows as prompt_completion or messages)")
         return "sft"
     stage = STAGES[st]
     loss = raw.get("pref_loss", "sigmoid")
     if stage == "dpo" and loss == "orpo":
-        stage = "orpo"
         conv.map("stage", st, "stage", "orpo", note="pref_loss: orpo")
         conv.drop("pref_loss", loss, "ORPO is its own stage in posttrain (no reference model)")
-        return stage
+        return "orpo"
     conv.map("stage", st, "stage", stage)
     if "pref_loss" in raw:
         if stage != "dpo":
@@ -216,35 +214,25 @@ def _stage(conv: Conversion):
 def _peft(conv: Conversion):
     raw = conv.raw
     ft = raw.get("finetuning_type", "lora")
-    keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora",
-            "pissa_init")
     if ft == "full":
-        if "finetuning_type" in raw:
-            conv.drop("finetuning_type", ft, "full fine-tuning: a recipe without `peft:` fine-tunes every parameter")
-        for k in keys:
-            if k in raw:
-                conv.drop(k, raw[k], "finetuning_type full: LoRA settings unused")
-        return False
+        conv.drop_given("finetuning_type", "full fine-tuning: a recipe without `peft:` fine-tunes every parameter")
+        conv.drop_given(LORA, "finetuning_type full: LoRA settings unused")
+        return
     if ft != "lora":
-        for k in keys + ("quantization_bit", "quantization_method", "quantization_type", "double_quantization"):
-            if k in raw:
-                conv.drop(k, raw[k], f"finetuning_type {ft}: LoRA/QLoRA settings unused")
+        conv.drop_given(LORA + QUANT, f"finetuning_type {ft}: LoRA/QLoRA settings unused")
         conv.no("finetuning_type", ft, "posttrain cannot express it: freeze trains only some layers; a recipe "
                                        "without `peft:` would train every layer instead (closest: LoRA on those "
                                        "layers with peft.layers_to_transform). Converted as full fine-tuning"
                 if ft == "freeze" else "posttrain trains LoRA adapters only; converted as full fine-tuning")
-        return False
-    if "finetuning_type" in raw:
-        conv.drop("finetuning_type", ft, "the `peft:` section is the LoRA setting")
+        return
+    conv.drop_given("finetuning_type", "the `peft:` section is the LoRA setting")
     rank = raw.get("lora_rank", 8)
     for k, target in (("lora_rank", "peft.r"), ("lora_alpha", "peft.lora_alpha"),
                       ("lora_dropout", "peft.lora_dropout"), ("use_rslora", "peft.use_rslora"),
                       ("use_dora", "peft.use_dora"), ("additional_target", "peft.modules_to_save")):
-        if k in raw and raw[k] is not None:
-            v = raw[k]
-            if k == "additional_target" and isinstance(v, str):
-                v = [m.strip() for m in v.split(",") if m.strip()]
-            conv.map(k, raw[k], target, v)
+        if raw.get(k) is not None:
+            split = k == "additional_target" and isinstance(raw[k], str)  # "a, b": a list
+            conv.map(k, raw[k], target, [m.strip() for m in raw[k].split(",") if m.strip()] if split else raw[k])
     if "lora_target" in raw:
         t = raw["lora_target"]
         names = [m.strip() for m in t.split(",")] if isinstance(t, str) else list(t)
@@ -252,8 +240,8 @@ def _peft(conv: Conversion):
                  note="all: every linear layer but the output head" if names == ["all"] else "")
     if raw.get("pissa_init"):
         conv.map("pissa_init", True, "peft.init_lora_weights", "pissa")
-    elif "pissa_init" in raw:
-        conv.drop("pissa_init", raw["pissa_init"], "false")
+    else:
+        conv.drop_given("pissa_init", "false")
     conv.default("peft.r", 8, "LLaMA-Factory: lora_rank 8")
     conv.default("peft.lora_alpha", 2 * rank, "LLaMA-Factory: lora_alpha defaults to 2 x lora_rank")
     conv.default("peft.lora_dropout", 0.0, "LLaMA-Factory: lora_dropout 0.0 (peft's default too)")
@@ -278,16 +266,12 @@ def _peft(conv: Conversion):
             if compute:  # without bf16/fp16 LLaMA-Factory infers it from the device, as posttrain's default does
                 conv.default("quantization.bnb_4bit_compute_dtype", compute,
                              "LLaMA-Factory: 4-bit compute dtype = the training precision")
-        for k in ("quantization_type", "double_quantization"):
-            if bits == 8 and k in raw:
-                conv.drop(k, raw[k], "4-bit only")
+        else:
+            conv.drop_given(("quantization_type", "double_quantization"), "4-bit only")
     elif bits is not None:
         conv.no("quantization_bit", bits, "posttrain quantizes to 4 or 8 bits (bitsandbytes)")
     else:
-        for k in ("quantization_type", "double_quantization"):
-            if k in raw:
-                conv.drop(k, raw[k], "the model is not quantized (no quantization_bit)")
-    return True
+        conv.drop_given(("quantization_type", "double_quantization"), "the model is not quantized (no quantization_bit)")
 
 
 def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None]:
@@ -324,11 +308,10 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
     src["split"] = entry.get("split", "train") + slice_
     cols = entry.get("columns") or {}
     tags = entry.get("tags") or {}
-    formatting = entry.get("formatting", "alpaca")
     ranking = bool(entry.get("ranking"))
     cmap: dict[str, str] = {}
     problem = ""
-    if formatting == "sharegpt":
+    if entry.get("formatting", "alpaca") == "sharegpt":
         messages = cols.get("messages", "conversations")
         openai = tags.get("role_tag") == "role"
         fmt = "messages" if openai else "sharegpt"
@@ -344,8 +327,7 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
             problem = f"dataset '{name}': tools/images/videos/audios columns are not translated"
     elif stage == "ppo" and not ranking:
         fmt = "prompt"
-        col = cols.get("prompt", "instruction")
-        cmap[col] = "prompt"
+        cmap[cols.get("prompt", "instruction")] = "prompt"
         problem = f"dataset '{name}': LLaMA-Factory's PPO prompt is the instruction followed by the input; " \
                   "posttrain's prompt rows take one column (the instruction), so an input would be left out"
     else:
@@ -377,58 +359,31 @@ def _data(conv: Conversion):
         value = raw.get(split_key)
         if value is None:
             if split_key == "dataset":
-                conv.no("(dataset)", None, "no dataset: set data.train")
-                conv.put("data.train", "SET-ME")
+                conv.set_me("(dataset)", None, "data.train", "no dataset: set data.train")
             continue
         names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
         srcs = [_source(nm, info, folder, conv.stage, slice_ if split_key == "dataset" else "") for nm in names]
-        fmts = {f for _, f, _ in srcs if f}
-        problems = [p for _, _, p in srcs if p]
+        fmt = stage_format(conv.stage, sft="alpaca" if {f for _, f, _ in srcs if f} <= {"alpaca"} else "messages")
         if len(srcs) == 1:
-            src, fmt, _ = srcs[0]
-            new = {dotted: src["source"]}
-            split_name = "data.split" if split_key == "dataset" else "data.eval_split"
-            if src.get("split", "train") != "train":
-                new[split_name] = src["split"]
-            if src.get("name"):
-                new["data.name"] = src["name"]
-            if src.get("column_map"):
-                new["data.column_map"] = src["column_map"]
-        else:
-            new = {dotted: srcs and [s for s, _, _ in srcs]}
-        fmt = _mixture_format(conv.stage, fmts)
-        for s, f, _ in srcs:
-            if len(srcs) > 1 and f and f != fmt:
-                s["format"] = f
+            new = one_source(srcs[0][0], dotted)
+        else:  # a mixture: each source of another format says its own
+            for s, f, _ in srcs:
+                if f and f != fmt:
+                    s["format"] = f
+            new = {dotted: [s for s, _, _ in srcs]}
         if split_key == "dataset":
             new["data.format"] = fmt
-        if problems:
-            conv.put(dotted, new.pop(dotted))
-            for k, v in new.items():
-                conv.put(k, v)
-            conv.no(split_key, value, "; ".join(problems))
-        else:
-            note = "names read from dataset_info.json" if info is not None else ""
-            if n and split_key == "dataset":
-                note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
-            conv.map(split_key, value, "*", new, note=note)
-    if n and "dataset" in raw:
-        conv.drop("max_samples", n, "in each data.train split slice above")
-    elif "max_samples" in raw:
-        conv.drop("max_samples", n, "every row" if n is None else "no dataset")
-    for k in ("dataset_dir",):
-        if k in raw:
-            conv.drop(k, raw[k], "where dataset_info.json was looked up; the paths above include it")
-    if "val_size" in raw:
-        v = raw["val_size"]
-        if v:
-            conv.map("val_size", v, "data.eval_fraction", int(v) if isinstance(v, float) and v >= 1 else v)
-        else:
-            conv.drop("val_size", v, "0: no eval split")
-    fmt = conv.get("data.format")
-    if conv.raw.get("template") is not None:
+        note = "names read from dataset_info.json" if info is not None else ""
+        if n and split_key == "dataset":
+            note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
+        map_sources(conv, split_key, value, new, [p for _, _, p in srcs if p], note=note)
+    conv.drop_given("max_samples", "in each data.train split slice above" if n and "dataset" in raw else
+                    "every row" if n is None else "no dataset")
+    conv.drop_given("dataset_dir", "where dataset_info.json was looked up; the paths above include it")
+    eval_fraction(conv, "val_size")
+    if raw.get("template") is not None:
         chat_template(conv, "template", raw["template"])
-        if fmt in ("alpaca", "prompt_completion", "preference", "prompt"):
+        if conv.get("data.format") in ("alpaca", "prompt_completion", "preference", "prompt"):
             conv.default("data.template", "chat", "LLaMA-Factory renders every row through the template")
     cutoff = raw.get("cutoff_len")
     if cutoff is not None:
@@ -437,13 +392,8 @@ def _data(conv: Conversion):
         conv.default("data.max_length", 2048, "LLaMA-Factory: cutoff_len 2048")
 
 
-def _mixture_format(stage: str, fmts: set[str]) -> str:
-    return stage_format(stage, sft="alpaca" if fmts <= {"alpaca"} else "messages")
-
-
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv)
-    conv.put("stage", conv.stage)
     walk(conv, conv.raw.items(), TABLE, _fallback)
     for k in ("bf16", "fp16"):
         if k in conv.raw:
@@ -455,5 +405,4 @@ def convert(conv: Conversion, text: str):
                                                "posttrain's PPO needs a whole scoring model: `posttrain merge` the "
                                                "reward run, or train it with posttrain's reward stage")
     if conv.get("model.name_or_path") is None:
-        conv.no("(model)", None, "no model_name_or_path: set model.name_or_path")
-        conv.put("model.name_or_path", "SET-ME")
+        conv.set_me("(model)", None, "model.name_or_path", "no model_name_or_path: set model.name_or_path")

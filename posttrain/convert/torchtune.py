@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from posttrain.convert.core import Call, Conversion, Drop, DropIf, No, To, dtype, empty
+from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
 from posttrain.util import as_number
 
 # torchtune module names -> Hugging Face module names (Llama/Qwen/Mistral/Gemma layouts)
@@ -34,12 +34,10 @@ DATASETS = {  # builder -> (hub id, posttrain format, trains the prompt by defau
 OPTIMIZERS = {"torch.optim.AdamW": "adamw_torch", "torch.optim.Adam": "adamw_torch", "torch.optim.SGD": "sgd",
               "bitsandbytes.optim.PagedAdamW8bit": "paged_adamw_8bit", "bitsandbytes.optim.PagedAdamW": "paged_adamw_32bit",
               "bitsandbytes.optim.AdamW8bit": "adamw_bnb_8bit"}
+LOSSES = {**dict.fromkeys(("CEWithChunkedOutputLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss"),
+                         "cross-entropy on the trained tokens, as posttrain's SFT"), "DPOLoss": "stage: dpo"}
 SCHEDULERS = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_with_warmup": "linear",
               "get_constant_schedule_with_warmup": "constant_with_warmup"}
-
-
-def _component(conv, key, value):
-    return None  # read with its section below
 
 
 def _lora_modules(conv: Conversion, key: str, value):
@@ -50,7 +48,7 @@ def _lora_modules(conv: Conversion, key: str, value):
 
 TABLE = {
     "output_dir": To("output_dir"),
-    "model._component_": Call(_component),
+    "model._component_": LATER,
     "model.lora_attn_modules": Call(_lora_modules),
     "model.apply_lora_to_mlp": Call(lambda c, k, v: c.drop(k, v, "in peft.target_modules" if v else "false")),
     "model.apply_lora_to_output": Call(lambda c, k, v: c.no(k, v, "LoRA on the output head: add lm_head to "
@@ -64,24 +62,21 @@ TABLE = {
     "tokenizer._component_": Drop("the tokenizer saved with the model in model.name_or_path is used"),
     "tokenizer.path": Drop("a torchtune tokenizer file; posttrain loads the Hugging Face tokenizer beside the model"),
     "tokenizer.merges_file": Drop("part of the tokenizer beside the model"),
-    "tokenizer.max_seq_len": Call(lambda c, k, v: c.map(k, v, "data.max_length") if v else
-                                  c.drop(k, v, "null: torchtune does not truncate; posttrain truncates at "
-                                               "data.max_length (default 1024), raise it for longer rows")),
+    "tokenizer.max_seq_len": flag("data.max_length", off="null: torchtune does not truncate; posttrain truncates at "
+                                                         "data.max_length (default 1024), raise it for longer rows"),
     "tokenizer.prompt_template": No("posttrain writes prompts with the Alpaca template or the chat template"),
-    "checkpointer._component_": Call(_component),
-    "checkpointer.checkpoint_dir": Call(_component),
+    "checkpointer._component_": LATER,
+    "checkpointer.checkpoint_dir": LATER,
     "checkpointer.checkpoint_files": Drop("posttrain loads every weight file in model.name_or_path"),
     "checkpointer.recipe_checkpoint": Drop("run-time flag: `posttrain train OUT --resume`"),
-    "checkpointer.adapter_checkpoint": DropIf(None, "", No("posttrain trains a new adapter; merge this one first")),
+    "checkpointer.adapter_checkpoint": No("posttrain trains a new adapter; merge this one first"),
     "checkpointer.output_dir": Drop("the run directory is output_dir"),
     "checkpointer.model_type": Drop("read from the model's config.json"),
     "resume_from_checkpoint": DropIf(False, "false", Drop("run-time flag: `posttrain train OUT --resume`")),
     "save_adapter_weights_only": Drop("a LoRA run saves its adapter; `posttrain merge RUN_DIR` writes the merged model"),
-    "dataset._component_": Call(_component),
-    "dataset.packed": Call(lambda c, k, v: c.map(k, v, "training.packing", True) if v and c.stage == "sft"
-                           else c.drop(k, v, "false: not packed") if not v else c.no(k, v, "packing is sft only")),
-    "dataset.train_on_input": Call(lambda c, k, v: c.map(k, v, "data.train_on", "all") if v else
-                                   c.drop(k, v, "false: the prompt is masked, posttrain's default")),
+    "dataset._component_": LATER,
+    "dataset.packed": Call(packing),
+    "dataset.train_on_input": flag("data.train_on", "all", off="false: the prompt is masked, posttrain's default"),
     "dataset.source": To("data.train"),
     "dataset.split": To("data.split"),
     "dataset.column_map": Call(lambda c, k, v: c.map(k, v, "data.column_map", {b: a for a, b in v.items()},
@@ -100,7 +95,7 @@ TABLE = {
     "shuffle": DropIf(True, "rows are shuffled every epoch, as posttrain does", No("posttrain always shuffles")),
     "batch_size": To("training.per_device_train_batch_size"),
     "batch_size_val": To("training.per_device_eval_batch_size"),
-    "optimizer._component_": Call(_component),
+    "optimizer._component_": LATER,
     "optimizer.lr": To("training.learning_rate", as_number),
     "optimizer.weight_decay": To("training.weight_decay", as_number),
     "optimizer.betas": Call(lambda c, k, v: c.map(k, v, "*", {"training.adam_beta1": v[0], "training.adam_beta2": v[1]})),
@@ -108,11 +103,11 @@ TABLE = {
     "optimizer.fused": Drop("a speed setting of torch's AdamW; TRL picks its implementation from training.optim"),
     "optimizer.foreach": Drop("a speed setting of torch's optimizer"),
     "optimizer.amsgrad": DropIf(False, "false", No("transformers' AdamW has no amsgrad")),
-    "lr_scheduler._component_": Call(_component),
+    "lr_scheduler._component_": LATER,
     "lr_scheduler.num_warmup_steps": To("training.warmup_steps"),
     "lr_scheduler.num_cycles": Call(lambda c, k, v: c.drop(k, v, "0.5: one half cosine, as transformers' cosine")
                                     if v == 0.5 else c.map(k, v, "training.lr_scheduler_kwargs", {"num_cycles": v})),
-    "loss._component_": Call(_component),
+    "loss._component_": LATER,
     "loss.beta": To("training.beta"),
     "loss.label_smoothing": To("training.label_smoothing"),
     "loss.loss_type": To("training.loss_type"),
@@ -129,12 +124,11 @@ TABLE = {
     "device": Drop("posttrain trains on the GPU when there is one, else the CPU"),
     "dtype": Call(lambda c, k, v: c.map(k, v, "model.dtype", dtype(v))),
     "enable_activation_checkpointing": To("training.gradient_checkpointing"),
-    "enable_activation_offloading": Call(lambda c, k, v: c.map(k, v, "training.activation_offloading", True)
-                                         if v else c.drop(k, v, "false")),
+    "enable_activation_offloading": flag("training.activation_offloading", True),
     "log_every_n_steps": To("training.logging_steps"),
     "log_peak_memory_stats": Drop("`posttrain plan RECIPE` estimates GPU memory before a run"),
     "log_level": Drop("posttrain sets its own log level"),
-    "metric_logger._component_": Call(_component),
+    "metric_logger._component_": LATER,
     "metric_logger.log_dir": Drop("posttrain logs into the run directory"),
     "metric_logger.project": Call(lambda c, k, v: c.drop(k, v, f"set WANDB_PROJECT={v} in the environment")),
     "low_cpu_ram": DropIf(False, "false", Drop("a loading memory setting; transformers 5 loads with low memory use")),
@@ -142,9 +136,9 @@ TABLE = {
     "fsdp_cpu_offload": Call(lambda c, k, v: c.drop(k, v, "false") if not v else c.no(k, v, "CPU offload: set "
                              "fsdp_offload_params in recipes/accelerate/fsdp.yaml and launch with it")),
     "fsdp_reshard_after_forward": Drop("an FSDP setting of the launcher config (recipes/accelerate/fsdp.yaml)"),
-    "mixed_precision._component_": Call(_component),
+    "mixed_precision._component_": LATER,
     "mixed_precision.enabled": DropIf(False, "disabled", No("posttrain cannot train with int8 mixed precision")),
-    "profiler._component_": Call(_component),
+    "profiler._component_": LATER,
 }
 
 
@@ -169,13 +163,9 @@ def _stage(conv: Conversion, text: str) -> str:
         conv.drop("(recipe)", recipe, "a multi-GPU recipe (torchtune shards with FSDP); run `accelerate launch "
                                       "--config_file recipes/accelerate/fsdp.yaml -m posttrain train OUT`")
     loss = str((conv.raw.get("loss") or {}).get("_component_", ""))
-    if "dpo" in recipe or "DPOLoss" in loss or "RSOLoss" in loss or "SimPOLoss" in loss:
+    if "dpo" in recipe or any(name in loss for name in ("DPOLoss", "RSOLoss", "SimPOLoss")):
         return "dpo"
-    if "ppo" in recipe:
-        return "ppo"
-    if "grpo" in recipe:
-        return "grpo"
-    return "sft"
+    return next((name for name in ("ppo", "grpo") if name in recipe), "sft")
 
 
 def _components(conv: Conversion):
@@ -205,14 +195,12 @@ def _components(conv: Conversion):
     if "checkpoint_dir" in ck:
         conv.map("checkpointer.checkpoint_dir", ck["checkpoint_dir"], "model.name_or_path")
     else:
-        conv.no("(model)", None, "no checkpointer.checkpoint_dir: set model.name_or_path")
-        conv.put("model.name_or_path", "SET-ME")
+        conv.set_me("(model)", None, "model.name_or_path", "no checkpointer.checkpoint_dir: set model.name_or_path")
     ds = raw.get("dataset") or {}
     builder = str(ds.get("_component_", "")) if isinstance(ds, dict) else ""
     short = builder.rsplit(".", 1)[-1]
     if isinstance(ds, list):
-        conv.no("dataset", ds, "a list of datasets: give data.train a list of sources (a mixture)")
-        conv.put("data.train", "SET-ME")
+        conv.set_me("dataset", ds, "data.train", "a list of datasets: give data.train a list of sources (a mixture)")
     elif short in DATASETS:
         hub, fmt, trains_prompt, cmap = DATASETS[short]
         conv.drop("dataset._component_", builder, f"{hub} as data.train, {fmt} rows"
@@ -233,17 +221,15 @@ def _components(conv: Conversion):
         conv.drop("dataset._component_", builder, "a generic builder: data.train is its source")
         conv.put("data.format", "preference")
     elif builder:
-        conv.no("dataset._component_", builder, "a dataset builder posttrain does not know; set data.train and "
-                                                "data.format")
-        conv.put("data.train", "SET-ME")
+        conv.set_me("dataset._component_", builder, "data.train", "a dataset builder posttrain does not know; set "
+                                                                  "data.train and data.format")
     opt = str((raw.get("optimizer") or {}).get("_component_", ""))
-    if opt:
-        if opt in OPTIMIZERS:
-            conv.map("optimizer._component_", opt, "training.optim", OPTIMIZERS[opt])
-            if opt.endswith("AdamW") and "weight_decay" not in raw.get("optimizer", {}):
-                conv.default("training.weight_decay", 0.01, "torch.optim.AdamW: weight_decay 0.01")
-        else:
-            conv.no("optimizer._component_", opt, "an optimizer posttrain does not know; set training.optim")
+    if opt in OPTIMIZERS:
+        conv.map("optimizer._component_", opt, "training.optim", OPTIMIZERS[opt])
+        if opt.endswith("AdamW") and "weight_decay" not in raw.get("optimizer", {}):
+            conv.default("training.weight_decay", 0.01, "torch.optim.AdamW: weight_decay 0.01")
+    elif opt:
+        conv.no("optimizer._component_", opt, "an optimizer posttrain does not know; set training.optim")
     sched = str((raw.get("lr_scheduler") or {}).get("_component_", ""))
     if sched:
         s = SCHEDULERS.get(sched.rsplit(".", 1)[-1])
@@ -253,22 +239,15 @@ def _components(conv: Conversion):
         conv.default("training.lr_scheduler_type", "constant", "torchtune: no lr_scheduler, a constant learning rate")
     loss = str((raw.get("loss") or {}).get("_component_", ""))
     if loss:
-        short_loss = loss.rsplit(".", 1)[-1]
-        if short_loss in ("CEWithChunkedOutputLoss", "CrossEntropyLoss", "LinearCrossEntropyLoss"):
-            conv.drop("loss._component_", loss, "cross-entropy on the trained tokens, as posttrain's SFT")
-        elif short_loss == "DPOLoss":
-            conv.drop("loss._component_", loss, "stage: dpo")
-        else:
-            conv.no("loss._component_", loss, "a loss posttrain's stages do not have")
+        why = LOSSES.get(loss.rsplit(".", 1)[-1])
+        (conv.drop if why else conv.no)("loss._component_", loss, why or "a loss posttrain's stages do not have")
     ml = str((raw.get("metric_logger") or {}).get("_component_", ""))
-    if ml:
-        if "WandB" in ml:
-            conv.map("metric_logger._component_", ml, "training.report_to", "wandb")
-        elif "TensorBoard" in ml:
-            conv.map("metric_logger._component_", ml, "training.report_to", "tensorboard")
-        else:
-            conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
-                                                       "(trainer_state.json, manifest.json)")
+    report = "wandb" if "WandB" in ml else "tensorboard" if "TensorBoard" in ml else None
+    if report:
+        conv.map("metric_logger._component_", ml, "training.report_to", report)
+    elif ml:
+        conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
+                                                   "(trainer_state.json, manifest.json)")
     mp = raw.get("mixed_precision") or {}
     if mp.get("_component_"):
         conv.drop("mixed_precision._component_", mp["_component_"], "see mixed_precision.enabled")
@@ -280,22 +259,16 @@ def _components(conv: Conversion):
 
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv, text)
-    conv.put("stage", conv.stage)
     _components(conv)
     done = {f.key for f in conv.fates}
     for key, value in _flatten(conv.raw):
-        if key.startswith("profiler.") or key == "profiler" or key in done:
-            continue
         rule = TABLE.get(key)
-        if isinstance(rule, Call) and rule.fn is _component:
+        if key in done or key.split(".")[0] == "profiler" or rule is LATER:
             continue
-        if rule is None:
-            conv.no(key, value, "not an option posttrain knows for torchtune; translate it by hand")
-            continue
-        if empty(value) and not isinstance(rule, Call):
+        if rule is not None and empty(value) and not isinstance(rule, Call):  # a Call reads null itself
             conv.drop(key, value, "empty: not set")
-            continue
-        conv.apply(key, value, rule)
+        else:
+            conv.apply(key, value, rule)  # no rule: NOT TRANSLATED
     if conv.get("peft.r") is not None:
         conv.default("peft.lora_dropout", 0.0, "torchtune's LoRA builders: lora_dropout 0.0")
     if "clip_grad_norm" not in conv.raw:

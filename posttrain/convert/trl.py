@@ -22,8 +22,6 @@ QUANT_KEYS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_ne
 DATA_KEYS = ("dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_mixer",
              "dataset_splits", "dataset_mixture", "dataset_configs", "dataset_streaming")
 
-
-
 TABLE = {
     # trl.ModelConfig
     "model_name_or_path": To("model.name_or_path"),
@@ -46,9 +44,8 @@ TABLE = {
     # trl/scripts/grpo.py, rloo.py: rewards; ppo.py: the reward and value models
     "reward_model_name_or_path": Call(lambda c, k, v: c.map(k, v, "rewards", [{"model": v}]) if c.stage in (
         "grpo", "rloo") else c.map(k, v, "reward_model")),
-    "reward_funcs": Call(lambda c, k, v: c.no(k, v, "Python reward functions: posttrain's rewards are reward models "
-                                                     "and the rules exact_match and length_penalty (a `rewards:` "
-                                                     "list); write the equivalent by hand")),
+    "reward_funcs": No("Python reward functions: posttrain's rewards are reward models and the rules exact_match and "
+                       "length_penalty (a `rewards:` list); write the equivalent by hand"),
     "sft_model_path": Drop("the policy is model.name_or_path"),
     "reward_model_path": To("reward_model"),
     "hub_model_revision": To("training.hub_revision", note="the handbook's name for the hub branch"),
@@ -80,39 +77,31 @@ def _stage(conv: Conversion) -> str:
 
 def _peft(conv: Conversion):
     raw = conv.raw
-    lora = {k: raw[k] for k in LORA_KEYS if k in raw}
-    quant = {k: raw[k] for k in QUANT_KEYS if k in raw}
-    use = bool(raw.get("use_peft")) or bool(raw.get("load_in_4bit") or raw.get("load_in_8bit"))
-    if not use:
-        for k, v in {**lora, **quant}.items():
-            conv.drop(k, v, "use_peft is false and the model is not quantized: TRL ignores it (full fine-tuning)")
+    if not (raw.get("use_peft") or raw.get("load_in_4bit") or raw.get("load_in_8bit")):
+        conv.drop_given(LORA_KEYS + QUANT_KEYS, "use_peft is false and the model is not quantized: TRL ignores it "
+                                                "(full fine-tuning)")
         return
-    if "use_peft" in raw:
-        conv.drop("use_peft", raw["use_peft"], "the `peft:` section below is the LoRA setting")
+    conv.drop_given("use_peft", "the `peft:` section below is the LoRA setting")
     names = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
              "lora_target_modules": "target_modules", "lora_target_parameters": "target_parameters",
              "lora_modules_to_save": "modules_to_save", "use_rslora": "use_rslora", "use_dora": "use_dora"}
-    for k, v in lora.items():
-        if k == "use_peft":
-            continue
+    for k, v in {k: raw[k] for k in LORA_KEYS if k in raw}.items():
         if k == "lora_task_type":
             want = "SEQ_CLS" if conv.stage == "reward" else "CAUSAL_LM"
-            if str(v).upper() == want:
-                conv.drop(k, v, f"posttrain sets task type {want} for stage {conv.stage}")
-            else:
-                conv.no(k, v, f"posttrain sets task type {want} for stage {conv.stage}")
-            continue
-        conv.map(k, v, f"peft.{names[k]}", v)
+            why = f"posttrain sets task type {want} for stage {conv.stage}"
+            (conv.drop if str(v).upper() == want else conv.no)(k, v, why)  # the same type: dropped
+        elif k != "use_peft":
+            conv.map(k, v, f"peft.{names[k]}")
     conv.default("peft.r", 16, "TRL ModelConfig: lora_r 16")
     conv.default("peft.lora_alpha", 32, "TRL ModelConfig: lora_alpha 32")
     conv.default("peft.lora_dropout", 0.05, "TRL ModelConfig: lora_dropout 0.05")
     if raw.get("load_in_4bit"):
         conv.map("load_in_4bit", True, "quantization.load_in_4bit", True)
-        conv.map("bnb_4bit_quant_type", quant["bnb_4bit_quant_type"], "quantization.bnb_4bit_quant_type") \
-            if "bnb_4bit_quant_type" in quant else conv.default("quantization.bnb_4bit_quant_type", "nf4",
+        conv.map("bnb_4bit_quant_type", raw["bnb_4bit_quant_type"], "quantization.bnb_4bit_quant_type") \
+            if "bnb_4bit_quant_type" in raw else conv.default("quantization.bnb_4bit_quant_type", "nf4",
                                                                "TRL ModelConfig: nf4")
-        nested = quant.get("use_bnb_nested_quant", False)
-        if "use_bnb_nested_quant" in quant:
+        nested = raw.get("use_bnb_nested_quant", False)
+        if "use_bnb_nested_quant" in raw:
             conv.map("use_bnb_nested_quant", nested, "quantization.bnb_4bit_use_double_quant", bool(nested))
         else:
             conv.default("quantization.bnb_4bit_use_double_quant", False,
@@ -120,18 +109,15 @@ def _peft(conv: Conversion):
         compute = {"bf16": "bfloat16", "fp16": "float16"}.get(conv.get("model.dtype") or "fp32", "float32")
         conv.default("quantization.bnb_4bit_compute_dtype", compute,
                      "TRL: 4-bit compute dtype = the model dtype (float32 unless dtype/torch_dtype says)")
-        if "bnb_4bit_quant_storage" in quant:
-            conv.map("bnb_4bit_quant_storage", quant["bnb_4bit_quant_storage"], "quantization.bnb_4bit_quant_storage")
-        if "load_in_8bit" in quant:
-            conv.drop("load_in_8bit", quant["load_in_8bit"], "load_in_4bit wins (TRL checks 4-bit first)")
+        if "bnb_4bit_quant_storage" in raw:
+            conv.map("bnb_4bit_quant_storage", raw["bnb_4bit_quant_storage"], "quantization.bnb_4bit_quant_storage")
+        conv.drop_given("load_in_8bit", "load_in_4bit wins (TRL checks 4-bit first)")
     elif raw.get("load_in_8bit"):
         conv.map("load_in_8bit", True, "quantization.load_in_8bit", True)
-        for k in ("load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage"):
-            if k in quant:
-                conv.drop(k, quant[k], "only used for 4-bit")
+        conv.drop_given(("load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage"),
+                        "only used for 4-bit")
     else:
-        for k, v in quant.items():
-            conv.drop(k, v, "the model is not quantized (load_in_4bit/load_in_8bit false)")
+        conv.drop_given(QUANT_KEYS, "the model is not quantized (load_in_4bit/load_in_8bit false)")
 
 
 def _data(conv: Conversion):
@@ -162,12 +148,9 @@ def _data(conv: Conversion):
         splits = raw.get("dataset_splits") or ["train", "test"]
         train_splits = [s for s in splits if "train" in s] or ["train"]
         test_splits = [s for s in splits if "test" in s]
-        train, evals = [], []
-        for ds, w in mixer.items():
-            for sp in train_splits:
-                train.append({"source": ds, "split": sp, **({"weight": w} if w != 1 else {})})
-            for sp in test_splits:
-                evals.append({"source": ds, "split": sp})
+        train = [{"source": ds, "split": sp, **({"weight": w} if w != 1 else {})}
+                 for ds, w in mixer.items() for sp in train_splits]
+        evals = [{"source": ds, "split": sp} for ds in mixer for sp in test_splits]
         conv.map("dataset_mixer", mixer, "data.train", train, note="weight: a fraction of the train split, as the "
                                                                    "handbook's mixer")
         if "dataset_splits" in raw:
@@ -178,9 +161,8 @@ def _data(conv: Conversion):
     elif "dataset_name" in raw:
         conv.map("dataset_name", raw["dataset_name"], "data.train")
         config = raw.get("dataset_config")
-        split = raw.get("dataset_train_split", "train")
         if "dataset_train_split" in raw:
-            conv.map("dataset_train_split", split, "data.split")
+            conv.map("dataset_train_split", raw["dataset_train_split"], "data.split")
         test = raw.get("dataset_test_split", "test")
         if evaluates:  # TRL's scripts: eval_dataset = dataset[dataset_test_split] when eval_strategy != "no"
             entry = {"source": raw["dataset_name"], **({"name": config} if config else {}), "split": test}
@@ -198,34 +180,30 @@ def _data(conv: Conversion):
         else:
             if config is not None:
                 conv.map("dataset_config", config, "data.name")
-            if "dataset_test_split" in raw:
-                conv.drop("dataset_test_split", test, "eval_strategy is 'no': TRL's script passes no eval dataset")
+            conv.drop_given("dataset_test_split", "eval_strategy is 'no': TRL's script passes no eval dataset")
     else:
-        conv.no("(data)", None, "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
-        conv.put("data.train", "SET-ME")
+        conv.set_me("(data)", None, "data.train", "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
     if "dataset_configs" in raw:
         conv.no("dataset_configs", raw["dataset_configs"], "set `name:` on each data.train entry (a mixture)")
     if raw.get("dataset_streaming"):
         conv.no("dataset_streaming", True, "posttrain loads datasets, it cannot stream them")
-    elif "dataset_streaming" in raw:
-        conv.drop("dataset_streaming", raw["dataset_streaming"], "false: not streamed")
+    else:
+        conv.drop_given("dataset_streaming", "false: not streamed")
     if "dataset_splits" in raw and "dataset_mixer" not in raw and "dataset_mixture" not in raw:
         conv.no("dataset_splits", raw["dataset_splits"], "only meaningful with dataset_mixer")
 
 
 def convert(conv: Conversion, text: str):
     conv.stage = conv.stage or _stage(conv)
-    conv.put("stage", conv.stage)
     walk(conv, conv.raw.items(), TABLE)
     if conv.get("model.name_or_path") is None:
-        conv.no("(model)", None, "no model_name_or_path: set model.name_or_path")
-        conv.put("model.name_or_path", "SET-ME")
+        conv.set_me("(model)", None, "model.name_or_path", "no model_name_or_path: set model.name_or_path")
     conv.default("model.dtype", "fp32", "TRL ModelConfig: dtype float32 unless torch_dtype/dtype says")
     _peft(conv)
     _data(conv)
     if conv.stage == "sft":
         _loss_masking(conv)
-    if conv.get("data.max_length") is None and conv.stage in ("sft", "dpo", "reward", "orpo", "kto"):
+    if conv.stage in ("sft", "dpo", "reward", "orpo", "kto"):
         conv.default("data.max_length", 1024, "TRL configs: max_length 1024")
 
 
