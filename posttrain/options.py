@@ -358,6 +358,9 @@ def _quant_block(v):
 
 
 CANNOT = "posttrain cannot express it"
+# freeze training (LLaMA-Factory's finetuning_type: freeze, axolotl's unfrozen_parameters) is model.trainable
+TRAINABLE = ("regular expressions over the parameter names to train, the rest frozen, e.g. "
+             "['model\\.layers\\.(30|31)\\..*'] for the last 2 of 32 layers")
 
 FOREIGN: dict[str, Foreign] = {
     # lengths
@@ -387,13 +390,12 @@ FOREIGN: dict[str, Foreign] = {
     "lora_target_linear": Foreign("peft.target_modules", value=lambda v: "all-linear", example=True),
     "lora_modules_to_save": Foreign("peft.modules_to_save"),
     "use_peft": Foreign("a `peft:` section, e.g. `peft: {r: 16, lora_alpha: 32, target_modules: all-linear}`"),
-    "finetuning_type": Foreign("a `peft:` section for lora; no `peft:` for full (freeze: posttrain cannot express it)",
+    "finetuning_type": Foreign("a `peft:` section for lora; no `peft:` for full; `model.trainable` for freeze",
                                cases={
         "lora": "a `peft:` section, e.g. `peft: {r: 8, lora_alpha: 16, target_modules: all-linear}` (LLaMA-Factory's "
                 "lora_alpha defaults to 2 x rank)",
         "full": "nothing to set: without a `peft:` section posttrain fine-tunes every parameter",
-        "freeze": f"{CANNOT}: it trains only the last few layers. Full fine-tuning (no `peft:`) trains every layer "
-                  "instead; closest: LoRA on those layers (`peft.layers_to_transform: [...]`)",
+        "freeze": f"`model.trainable`: {TRAINABLE}",
         "oft": f"{CANNOT}: posttrain trains LoRA adapters only"}),
     "lora_fan_in_fan_out": Foreign("peft.fan_in_fan_out"),
     "peft_use_dora": Foreign("peft.use_dora"),
@@ -404,10 +406,8 @@ FOREIGN: dict[str, Foreign] = {
                                  "with a higher `training.learning_rate`"),
     "loraplus_lr_embedding": Foreign(f"{CANNOT} (LoRA+)"),
     "use_llama_pro": Foreign(f"{CANNOT} (block expansion)"),
-    "freeze_trainable_layers": Foreign(f"{CANNOT}: freeze training trains only some layers; closest: LoRA on them "
-                                       "(`peft.layers_to_transform: [...]`)"),
-    "freeze_trainable_modules": Foreign(f"{CANNOT}: freeze training; closest: LoRA on those modules "
-                                        "(`peft.target_modules`)"),
+    "freeze_trainable_layers": Foreign("model.trainable", TRAINABLE, value=lambda v: None),
+    "freeze_trainable_modules": Foreign("model.trainable", TRAINABLE, value=lambda v: None),
     "adapter_name_or_path": Foreign(f"{CANNOT}: posttrain trains a new adapter; merge the old one first "
                                     "(`posttrain merge RUN_DIR`) and train on the merged model"),
     "lora_model_dir": Foreign(f"{CANNOT}: posttrain trains a new adapter; merge the old one first "
@@ -569,8 +569,20 @@ FOREIGN: dict[str, Foreign] = {
     "eval_max_new_tokens": Foreign(f"{CANNOT}; `posttrain generate RUN_DIR --max-new-tokens N`"),
     "group_by_length": Foreign(f"{CANNOT} (transformers 5 has no length-grouped sampler); `training.packing: true` "
                                "(sft) also saves the padding"),
-    "unfrozen_parameters": Foreign(f"{CANNOT} (freezing all but some parameters); closest: LoRA on those modules "
-                                   "(`peft.target_modules`, `peft.modules_to_save`)"),
+    "unfrozen_parameters": Foreign("model.trainable", "whole parameter names (axolotl matches their start): "
+                                   "`posttrain convert` writes each pattern as `(?:pattern).*`"),
+    **dict.fromkeys(("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy",
+                     "liger_fused_linear_cross_entropy", "liger_rms_norm_gated"),
+                    Foreign("training.use_liger_kernel", "TRL applies every Liger kernel for the architecture",
+                            value=lambda v: True, example=True)),
+    "plugins": Foreign("`training.use_liger_kernel: true` for axolotl's Liger plugin (Cut Cross Entropy only saves "
+                       "memory; other plugins: posttrain cannot express them)"),
+    **dict.fromkeys(("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"),
+                    Foreign("nothing to set: axolotl's fused LoRA kernels change speed only, not the LoRA")),
+    "fsdp_version": Foreign("a launcher config: `accelerate launch --config_file recipes/accelerate/fsdp.yaml -m "
+                            "posttrain train RECIPE` (its fsdp_version is 2)"),
+    "eot_tokens": Foreign("nothing to set: posttrain trains what the chat template writes at the end of each assistant "
+                          "turn"),
     "deepspeed": Foreign("a launcher config: `accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml "
                          "-m posttrain train RECIPE` (zero2: deepspeed_zero2.yaml)"),
     "fsdp": Foreign("a launcher config: `accelerate launch --config_file recipes/accelerate/fsdp.yaml -m posttrain "
@@ -669,7 +681,7 @@ FOREIGN: dict[str, Foreign] = {
     "use_badam": Foreign(f"{CANNOT} (BAdam)"),
     "use_apollo": Foreign(f"{CANNOT} (APOLLO)"),
     "use_adam_mini": Foreign(f"{CANNOT} (Adam-mini)"),
-    "freeze_extra_modules": Foreign(f"{CANNOT}: freeze training; closest: `peft.modules_to_save`"),
+    "freeze_extra_modules": Foreign("model.trainable", TRAINABLE, value=lambda v: None),
     "use_swanlab": Foreign("training.report_to", "an integration transformers knows, e.g. wandb, tensorboard"),
     "do_sample": Foreign("`posttrain generate RUN_DIR --sample`"),
     "num_beams": Foreign(f"{CANNOT}: `posttrain generate` decodes greedily or samples"),

@@ -123,7 +123,7 @@ def test_do_eval_false_with_eval_data_runs_no_evaluation(fx, tmp_path, cli):
     (SFT + "train_on_inputs: true\n", "`data.train_on: all`"),
     (SFT + "train_on_inputs: false\n", "nothing to set: posttrain masks the prompt by default"),
     (SFT + "tokenizer_type: LlamaTokenizer\n", "nothing to set: the tokenizer class comes from the tokenizer's own"),
-    (SFT + "finetuning_type: freeze\n", "posttrain cannot express it: it trains only the last few layers"),
+    (SFT + "finetuning_type: freeze\n", "`model.trainable`: regular expressions over the parameter names"),
     (SFT + "finetuning_type: full\n", "nothing to set: without a `peft:` section"),
     (SFT + "finetuning_type: lora\n", "lora_alpha defaults to 2 x rank"),
     (SFT + "pref_loss: orpo\n", "`stage: orpo`"),

@@ -123,6 +123,17 @@ PINNED = {
     ("axolotl/mistral-dpo-qlora.yml", "lora_modules_to_save"): (MAPPED, "peft.modules_to_save: [embed_tokens, lm_head]"),
     ("axolotl/qwen2-dpo.yaml", "chat_template"): (NOT, "no template named 'qwen_25'"),
     ("trl/cli/example_config.yaml", "dataset_name"): (MAPPED, "data.train: stanfordnlp/imdb"),
+    # OmegaConf's ${...} resolved as `tune run` does; validation off while run_val_every_n_steps is null
+    ("torchtune/gemma_2B_full.yaml", "batch_size_val"): (MAPPED, "training.per_device_eval_batch_size: 2"),
+    ("torchtune/gemma_2B_full.yaml", "checkpointer.output_dir"): (DROPPED, "the run directory"),
+    ("torchtune/gemma_2B_full.yaml", "dataset_val._component_"): (DROPPED, "no validation"),
+    ("torchtune/gemma_2B_full.yaml", "run_val_every_n_steps"): (DROPPED, "no validation"),
+    # axolotl's newer names: attn_implementation, the Liger plugin and its switches, FSDP2
+    ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "attn_implementation"): (MAPPED, "model.attn_implementation: flash_attention_2"),
+    ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "plugins"): (MAPPED, "training.use_liger_kernel: true"),
+    ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "liger_fused_linear_cross_entropy"): (MAPPED, "use_liger_kernel: true"),
+    ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "fsdp_version"): (DROPPED, "recipes/accelerate/fsdp.yaml"),
+    ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "chat_template"): (DROPPED, "Alpaca prompt"),
 }
 
 
@@ -326,3 +337,40 @@ def test_stage_of_a_trl_script_config_may_be_any_posttrain_stage(tmp_path, fx, c
         assert code in (0, 3) and "Traceback" not in err, (name, err)
         recipe = yaml.safe_load(out.read_text())
         assert recipe["stage"] == name and recipe["data"]["format"] in stages.get(name).formats, name
+
+
+def test_torchtune_validation_every_n_steps_becomes_eval_data(tmp_path):
+    src = (DATA / "torchtune" / "gemma_2B_full.yaml").read_text().replace("run_val_every_n_steps: null",
+                                                                          "run_val_every_n_steps: 50")
+    p = tmp_path / "c.yaml"
+    p.write_text(src)
+    conv = convert(p)
+    assert conv.recipe["data"]["eval"] == "yahma/alpaca-cleaned" and conv.recipe["data"]["eval_split"] == "train[95%:]"
+    assert conv.recipe["training"]["eval_strategy"] == "steps" and conv.recipe["training"]["eval_steps"] == 50
+    assert conv.recipe["data"]["split"] == "train[:95%]" and not conv.untranslated
+
+
+def test_axolotl_unfrozen_parameters_become_model_trainable(tmp_path):
+    import re
+
+    p = tmp_path / "c.yml"
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nunfrozen_parameters:\n"
+                 "  - ^lm_head.weight$\n  - model.layers.2[0-9]+.mlp.*\n")
+    patterns = convert(p).recipe["model"]["trainable"]
+    names = ["lm_head.weight", "model.layers.23.mlp.up_proj.weight", "model.layers.3.mlp.up_proj.weight",
+             "model.layers.23.self_attn.q_proj.weight", "xlm_head.weight"]
+    assert [n for n in names if any(re.fullmatch(q, n) for q in patterns)] == names[:2]
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nunfrozen_parameters: ['embed_tokens[:32000]']\n")
+    assert _fates(convert(p))["unfrozen_parameters"].kind == NOT
+
+
+def test_launch_configs_and_multiline_values_are_said_plainly(tmp_path, cli):
+    acc = tmp_path / "fsdp.yaml"
+    acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 8\n")
+    code, _, err = cli("convert", str(acc), "-o", str(tmp_path / "o.yaml"))
+    assert code == 2 and "an Accelerate launch config" in err and "--accelerate-config" in err
+    src = tmp_path / "prm.yaml"  # a NOT TRANSLATED value holding a line break stays on its comment line
+    src.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nmystery: [{sep: \"\\n\\n\"}]\n")
+    code, _, _ = cli("convert", str(src), "-o", str(tmp_path / "r.yaml"))
+    assert code == 3 and yaml.safe_load((tmp_path / "r.yaml").read_text())["model"]["name_or_path"] == "m"
+    assert '# NOT TRANSLATED: mystery: [{"sep": "\\n\\n"}]' in (tmp_path / "r.yaml").read_text()

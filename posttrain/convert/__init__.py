@@ -22,6 +22,13 @@ def detect(raw: dict) -> str:
     """Which tool a config is for, from its keys (each module's `looks_like`); TRL scripts last."""
     if isinstance(raw.get("model"), dict) and "name_or_path" in raw["model"]:
         raise PosttrainError("this is already a posttrain recipe (model.name_or_path); check it with `posttrain validate`")
+    if "distributed_type" in raw or "compute_environment" in raw:
+        raise PosttrainError("this is an Accelerate launch config, not a training config: keep it as it is and launch "
+                             "with it (`accelerate launch --config_file FILE -m posttrain train RECIPE`; `posttrain "
+                             "validate RECIPE --accelerate-config FILE` checks the recipe against it)")
+    if isinstance(raw.get("model"), str) and ("train_dataset" in raw or "dist_config" in raw):
+        raise PosttrainError("a LLaMA-Factory v1 config (model:, train_dataset:): posttrain translates LLaMA-Factory's "
+                             "llamafactory-cli configs (model_name_or_path:, dataset:); write the recipe by hand")
     for name in ("torchtune", "llama-factory", "axolotl", "trl"):
         if TOOLS[name].looks_like(raw):
             return name

@@ -15,6 +15,8 @@ Implicit defaults made explicit (from the schema and axolotl's loaders):
 
 from __future__ import annotations
 
+import re
+
 from posttrain.convert.core import (
     LATER,
     Call,
@@ -27,6 +29,7 @@ from posttrain.convert.core import (
     empty,
     eval_fraction,
     flag,
+    launch_hint,
     map_sources,
     one_source,
     packing,
@@ -50,6 +53,10 @@ PRECISION = {"bf16": DropIf("auto", "posttrain's own rule: bf16 where the GPU su
 NEIGHBOURS = ("rl", "reward_model", "adapter", *LORA, *QUANT, "datasets", "test_datasets", "val_set_size", "sequence_len",
               "evals_per_epoch", "saves_per_epoch", "num_epochs", "max_steps", "chat_template", "chat_template_jinja",
               "bf16", "fp16")
+
+LIGER = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_fused_linear_cross_entropy",
+         "liger_cross_entropy", "liger_rms_norm_gated")
+USE_LIGER = "TRL applies Liger's kernels for the model's architecture (the same maths, less memory)"
 
 TABLE = {
     **{k: LATER for k in NEIGHBOURS},
@@ -110,12 +117,50 @@ TABLE = {
     "use_tensorboard": flag("training.report_to", "tensorboard"),
     "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
     "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
-    "unfrozen_parameters": No("posttrain cannot freeze all but some parameters; closest: LoRA on those modules"),
+    "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
+    "attn_implementation": To("model.attn_implementation"),
+    **dict.fromkeys(LIGER, Call(lambda c, k, v: _liger(c, k, v))),
+    "plugins": Call(lambda c, k, v: _plugins(c, k, v)),
+    **dict.fromkeys(("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"),
+                    Drop("axolotl's fused LoRA kernels: speed only, the same LoRA")),
+    "fsdp_version": Drop(launch_hint("fsdp") + " (FSDP2 is its fsdp_version: 2)"),
+    "eot_tokens": No("posttrain trains what the chat template writes at the end of each assistant turn; it has no "
+                     "separate list of end-of-turn tokens"),
     "auto_resume_from_checkpoints": Drop("run-time flag: `posttrain train OUT --resume`"),
     "gradient_checkpointing": Call(lambda c, k, v: c.map(k, v, "training.gradient_checkpointing", bool(v))
                                    if isinstance(v, bool) else c.no(k, v, "posttrain uses transformers' activation "
                                                                           "checkpointing (true/false)")),
 }
+
+
+def _liger(conv: Conversion, key: str, value):
+    if not value:
+        return conv.drop(key, value, "false")
+    conv.map(key, value, "training.use_liger_kernel", True, note=USE_LIGER)
+
+
+def _plugins(conv: Conversion, key: str, value):
+    """axolotl's integrations: Liger is TRL's use_liger_kernel; Cut Cross Entropy only saves memory."""
+    names = value if isinstance(value, list) else [value]
+    other = [n for n in names if not any(p in str(n) for p in ("liger", "cut_cross_entropy"))]
+    if other:
+        return conv.no(key, value, f"axolotl plugins posttrain does not have: {', '.join(map(str, other))}")
+    if any("liger" in str(n) for n in names):
+        return conv.map(key, value, "training.use_liger_kernel", True, note=USE_LIGER + "; Cut Cross Entropy, if "
+                        "listed, only saves memory")
+    conv.drop(key, value, "Cut Cross Entropy saves memory; the loss is the same cross-entropy")
+
+
+def _unfrozen(conv: Conversion, key: str, value):
+    """axolotl matches each pattern at the start of a parameter name, a `.` not before `+` taken literally; posttrain's
+    model.trainable matches whole names, so each becomes `(?:pattern).*`. Row ranges (`embed_tokens[:32000]`) cannot be
+    expressed."""
+    patterns = value if isinstance(value, list) else [value]
+    if any(re.search(r"\[\d*:?\d*\]$", str(p)) for p in patterns):
+        return conv.no(key, value, "a row range freezes part of a tensor; posttrain's model.trainable trains whole "
+                                   "tensors")
+    conv.map(key, value, "model.trainable", [f"(?:{re.sub(r'[.](?![+])', r'[.]', str(p))}).*" for p in patterns],
+             note="full weights whose names start so; the rest frozen")
 
 
 # axolotl's `trl:` block (GRPO and other RL settings): TRL config fields under their own names, except these
@@ -350,7 +395,11 @@ def _data(conv: Conversion):
             conv.drop(k, raw[k], "empty: the tokenizer's own template")
     if not empty(tmpl):
         key = "chat_template_jinja" if raw.get("chat_template_jinja") else "chat_template"
-        chat_template(conv, key, tmpl)
+        if key == "chat_template" and conv.get("data.format") == "alpaca":
+            conv.drop(key, tmpl, "alpaca rows are written with the Alpaca prompt, in axolotl as in posttrain; no "
+                                 "chat template renders them")
+        else:
+            chat_template(conv, key, tmpl)
         if key == "chat_template_jinja" and raw.get("chat_template") not in (None, "jinja"):
             conv.drop("chat_template", raw["chat_template"], "chat_template_jinja gives the template")
         elif key == "chat_template_jinja" and "chat_template" in raw:

@@ -11,6 +11,7 @@ Every source key gets exactly one fate, printed by the command; nothing is dropp
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -166,7 +167,9 @@ def render(value) -> str:
     if isinstance(value, str) and "\n" in value:
         return f"<{len(value.splitlines())} lines>"
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True).strip()
-    return text.removesuffix("...").strip()
+    text = text.removesuffix("...").strip()
+    # a string with a line break inside a list or mapping: JSON keeps it on one line (the recipe's comments)
+    return json.dumps(value, ensure_ascii=False, default=str) if "\n" in text else text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +251,7 @@ def map_sources(conv: Conversion, key: str, value, new: dict, problems: list[str
     conv.no(key, value, "; ".join(problems))
 
 
-def _launch(kind: str) -> str:
+def launch_hint(kind: str) -> str:
     return f"launcher setting; run `accelerate launch --config_file recipes/accelerate/{kind}.yaml -m posttrain train OUT`"
 
 
@@ -260,13 +263,13 @@ def deepspeed(conv: Conversion, key: str, value):
         m = re.search(r"(?:zero|z)[_-]?(\d)", str(value).lower())
         stage = int(m.group(1)) if m else None
     name = {3: "deepspeed_zero3", 2: "deepspeed_zero2"}.get(stage, "ddp" if stage in (0, 1) else "deepspeed_zero3")
-    conv.drop(key, value, _launch(name))
+    conv.drop(key, value, launch_hint(name))
 
 
 def fsdp(conv: Conversion, key: str, value):
     if value in (None, "", [], {}, False):
         return conv.drop(key, value, "empty: no FSDP")
-    conv.drop(key, value, _launch("fsdp") + " (sharding and wrapping are in that file)")
+    conv.drop(key, value, launch_hint("fsdp") + " (sharding and wrapping are in that file)")
 
 
 def report_to(conv: Conversion, key: str, value):

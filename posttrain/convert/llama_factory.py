@@ -146,7 +146,7 @@ TABLE = {
     "use_adam_mini": DropIf(False, "false", No("posttrain cannot use Adam-mini")),
     "loraplus_lr_ratio": No("posttrain cannot express LoRA+ (a higher learning rate for the B matrices)"),
     "loraplus_lr_embedding": No("posttrain cannot express LoRA+"),
-    **{f"freeze_{k}": No("freeze training is not translated (see finetuning_type)")
+    **{f"freeze_{k}": No("freeze training: write its layers as model.trainable (see finetuning_type)")
        for k in ("trainable_layers", "trainable_modules", "extra_modules")},
     "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
     "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
@@ -220,9 +220,9 @@ def _peft(conv: Conversion):
         return
     if ft != "lora":
         conv.drop_given(LORA + QUANT, f"finetuning_type {ft}: LoRA/QLoRA settings unused")
-        conv.no("finetuning_type", ft, "posttrain cannot express it: freeze trains only some layers; a recipe "
-                                       "without `peft:` would train every layer instead (closest: LoRA on those "
-                                       "layers with peft.layers_to_transform). Converted as full fine-tuning"
+        conv.no("finetuning_type", ft, "freeze trains only some layers: name their parameters in model.trainable "
+                                       "(e.g. ['model\\.layers\\.(30|31)\\..*'] for the last 2 of 32 layers; "
+                                       "the layer count comes from the model). Converted as full fine-tuning until then"
                 if ft == "freeze" else "posttrain trains LoRA adapters only; converted as full fine-tuning")
         return
     conv.drop_given("finetuning_type", "the `peft:` section is the LoRA setting")

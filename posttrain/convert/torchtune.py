@@ -257,9 +257,58 @@ def _components(conv: Conversion):
                   "posttrain runs no profiler (NOT translated: a profiling run)")
 
 
+def _interpolated(node, root: dict):
+    """OmegaConf's `${a.b}` references, resolved as `tune run` resolves them (`batch_size_val: ${batch_size}`)."""
+    if isinstance(node, dict):
+        return {k: _interpolated(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolated(v, root) for v in node]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def value(m):
+        found = root
+        for part in m.group(1).split("."):
+            if not isinstance(found, dict) or part not in found:
+                return m.group(0)  # an unknown reference (or a resolver such as ${oc.env:X}) stays as written
+            found = found[part]
+        return _interpolated(found, root)
+
+    whole = re.fullmatch(r"\$\{([\w.]+)\}", node)
+    return value(whole) if whole else re.sub(r"\$\{([\w.]+)\}", lambda m: str(value(m)), node)
+
+
+def _validation(conv: Conversion):
+    """dataset_val + run_val_every_n_steps: eval data and an eval every N steps, or (N null) no validation."""
+    val, every = conv.raw.get("dataset_val"), conv.raw.get("run_val_every_n_steps")
+    keys = [(k, v) for k, v in _flatten(conv.raw) if k.split(".")[0] in ("dataset_val", "run_val_every_n_steps")]
+    if not every or not isinstance(val, dict):
+        for k, v in keys:
+            conv.drop(k, v, "no validation (run_val_every_n_steps is not set)" if not every else "no dataset_val")
+        return
+    builder = str(val.get("_component_", ""))
+    train = conv.raw.get("dataset") if isinstance(conv.raw.get("dataset"), dict) else {}
+    source = val.get("source") or DATASETS.get(builder.rsplit(".", 1)[-1], (None,))[0]
+    for k, v in keys:
+        name = k.split(".", 1)[-1]
+        if k == "run_val_every_n_steps":
+            conv.map(k, v, "*", {"training.eval_strategy": "steps", "training.eval_steps": v})
+        elif name in ("_component_", "source"):
+            (conv.map(k, v, "data.eval", source) if source else
+             conv.set_me(k, v, "data.eval", "a dataset builder posttrain does not know; set data.eval"))
+        elif name == "split":
+            conv.map(k, v, "data.eval_split")
+        elif train.get(name) == v:
+            conv.drop(k, v, "the eval source is read as data.train is (same format and columns)")
+        else:
+            conv.no(k, v, "posttrain reads the eval source with data.train's settings")
+
+
 def convert(conv: Conversion, text: str):
+    conv.raw = _interpolated(conv.raw, conv.raw)
     conv.stage = _stage(conv, text)
     _components(conv)
+    _validation(conv)
     done = {f.key for f in conv.fates}
     for key, value in _flatten(conv.raw):
         rule = TABLE.get(key)
