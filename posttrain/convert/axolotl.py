@@ -118,7 +118,7 @@ TABLE = {
     "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
     "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
     "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
-    "attn_implementation": To("model.attn_implementation"),
+    "attn_implementation": Call(lambda c, k, v: _attention(c, k, v)),
     **dict.fromkeys(LIGER, Call(lambda c, k, v: _liger(c, k, v))),
     "plugins": Call(lambda c, k, v: _plugins(c, k, v)),
     **dict.fromkeys(("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"),
@@ -131,6 +131,14 @@ TABLE = {
                                    if isinstance(v, bool) else c.no(k, v, "posttrain uses transformers' activation "
                                                                           "checkpointing (true/false)")),
 }
+
+
+def _attention(conv: Conversion, key: str, value):
+    """axolotl's attention names are transformers' but for xformers (sdpa is closest) and its own sage and fp8."""
+    if value in ("sage", "fp8"):
+        return conv.no(key, value, f"transformers has no '{value}' attention; use sdpa or flash_attention_2")
+    note = "closest to xformers" if value == "xformers" else ""
+    conv.map(key, value, "model.attn_implementation", "sdpa" if value == "xformers" else value, note=note)
 
 
 def _liger(conv: Conversion, key: str, value):
