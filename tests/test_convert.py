@@ -103,7 +103,8 @@ PINNED = {
     ("torchtune/8B_qlora_single_device.yaml", "model._component_"): (DROPPED, "4-bit `quantization:`"),
     ("torchtune/2B_lora_single_device.yaml", "enable_activation_checkpointing"): (
         MAPPED, "training.gradient_checkpointing: true"),
-    ("llama-factory/llama3_lora_pretrain.yaml", "stage"): (NOT, "no raw-text format"),
+    ("llama-factory/llama3_lora_pretrain.yaml", "stage"): (MAPPED, "raw text (data.format text)"),
+    ("llama-factory/llama3_lora_pretrain.yaml", "dataset"): (MAPPED, "data.format: text"),
     ("llama-factory/qwen3_lora_sft.yaml", "template"): (NOT, "no template named 'qwen3_nothink'"),
     ("llama-factory/qwen3_lora_sft.yaml", "report_to"): (MAPPED, "training.report_to: none"),
     ("trl/sft/constitutional-ai_config_anthropic.yaml", "max_seq_length"): (MAPPED, "data.max_length: 2048"),
@@ -270,7 +271,7 @@ def test_from_overrides_detection_and_bad_input_is_one_line(tmp_path, cli):
 # --- the result validates (and trains) with the tiny model swapped in ------------------------------------
 
 FIXTURE_DATA = {"alpaca": "alpaca", "messages": "messages", "preference": "preference", "prompt": "prompts",
-                "unpaired": "preference"}
+                "unpaired": "preference", "text": "text"}
 
 
 def swap_in(recipe: dict, fx) -> list[str]:
@@ -374,3 +375,20 @@ def test_launch_configs_and_multiline_values_are_said_plainly(tmp_path, cli):
     code, _, _ = cli("convert", str(src), "-o", str(tmp_path / "r.yaml"))
     assert code == 3 and yaml.safe_load((tmp_path / "r.yaml").read_text())["model"]["name_or_path"] == "m"
     assert '# NOT TRANSLATED: mystery: [{"sep": "\\n\\n"}]' in (tmp_path / "r.yaml").read_text()
+
+
+def test_raw_text_datasets_become_text_rows(tmp_path):
+    """axolotl's completion type, LLaMA-Factory's pt stage and torchtune's text_completion_dataset: data.format text."""
+    ax = tmp_path / "ax.yml"
+    ax.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: completion, field: content}]\n")
+    conv = convert(ax)
+    assert conv.recipe["data"]["format"] == "text" and conv.recipe["data"]["column_map"] == {"content": "text"}
+    assert not conv.untranslated and conv.recipe["stage"] == "sft"
+    tt = tmp_path / "tt.yaml"
+    tt.write_text("dataset:\n  _component_: torchtune.datasets.text_completion_dataset\n  source: d.jsonl\n"
+                  "  column: body\nmodel: {_component_: torchtune.models.llama3_2.llama3_2_1b}\n"
+                  "checkpointer: {_component_: torchtune.training.FullModelHFCheckpointer, checkpoint_dir: m}\n")
+    conv = convert(tt)
+    assert conv.recipe["data"] == {"train": "d.jsonl", "format": "text", "column_map": {"body": "text"}}
+    assert not conv.untranslated
+    assert convert(DATA / "llama-factory" / "llama3_lora_pretrain.yaml").recipe["data"]["format"] == "text"

@@ -140,6 +140,7 @@ def make_all(root: Path) -> dict[str, Path]:
         "messages": write_jsonl(root / "messages.jsonl", messages_rows()),
         "preference": write_jsonl(root / "preference.jsonl", preference_rows()),
         "prompts": write_jsonl(root / "prompts.jsonl", prompt_rows()),
+        "text": write_jsonl(root / "text.jsonl", [{"text": f"{r['instruction']} {r['output']}"} for r in alpaca_rows()]),
     }
 
 

@@ -305,6 +305,11 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
         fmt = "alpaca"
         if typ not in ("alpaca", "alpaca_chat"):
             problem = f"type {typ}: posttrain's alpaca rows use the Stanford Alpaca template"
+    elif stage == "sft" and base[0] == "completion":
+        fmt = "text"  # raw text, every token trained
+        used.add("field")
+        if d.get("field", "text") != "text":
+            cmap[d["field"]] = "text"
     elif stage == "sft" and base[0] in ("sharegpt",):
         fmt = "sharegpt"
     elif base[0] == "chat_template" and stage == "sft":

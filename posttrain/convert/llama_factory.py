@@ -190,9 +190,11 @@ def looks_like(raw: dict) -> bool:
 def _stage(conv: Conversion):
     raw = conv.raw
     st = raw.get("stage", "sft")
+    if st == "pt":
+        conv.map("stage", st, "stage", "sft", note="pre-training: raw text (data.format text), every token trained")
+        return "sft"
     if st not in STAGES:  # converted as sft
-        conv.no("stage", st, "not a LLaMA-Factory stage posttrain knows" if st != "pt" else "pre-training on raw text: "
-                "posttrain has no raw-text format (converted as sft; give the rows as prompt_completion or messages)")
+        conv.no("stage", st, "not a LLaMA-Factory stage posttrain knows")
         return "sft"
     stage = STAGES[st]
     loss = raw.get("pref_loss", "sigmoid")
@@ -325,6 +327,10 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
                       "{prompt, completion, label}"
         if cols.get("tools") or cols.get("images") or cols.get("videos") or cols.get("audios"):
             problem = f"dataset '{name}': tools/images/videos/audios columns are not translated"
+    elif stage == "pt":
+        fmt = "text"
+        if cols.get("prompt", "text") != "text":
+            cmap[cols["prompt"]] = "text"
     elif stage == "ppo" and not ranking:
         fmt = "prompt"
         cmap[cols.get("prompt", "instruction")] = "prompt"
@@ -362,8 +368,10 @@ def _data(conv: Conversion):
                 conv.set_me("(dataset)", None, "data.train", "no dataset: set data.train")
             continue
         names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
-        srcs = [_source(nm, info, folder, conv.stage, slice_ if split_key == "dataset" else "") for nm in names]
-        fmt = stage_format(conv.stage, sft="alpaca" if {f for _, f, _ in srcs if f} <= {"alpaca"} else "messages")
+        stage = "pt" if raw.get("stage") == "pt" else conv.stage
+        srcs = [_source(nm, info, folder, stage, slice_ if split_key == "dataset" else "") for nm in names]
+        fmt = "text" if stage == "pt" else \
+            stage_format(conv.stage, sft="alpaca" if {f for _, f, _ in srcs if f} <= {"alpaca"} else "messages")
         if len(srcs) == 1:
             new = one_source(srcs[0][0], dotted)
         else:  # a mixture: each source of another format says its own

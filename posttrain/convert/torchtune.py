@@ -85,6 +85,10 @@ TABLE = {
     "dataset.data_files": Call(lambda c, k, v: c.map(k, v, "data.train", v if isinstance(v, str) else v[0])
                                if isinstance(v, str) or len(v) == 1 else c.no(k, v, "one file per source: use a "
                                                                                     "data.train list")),
+    "dataset.column": Call(lambda c, k, v: c.map(k, v, "data.column_map", {v: "text"}) if v != "text" else
+                           c.drop(k, v, "posttrain's column name")),
+    "dataset.add_eos": DropIf(True, "each text ends with EOS, as posttrain's text rows do", No("posttrain's text rows "
+                                                                                             "end with EOS")),
     "dataset.new_system_prompt": No("put the system turn in the data or the chat template"),
     "dataset.conversation_column": Call(lambda c, k, v: c.map(k, v, "data.column_map", {v: "messages"})
                                         if v != "messages" else c.drop(k, v, "posttrain's column name")),
@@ -217,6 +221,9 @@ def _components(conv: Conversion):
         conv.put("data.format", "alpaca" if short == "instruct_dataset" else "messages")
         if short == "instruct_dataset" and "train_on_input" not in ds:
             conv.default("data.train_on", "all", "torchtune: instruct_dataset trains the prompt (train_on_input True)")
+    elif short == "text_completion_dataset":
+        conv.drop("dataset._component_", builder, "a generic builder: data.train is its source, raw text")
+        conv.put("data.format", "text")
     elif short == "preference_dataset":
         conv.drop("dataset._component_", builder, "a generic builder: data.train is its source")
         conv.put("data.format", "preference")
