@@ -43,11 +43,12 @@ PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "icr": {"input
                     "argilla": {"instruction": "prompt", "chosen_response": "chosen", "rejected_response": "rejected"}}
 # read together by `_peft`
 LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "lora_modules_to_save",
-        "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora", "lora_model_dir")
+        "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora", "lora_model_dir", "lora_target_parameters")
 QUANT = ("load_in_4bit", "load_in_8bit", "bnb_config_kwargs")
 PEFT = {"lora_r": To("peft.r"), "lora_alpha": To("peft.lora_alpha"), "lora_dropout": To("peft.lora_dropout"),
         "lora_modules_to_save": To("peft.modules_to_save"), "lora_fan_in_fan_out": To("peft.fan_in_fan_out"),
-        "peft_use_dora": To("peft.use_dora"), "peft_use_rslora": To("peft.use_rslora")}
+        "peft_use_dora": To("peft.use_dora"), "peft_use_rslora": To("peft.use_rslora"),
+        "lora_target_parameters": To("peft.target_parameters")}
 PRECISION = {"bf16": DropIf("auto", "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)",
                             To("training.bf16")), "fp16": To("training.fp16")}
 NEIGHBOURS = ("rl", "reward_model", "adapter", *LORA, *QUANT, "datasets", "test_datasets", "val_set_size", "sequence_len",
