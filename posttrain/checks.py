@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import launch, models, needs, options, preflight, schema, stages
+from posttrain import convert, launch, models, needs, options, preflight, schema, stages
 from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.keys import (
@@ -158,6 +158,24 @@ def no_secrets(d: Draft):
         with d.where.each():
             d.where.fail(dotted, "secrets never go in a recipe (it is saved with the run); set HF_TOKEN etc. in the "
                          "environment")
+
+
+TOOL_NAMES = {"trl": "a TRL-script (alignment-handbook)", "llama-factory": "a LLaMA-Factory", "axolotl": "an axolotl",
+              "torchtune": "a torchtune"}
+
+
+def not_another_tools_config(d: Draft):
+    """Another tool's config given as a recipe: said first, with the command that translates it."""
+    model = d.raw.get("model")
+    ours = set(TOP_KEYS) | set(stages.stage_keys())
+    if isinstance(model, dict) and "name_or_path" in model or all(k in ours for k in d.raw):
+        return
+    try:
+        tool = convert.detect(d.raw)
+    except PosttrainError:
+        return
+    raise Problem(f"{Path(d.source).name}: this looks like {TOOL_NAMES[tool]} config, not a posttrain recipe: "
+                  f"`posttrain convert {d.source}` translates it and says what became of each key")
 
 
 def read_stage(d: Draft):
@@ -600,6 +618,7 @@ MODEL_READS = ("peft", "model.name_or_path", "model.revision", "model.trust_remo
 STAGE_KEYS = tuple(stages.stage_keys())
 STAGE_READS = ("training", "data", "model", "peft", *STAGE_KEYS)  # a stage reads its recipe as it likes
 REGISTRY: tuple[Step, ...] = (
+    Step(not_another_tools_config, "recipe", needs_stage=False),
     Step(no_secrets, "recipe", needs_stage=False),
     Step(read_stage, "recipe", needs_stage=False),
     Step(top_level_keys, "recipe"),

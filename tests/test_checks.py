@@ -2,6 +2,7 @@
 one line (a check that reads a key already refused is skipped); validate, plan, train and pipeline all use it."""
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -189,3 +190,16 @@ def test_problems_on_other_keys_of_a_section_do_not_hide_each_other(tmp_path, cl
     assert code == 2 and [e.split(": ")[1] for e in errors] == [
         "training.do_eval", "training.output_dir", "training.learning_rate", "peft.r", "training.learnig_rate",
         "peft.target_modules"], err
+
+
+def test_another_tools_config_is_named_first_with_the_convert_command(tmp_path, cli):
+    """An alignment-handbook (TRL-script) or LLaMA-Factory config given to validate: the first line says what it is
+    and how to translate it; the key-by-key hints follow. A posttrain recipe that only lacks a key is not mistaken."""
+    root = Path(__file__).parent / "data" / "convert"
+    for path, tool in ((root / "trl" / "dpo" / "zephyr-7b-beta_config_full.yaml", "TRL-script"),
+                       (root / "llama-factory" / "llama3_lora_sft.yaml", "LLaMA-Factory")):
+        code, _, err = cli("validate", path)
+        lines = error_lines(err)
+        assert code == 2 and tool in lines[0] and f"posttrain convert {path}" in lines[0], lines
+    code, _, err = cli("validate", write_recipe(tmp_path, "stage: sft\ndata: {train: d.jsonl}\n"))
+    assert code == 2 and "convert" not in err and "model.name_or_path: is required" in err
