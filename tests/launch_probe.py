@@ -1,6 +1,10 @@
 """`accelerate launch ... tests/launch_probe.py PROBE_DIR posttrain-args...`: posttrain's CLI, plus what the
 FSDP and multi-node tests need to see inside the ranks.
 
+`... tests/launch_probe.py PROBE_DIR '[[args...], [args...]]'` (a JSON list of argument lists) runs each in turn
+in the same ranks, stopping at the first that fails, with run i's probe files in PROBE_DIR/i: several runs for one
+launch (one start and one round of imports).
+
 - Accelerate 1.15 takes its FSDP path only on accelerators: with `use_cpu: true` its state becomes MULTI_CPU
   and the FSDP plugin is dropped, so `distributed_type: FSDP` silently runs plain data parallel (nothing is
   sharded). Here the state is promoted back to FSDP when a plugin was configured, so the CPU ranks run
@@ -53,14 +57,16 @@ class Probe(TrainerCallback):
             time.sleep(600)
 
 
-def main(out: str, argv: list[str]) -> int:
+def main(out: str, runs: list[list[str]], one_dir_each: bool = False) -> int:
     from posttrain import stages
     from posttrain.cli import main as posttrain
+
+    where = [out]  # the current run's probe directory
 
     def probed(spec):
         def build(recipe):
             trainer, stats = spec.build(recipe)
-            trainer.add_callback(Probe(trainer, out))
+            trainer.add_callback(Probe(trainer, where[0]))
             return trainer, stats
 
         return dataclasses.replace(spec, build=build)
@@ -70,15 +76,23 @@ def main(out: str, argv: list[str]) -> int:
     tokenize = sft.tokenize_dataset
 
     def counted(*args, **kwargs):
-        with open(os.path.join(out, "tokenized.txt"), "a") as f:
+        with open(os.path.join(where[0], "tokenized.txt"), "a") as f:
             f.write(f"{os.environ.get('RANK', '0')} {os.environ.get('HF_DATASETS_CACHE')}\n")
         return tokenize(*args, **kwargs)
 
     sft.tokenize_dataset = counted
     for name, spec in list(stages.all_stages().items()):
         stages.all_stages()[name] = probed(spec)
-    return posttrain(argv)
+    for i, argv in enumerate(runs):
+        if one_dir_each:
+            where[0] = os.path.join(out, str(i))
+            os.makedirs(where[0], exist_ok=True)
+        code = posttrain(argv)
+        if code:
+            return code
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1], sys.argv[2:]))
+    many = len(sys.argv) == 3 and sys.argv[2].startswith("[")
+    raise SystemExit(main(sys.argv[1], json.loads(sys.argv[2]), True) if many else main(sys.argv[1], [sys.argv[2:]]))

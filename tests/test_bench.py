@@ -15,6 +15,9 @@ pytestmark = pytest.mark.slow  # runs every benchmark
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"reps": 1, "sft_steps": 3, "dpo": False, "collator_rows": 8, "prep_rows": 300, "prep_reps": 1,
         "help_reps": 1, "validate_reps": 0}
+# The workload's files: 200 SFT rows instead of 2000 (both overhead children tokenize every row before their first
+# step; the collator reads 8 of them), 60 preference rows (DPO is off here).
+TINY_WORKLOAD = {"n_sft": 200, "n_pref": 60}
 
 
 def _load_bench():
@@ -27,6 +30,8 @@ def _load_bench():
 def test_bench_quick_writes_numeric_tables(tmp_path, monkeypatch):
     bench = _load_bench()
     monkeypatch.setattr(bench.workload, "CACHE", tmp_path / "cache")  # leave runs/bench_cache alone
+    build = bench.workload.build
+    monkeypatch.setattr(bench.workload, "build", lambda cache=None, **sizes: build(cache, **{**TINY_WORKLOAD, **sizes}))
     out = tmp_path / "RESULTS.md"
     results = bench.main(["--quick", "--out", str(out)], sizes=TINY)
 

@@ -314,6 +314,20 @@ def test_converted_recipe_validates_with_the_tiny_model(path, tmp_path, fx, cli)
     assert "ok: recipe checked" in stdout
 
 
+def one_short_step(recipe: dict) -> list[str]:
+    """Overrides that keep a one-step training of the tiny model short, on top of swap_in: what they lower is sized
+    for a GPU node and pinned above (PINNED), and a step needs no more of it. PPO generates at most 16 tokens
+    instead of 512 per rollout (512 took over a minute of the suite on 2 cores); the tokenizing workers are at most
+    2 (more than this 2-core machine has only add process starts: 64 workers for one config), so the multi-worker
+    path still runs."""
+    over = []
+    if (recipe.get("training", {}).get("response_length") or 0) > 16:
+        over.append("training.response_length=16")
+    if (recipe["data"].get("num_proc") or 0) > 2:
+        over.append("data.num_proc=2")
+    return over
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("file", [str(p.relative_to(DATA)) for p in CONFIGS])
 def test_every_converted_recipe_trains_a_step(file, tmp_path, fx, cli):
@@ -322,7 +336,7 @@ def test_every_converted_recipe_trains_a_step(file, tmp_path, fx, cli):
     recipe = yaml.safe_load(out.read_text())
     # bitsandbytes' 4-bit eval cannot run on the tiny model's 32-wide layers (FACTS.md): QLoRA trains without eval
     no_eval = ["data.eval_fraction=null", "training.eval_strategy=no"] if recipe.get("quantization") else []
-    code, stdout, err = cli("train", out, *swap_in(recipe, fx), *no_eval, "training.max_steps=1",
+    code, stdout, err = cli("train", out, *swap_in(recipe, fx), *no_eval, *one_short_step(recipe), "training.max_steps=1",
                             "training.save_strategy=no", f"output_dir={tmp_path / 'run'}")
     assert code == 0, err
     assert "finished" in stdout and (tmp_path / "run" / "manifest.json").is_file()

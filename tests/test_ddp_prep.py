@@ -36,10 +36,12 @@ if rank == "1":  # control: a collective rank 0 never joins must fail after trai
         timed_out = False
     except Exception:
         timed_out = True
-else:
-    time.sleep(float(os.environ["SLOW_S"]))
-with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+else:  # stays up, out of the collective, until rank 1's barrier has ended (or SLOW_S * 10 has passed)
+    while not os.path.exists(os.path.join(sys.argv[1], "rank1.json")) and time.time() - t0 < 10 * float(os.environ["SLOW_S"]):
+        time.sleep(0.05)
+with open(os.path.join(sys.argv[1], f"rank{rank}.json.tmp"), "w") as f:
     json.dump({"code": code, "control_timed_out": timed_out, "control_s": time.time() - t0}, f)
+os.replace(os.path.join(sys.argv[1], f"rank{rank}.json.tmp"), os.path.join(sys.argv[1], f"rank{rank}.json"))
 os._exit(code)
 """
 

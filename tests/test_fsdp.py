@@ -3,7 +3,9 @@
 Each launch serves several checks: the model really is sharded (DTensor parameters on both ranks), the
 per-step losses equal one process at the same global batch, the saved model loads and generates, and a
 run SIGKILLed (the whole process group) after a checkpoint, then resumed, ends on the uninterrupted loss.
-The one-process references run in this test process (no launch, no imports to pay again).
+The uninterrupted runs (full SFT, packed LoRA SFT, LoRA DPO) share one launch, trained in turn by the same ranks
+(one start and one round of imports); the one-process references run in this test process (no launch, no
+imports to pay again).
 """
 
 import contextlib
@@ -37,17 +39,28 @@ def _launch_cmd(probe_dir: Path, argv: list[str], config: Path = FSDP_CONFIG, ex
 
 def launch(probe_dir: Path, argv: list[str], **env) -> list[dict]:
     """Two FSDP ranks to the end; returns what each rank's probe saw."""
+    _run_launch(probe_dir, argv, LAUNCH_TIMEOUT_S, **env)
+    return _probes(probe_dir)
+
+
+def launch_many(probe_dir: Path, runs: list[list[str]]) -> list[list[dict]]:
+    """Two FSDP ranks training each argument list in turn (tests/launch_probe.py); per run, what each rank's probe
+    saw."""
+    _run_launch(probe_dir, [json.dumps(runs)], LAUNCH_TIMEOUT_S * len(runs))
+    return [_probes(probe_dir / str(i)) for i in range(len(runs))]
+
+
+def _run_launch(probe_dir: Path, argv: list[str], timeout_s: float, **env):
     proc = subprocess.Popen(_launch_cmd(probe_dir, argv), env=_env(**env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+        _, stderr = proc.communicate(timeout=timeout_s)
     finally:
         if proc.poll() is None:  # timed out: the ranks too, not only the launcher
             kill_tree(proc)
     (probe_dir / "stderr.txt").write_text(stderr)
     said = [line for line in stderr.splitlines() if line.startswith(("posttrain:", "[rank"))]
     assert proc.returncode == 0, "\n".join(said[-20:]) or stderr[-4000:]
-    return _probes(probe_dir)
 
 
 def kill_tree(proc: subprocess.Popen):
@@ -108,18 +121,43 @@ def _one_process(cli, tmp_path, name, args, per_device):
     return out
 
 
-def test_fsdp_sft_full_matches_one_process_saves_a_loadable_model_and_resumes_after_sigkill(fx, tmp_path, cli):
-    args = common_args(fx, "alpaca_gpt2", "alpaca", 6, "training.learning_rate=5e-3", "training.save_steps=3")
+def full_args(fx) -> list[str]:
+    return common_args(fx, "alpaca_gpt2", "alpaca", 6, "training.learning_rate=5e-3", "training.save_steps=3")
+
+
+# LoRA runs: case -> (recipe, data, extra overrides, relative tolerance against one process)
+LORA = {"sft-lora-packed": ("alpaca_gpt2_lora", "alpaca", ["training.packing=true", "training.learning_rate=5e-3"],
+                            SFT_REL),
+        "dpo-lora": ("dpo_gpt2_lora", "preference", ["training.learning_rate=5e-3"], DPO_REL)}
+
+
+def lora_args(fx, case) -> list[str]:
+    recipe, data, extra, _ = LORA[case]
+    return common_args(fx, recipe, data, 4, "training.save_strategy=no", *extra)
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(fx, tmp_path_factory):
+    """The uninterrupted FSDP runs, two ranks of 2 rows each (a global batch of 4), in one launch: case -> (output
+    dir, what each rank's probe saw), and the launch's stderr."""
+    root = tmp_path_factory.mktemp("fsdp")
+    cases = {"full": full_args(fx), **{case: lora_args(fx, case) for case in LORA}}
+    probes = launch_many(root / "probe", [["train", *args, f"output_dir={root / case}",
+                                           "training.per_device_train_batch_size=2"] for case, args in cases.items()])
+    return {case: (root / case, ranks) for case, ranks in zip(cases, probes)}, (root / "probe" / "stderr.txt").read_text()
+
+
+def test_fsdp_sft_full_matches_one_process_saves_a_loadable_model_and_resumes_after_sigkill(fx, tmp_path, cli,
+                                                                                           fsdp_runs):
+    args = full_args(fx)
     single = losses(_one_process(cli, tmp_path, "single", args, 4))
 
     # uninterrupted, two FSDP ranks, 2 rows each: the same global batch of 4
-    full = tmp_path / "fsdp"
-    _assert_sharded(launch(tmp_path / "probe", ["train", *args, f"output_dir={full}",
-                                                "training.per_device_train_batch_size=2"]))
+    (full, ranks), stderr = fsdp_runs[0]["full"], fsdp_runs[1]
+    _assert_sharded(ranks)
     double = losses(full)
     # launched as is, Accelerate would run this config as plain data parallel on CPU; posttrain says so
-    assert "FSDP with use_cpu: Accelerate runs it on CPU as plain data parallel" in (
-        tmp_path / "probe" / "stderr.txt").read_text()
+    assert "FSDP with use_cpu: Accelerate runs it on CPU as plain data parallel" in stderr
     assert len(single) == len(double) == 6
     assert double == pytest.approx(single, rel=SFT_REL), (single, double)
     manifest = json.loads((full / "manifest.json").read_text())
@@ -160,16 +198,12 @@ def test_fsdp_sft_full_matches_one_process_saves_a_loadable_model_and_resumes_af
     assert resumed["metrics"]["last_logged_loss"] == pytest.approx(double[-1], rel=RESUME_REL)
 
 
-@pytest.mark.parametrize("stage,recipe,data,extra,rel", [
-    ("sft", "alpaca_gpt2_lora", "alpaca", ["training.packing=true", "training.learning_rate=5e-3"], SFT_REL),
-    ("dpo", "dpo_gpt2_lora", "preference", ["training.learning_rate=5e-3"], DPO_REL),
-], ids=["sft-lora-packed", "dpo-lora"])
-def test_fsdp_lora_matches_one_process(fx, tmp_path, cli, stage, recipe, data, extra, rel):
-    args = common_args(fx, recipe, data, 4, "training.save_strategy=no", *extra)
+@pytest.mark.parametrize("case", list(LORA))
+def test_fsdp_lora_matches_one_process(fx, tmp_path, cli, fsdp_runs, case):
+    args, rel = lora_args(fx, case), LORA[case][3]
     single = losses(_one_process(cli, tmp_path, "single", args, 4))
-    out = tmp_path / "fsdp"
-    _assert_sharded(launch(tmp_path / "probe", ["train", *args, f"output_dir={out}",
-                                                "training.per_device_train_batch_size=2"]))
+    out, ranks = fsdp_runs[0][case]
+    _assert_sharded(ranks)
     double = losses(out)
     assert len(single) == len(double) == 4
     assert double == pytest.approx(single, rel=rel), (single, double)

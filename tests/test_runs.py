@@ -27,22 +27,55 @@ def _losses(out):
     return {e["step"]: e["loss"] for e in json.loads((Path(out) / "log_history.json").read_text()) if "loss" in e}
 
 
-def _spawn(argv, prelude=""):
-    code = prelude + f"\nfrom posttrain.cli import main\nraise SystemExit(main({argv!r}))"
+# A training process started ahead of its test: it imports what training needs (seconds of CPU on one core), then
+# reads one line from stdin, {"prelude": code, "argv": [...]}, runs the prelude and exits with posttrain's
+# main(argv). The module's processes start together when its first test that needs one starts, so their imports
+# overlap with each other and with the tests' in-process runs instead of each test waiting for its own.
+WARM = """
+import json, sys
+import peft, torch, transformers, trl  # noqa: F401
+import posttrain.stages.sft  # noqa: F401
+job = json.loads(sys.stdin.readline())
+exec(job["prelude"])
+from posttrain.cli import main
+raise SystemExit(main(job["argv"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def spawn(request):
+    """spawn(argv, prelude=""): a started, warm training process running `posttrain` argv (after prelude)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    wanted = sum(item.module is request.module and "spawn" in item.fixturenames for item in request.session.items)
+    pool = [subprocess.Popen([sys.executable, "-c", WARM], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(max(wanted, 1))]
+    started = list(pool)
+
+    def run(argv, prelude=""):
+        proc = pool.pop() if pool else subprocess.Popen(
+            [sys.executable, "-c", WARM], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        proc.stdin.write(json.dumps({"prelude": prelude, "argv": [str(a) for a in argv]}) + "\n")
+        proc.stdin.flush()
+        return proc
+
+    yield run
+    for proc in started:  # those no test took (a deselected test), and any a failed test left running
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(fx, tmp_path, cli, lora):
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(fx, tmp_path, cli, spawn, lora):
     extra = ["peft={r: 4, lora_alpha: 8, target_modules: [c_attn]}"] if lora else []
     ref = tmp_path / "ref"
     assert cli("train", *_args(fx, ref, *extra))[0] == 0
 
     out = tmp_path / "killed"
-    proc = _spawn(["train", *_args(fx, out, *extra)])
+    proc = spawn(["train", *_args(fx, out, *extra)])
     deadline = time.time() + 120
     while not runs.checkpoints(out) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -77,9 +110,9 @@ KILL_MID_SAVE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_kill_during_final_save_leaves_an_unfinished_run_that_resumes(fx, tmp_path, cli):
+def test_kill_during_final_save_leaves_an_unfinished_run_that_resumes(fx, tmp_path, cli, spawn):
     out = tmp_path / "mid_save"
-    proc = _spawn(["train", *_args(fx, out, "training.max_steps=5")], prelude=KILL_MID_SAVE)
+    proc = spawn(["train", *_args(fx, out, "training.max_steps=5")], prelude=KILL_MID_SAVE)
     proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL
     assert runs.read_manifest(out)["status"] == "saving"  # never "finished"

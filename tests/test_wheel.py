@@ -1,6 +1,11 @@
 """The built wheel carries the recipes: installed without the checkout, from an empty directory,
-`posttrain recipes` lists them and shipped recipe and pipeline names validate."""
+`posttrain recipes` lists them and shipped recipe and pipeline names validate.
 
+`python -m posttrain recipes` runs as its own process; the commands after it run one after another in one more
+process (posttrain's CLI main on the wheel's copy), which pays the imports of validate once instead of three times.
+"""
+
+import json
 import os
 import subprocess
 import sys
@@ -24,24 +29,49 @@ def test_wheel_ships_recipes_and_validates_them_outside_the_checkout(tmp_path):
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
 
-    def posttrain(*argv):
-        return subprocess.run([sys.executable, "-m", "posttrain", *argv], capture_output=True, text=True, cwd=empty,
-                              env=env)
-
-    where = subprocess.run([sys.executable, "-c", "import posttrain; print(posttrain.__file__)"], capture_output=True,
-                           text=True, cwd=empty, env=env)
-    assert where.stdout.strip().startswith(str(site)), where  # the wheel's copy, not the checkout's
-    listed = posttrain("recipes")
+    listed = subprocess.run([sys.executable, "-m", "posttrain", "recipes"], capture_output=True, text=True, cwd=empty,
+                            env=env)
     assert listed.returncode == 0, listed.stderr
     for name in ("alpaca_gpt2", "dpo_gpt2", "kto_gpt2", "orpo_gpt2", "rlhf_gpt2"):
         assert name in listed.stdout
-    one = posttrain("validate", "alpaca_gpt2", "--no-data")
+    where, (one, chain, copied, again, copied_again) = _in_one_process(env, empty, [
+        ["validate", "alpaca_gpt2", "--no-data"], ["validate", "rlhf_gpt2"], ["recipes", "copy", "alpaca_gpt2_lora"],
+        ["validate", "alpaca_gpt2_lora.yaml", "--no-data"], ["recipes", "copy", "alpaca_gpt2_lora"]])
+    assert where.startswith(str(site)), where  # the wheel's copy, not the checkout's
     assert one.returncode == 0 and "ok: recipe checked (training -> SFTConfig)" in one.stdout, one.stderr
-    chain = posttrain("validate", "rlhf_gpt2")
     assert chain.returncode == 0 and "ok: ppo (ppo) after sft, reward" in chain.stdout, chain.stderr
-    copied = posttrain("recipes", "copy", "alpaca_gpt2_lora")
     assert copied.returncode == 0, copied.stderr
     assert (empty / "alpaca_gpt2_lora.yaml").is_file() and (empty / "alpaca_gpt2.yaml").is_file()  # and its parent
-    again = posttrain("validate", "alpaca_gpt2_lora.yaml", "--no-data")  # the copy, found as a file
+    # the copy, found as a file
     assert again.returncode == 0 and "peft -> LoraConfig" in again.stdout, again.stderr
-    assert posttrain("recipes", "copy", "alpaca_gpt2_lora").returncode == 2  # never overwrites silently
+    assert copied_again.returncode == 2  # never overwrites silently
+
+
+# Runs posttrain's CLI main on each argument list in turn, in this process, each one's exit code and output caught
+# (`python -m posttrain` turns main's return value into the exit code); prints where posttrain was imported from
+# and the results as JSON.
+MANY = """
+import contextlib, io, json, sys
+import posttrain
+from posttrain.cli import main
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print(json.dumps({"file": posttrain.__file__, "results": results}))
+"""
+
+
+def _in_one_process(env, cwd, commands):
+    done = subprocess.run([sys.executable, "-c", MANY, json.dumps(commands)], capture_output=True, text=True, cwd=cwd,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    return said["file"], [subprocess.CompletedProcess(argv, r["returncode"], r["stdout"], r["stderr"])
+                          for argv, r in zip(commands, said["results"])]
