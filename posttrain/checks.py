@@ -166,13 +166,11 @@ TOOL_NAMES = {"trl": "a TRL-script (alignment-handbook)", "llama-factory": "a LL
 
 def not_another_tools_config(d: Draft):
     """Another tool's config given as a recipe: said first, with the command that translates it."""
-    model = d.raw.get("model")
-    ours = set(TOP_KEYS) | set(stages.stage_keys())
-    if isinstance(model, dict) and "name_or_path" in model or all(k in ours for k in d.raw):
+    if all(k in TOP_KEYS or k in STAGE_KEYS for k in d.raw):
         return
     try:
         tool = convert.detect(d.raw)
-    except PosttrainError:
+    except PosttrainError:  # a posttrain recipe (model.name_or_path), or nothing another tool would write
         return
     raise Problem(f"{Path(d.source).name}: this looks like {TOOL_NAMES[tool]} config, not a posttrain recipe: "
                   f"`posttrain convert {d.source}` translates it and says what became of each key")
@@ -336,14 +334,15 @@ def read_chat_template(d: Draft):
 def chat_template_compiles(d: Draft):
     """Compiled as transformers compiles it at load: its `{% generation %}` tag (assistant masks) and filters too."""
     text = d.model["chat_template"]
+    if text is None:
+        return
     try:
         from jinja2.exceptions import TemplateSyntaxError
         from transformers.utils.chat_template_utils import _compile_jinja_template
     except ImportError:  # a transformers without it: the tokenizer checks the template at load
         return
     try:
-        if text is not None:
-            _compile_jinja_template(text)
+        _compile_jinja_template(text)
     except TemplateSyntaxError as e:
         d.where.fail("model.chat_template", f"not a valid Jinja template: {e.message} (template line {e.lineno})")
 

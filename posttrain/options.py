@@ -358,6 +358,9 @@ def _quant_block(v):
 
 
 CANNOT = "posttrain cannot express it"
+# axolotl's Liger switches: each is TRL's use_liger_kernel (which applies every Liger kernel for the architecture)
+LIGER_KEYS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy",
+              "liger_fused_linear_cross_entropy", "liger_rms_norm_gated")
 # freeze training (LLaMA-Factory's finetuning_type: freeze, axolotl's unfrozen_parameters) is model.trainable
 TRAINABLE = ("regular expressions over the parameter names to train, the rest frozen, e.g. "
              "['model\\.layers\\.(30|31)\\..*'] for the last 2 of 32 layers")
@@ -571,8 +574,7 @@ FOREIGN: dict[str, Foreign] = {
                                "(sft) also saves the padding"),
     "unfrozen_parameters": Foreign("model.trainable", "whole parameter names (axolotl matches their start): "
                                    "`posttrain convert` writes each pattern as `(?:pattern).*`"),
-    **dict.fromkeys(("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy",
-                     "liger_fused_linear_cross_entropy", "liger_rms_norm_gated"),
+    **dict.fromkeys(LIGER_KEYS,
                     Foreign("training.use_liger_kernel", "TRL applies every Liger kernel for the architecture",
                             value=lambda v: True, example=True)),
     "plugins": Foreign("`training.use_liger_kernel: true` for axolotl's Liger plugin (Cut Cross Entropy only saves "

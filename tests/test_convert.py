@@ -406,3 +406,15 @@ def test_raw_text_datasets_become_text_rows(tmp_path):
     assert conv.recipe["data"] == {"train": "d.jsonl", "format": "text", "column_map": {"body": "text"}}
     assert not conv.untranslated
     assert convert(DATA / "llama-factory" / "llama3_lora_pretrain.yaml").recipe["data"]["format"] == "text"
+
+
+def test_torchtune_reference_cycles_and_validation_lists_are_said(tmp_path, cli):
+    cyc = tmp_path / "cyc.yaml"
+    cyc.write_text("a: ${b}\nb: ${a}\nmodel: {_component_: torchtune.models.llama3_2.llama3_2_1b}\n")
+    code, _, err = cli("convert", cyc, "-o", tmp_path / "o.yaml")
+    assert code == 2 and "${b} refers to itself (b -> a -> b)" in err and "Traceback" not in err
+    val = tmp_path / "val.yaml"  # validation asked for with a list of builders: said, not dropped
+    val.write_text("run_val_every_n_steps: 5\ndataset_val: [{_component_: torchtune.datasets.alpaca_dataset}]\n"
+                   "model: {_component_: torchtune.models.llama3_2.llama3_2_1b}\n")
+    f = _fates(convert(val))
+    assert f["run_val_every_n_steps"].kind == NOT and f["dataset_val"].kind == NOT

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 
+from posttrain import options
 from posttrain.convert.core import (
     LATER,
     Call,
@@ -55,8 +56,6 @@ NEIGHBOURS = ("rl", "reward_model", "adapter", *LORA, *QUANT, "datasets", "test_
               "evals_per_epoch", "saves_per_epoch", "num_epochs", "max_steps", "chat_template", "chat_template_jinja",
               "bf16", "fp16")
 
-LIGER = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_fused_linear_cross_entropy",
-         "liger_cross_entropy", "liger_rms_norm_gated")
 USE_LIGER = "TRL applies Liger's kernels for the model's architecture (the same maths, less memory)"
 
 TABLE = {
@@ -120,7 +119,7 @@ TABLE = {
     "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
     "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
     "attn_implementation": Call(lambda c, k, v: _attention(c, k, v)),
-    **dict.fromkeys(LIGER, Call(lambda c, k, v: _liger(c, k, v))),
+    **dict.fromkeys(options.LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
     "plugins": Call(lambda c, k, v: _plugins(c, k, v)),
     **dict.fromkeys(("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"),
                     Drop("axolotl's fused LoRA kernels: speed only, the same LoRA")),
@@ -140,12 +139,6 @@ def _attention(conv: Conversion, key: str, value):
         return conv.no(key, value, f"transformers has no '{value}' attention; use sdpa or flash_attention_2")
     note = "closest to xformers" if value == "xformers" else ""
     conv.map(key, value, "model.attn_implementation", "sdpa" if value == "xformers" else value, note=note)
-
-
-def _liger(conv: Conversion, key: str, value):
-    if not value:
-        return conv.drop(key, value, "false")
-    conv.map(key, value, "training.use_liger_kernel", True, note=USE_LIGER)
 
 
 def _plugins(conv: Conversion, key: str, value):

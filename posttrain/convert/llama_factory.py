@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain import options
 from posttrain.convert.core import (
     LATER,
     Call,
@@ -222,9 +223,8 @@ def _peft(conv: Conversion):
         return
     if ft != "lora":
         conv.drop_given(LORA + QUANT, f"finetuning_type {ft}: LoRA/QLoRA settings unused")
-        conv.no("finetuning_type", ft, "freeze trains only some layers: name their parameters in model.trainable "
-                                       "(e.g. ['model\\.layers\\.(30|31)\\..*'] for the last 2 of 32 layers; "
-                                       "the layer count comes from the model). Converted as full fine-tuning until then"
+        conv.no("finetuning_type", ft, f"freeze trains only some layers: write them as model.trainable, "
+                                       f"{options.TRAINABLE}. Converted as full fine-tuning until then"
                 if ft == "freeze" else "posttrain trains LoRA adapters only; converted as full fine-tuning")
         return
     conv.drop_given("finetuning_type", "the `peft:` section is the LoRA setting")

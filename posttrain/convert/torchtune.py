@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
+from posttrain.errors import PosttrainError
 from posttrain.util import as_number
 
 # torchtune module names -> Hugging Face module names (Llama/Qwen/Mistral/Gemma layouts)
@@ -264,22 +265,25 @@ def _components(conv: Conversion):
                   "posttrain runs no profiler (NOT translated: a profiling run)")
 
 
-def _interpolated(node, root: dict):
-    """OmegaConf's `${a.b}` references, resolved as `tune run` resolves them (`batch_size_val: ${batch_size}`)."""
+def _interpolated(node, root: dict, following: tuple[str, ...] = ()):
+    """OmegaConf's `${a.b}` references, resolved as `tune run` resolves them (`batch_size_val: ${batch_size}`);
+    `following`: the references being resolved, so a cycle (`a: ${b}`, `b: ${a}`) is refused, not recursed into."""
     if isinstance(node, dict):
-        return {k: _interpolated(v, root) for k, v in node.items()}
+        return {k: _interpolated(v, root, following) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolated(v, root) for v in node]
+        return [_interpolated(v, root, following) for v in node]
     if not isinstance(node, str) or "${" not in node:
         return node
 
     def value(m):
+        if m.group(1) in following:
+            raise PosttrainError(f"${{{m.group(1)}}} refers to itself ({' -> '.join((*following, m.group(1)))})")
         found = root
         for part in m.group(1).split("."):
             if not isinstance(found, dict) or part not in found:
                 return m.group(0)  # an unknown reference (or a resolver such as ${oc.env:X}) stays as written
             found = found[part]
-        return _interpolated(found, root)
+        return _interpolated(found, root, (*following, m.group(1)))
 
     whole = re.fullmatch(r"\$\{([\w.]+)\}", node)
     return value(whole) if whole else re.sub(r"\$\{([\w.]+)\}", lambda m: str(value(m)), node)
@@ -289,9 +293,13 @@ def _validation(conv: Conversion):
     """dataset_val + run_val_every_n_steps: eval data and an eval every N steps, or (N null) no validation."""
     val, every = conv.raw.get("dataset_val"), conv.raw.get("run_val_every_n_steps")
     keys = [(k, v) for k, v in _flatten(conv.raw) if k.split(".")[0] in ("dataset_val", "run_val_every_n_steps")]
-    if not every or not isinstance(val, dict):
+    if not every:
         for k, v in keys:
-            conv.drop(k, v, "no validation (run_val_every_n_steps is not set)" if not every else "no dataset_val")
+            conv.drop(k, v, "no validation (run_val_every_n_steps is not set)")
+        return
+    if not isinstance(val, dict):  # several builders, or none: validation asked for, the eval data not translated
+        for k, v in keys:
+            conv.no(k, v, "validation needs one dataset_val builder here; set data.eval (a list of sources for several)")
         return
     builder = str(val.get("_component_", ""))
     train = conv.raw.get("dataset") if isinstance(conv.raw.get("dataset"), dict) else {}
