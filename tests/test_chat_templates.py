@@ -194,6 +194,15 @@ def test_thinking_switches_and_reasoning(fx):
         assert smol.decode(enc["input_ids"]).count("<|im_start|>assistant\n<think>\n\n</think>\nHello!") == 1
 
 
+def test_a_role_the_family_has_no_turn_for_is_one_line(fx):
+    from posttrain.errors import DataError
+
+    tok = _family_tokenizer(fx, "gemma", chat_templates.text("gemma"))
+    row = {"messages": [*CONVERSATION[:3], {"role": "tool", "content": "42"}, CONVERSATION[4]]}
+    with pytest.raises(DataError, match="chat template cannot render this conversation: gemma template: role tool is not"):
+        encode_batch([row], "messages", {"messages": "messages"}, tok, 512)
+
+
 def test_default_system_prompts(fx):
     """Without a system message, Qwen2.5 and Vicuna write their own; SmolLM3 its default for the reasoning mode."""
     turns = CONVERSATION[1:3]
