@@ -651,7 +651,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(needs_of(needs.packages, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.hub, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.attention, "model"), "owners", ("model.attn_implementation",)),
-    Step(needs_of(needs.device, "training"), "owners", ("training.tf32",)),
+    Step(needs_of(needs.device, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.quantization, "quantization"), "owners", ("quantization",)),
     Step(data_options_fit_stage, "owners", ("data.pad_to_multiple_of",)),
     Step(build_recipe, "owners"),
