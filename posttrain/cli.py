@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():  # under DDP every rank stops; one says why
             for line in str(e).splitlines() if isinstance(e, Problems) else [str(e)]:
                 print(f"posttrain: error: {line}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)
         return 130

@@ -383,8 +383,7 @@ FOREIGN: dict[str, Foreign] = {
     "lr_scheduler": Foreign("training.lr_scheduler_type"),
     "evaluation_strategy": Foreign("training.eval_strategy"),
     "overwrite_output_dir": Foreign("the `--overwrite` flag of `posttrain train` (not a recipe key)"),
-    "wandb_project": Foreign("training.report_to", "report_to: wandb, with WANDB_PROJECT set in the environment",
-                             value=lambda v: "wandb"),
+    "wandb_project": Foreign("tracking.project", "with `training.report_to: wandb`"),
     # LoRA / quantization
     "lora_r": Foreign("peft.r"),
     "lora_rank": Foreign("peft.r"),
@@ -556,9 +555,11 @@ FOREIGN: dict[str, Foreign] = {
     "use_tensorboard": Foreign("training.report_to", value=lambda v: "tensorboard" if v else "none", example=True),
     "use_wandb": Foreign("training.report_to", value=lambda v: "wandb" if v else "none", example=True),
     "wandb_name": Foreign("training.run_name"),
-    "wandb_entity": Foreign("the WANDB_ENTITY environment variable, with `training.report_to: wandb`"),
+    "wandb_entity": Foreign("tracking.entity", "with `training.report_to: wandb`"),
+    "wandb_run_group": Foreign("tracking.group", "with `training.report_to: wandb`"),
+    "wandb_tags": Foreign("tracking.tags", "with `training.report_to: wandb`"),
     "wandb_watch": Foreign("the WANDB_WATCH environment variable, with `training.report_to: wandb`"),
-    "wandb_log_model": Foreign("the WANDB_LOG_MODEL environment variable, with `training.report_to: wandb`"),
+    "wandb_log_model": Foreign("tracking.log_model", "with `training.report_to: wandb`"),
     "wandb_run_id": Foreign("the WANDB_RUN_ID environment variable, with `training.report_to: wandb`"),
     "evals_per_epoch": Foreign("`training.eval_strategy: steps` with `training.eval_steps: 1/(N x epochs)` (a value "
                                "below 1 is a ratio of the total steps)"),
@@ -566,8 +567,8 @@ FOREIGN: dict[str, Foreign] = {
                                "below 1 is a ratio of the total steps)"),
     "early_stopping_patience": Foreign(f"{CANNOT} (no early-stopping callback); closest: `training.load_best_model_at_end: "
                                        "true` with eval and save every N steps"),
-    "loss_watchdog_threshold": Foreign(f"{CANNOT} (no loss watchdog)"),
-    "loss_watchdog_patience": Foreign(f"{CANNOT} (no loss watchdog)"),
+    "loss_watchdog_threshold": Foreign("watchdog.loss_above"),
+    "loss_watchdog_patience": Foreign("watchdog.patience"),
     "eval_table_size": Foreign(f"{CANNOT}; `posttrain generate RUN_DIR --prompt ...` shows the model's answers"),
     "eval_max_new_tokens": Foreign(f"{CANNOT}; `posttrain generate RUN_DIR --max-new-tokens N`"),
     "group_by_length": Foreign(f"{CANNOT} (transformers 5 has no length-grouped sampler); `training.packing: true` "
@@ -717,8 +718,7 @@ FOREIGN: dict[str, Foreign] = {
     "shuffle_merged_datasets": Foreign("nothing to set: a mixture is always shuffled"),
     "max_prompt_len": Foreign("data.max_length", "posttrain bounds the whole row"),
     "mlflow_tracking_uri": Foreign("the MLFLOW_TRACKING_URI environment variable, with `training.report_to: mlflow`"),
-    "mlflow_experiment_name": Foreign("the MLFLOW_EXPERIMENT_NAME environment variable, with `training.report_to: "
-                                      "mlflow`"),
+    "mlflow_experiment_name": Foreign("tracking.project", "with `training.report_to: mlflow`"),
     "auto_resume_from_checkpoints": Foreign("`posttrain train RECIPE --resume`"),
     "cosine_min_lr_ratio": Foreign("training.lr_scheduler_type", "with `training.lr_scheduler_kwargs: {min_lr_rate: "
                                    "R}`", value=lambda v: "cosine_with_min_lr", example=0.1),
