@@ -360,6 +360,7 @@ def _stopped(trainer, result, tripped: dict, out: Path, manifest):
         manifest.update(metrics=headline_metrics(trainer, result), stopped=tripped)
         _write_log_history(out, trainer)
         manifest.end(watchdog.STOPPED)
+    loss = tripped["loss"]
     raise RunStopped(f"loss watchdog stopped the run at step {tripped['step']}: {tripped['why']} (loss "
-                     f"{tripped['loss']}); {tripped['checkpoint'] or 'no checkpoint'} kept in {out}, the run is "
-                     "unfinished (--resume continues it)")
+                     f"{f'{loss:.4g}' if isinstance(loss, float) else loss}); {tripped['checkpoint'] or 'no checkpoint'} "
+                     f"kept in {out}, the run is unfinished (--resume continues it)")
