@@ -419,8 +419,9 @@ def read_tracking(d: Draft):
         if isinstance(given, dict) and name in given:
             with d.where.each():
                 d.where.fail(f"tracking.{name}", "the run's name is TRL's training.run_name (every tracker reads it)")
-    d.tracking = own_section(d.where, "tracking", {k: v for k, v in given.items() if k not in ("name", "run_name")}
-                             if isinstance(given, dict) else given, TRACKING_KEYS, d.stage)
+    read = own_section(d.where, "tracking", {k: v for k, v in given.items() if k not in ("name", "run_name")}
+                       if isinstance(given, dict) else given, TRACKING_KEYS, d.stage)
+    d.tracking = {k: v for k, v in read.items() if v is not None} or None
 
 
 def tracking_fits_report_to(d: Draft):
@@ -430,8 +431,6 @@ def tracking_fits_report_to(d: Draft):
         d.where.fail("tracking", "training.report_to names no tracker, so nothing reads these settings; name one there "
                      f"({', '.join(tracking.trackers('all'))}), or remove tracking")
     for key, value in (d.tracking or {}).items():
-        if value is None:
-            continue
         readers = tracking.readers(key)
         with d.where.each():
             if not set(readers) & set(names):

@@ -117,11 +117,11 @@ WATCHDOG_KEYS = {
 # `tracking:` settings the experiment trackers of training.report_to read from the environment (posttrain.tracking);
 # the run's name is TRL's training.run_name.
 TRACKING_KEYS = {
-    "project": Key((str,), help="the project (wandb, trackio, comet), experiment (mlflow) the run is logged under"),
-    "entity": Key((str,), help="the team or user (wandb), workspace (comet, swanlab)"),
-    "group": Key((str,), help="a group of related runs (wandb run group, trackio group)"),
-    "tags": Key((list,), help="labels on the run (wandb, mlflow, trackio? see docs/tracking.md)"),
-    "log_model": Key((bool, str), help="upload the model: wandb end|checkpoint|false, mlflow true|false"),
+    "project": Key((str,), help="the project (wandb, trackio, comet, swanlab) or experiment (mlflow) of the run"),
+    "entity": Key((str,), help="the team or user (wandb), workspace (comet)"),
+    "group": Key((str,), help="a group of related runs (wandb)"),
+    "tags": Key((list,), help="labels on the run (wandb, mlflow)"),
+    "log_model": Key((bool, str), help="upload the model at the end (true), never (false), or each checkpoint (wandb)"),
     "dir": Key((str,), help="where the tracker writes locally (tensorboard logs, wandb files)"),
 }
 

@@ -143,3 +143,9 @@ def test_tracking_refusals_are_one_line(tmp_path, monkeypatch, text, expected):
     monkeypatch.setattr(needs, "installed", lambda module: True)
     msg = refused(tmp_path, BASE + text)
     assert expected in msg and len(msg.splitlines()) == 1 and "abc123" not in msg, msg
+
+
+def test_an_empty_tracking_section_is_no_tracking(tmp_path):
+    r = checks.load_recipe(str(write_recipe(tmp_path, BASE + "tracking: {project: null}\n")))
+    assert r.tracking is None and "tracking" not in r.resolved
+    assert r.hash == checks.load_recipe(str(write_recipe(tmp_path, BASE))).hash
