@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import chat_templates, convert, launch, models, needs, options, preflight, schema, stages
+from posttrain import chat_templates, convert, launch, models, needs, options, preflight, schema, stages, tracking
 from posttrain.convert import names
 from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError, Problems, RecipeError
@@ -37,6 +37,8 @@ from posttrain.keys import (
     RANGES,
     SOURCE_KEYS,
     TOP_KEYS,
+    TRACKING_KEYS,
+    WATCHDOG_KEYS,
     Key,
     Range,
 )
@@ -70,6 +72,8 @@ class Draft:
     training: dict = dataclasses.field(default_factory=dict)
     peft: dict | None = None
     quantization: dict | None = None
+    watchdog: dict | None = None
+    tracking: dict | None = None
     output_dir: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
     recipe: Recipe | None = None  # built once the owners' checks ran; what stage/file/model checks read
@@ -386,6 +390,71 @@ def read_peft_and_quantization(d: Draft):
         d.where.fail("quantization", f"expected a mapping of BitsAndBytesConfig options (or null), got {show(quant)}")
 
 
+def read_watchdog(d: Draft):
+    if d.raw.get("watchdog") is not None:
+        d.watchdog = own_section(d.where, "watchdog", d.raw["watchdog"], WATCHDOG_KEYS, d.stage)
+
+
+def watchdog_can_stop(d: Draft):
+    """The watchdog reads the logged training loss and stops transformers' training loop."""
+    w, given = d.watchdog, d.raw.get("watchdog")
+    if not w:
+        return
+    problems = []
+    if not d.stage.resumable:  # the stages that cannot resume are those whose TRL trainer has its own loop (ppo)
+        problems.append(("watchdog", f"the {d.stage.name} trainer runs its own training loop, which no callback can "
+                         "stop"))
+    if w["loss_above"] is None and not w["nonfinite"]:
+        problems.append(("watchdog", "watches nothing: set watchdog.loss_above, or watchdog.nonfinite: true"))
+    if "patience" in given and w["loss_above"] is None:
+        problems.append(("watchdog.patience", "counts logged losses above watchdog.loss_above, which is not set"))
+    if d.training.get("logging_strategy") in ("no", False):  # False: YAML's reading of a bare `no`
+        problems.append(("training.logging_strategy", "'no' logs no training loss, and the watchdog reads it"))
+    if w["nonfinite"] and d.training.get("logging_nan_inf_filter"):
+        problems.append(("training.logging_nan_inf_filter", "true averages NaN/inf losses away before they are logged, "
+                         "and watchdog.nonfinite reads the logged loss; remove it (or set watchdog.nonfinite: false)"))
+    for dotted, message in problems:
+        with d.where.each():
+            d.where.fail(dotted, message)
+
+
+def read_tracking(d: Draft):
+    given = d.raw.get("tracking")
+    if given is None:
+        return
+    for name in ("name", "run_name"):
+        if isinstance(given, dict) and name in given:
+            with d.where.each():
+                d.where.fail(f"tracking.{name}", "the run's name is TRL's training.run_name (every tracker reads it)")
+    read = own_section(d.where, "tracking", {k: v for k, v in given.items() if k not in ("name", "run_name")}
+                       if isinstance(given, dict) else given, TRACKING_KEYS, d.stage)
+    d.tracking = {k: v for k, v in read.items() if v is not None} or None
+
+
+def tracking_fits_report_to(d: Draft):
+    """Each tracking key is read by a tracker of training.report_to, in a value that tracker takes."""
+    names = tracking.trackers(d.training.get("report_to"))
+    if d.tracking and not names:
+        d.where.fail("tracking", "training.report_to names no tracker, so nothing reads these settings; name one there "
+                     f"({', '.join(tracking.trackers('all'))}), or remove tracking")
+    for key, value in (d.tracking or {}).items():
+        readers = tracking.readers(key)
+        with d.where.each():
+            if not set(readers) & set(names):
+                d.where.fail(f"tracking.{key}", f"no tracker of training.report_to ({', '.join(names)}) reads it (read "
+                             f"by {', '.join(readers)}); add one there, or remove it")
+            if key == "tags" and not (value and all(isinstance(t, str) and t and "," not in t for t in value)):
+                d.where.fail("tracking.tags", f"expected a list of labels (strings without commas), got {show(value)}")
+            if key == "log_model":
+                word = tracking.log_model_word(value)
+                for tracker in set(tracking.LOG_MODEL) & set(names):
+                    if word not in tracking.LOG_MODEL[tracker]:
+                        d.where.fail("tracking.log_model", f"'{word}' is not what {tracker} takes (true/end, false"
+                                     f"{', checkpoint' if 'checkpoint' in tracking.LOG_MODEL[tracker] else ''})")
+    if (d.tracking or {}).get("project") is not None and "project" in d.training:
+        d.where.fail("training.project", "set the project once, in tracking.project (trackio reads it from there)")
+
+
 def consistent_settings(d: Draft):
     """Managed or script-only keys set to what posttrain does anyway are accepted with a note and not passed on
     (options.ACCEPTED); `do_eval: false` is honoured by not building the eval data."""
@@ -642,6 +711,10 @@ REGISTRY: tuple[Step, ...] = (
     Step(read_output_dir, "recipe"),
     Step(read_training, "recipe"),
     Step(read_peft_and_quantization, "recipe"),
+    Step(read_watchdog, "recipe"),
+    Step(watchdog_can_stop, "recipe", ("watchdog", "training.logging_strategy", "training.logging_nan_inf_filter")),
+    Step(read_tracking, "recipe"),
+    Step(tracking_fits_report_to, "recipe", ("tracking", "training.report_to", "training.project"), each=True),
     Step(consistent_settings, "recipe", ("training", "peft", "data.eval", "data.eval_fraction"), each=True),
     Step(managed_or_refused_keys, "recipe", ("training", "peft", "quantization"), each=True),
     Step(one_precision, "recipe", ("training.bf16", "training.fp16")),
@@ -658,7 +731,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(needs_of(needs.packages, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.hub, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.attention, "model"), "owners", ("model.attn_implementation",)),
-    Step(needs_of(needs.device, "training"), "owners", ("training.tf32",)),
+    Step(needs_of(needs.device, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.quantization, "quantization"), "owners", ("quantization",)),
     Step(data_options_fit_stage, "owners", ("data.pad_to_multiple_of",)),
     Step(build_recipe, "owners"),
@@ -761,7 +834,10 @@ def _recipe(d: Draft) -> Recipe:
         resolved["quantization"] = d.quantization
     resolved.update(d.extra)
     resolved["training"] = d.training
+    for section in ("watchdog", "tracking"):
+        if getattr(d, section):
+            resolved[section] = shown(getattr(d, section))
     resolved["output_dir"] = d.output_dir
     return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
                   peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved,
-                  where=d.where, parsed=d.parsed)
+                  where=d.where, parsed=d.parsed, watchdog=d.watchdog, tracking=d.tracking)

@@ -227,8 +227,21 @@ COMMANDS = {
 }
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Options anywhere on the line: `validate NAME --no-data a.b=c` as well as `validate NAME a.b=c --no-data`.
+    argparse ends the `overrides` list at the first option, so the KEY=VALUE words after it come back unparsed;
+    they are overrides too (parse_intermixed_args does not take subcommands)."""
+    p = _parser()
+    args, rest = p.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and not any(w.startswith("-") for w in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     _setup_logging()
     try:
         return COMMANDS[args.command](args)
@@ -236,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():  # under DDP every rank stops; one says why
             for line in str(e).splitlines() if isinstance(e, Problems) else [str(e)]:
                 print(f"posttrain: error: {line}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)
         return 130

@@ -12,7 +12,8 @@ from typing import Any
 
 from posttrain.util import Where, as_number
 
-TOP_KEYS = ["stage", "extends", "description", "model", "data", "peft", "quantization", "training", "output_dir"]
+TOP_KEYS = ["stage", "extends", "description", "model", "data", "peft", "quantization", "training", "watchdog", "tracking",
+            "output_dir"]
 
 DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 
@@ -104,6 +105,24 @@ SOURCE_KEYS = {
     "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
     "weight": Key((int, float), range=POSITIVE, help="fraction of its usable rows to take; > 1 repeats rows"),
     "rows": Key((int,), range=AT_LEAST_1, help="how many rows to take (more than it has repeats rows)"),
+}
+
+# `watchdog:` stops a diverging run (posttrain.watchdog): checked at every logged training loss.
+WATCHDOG_KEYS = {
+    "loss_above": Key((int, float), help="stop when the logged training loss is above this `patience` logs in a row"),
+    "patience": Key((int,), 3, range=AT_LEAST_1, help="logged losses above loss_above in a row that stop the run"),
+    "nonfinite": Key((bool,), True, help="stop at a NaN or infinite logged loss"),
+}
+
+# `tracking:` settings the experiment trackers of training.report_to read from the environment (posttrain.tracking);
+# the run's name is TRL's training.run_name.
+TRACKING_KEYS = {
+    "project": Key((str,), help="the project (wandb, trackio, comet, swanlab) or experiment (mlflow) of the run"),
+    "entity": Key((str,), help="the team or user (wandb), workspace (comet)"),
+    "group": Key((str,), help="a group of related runs (wandb)"),
+    "tags": Key((list,), help="labels on the run (wandb, mlflow)"),
+    "log_model": Key((bool, str), help="upload the model at the end (true), never (false), or each checkpoint (wandb)"),
+    "dir": Key((str,), help="where the tracker writes locally (tensorboard logs, wandb files)"),
 }
 
 # Which training/peft/quantization keys posttrain manages or refuses: posttrain.options (the one place).

@@ -257,7 +257,7 @@ def positions(recipe: Recipe) -> str | None:
 
     tables = [m.num_embeddings for n, m in model.named_modules()
               if n.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(m, torch.nn.Embedding)]
-    generated = stages.get(recipe.stage).footprint.generated_tokens(recipe)
+    generated = stages.get(recipe.stage).footprint.generated_tokens(recipe) or 0  # null: the model's generation config
     need = recipe.data["max_length"] + generated
     if tables and need > min(tables):
         recipe.where.fail("data.max_length", f"{recipe.data['max_length']}{f' + {generated} generated' if generated else ''}"

@@ -78,7 +78,7 @@ PINNED = {
     ("axolotl/lora-1b.yml", "evals_per_epoch"): (MAPPED, "training.eval_steps: 0.25"),
     ("axolotl/lora-1b.yml", "micro_batch_size"): (MAPPED, "training.per_device_train_batch_size: 2"),
     ("axolotl/lora-1b.yml", "bf16"): (DROPPED, "bf16 where the GPU supports it"),
-    ("axolotl/lora-1b.yml", "loss_watchdog_threshold"): (NOT, "no loss watchdog"),
+    ("axolotl/lora-1b.yml", "loss_watchdog_threshold"): (MAPPED, "watchdog.loss_above: 5.0"),
     ("axolotl/lora-1b.yml", "special_tokens.pad_token"): (DROPPED, "masks padding by position"),
     ("axolotl/lora-1b.yml", "wandb_project"): (DROPPED, "empty"),
     ("axolotl/qlora.yml", "adapter"): (DROPPED, "`quantization:` (4-bit)"),
@@ -238,10 +238,12 @@ def test_exit_codes_recipe_comments_and_no_overwrite(tmp_path, cli):
         assert f"\n  {key}: " in stdout, key
     code, _, err = cli("convert", DATA / "trl/sft/smollm_config.yaml", "-o", out)
     assert code == 2 and "exists; pass --overwrite" in err
-    code, stdout, _ = cli("convert", DATA / "axolotl/lora-1b.yml", "-o", out, "--overwrite")
-    assert code == 3 and "NOT TRANSLATED: posttrain has no loss watchdog" in stdout
+    watched = tmp_path / "lora-1b.yml"
+    watched.write_text((DATA / "axolotl/lora-1b.yml").read_text().replace("\nwandb_watch:\n", "\nwandb_watch: all\n"))
+    code, stdout, _ = cli("convert", watched, "-o", out, "--overwrite")
+    assert code == 3 and "NOT TRANSLATED: set WANDB_WATCH in the environment" in stdout
     head = out.read_text().split("\nstage:")[0]
-    assert "# NOT TRANSLATED: loss_watchdog_threshold: 5.0 -- posttrain has no loss watchdog" in head
+    assert "# NOT TRANSLATED: wandb_watch: all -- set WANDB_WATCH in the environment" in head
     assert yaml.safe_load(out.read_text())["stage"] == "sft"
 
 
