@@ -372,7 +372,7 @@ FOREIGN: dict[str, Foreign] = {
     "cutoff_len": Foreign("data.max_length"),
     "sequence_len": Foreign("data.max_length"),
     "model_max_length": Foreign("data.max_length"),
-    "max_prompt_length": Foreign("data.max_length", "posttrain bounds the whole row; TRL 1.12 has no prompt length"),
+    "max_prompt_length": Foreign("data.max_prompt_length", "cut from the left, the end of the prompt kept"),
     # schedule
     "warmup_ratio": Foreign("training.warmup_steps", "a value below 1 is a ratio of the total steps"),
     "lr": Foreign("training.learning_rate"),
@@ -715,7 +715,7 @@ FOREIGN: dict[str, Foreign] = {
     "bnb_config_kwargs": Foreign("quantization", "any transformers.BitsAndBytesConfig option"),
     "push_dataset_to_hub": Foreign(f"{CANNOT}: posttrain does not upload datasets"),
     "shuffle_merged_datasets": Foreign("nothing to set: a mixture is always shuffled"),
-    "max_prompt_len": Foreign("data.max_length", "posttrain bounds the whole row"),
+    "max_prompt_len": Foreign("data.max_prompt_length", "cut from the left, the end of the prompt kept"),
     "mlflow_tracking_uri": Foreign("the MLFLOW_TRACKING_URI environment variable, with `training.report_to: mlflow`"),
     "mlflow_experiment_name": Foreign("the MLFLOW_EXPERIMENT_NAME environment variable, with `training.report_to: "
                                       "mlflow`"),
