@@ -396,7 +396,7 @@ def map_turns(ds, message_map: dict | None, role_map: dict | None, where: str):
             inner if inner is not None else (feature[0] if isinstance(feature, list) and feature else None), dict)
 
     columns = [c for c, f in ds.features.items() if is_turns(f)]
-    keys = {**{"from": "role", "value": "content"}, **(message_map or {})} if message_map else {}
+    keys = {"from": "role", "value": "content", **(message_map or {})}
     roles = {**SHAREGPT_ROLES, **{str(k): v for k, v in (role_map or {}).items()}}
 
     def turn(m: dict) -> dict:
