@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import convert, launch, models, needs, options, preflight, schema, stages
+from posttrain import chat_templates, convert, launch, models, needs, options, preflight, schema, stages
 from posttrain.data.formats import FORMATS, ROLES, PromptFormat
 from posttrain.errors import DataError, PosttrainError, Problems, RecipeError
 from posttrain.keys import (
@@ -364,7 +364,13 @@ def read_chat_template(d: Draft):
     if value is None:
         return
     text = value
-    if is_template_path(value):
+    if chat_templates.is_name(value):
+        text = chat_templates.text(value)
+        if text is None:
+            d.where.fail("model.chat_template", f"no shipped template named '{value}'{did_you_mean(value, chat_templates.names())} "
+                         f"(one of {', '.join(chat_templates.shipped())}; `posttrain recipes` lists their other names; "
+                         "or a .jinja path, or inline Jinja)")
+    elif is_template_path(value):
         p = Path(value).expanduser()
         if not p.is_file():
             d.where.fail("model.chat_template", f"file not found: {value} (an inline template holds Jinja: "
