@@ -167,3 +167,75 @@ def test_refused_in_one_line(fx, tmp_path, cli, data, expected):
     train = fx["text"] if data.get("format") == "text" else fx["messages"] if data.get("format") else fx["alpaca"]
     path = _recipe(tmp_path, fx, {"train": str(train), "format": "alpaca", **data})
     one_error_line(*cli("validate", path), expected)
+
+
+# public configs that use these classes (tests/data/convert): (file, the keys that carry them, what they become)
+CONVERTED = {
+    "axolotl/mistral-custom-inst.yml": (("datasets",), {"data.template": {**INST}, "data.format": "alpaca"}),
+    "axolotl/llama3-chat-roles.yml": (("datasets",), {"data.role_map": {"bot": "assistant"}, "data.format": "messages"}),
+    "axolotl/llama3-dpo-user-defined.yml": (("datasets", "max_prompt_len"), {
+        "data.max_prompt_length": 1024, "data.column_map": {"question": "prompt"},
+        "data.template": {"prompt": "<<SYS>>\n{system}\n<</SYS>>\n\n[INST] {prompt} [/INST]"}}),
+    "llama-factory/llama3_lora_sft_chats.yaml": (("dataset",), {"data.format": "messages"}),
+    "trl/dpo/gemma-7b_config_qlora.yaml": (("max_prompt_length",), {"data.max_prompt_length": 512}),
+}
+
+
+@pytest.mark.parametrize("file", list(CONVERTED))
+def test_public_configs_convert_with_nothing_left_for_their_data(file):
+    from test_convert import DATA
+
+    from posttrain.convert import convert
+    from posttrain.convert.core import MAPPED
+
+    keys, expected = CONVERTED[file]
+    conv = convert(DATA / file)
+    fates = {f.key: f for f in conv.fates}
+    for key in keys:
+        assert fates[key].kind == MAPPED, fates[key]
+    for dotted, value in expected.items():
+        assert conv.get(dotted) == value, (dotted, conv.get(dotted))
+
+
+def test_llama_factory_tags_and_system_columns_become_maps():
+    from test_convert import DATA
+
+    from posttrain.convert import convert
+
+    srcs = convert(DATA / "llama-factory/llama3_lora_sft_chats.yaml").get("data.train")
+    assert srcs[0]["column_map"] == {"conversation": "messages"} and "role_map" not in srcs[0]  # human: read as user
+    assert srcs[1]["column_map"] == {"question": "instruction", "response": "output", "system_prompt": "system"}
+    src = {}
+    from posttrain.convert.llama_factory import _tags
+
+    _tags({"role_tag": "speaker", "content_tag": "text", "user_tag": "customer", "assistant_tag": "agent",
+           "observation_tag": "observation"}, src)
+    assert src == {"message_map": {"speaker": "role", "text": "content"},
+                   "role_map": {"customer": "user", "agent": "assistant"}}
+
+
+@pytest.mark.slow
+def test_converted_custom_prompt_format_trains_with_exact_labels(fx, tokenizer, tmp_path, cli):
+    """axolotl's custom prompt format, converted: the recipe trains a step on Alpaca rows, every label exact."""
+    from test_convert import DATA, swap_in
+
+    out = tmp_path / "recipe.yaml"
+    code, _, err = cli("convert", DATA / "axolotl/mistral-custom-inst.yml", "-o", out)
+    assert code == 0, err  # nothing left to translate by hand
+    over = swap_in(yaml.safe_load(out.read_text()), fx) + ["data.eval_fraction=null", "peft=null",
+                                                          f"output_dir={tmp_path / 'run'}", "training.max_steps=1"]
+    from posttrain.checks import load_recipe
+    from posttrain.stages import sft
+
+    recipe = load_recipe(str(out), over, level="files")
+    train, _, _ = sft.prepare_data(recipe, tokenizer, sft.config(recipe))
+    rows = [json.loads(line) for line in fx["alpaca"].read_text().splitlines()]
+    for row, enc in zip(rows, train, strict=True):
+        n = next(i for i, lab in enumerate(enc["labels"]) if lab != IGNORE_INDEX)
+        text = (f"[INST] {row['instruction']}\n{row['input']} [/INST]" if row.get("input")
+                else f"[INST] {row['instruction']} [/INST]")
+        assert tokenizer.decode(enc["input_ids"][:n]) == text
+        assert tokenizer.decode(enc["input_ids"][n:]) == row["output"] + tokenizer.eos_token
+        assert enc["labels"][n:] == enc["input_ids"][n:]
+    code, _, err = cli("train", out, *over)
+    assert code == 0, err

@@ -88,7 +88,7 @@ class PromptFormat:
         column, or a column of conversations, is refused."""
         fields = self.fields(self.prompt) + ([f for f in self.fields(self.no_input) if f not in self.fields(self.prompt)]
                                              if self.no_input is not None else [])
-        missing = [f for f in self.needed if f not in ds.column_names]
+        missing = [f for f in self.needed if f not in ds.column_names and f != "system"]  # no system: blank
         if missing:
             raise DataError(f"{where}: data.template names field(s) {', '.join('{' + f + '}' for f in missing)}, "
                             f"which are not columns of the data (columns: {', '.join(ds.column_names)}; rename with "
@@ -357,8 +357,10 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
 # ---------------------------------------------------------------------------------------------
 # Row shapes: sharegpt turns, and preference/prompt rows that mix text and conversations
 
+# sharegpt's role names, and LLaMA-Factory's for tool use (an observation is a tool's answer; a function_call turn is
+# the assistant calling one)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "tool": "tool"}
+                  "system": "system", "tool": "tool", "observation": "tool", "function_call": "assistant"}
 
 
 def to_messages(turns, column: str) -> list[dict]:
