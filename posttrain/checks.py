@@ -29,11 +29,12 @@ from pathlib import Path
 
 from posttrain import chat_templates, convert, launch, models, needs, options, preflight, schema, stages, tracking
 from posttrain.convert import names
-from posttrain.data.formats import FORMATS
-from posttrain.errors import PosttrainError, Problems, RecipeError
+from posttrain.data.formats import FORMATS, ROLES, PromptFormat
+from posttrain.errors import DataError, PosttrainError, Problems, RecipeError
 from posttrain.keys import (
     DATA_KEYS,
     MODEL_KEYS,
+    PROMPT_FORMAT_KEYS,
     RANGES,
     SOURCE_KEYS,
     TOP_KEYS,
@@ -139,7 +140,7 @@ def _own_value(where: Where, dotted: str, k, v, spec: dict[str, Key], stage):
         v = as_number(v)
     if isinstance(v, bool) and bool not in key.types or not isinstance(v, key.types):
         where.fail(dotted, f"expected {type_words(key.types)}, got {show(v)}")
-    if key.choices and v not in key.choices:
+    if key.choices and isinstance(v, str) and v not in key.choices:
         where.fail(dotted, f"'{v}' is not one of {', '.join(map(str, key.choices))}{did_you_mean(v, key.choices)}")
     if key.range:
         key.range.check(where, dotted, v)
@@ -305,9 +306,53 @@ def eval_fraction_or_count(d: Draft):
 
 def template_fits_format(d: Draft):
     fmt, template = d.data["format"], d.data["template"]
-    if template is not None and template not in FORMATS[fmt].templates:
+    if isinstance(template, dict):
+        if not FORMATS[fmt].prompt_columns:
+            d.where.fail("data.template", f"{fmt} rows have no prompt for a prompt format to write (it writes "
+                         f"alpaca, prompt_completion, preference, unpaired and prompt rows)")
+        pf = own_section(d.where, "data.template", template, PROMPT_FORMAT_KEYS)
+        for k in ("prompt", "no_input"):
+            if pf[k] is not None:
+                with d.where.each():
+                    try:
+                        PromptFormat.fields(pf[k])
+                    except DataError as e:
+                        d.where.fail(f"data.template.{k}", str(e))
+    elif template is not None and template not in FORMATS[fmt].templates:
         d.where.fail("data.template", f"'{template}' is not a way to write {fmt} rows (one of "
                      f"{', '.join(FORMATS[fmt].templates)})")
+
+
+def _turn_maps(where: Where, dotted: str, values: dict):
+    """message_map / role_map of data or of a source: names onto the keys and roles a turn may have."""
+    for key, allowed in (("message_map", ("role", "content")), ("role_map", ROLES)):
+        for src, dst in (values.get(key) or {}).items():
+            if dst not in allowed or not isinstance(src, (str, int)):
+                with where.each():
+                    where.fail(f"{dotted}.{key}.{src}", f"expected {'one of ' if key == 'role_map' else ''}"
+                               f"{' | '.join(allowed)}, got {show(dst)}")
+
+
+def turn_maps(d: Draft):
+    _turn_maps(d.where, "data", d.data)
+    for split in ("train", "eval"):
+        for i, e in enumerate(d.data[split] if isinstance(d.data[split], list) else []):
+            _turn_maps(d.where, f"data.{split}[{i}]", e)
+
+
+def prompt_bound(d: Draft):
+    """data.max_prompt_length: on data with a prompt, and short of max_length so the answer keeps room."""
+    n, fmt = d.data["max_prompt_length"], d.data["format"]
+    if n is None:
+        return
+    if fmt == "text":
+        d.where.fail("data.max_prompt_length", "text rows have no prompt (every token is trained); remove it")
+    if d.data["train_on"] == "all":
+        d.where.fail("data.max_prompt_length", "data.train_on: all trains the prompt too; the bound cuts a masked "
+                     "prompt (remove one of them)")
+    if n >= d.data["max_length"]:
+        d.where.fail("data.max_prompt_length", f"{n} leaves the answer no room in data.max_length="
+                     f"{d.data['max_length']}; make it smaller")
 
 
 def train_on_fits_format(d: Draft):
@@ -688,7 +733,8 @@ def model_check(check):
 
 # what reading a few rows depends on (not max_length, num_proc, ...: a problem there leaves the rows readable)
 DATA_READS = ("data.train", "data.eval", "data.format", "data.column_map", "data.name", "data.split", "data.eval_split",
-              "data.seed", "model.chat_template")
+              "data.seed", "data.template", "data.message_map", "data.role_map", "data.system_prompt",
+              "model.chat_template")
 MODEL_READS = ("peft", "model.name_or_path", "model.revision", "model.trust_remote_code", "model.gguf_file")
 STAGE_KEYS = tuple(stages.stage_keys())
 STAGE_READS = ("training", "data", "model", "peft", *STAGE_KEYS)  # a stage reads its recipe as it likes
@@ -706,6 +752,8 @@ REGISTRY: tuple[Step, ...] = (
     Step(eval_fraction_or_count, "recipe", ("data.eval_fraction",)),
     Step(template_fits_format, "recipe", ("data.format", "data.template")),
     Step(train_on_fits_format, "recipe", ("data.format", "data.train_on")),
+    Step(turn_maps, "recipe", ("data.message_map", "data.role_map", "data.train", "data.eval")),
+    Step(prompt_bound, "recipe", ("data.format", "data.max_prompt_length", "data.max_length", "data.train_on")),
     Step(read_chat_template, "recipe", ("model.chat_template",)),
     Step(one_eval_source, "recipe", ("data.eval", "data.eval_fraction")),
     Step(read_output_dir, "recipe"),

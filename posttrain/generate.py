@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from posttrain import stages
-from posttrain.data.formats import FORMATS, alpaca_prompt, user_text
+from posttrain.data.formats import FORMATS, alpaca_prompt, prompt_format, user_text
 from posttrain.errors import PosttrainError
 from posttrain.merge import is_adapter
 from posttrain.models import torch_dtype
@@ -34,8 +34,9 @@ def _recipe_of(path: Path) -> dict | None:
     return None
 
 
-def run_template(path: str | Path) -> str | None:
-    """alpaca | chat | raw from the first SFT run up the model chain; None if there is none."""
+def run_template(path: str | Path) -> str | dict | None:
+    """alpaca | chat | raw (or the run's prompt format) from the first SFT run up the model chain; None if there is
+    none."""
     p, seen = Path(path), set()
     while p not in seen:
         seen.add(p)
@@ -50,7 +51,15 @@ def run_template(path: str | Path) -> str | None:
     return None
 
 
-def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
+def format_prompt(template: str | dict, tokenizer, instruction: str, input_text: str | None = None) -> str:
+    pf = prompt_format(template)  # the run's own prompt format: the prompt fills {instruction} (or {prompt})
+    if pf is not None:
+        values = {"instruction": instruction, "prompt": instruction, "input": input_text}
+        other = [f for f in pf.fields(pf.prompt) if f not in values and f != "system"]
+        if other:
+            raise PosttrainError(f"the run's prompt format also names {', '.join('{' + f + '}' for f in other)}, "
+                                 f"which generate cannot fill; pass --template raw with the whole prompt")
+        return pf.text(values)
     if template == "alpaca":
         return alpaca_prompt(instruction, input_text)
     text = user_text(instruction, input_text)

@@ -108,7 +108,7 @@ def data(recipe: Recipe) -> list[Sample]:
         try:
             s = _sample(key, entry, d)
             if s.rows is not None:
-                resolve_columns(s.rows.column_names, d["format"], s.source)
+                resolve_columns(s.rows.column_names, d["format"], s.source, d.get("template"))
                 if get(d["format"]).tokenized_by == "trl":
                     with quiet():
                         clean_pairs_or_prompts(s.rows, d["format"], s.source, keep_extra=True)

@@ -54,7 +54,7 @@ PINNED = {
     ("trl/sft/smollm_config.yaml", "remove_unused_columns"): (DROPPED, "prepares the dataset itself"),
     ("trl/sft/smollm_config.yaml", "max_length"): (MAPPED, "data.max_length: 2048"),
     ("trl/sft/smollm_config.yaml", "dataset_num_proc"): (MAPPED, "data.num_proc: 24"),
-    ("trl/dpo/gemma-7b_config_qlora.yaml", "max_prompt_length"): (NOT, "whole row"),
+    ("trl/dpo/gemma-7b_config_qlora.yaml", "max_prompt_length"): (MAPPED, "data.max_prompt_length: 512"),
     ("trl/dpo/gemma-7b_config_qlora.yaml", "dataset_splits"): (MAPPED, "split: test_prefs"),
     ("trl/dpo/gemma-7b_config_qlora.yaml", "evaluation_strategy"): (MAPPED, "training.eval_strategy: steps"),
     ("trl/orpo/llama3-8b_config_v1.0.yaml", "use_flash_attention_2"): (MAPPED, "flash_attention_2"),
@@ -72,7 +72,7 @@ PINNED = {
     ("llama-factory/llama3_full_sft.yaml", "finetuning_type"): (DROPPED, "without `peft:`"),
     ("llama-factory/llama3_lora_sft_otfq.yaml", "quantization_bit"): (MAPPED, "quantization.load_in_4bit: true"),
     ("llama-factory/llama3_lora_sft_otfq.yaml", "val_size"): (MAPPED, "data.eval_fraction: 0.1"),
-    ("llama-factory/llama3_lora_kto.yaml", "dataset"): (NOT, "{prompt, completion, label}"),
+    ("llama-factory/llama3_lora_kto.yaml", "dataset"): (MAPPED, "data.format: unpaired"),
     ("llama-factory/llama3_lora_kto.yaml", "per_device_train_batch_size"): (NOT, "at least 2"),
     ("axolotl/lora-1b.yml", "sample_packing"): (MAPPED, "training.packing: true"),
     ("axolotl/lora-1b.yml", "evals_per_epoch"): (MAPPED, "training.eval_steps: 0.25"),
@@ -302,6 +302,8 @@ def swap_in(recipe: dict, fx) -> list[str]:
         over.append("data.eval_fraction=0.2")  # the hub test split or a row count, as a part of the tiny data
     if (recipe["data"].get("max_length") or 0) > 512:
         over.append("data.max_length=512")  # the tiny GPT-2 has 1280 learned positions (validate refuses more)
+        if (recipe["data"].get("max_prompt_length") or 0) >= 512:
+            over.append("data.max_prompt_length=256")  # its answers keep room in that
     return over
 
 

@@ -245,14 +245,16 @@ def eval_fraction(conv: Conversion, key: str):
 
 
 def one_source(src: dict, dotted: str) -> dict:
-    """A single source entry as plain data keys: data.train (or data.eval) and its split, name and column_map."""
+    """A single source entry as plain data keys: data.train (or data.eval) and its split, name, column, turn and role
+    maps and system prompt."""
     new = {dotted: src["source"]}
     if src.get("split", "train") != "train":
         new["data.split" if dotted == "data.train" else "data.eval_split"] = src["split"]
     if src.get("name"):
         new["data.name"] = src["name"]
-    if src.get("column_map"):
-        new["data.column_map"] = src["column_map"]
+    for k in ("column_map", "message_map", "role_map", "system_prompt"):
+        if src.get(k):
+            new[f"data.{k}"] = src[k]
     return new
 
 
