@@ -59,7 +59,7 @@ PINNED = {
     ("trl/dpo/gemma-7b_config_qlora.yaml", "evaluation_strategy"): (MAPPED, "training.eval_strategy: steps"),
     ("trl/orpo/llama3-8b_config_v1.0.yaml", "use_flash_attention_2"): (MAPPED, "flash_attention_2"),
     ("llama-factory/llama3_lora_sft.yaml", "lora_target"): (MAPPED, "peft.target_modules: all-linear"),
-    ("llama-factory/llama3_lora_sft.yaml", "template"): (MAPPED, "llama3.jinja"),
+    ("llama-factory/llama3_lora_sft.yaml", "template"): (MAPPED, "model.chat_template: llama3"),
     ("llama-factory/llama3_lora_sft.yaml", "plot_loss"): (DROPPED, "posttrain report"),
     ("llama-factory/llama3_lora_sft.yaml", "dataset"): (MAPPED, "identity.json"),
     ("llama-factory/llama3_lora_sft.yaml", "max_samples"): (DROPPED, "slice"),
@@ -88,7 +88,7 @@ PINNED = {
     ("axolotl/instruct-dpo-lora-8b.yml", "datasets"): (MAPPED, "{conversation: prompt}"),
     ("axolotl/instruct-dpo-lora-8b.yml", "special_tokens.eos_token"): (NOT, "keeps the tokenizer's own eos_token"),
     ("axolotl/reward-model.yaml", "reward_model"): (MAPPED, "stage: reward"),
-    ("axolotl/reward-model.yaml", "chat_template"): (MAPPED, "gemma.jinja"),
+    ("axolotl/reward-model.yaml", "chat_template"): (MAPPED, "model.chat_template: gemma"),
     ("axolotl/reward-model.yaml", "datasets"): (NOT, "without field_messages"),
     ("torchtune/1B_lora_single_device.yaml", "model.lora_attn_modules"): (
         MAPPED, "[q_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"),
@@ -105,7 +105,8 @@ PINNED = {
         MAPPED, "training.gradient_checkpointing: true"),
     ("llama-factory/llama3_lora_pretrain.yaml", "stage"): (MAPPED, "raw text (data.format text)"),
     ("llama-factory/llama3_lora_pretrain.yaml", "dataset"): (MAPPED, "data.format: text"),
-    ("llama-factory/qwen3_lora_sft.yaml", "template"): (NOT, "no template named 'qwen3_nothink'"),
+    ("llama-factory/qwen3_lora_sft.yaml", "template"): (MAPPED, "model.chat_template: qwen3_nothink"),
+    ("llama-factory/qwen3_full_sft.yaml", "template"): (MAPPED, "model.chat_template: qwen2"),
     ("llama-factory/qwen3_lora_sft.yaml", "report_to"): (MAPPED, "training.report_to: none"),
     ("trl/sft/constitutional-ai_config_anthropic.yaml", "max_seq_length"): (MAPPED, "data.max_length: 2048"),
     ("trl/dpo/zephyr-7b-beta_config_full.yaml", "dataset_mixture"): (MAPPED, "data.eval_fraction: 2000"),
@@ -122,7 +123,7 @@ PINNED = {
     ("llama-factory/qwen3_full_sft.yaml", "rope_scaling"): (NOT, "RoPE scaling"),
     ("llama-factory/qwen3_full_sft.yaml", "max_samples"): (DROPPED, "every row"),
     ("axolotl/mistral-dpo-qlora.yml", "lora_modules_to_save"): (MAPPED, "peft.modules_to_save: [embed_tokens, lm_head]"),
-    ("axolotl/qwen2-dpo.yaml", "chat_template"): (NOT, "no template named 'qwen_25'"),
+    ("axolotl/qwen2-dpo.yaml", "chat_template"): (MAPPED, "model.chat_template: qwen2"),
     ("trl/cli/example_config.yaml", "dataset_name"): (MAPPED, "data.train: stanfordnlp/imdb"),
     # OmegaConf's ${...} resolved as `tune run` does; validation off while run_val_every_n_steps is null
     ("torchtune/gemma_2B_full.yaml", "batch_size_val"): (MAPPED, "training.per_device_eval_batch_size: 2"),
@@ -210,6 +211,46 @@ def test_axolotl_grpo_trl_block(tmp_path):
     f = _fates(conv)
     assert conv.stage == "grpo" and conv.get("training.beta") == 0.04 and conv.get("training.num_generations") == 8
     assert f["trl.reward_funcs"].kind == NOT and f["trl.use_vllm"].kind == DROPPED and f["datasets"].kind == NOT
+
+
+# (tool, template name) -> posttrain's template, or (fate kind, words): the names people use in their configs
+TEMPLATE_NAMES = {
+    ("llama-factory", "qwen"): "qwen2", ("llama-factory", "qwen25"): "qwen2", ("llama-factory", "qwen3"): "qwen3",
+    ("llama-factory", "qwen3_nothink"): "qwen3_nothink", ("llama-factory", "mistral"): "mistral",
+    ("llama-factory", "phi"): "phi3", ("llama-factory", "phi4_mini"): "phi4", ("llama-factory", "llama2"): "llama2",
+    ("llama-factory", "llama3"): "llama3", ("llama-factory", "vicuna"): "vicuna", ("llama-factory", "deepseek3"): "deepseek",
+    ("llama-factory", "deepseekr1"): "deepseek_r1", ("llama-factory", "gemma"): "gemma", ("llama-factory", "gemma3"): "gemma",
+    ("llama-factory", "chatml"): "chatml", ("llama-factory", "zephyr"): "zephyr",
+    ("llama-factory", "phi4"): (DROPPED, "means the base model's own format (Phi-4 (14B)'s <|im_start|>{role}<|im_sep|> "
+                                         "turns), which its tokenizer carries: posttrain uses the tokenizer's own"),
+    ("llama-factory", "deepseek"): (DROPPED, "DeepSeek LLM / V2 chat's"), ("llama-factory", "cpm3"): (DROPPED, "MiniCPM3"),
+    ("llama-factory", "default"): (NOT, "no template named 'default' ships with posttrain"),
+    ("axolotl", "qwen_25"): "qwen2", ("axolotl", "qwen3"): "qwen3", ("axolotl", "gemma3"): "gemma", ("axolotl", "phi_3"): "phi3",
+    ("axolotl", "phi_35"): "phi3", ("axolotl", "llama3"): "llama3", ("axolotl", "mistral_v2v3"): "mistral",
+    ("axolotl", "chatml"): "chatml", ("axolotl", "deepseek_v3"): "deepseek",
+    ("axolotl", "phi_4"): (DROPPED, "Phi-4-reasoning"), ("axolotl", "mistral_v3_tekken"): (DROPPED, "Mistral NeMo"),
+    ("axolotl", "mistral_v1"): (DROPPED, "Mixtral-8x7B"), ("axolotl", "llama3_2_vision"): (DROPPED, "Llama 3.2 Vision"),
+    ("axolotl", "tokenizer_default"): (DROPPED, "means the base model's own format, which its tokenizer carries"),
+    ("axolotl", "cohere"): (NOT, "no template named 'cohere'"),
+    ("trl", "gemma3"): "gemma",
+}
+
+
+@pytest.mark.parametrize("tool,name", sorted(TEMPLATE_NAMES))
+def test_other_tools_template_names(tool, name):
+    from posttrain import chat_templates
+    from posttrain.convert.core import Conversion, chat_template
+
+    conv = Conversion(tool, Path("config.yaml"), {})
+    chat_template(conv, "template", name)
+    fate, expected = conv.fates[-1], TEMPLATE_NAMES[(tool, name)]
+    if isinstance(expected, str):
+        assert fate.kind == MAPPED and fate.new == {"model.chat_template": expected}, fate
+        assert chat_templates.text(expected) is not None
+    else:
+        assert (fate.kind, expected[1] in fate.text) == (expected[0], True), fate
+    if (tool, name) == ("llama-factory", "zephyr"):
+        assert "You are Zephyr" in fate.text  # LLaMA-Factory's default system turn, which posttrain's does not write
 
 
 def test_llama_factory_freeze_is_said_plainly_and_its_lora_keys_dropped(tmp_path):
