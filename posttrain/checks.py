@@ -32,6 +32,7 @@ from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.keys import (
     DATA_KEYS,
+    EVAL_KEYS,
     MODEL_KEYS,
     RANGES,
     SOURCE_KEYS,
@@ -70,6 +71,7 @@ class Draft:
     peft: dict | None = None
     quantization: dict | None = None
     output_dir: str = ""
+    eval: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)
     recipe: Recipe | None = None  # built once the owners' checks ran; what stage/file/model checks read
     pending: tuple[str, ...] = ()  # keys a pipeline fills with an upstream output that does not exist yet
@@ -361,6 +363,26 @@ def read_output_dir(d: Draft):
         d.where.fail("output_dir", f"expected a directory path, got {show(out)}")
 
 
+def read_eval(d: Draft):
+    if d.raw.get("eval") is not None:
+        d.eval = own_section(d.where, "eval", d.raw["eval"], EVAL_KEYS, d.stage)
+
+
+def eval_has_a_policy(d: Draft):
+    if d.eval and d.stage.output != "policy":
+        d.where.fail("eval", f"a {d.stage.name} run trains a {d.stage.output.replace('_', ' ')}, not a policy that "
+                             "generates text: nothing for lm-eval to measure")
+
+
+def eval_tasks_exist(d: Draft):
+    """The lm-eval extra is installed, local task files parse and name their data, task names are lm-eval's."""
+    from posttrain import evaluate
+
+    if d.eval:
+        for problem in evaluate.check(d.eval["tasks"]):
+            d.where.fail("eval.tasks", problem)
+
+
 def read_training(d: Draft):
     training = d.raw.get("training") or {}
     if not isinstance(training, dict):
@@ -633,6 +655,8 @@ REGISTRY: tuple[Step, ...] = (
     Step(read_chat_template, "recipe", ("model.chat_template",)),
     Step(one_eval_source, "recipe", ("data.eval", "data.eval_fraction")),
     Step(read_output_dir, "recipe"),
+    Step(read_eval, "recipe"),
+    Step(eval_has_a_policy, "recipe", ("eval",)),
     Step(read_training, "recipe"),
     Step(read_peft_and_quantization, "recipe"),
     Step(consistent_settings, "recipe", ("training", "peft", "data.eval", "data.eval_fraction"), each=True),
@@ -660,6 +684,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(launch_fits, "files", ("quantization", "peft", "model.name_or_path"), each=True),
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
+    Step(eval_tasks_exist, "files", ("eval",)),
     Step(model_check(preflight.target_modules), "model", MODEL_READS),
     Step(model_check(preflight.trainable), "model", ("model.trainable", *MODEL_READS)),
     Step(model_check(preflight.positions), "model", ("data.max_length", "training", *MODEL_READS[1:])),
@@ -756,5 +781,5 @@ def _recipe(d: Draft) -> Recipe:
     resolved["training"] = d.training
     resolved["output_dir"] = d.output_dir
     return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
-                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved,
+                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved, eval=d.eval,
                   where=d.where, parsed=d.parsed)

@@ -9,10 +9,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from posttrain import __version__, checks, convert, launch, pipeline, plan, schema, shipped, stages
+from posttrain import __version__, checks, convert, evaluate, launch, pipeline, plan, schema, shipped, stages
 from posttrain.demo.run import main as demo
 from posttrain.errors import PosttrainError, Problems
-from posttrain.evaluate import main as evaluate
 from posttrain.generate import main as generate
 from posttrain.hub import go_offline_if_unreachable
 from posttrain.merge import is_adapter, merge_adapter
@@ -160,6 +159,8 @@ def cmd_train(args) -> int:
         keys = {**{k: m[k] for k in ("train_loss", "eval_loss") if k in m}, **stages.headline(recipe.stage, m)}
         shown = ", ".join(f"{k}={v:.4g}" for k, v in keys.items())
         print(f"finished {recipe.stage} run in {recipe.output_dir} ({shown})")
+        if recipe.eval and is_main_process():
+            evaluate.evaluate(recipe.output_dir, **recipe.eval)
     return 0
 
 
@@ -232,8 +233,8 @@ COMMANDS = {
     "pipeline": lambda a: pipeline.run_pipeline(a.pipeline, a.overrides, start=a.start, only=a.only, overwrite=a.overwrite),
     "generate": lambda a: generate(a.run_dir, a.prompt, input_text=a.input, template=a.template,
                                    max_new_tokens=a.max_new_tokens, do_sample=a.sample, temperature=a.temperature),
-    "eval": lambda a: evaluate(a.run_dir, a.tasks, limit=int(a.limit) if a.limit and a.limit >= 1 else a.limit,
-                               batch_size=a.batch_size, num_fewshot=a.num_fewshot, chat_template=a.chat_template),
+    "eval": lambda a: evaluate.main(a.run_dir, a.tasks, limit=a.limit, batch_size=a.batch_size, num_fewshot=a.num_fewshot,
+                                    chat_template=a.chat_template),
     "report": lambda a: report(a.path),
     "convert": lambda a: convert.run(a.file, a.out, a.tool, a.overwrite, stage=a.stage),  # exit 3: keys NOT TRANSLATED
     "demo": lambda a: demo(a.root, fast=a.fast, overwrite=a.overwrite, prepare_only=a.prepare_only),

@@ -21,6 +21,7 @@ from posttrain import runs, stages
 from posttrain.data.formats import alpaca_prompt
 from posttrain.errors import PosttrainError
 from posttrain.generate import load_policy, recipe_of, run_template
+from posttrain.recipe import RECIPES_DIR
 from posttrain.util import did_you_mean, first_line
 
 log = logging.getLogger("posttrain")
@@ -68,6 +69,8 @@ def local_tasks(spec: str) -> list[dict]:
     from lm_eval.tasks._yaml_loader import load_yaml
 
     path = Path(spec).expanduser()
+    if not path.exists() and (RECIPES_DIR / spec).exists():
+        path = RECIPES_DIR / spec  # a shipped task: eval/arithmetic.yaml
     if not path.exists():
         raise PosttrainError(f"task {spec}: no such file or folder")
     files = sorted(f for f in path.rglob("*") if f.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
@@ -173,6 +176,8 @@ def evaluate(target: str, tasks, *, limit=None, batch_size=8, num_fewshot=None, 
     import lm_eval
 
     specs, manager = resolve_tasks(tasks)
+    if isinstance(limit, float) and limit >= 1:
+        limit = int(limit)  # a count; below 1 a fraction of each task
     recipe = recipe_of(Path(target))
     stage = stages.all_stages().get((recipe or {}).get("stage"))
     if stage and stage.output != "policy":
@@ -198,7 +203,7 @@ def evaluate(target: str, tasks, *, limit=None, batch_size=8, num_fewshot=None, 
     version = metadata.version("lm_eval")
     results = _rows(res["results"])
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    entries = {task: {"metrics": metrics, "lm_eval_version": version, "limit": limit, "num_fewshot": num_fewshot,
+    entries = {task: {"metrics": metrics, "model": str(target), "lm_eval_version": version, "limit": limit, "num_fewshot": num_fewshot,
                       "template": template, "samples": (res.get("n-samples") or {}).get(task, {}).get("effective"),
                       "date": stamp} for task, metrics in results.items()}
     print(format_results(results))
@@ -206,7 +211,7 @@ def evaluate(target: str, tasks, *, limit=None, batch_size=8, num_fewshot=None, 
     out = Path(out) if out else Path(target) if runs.read_manifest(Path(target)) else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        manifest = runs.read_manifest(out) or {"model": str(target)}
+        manifest = runs.read_manifest(out) or {}
         manifest["eval"] = {**(manifest.get("eval") or {}), **entries}
         runs.write_json_atomic(out / runs.MANIFEST, manifest)
         prompts = {task: [{"prompt": s["arguments"][0][0], "target": s["target"], "response": s["filtered_resps"]}
@@ -232,3 +237,15 @@ def format_results(results: dict) -> str:
 def main(target: str, tasks: str, *, limit=None, batch_size=8, num_fewshot=None, chat_template=True) -> int:
     evaluate(target, tasks, limit=limit, batch_size=batch_size, num_fewshot=num_fewshot, chat_template=chat_template)
     return 0
+
+
+def task_names(tasks) -> list[str]:
+    """The names results are filed under: a local file's `task:`, else the name given."""
+    return [c["task"] for t in task_list(tasks) for c in (local_tasks(t) if is_local(t) else [{"task": t}])]
+
+
+def measured(target: str, out: str | Path, options: dict) -> bool:
+    """`out` already holds results of `target` on every task of this eval with the same limit and few-shot count."""
+    have = ((runs.read_manifest(Path(out)) or {}).get("eval")) or {}
+    return all(t in have and have[t].get("model") == str(target) and have[t].get("limit") == options.get("limit")
+               and have[t].get("num_fewshot") == options.get("num_fewshot") for t in task_names(options["tasks"]))

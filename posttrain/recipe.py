@@ -38,6 +38,7 @@ class Recipe:
     peft: dict | None = None
     quantization: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # stage-specific keys
+    eval: dict | None = None  # measured after training (posttrain.evaluate); not part of the run's identity
     source: str = ""
     resolved: dict = dataclasses.field(default_factory=dict)  # what is saved as recipe.resolved.yaml
     upstream: dict = dataclasses.field(default_factory=dict)  # pipeline: hashes of the stages it builds on

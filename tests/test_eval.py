@@ -136,3 +136,82 @@ def test_eval_refuses_a_reward_run(tmp_path, cli):
 def test_shipped_tasks_ship_their_data():
     for task in (ARITH, CAPITALS):
         assert Path(task.with_suffix(".jsonl")).is_file()
+
+
+def _eval_pipeline(fx, tmp_path, ev):
+    import yaml
+
+    fast = {"max_steps": 1, "warmup_steps": 0, "eval_strategy": "no", "save_strategy": "no"}
+    pref = {"train": str(fx["preference"]), "split": "train", "eval": None}
+    doc = {"output_root": str(tmp_path / "pipe"), "stages": {
+        "sft": {"recipe": "alpaca_gpt2", "model.name_or_path": str(fx["model"]),
+                "data": {"train": str(fx["alpaca"]), "eval_fraction": None}, "training": fast},
+        "reward": {"recipe": "reward_gpt2", "after": "sft", "data": pref, "training": fast},
+        "dpo": {"recipe": "dpo_gpt2", "after": "sft", "data": pref, "training": fast},
+    }, "eval": ev}
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_pipeline_eval_measures_base_and_policy_stages_skips_on_rerun_and_reports(fx, tmp_path, cli):
+    path = _eval_pipeline(fx, tmp_path, {"tasks": ["eval/capitals.yaml"], "limit": 2})
+    code, out, err = cli("pipeline", path)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    assert {s["stage"]: s["status"] for s in doc["stages"]} == {
+        "base": "measured", "sft": "ran, measured", "reward": "ran", "dpo": "ran, measured"}
+    base = manifest(tmp_path / "pipe" / "base")
+    assert base["eval"]["posttrain_capitals"]["model"] == str(fx["model"])
+    assert base["eval"]["posttrain_capitals"]["template"] == "alpaca"
+    assert "eval" not in manifest(tmp_path / "pipe" / "reward")
+    code, out, err = cli("pipeline", path)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    assert {s["stage"]: s["status"] for s in doc["stages"]} == {
+        "base": "measured before", "sft": "skipped, measured before", "reward": "skipped",
+        "dpo": "skipped, measured before"}
+
+    code, out, err = cli("report", tmp_path / "pipe")
+    assert code == 0, err
+    md = (tmp_path / "pipe" / "report.md").read_text()
+    assert "| task metric | base | sft | dpo |" in md and "| posttrain_capitals acc |" in md
+    assert (tmp_path / "pipe" / "eval.png").is_file()
+
+
+@pytest.mark.parametrize("ev, expected", [
+    ({"tasks": ["eval/capitals.yaml"], "stages": ["reward"]}, "eval.stages: reward: a reward stage has no policy model"),
+    ({"tasks": ["eval/capitals.yaml"], "stages": ["sfx"]}, "did you mean 'sft'"),
+    ({"tasks": ["nope/missing.yaml"]}, "eval.tasks: task nope/missing.yaml: no such file or folder"),
+    ({"tasks": ["eval/capitals.yaml"], "limt": 2}, "eval.limt"),
+])
+def test_bad_pipeline_eval_is_one_line_at_validate(fx, tmp_path, cli, ev, expected):
+    code, out, err = cli("validate", _eval_pipeline(fx, tmp_path, ev))
+    one_error_line(code, out, err, expected)
+
+
+def test_pipeline_eval_validates(fx, tmp_path, cli):
+    code, out, err = cli("validate", _eval_pipeline(fx, tmp_path, {"tasks": "eval/capitals.yaml"}))
+    assert code == 0, err
+    assert "ok: eval eval/capitals.yaml after base, sft, dpo: checked" in out
+
+
+@pytest.mark.parametrize("ev, stage, expected", [
+    ("{tasks: [eval/capitals.yaml]}", "reward_gpt2", "eval: a reward run trains a reward model, not a policy"),
+    ("{tasks: [hellaswagg]}", "alpaca_gpt2", "eval.tasks: task hellaswagg: not an lm-eval task; did you mean 'hellaswag'"),
+    ("{tasks: [eval/capitals.yaml], batch_size: 0}", "alpaca_gpt2", "eval.batch_size: 0 is out of range"),
+])
+def test_bad_recipe_eval_is_one_line_at_validate(fx, tmp_path, cli, ev, stage, expected):
+    code, out, err = cli("validate", stage, f"eval={ev}", f"model.name_or_path={fx['model']}",
+                         f"data.train={fx['preference' if stage.startswith('reward') else 'alpaca']}", "--no-data")
+    one_error_line(code, out, err, expected)
+
+
+@pytest.mark.slow
+def test_recipe_eval_runs_after_training(fx, tmp_path, cli):
+    run = _train(cli, fx, tmp_path / "sft", "alpaca_gpt2", "eval={tasks: eval/arithmetic.yaml, limit: 1}")
+    assert manifest(run)["eval"]["posttrain_arithmetic"]["samples"] == 1
+    import yaml
+
+    assert "eval" not in yaml.safe_load((run / "recipe.resolved.yaml").read_text())  # not part of the run's identity
