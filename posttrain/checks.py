@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import convert, launch, models, needs, options, preflight, schema, stages
+from posttrain import convert, evaluate, launch, models, needs, options, preflight, schema, stages
 from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.keys import (
@@ -376,8 +376,6 @@ def eval_has_a_policy(d: Draft):
 
 def eval_tasks_exist(d: Draft):
     """The lm-eval extra is installed, local task files parse and name their data, task names are lm-eval's."""
-    from posttrain import evaluate
-
     if d.eval:
         for problem in evaluate.check(d.eval["tasks"]):
             d.where.fail("eval.tasks", problem)
