@@ -118,13 +118,16 @@ def test_bad_local_task_is_one_line(tmp_path, cli, text, expected):
     assert expected in one_error_line(code, out, err, str(task))
 
 
-def test_missing_extra_is_one_line_with_the_install_command(tmp_path, cli, monkeypatch):
+def test_missing_extra_is_one_line_with_the_install_command(fx, tmp_path, cli, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
     code, out, err = cli("eval", tmp_path, "--tasks", str(ARITH))
     one_error_line(code, out, err, "pip install 'posttrain[eval]'")
+    code, out, err = cli("validate", "alpaca_gpt2", "eval={tasks: eval/arithmetic.yaml}", f"model.name_or_path={fx['model']}",
+                         f"data.train={fx['alpaca']}", "--no-data")
+    one_error_line(code, out, err, "eval.tasks: eval needs lm-evaluation-harness, not installed: pip install 'posttrain[eval]'")
 
 
 def test_eval_refuses_a_reward_run(tmp_path, cli):
@@ -199,7 +202,8 @@ def test_pipeline_eval_validates(fx, tmp_path, cli):
 
 @pytest.mark.parametrize("ev, stage, expected", [
     ("{tasks: [eval/capitals.yaml]}", "reward_gpt2", "eval: a reward run trains a reward model, not a policy"),
-    ("{tasks: [hellaswagg]}", "alpaca_gpt2", "eval.tasks: task hellaswagg: not an lm-eval task; did you mean 'hellaswag'"),
+    pytest.param("{tasks: [hellaswagg]}", "alpaca_gpt2", "eval.tasks: task hellaswagg: not an lm-eval task; did you mean "
+                 "'hellaswag'", marks=pytest.mark.slow),  # reads lm-eval's index of ~15k shipped tasks (10-30 s)
     ("{tasks: [eval/capitals.yaml], batch_size: 0}", "alpaca_gpt2", "eval.batch_size: 0 is out of range"),
 ])
 def test_bad_recipe_eval_is_one_line_at_validate(fx, tmp_path, cli, ev, stage, expected):
