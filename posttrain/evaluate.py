@@ -11,6 +11,7 @@ one entry per task) and eval.json beside it, with the prompts lm-eval built.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import time
@@ -97,6 +98,14 @@ def local_tasks(spec: str) -> list[dict]:
     return out
 
 
+@functools.cache
+def _shipped_tasks():
+    """lm-eval's index of its own tasks: read once per process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 def resolve_tasks(tasks) -> tuple[list, object]:
     """(what simple_evaluate takes as tasks, a TaskManager): local tasks as configs; names checked against
     lm-eval's task index (built only when a name is given: it reads every shipped task, ~10 s)."""
@@ -111,7 +120,7 @@ def resolve_tasks(tasks) -> tuple[list, object]:
             specs.append(t)
     if not specs:
         raise PosttrainError("eval: no tasks given (--tasks NAME_OR_YAML[,...])")
-    manager = TaskManager(include_defaults=bool(names))
+    manager = _shipped_tasks() if names else TaskManager(include_defaults=False)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
         raise PosttrainError("; ".join(f"task {n}: not an lm-eval task{did_you_mean(n, manager.all_tasks)}"

@@ -201,4 +201,7 @@ def report(path: str | Path) -> list[Path]:
 def main(path: str) -> int:
     for p in report(path):
         print(p)
+    md = (Path(path) / "report.md").read_text(encoding="utf-8")
+    if "## lm-eval" in md:
+        print("\n" + md.split("## lm-eval", 1)[1].split("\n## ", 1)[0].strip())
     return 0

@@ -178,6 +178,7 @@ def test_pipeline_eval_measures_base_and_policy_stages_skips_on_rerun_and_report
 
     code, out, err = cli("report", tmp_path / "pipe")
     assert code == 0, err
+    assert "| posttrain_capitals acc |" in out  # the table is printed too
     md = (tmp_path / "pipe" / "report.md").read_text()
     assert "| task metric | base | sft | dpo |" in md and "| posttrain_capitals acc |" in md
     assert (tmp_path / "pipe" / "eval.png").is_file()
