@@ -18,7 +18,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from posttrain import runs, stages
+from posttrain import runs
 from posttrain.data.formats import alpaca_prompt
 from posttrain.errors import PosttrainError
 from posttrain.generate import load_policy, recipe_of, run_template
@@ -187,14 +187,8 @@ def evaluate(target: str, tasks, *, limit=None, batch_size=8, num_fewshot=None, 
     specs, manager = resolve_tasks(tasks)
     if isinstance(limit, float) and limit >= 1:
         limit = int(limit)  # a count; below 1 a fraction of each task
-    recipe = recipe_of(Path(target))
-    stage = stages.all_stages().get((recipe or {}).get("stage"))
-    if stage and stage.output != "policy":
-        raise PosttrainError(f"eval: {target} holds a {stage.output.replace('_', ' ')}, not a policy that generates "
-                             "text; evaluate a policy stage")
     log.info("eval: loading %s", target)
-    model, tokenizer = load_policy(target, _dtype(recipe))
-    tokenizer.padding_side = "left"
+    model, tokenizer = load_policy(target, _dtype(recipe_of(Path(target))))  # refuses a reward model
     import torch
 
     if torch.cuda.is_available() and model.device.type == "cpu":

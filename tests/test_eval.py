@@ -133,7 +133,7 @@ def test_missing_extra_is_one_line_with_the_install_command(fx, tmp_path, cli, m
 def test_eval_refuses_a_reward_run(tmp_path, cli):
     (tmp_path / "recipe.resolved.yaml").write_text("stage: reward\n")
     code, out, err = cli("eval", tmp_path, "--tasks", str(ARITH))
-    one_error_line(code, out, err, "reward model, not a policy")
+    one_error_line(code, out, err, "holds a reward model (a scalar score head), not a policy")
 
 
 def test_shipped_tasks_ship_their_data():
