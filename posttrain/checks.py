@@ -27,12 +27,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import chat_templates, convert, launch, models, needs, options, preflight, schema, stages, tracking
+from posttrain import chat_templates, convert, evaluate, launch, models, needs, options, preflight, schema, stages, tracking
 from posttrain.convert import names
 from posttrain.data.formats import FORMATS, ROLES, PromptFormat
 from posttrain.errors import DataError, PosttrainError, Problems, RecipeError
 from posttrain.keys import (
     DATA_KEYS,
+    EVAL_KEYS,
     MODEL_KEYS,
     PROMPT_FORMAT_KEYS,
     RANGES,
@@ -76,6 +77,7 @@ class Draft:
     watchdog: dict | None = None
     tracking: dict | None = None
     output_dir: str = ""
+    eval: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)
     recipe: Recipe | None = None  # built once the owners' checks ran; what stage/file/model checks read
     pending: tuple[str, ...] = ()  # keys a pipeline fills with an upstream output that does not exist yet
@@ -415,6 +417,24 @@ def read_output_dir(d: Draft):
     d.output_dir = out
     if not isinstance(out, str) or not out.strip():
         d.where.fail("output_dir", f"expected a directory path, got {show(out)}")
+
+
+def read_eval(d: Draft):
+    if d.raw.get("eval") is not None:
+        d.eval = own_section(d.where, "eval", d.raw["eval"], EVAL_KEYS, d.stage)
+
+
+def eval_has_a_policy(d: Draft):
+    if d.eval and d.stage.output != "policy":
+        d.where.fail("eval", f"a {d.stage.name} run trains a {d.stage.output.replace('_', ' ')}, not a policy that "
+                             "generates text: nothing for lm-eval to measure")
+
+
+def eval_tasks_exist(d: Draft):
+    """The lm-eval extra is installed, local task files parse and name their data, task names are lm-eval's."""
+    if d.eval:
+        for problem in evaluate.check(d.eval["tasks"]):
+            d.where.fail("eval.tasks", problem)
 
 
 def read_training(d: Draft):
@@ -757,6 +777,8 @@ REGISTRY: tuple[Step, ...] = (
     Step(read_chat_template, "recipe", ("model.chat_template",)),
     Step(one_eval_source, "recipe", ("data.eval", "data.eval_fraction")),
     Step(read_output_dir, "recipe"),
+    Step(read_eval, "recipe"),
+    Step(eval_has_a_policy, "recipe", ("eval",)),
     Step(read_training, "recipe"),
     Step(read_peft_and_quantization, "recipe"),
     Step(read_watchdog, "recipe"),
@@ -788,6 +810,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(launch_fits, "files", ("quantization", "peft", "model.name_or_path"), each=True),
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
+    Step(eval_tasks_exist, "files", ("eval",)),
     Step(model_check(preflight.target_modules), "model", MODEL_READS),
     Step(model_check(preflight.trainable), "model", ("model.trainable", *MODEL_READS)),
     Step(model_check(preflight.positions), "model", ("data.max_length", "training", *MODEL_READS[1:])),
@@ -887,5 +910,5 @@ def _recipe(d: Draft) -> Recipe:
             resolved[section] = shown(getattr(d, section))
     resolved["output_dir"] = d.output_dir
     return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
-                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved,
+                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved, eval=d.eval,
                   where=d.where, parsed=d.parsed, watchdog=d.watchdog, tracking=d.tracking)

@@ -13,7 +13,7 @@ from typing import Any
 from posttrain.util import Where, as_number
 
 TOP_KEYS = ["stage", "extends", "description", "model", "data", "peft", "quantization", "training", "watchdog", "tracking",
-            "output_dir"]
+            "output_dir", "eval"]
 
 DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 
@@ -109,6 +109,16 @@ DATA_KEYS = {
     "max_length": Key((int,), 1024, range=Range(2)),
     "pad_to_multiple_of": Key((int,), range=AT_LEAST_1),
     "num_proc": Key((int,), range=AT_LEAST_1),
+}
+
+# `eval:` (posttrain eval after training; a pipeline's `eval:` adds `stages`): lm-evaluation-harness options.
+EVAL_KEYS = {
+    "tasks": Key((str, list), required=True,
+                 help="lm-eval task names and/or local task YAML files or folders (shipped: eval/arithmetic.yaml)"),
+    "limit": Key((int, float), range=POSITIVE, help="at most this many examples per task (a fraction if < 1)"),
+    "batch_size": Key((int,), 8, range=AT_LEAST_1),
+    "num_fewshot": Key((int,), range=NON_NEGATIVE, help="default: each task's own"),
+    "chat_template": Key((bool,), True, help="false: the task's text as it is, not in the run's prompt template"),
 }
 
 # One entry of a data.train / data.eval list (a mixture); a plain string is {source: it}.
