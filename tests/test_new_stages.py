@@ -102,7 +102,8 @@ def test_gkd_rows_reach_trl_with_posttrains_prompt_boundary(fx):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", NEW_RECIPES)
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[pytest.mark.both_ends] if r != "cpo_gpt2_simpo" else [])
+                                    for r in NEW_RECIPES])
 def test_new_stage_trains_from_its_shipped_recipe(fx, tmp_path, cli, recipe, request):
     out = tmp_path / recipe
     # gkd: a teacher of another architecture with the same vocabulary (the tiny Llama below), so there is a gap
