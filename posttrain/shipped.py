@@ -64,7 +64,8 @@ def _needs(stage, refusals: dict) -> str:
     return f" [needs TRL {spec.trl.spec}]"
 
 
-def _pipeline_stages(path: Path) -> list:
+def pipeline_stages(path: Path) -> list:
+    """The stages a pipeline file's recipes declare, read without checking anything."""
     entries = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}
     out = []
     for entry in entries.values():
@@ -88,7 +89,7 @@ def listing() -> str:
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
     lines += ["", "pipeline" + " " * 12 + "description"]
     for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml")):
-        needs = "".join(dict.fromkeys(_needs(s, refusals) for s in _pipeline_stages(p)))
+        needs = "".join(dict.fromkeys(_needs(s, refusals) for s in pipeline_stages(p)))
         lines.append(f"{p.stem:<20}{_description(p)}{needs}")
     lines += ["", *refusals.values()] if refusals else []
     lines += ["", "posttrain validate NAME | posttrain train NAME | posttrain pipeline NAME | "
