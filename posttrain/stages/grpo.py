@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
-from posttrain.models import load_seq_cls, load_tokenizer, lora_config, torch_dtype
+from posttrain.models import load_seq_cls, load_tokenizer, lora_config, recipe_tokens, torch_dtype
 from posttrain.rewards import parse_rewards, rule_reward
 from posttrain.stages import Footprint, Held, Plot, Stage, Wire, common
 from posttrain.util import Where, world_size
@@ -27,6 +27,16 @@ def reference(recipe: Recipe) -> bool:
     """TRL holds a reference copy of the policy when beta (the stage's TRL default: GRPO 0, RLOO 0.05) is not 0,
     and without LoRA (then the disabled adapter is the reference)."""
     return not recipe.peft and bool(common.training_with_defaults(recipe).get("beta"))
+
+
+def check_tokens(recipe: Recipe, where: Where) -> None:
+    """Added tokens need the reference grown like the policy; TRL reloads it from disk itself (see reference)."""
+    tokens = recipe_tokens(recipe.model)
+    if tokens and reference(recipe):
+        key = next(k for k in ("add_tokens", "add_special_tokens", "special_tokens") if recipe.model.get(k))
+        where.fail(f"model.{key}", f"with training.beta {common.training_with_defaults(recipe)['beta']} and no peft, "
+                   f"{recipe.stage}'s trainer reloads its reference policy from '{recipe.model['name_or_path']}' "
+                   "without the new tokens; add them in an earlier stage (sft), train with peft, or set training.beta: 0")
 
 
 def reward_models(recipe: Recipe) -> list:
@@ -130,7 +140,7 @@ def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
         trainer = getattr(trl, trainer_class)(model=model, reward_funcs=funcs, args=args, train_dataset=train,
                                               eval_dataset=eval_ds, processing_class=tokenizer,
                                               reward_processing_classes=reward_tokenizers,
-                                              peft_config=lora_config(recipe.peft))
+                                              peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     finally:
         trl_log.removeFilter(_not_about_model_init_kwargs)
     # TRL names metrics after a reward model's directory name, which two items may share; ours are unique.
@@ -168,6 +178,6 @@ STAGE = Stage(
                         other_models=reward_models, logits="generated_logps"),
     managed={"reward_weights": "give items of `rewards:` a `weight`"},
     parse={"rewards": parse_rewards},
-    checks=(check_groups,),
+    checks=(check_groups, check_tokens),
     position=70,
 )

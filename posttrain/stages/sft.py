@@ -60,7 +60,7 @@ def build(recipe: Recipe):
         match_eos(model, tokenizer)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
                          data_collator=collate(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
-                         peft_config=lora_config(recipe.peft))
+                         peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats
 
 
