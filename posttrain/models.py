@@ -275,9 +275,8 @@ def train_only(model, patterns: list[str]) -> tuple[int, int]:
 
 
 def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM", tokenizer=None, model=None):
-    """peft.LoraConfig from the recipe's `peft:`. With the recipe's tokens new to the `tokenizer`, their embedding
-    rows train through `trainable_token_indices` (added to the recipe's own), unless `modules_to_save` names the
-    input embedding of `model` (then the whole embedding trains)."""
+    """peft.LoraConfig from the recipe's `peft:`. With tokens the recipe added new to the `tokenizer`, their rows of
+    `model`'s embedding train too (`trainable_token_indices`, see token_rows)."""
     if not peft:
         return None
     from peft import LoraConfig
@@ -285,19 +284,24 @@ def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM", tokenizer=None,
     kw = dict(peft)
     kw.setdefault("task_type", task_type)
     new = getattr(tokenizer, NEW_TOKEN_IDS, None)
-    if new and input_embedding_name(model) not in (kw.get("modules_to_save") or ()):
-        given = kw.get("trainable_token_indices")
-        kw["trainable_token_indices"] = {k: sorted({*v, *new}) for k, v in given.items()} if isinstance(given, dict) \
-            else sorted({*(given or ()), *new})
+    if new and model is not None:
+        kw["trainable_token_indices"] = token_rows(model, new, kw.get("trainable_token_indices"),
+                                                   kw.get("modules_to_save") or ())
     return LoraConfig(**kw)
 
 
-def input_embedding_name(model) -> str | None:
-    """The last part of the input embedding's module name (`wte`, `embed_tokens`): how peft names it."""
-    if model is None:
-        return None
-    emb = model.get_input_embeddings()
-    return next((n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is emb), None)
+def token_rows(model, new: list[int], given, whole=()) -> dict | None:
+    """peft's `trainable_token_indices` for the `new` token ids: their rows of the input embedding and, when it is
+    not tied to it, of the output head (a tied head follows its embedding in peft), added to what the recipe `given`
+    (a list means the input embedding); a layer that `whole` (modules_to_save) trains entirely needs none."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    layers = [emb] + ([head] if head is not None and head.weight is not emb.weight else [])
+    out = dict(given) if isinstance(given, dict) else {names[id(emb)]: list(given)} if given else {}
+    for layer in layers:
+        if names[id(layer)] not in whole:
+            out[names[id(layer)]] = sorted({*out.get(names[id(layer)], ()), *new})
+    return out or None
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
