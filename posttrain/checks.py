@@ -27,7 +27,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import convert, launch, models, needs, options, preflight, schema, stages
+from posttrain import chat_templates, convert, launch, models, needs, options, preflight, schema, stages
+from posttrain.convert import names
 from posttrain.data.formats import FORMATS
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.keys import (
@@ -122,7 +123,7 @@ def own_section(where: Where, name: str, values, spec: dict[str, Key], stage=Non
 
 def _own_value(where: Where, dotted: str, k, v, spec: dict[str, Key], stage):
     if k not in spec:
-        options.unknown(where, dotted, spec, value=v, stage=stage)
+        names.unknown(where, dotted, spec, value=v, stage=stage)
     key = spec[k]
     if v is None:
         if key.required:
@@ -197,7 +198,7 @@ def top_level_keys(d: Draft):
                     users = [s.name for s in stages.all_stages().values() if k in s.keys]
                     d.where.fail(k, f"is not used by a {d.stage.name} recipe (only by {', '.join(users)})")
                 continue
-            options.unknown(d.where, str(k), TOP_KEYS + list(d.stage.keys), value=d.raw[k], stage=d.stage)
+            names.unknown(d.where, str(k), TOP_KEYS + list(d.stage.keys), value=d.raw[k], stage=d.stage)
     for k in d.stage.required:
         if d.raw.get(k) in (None, "", []):
             with d.where.each():
@@ -319,7 +320,13 @@ def read_chat_template(d: Draft):
     if value is None:
         return
     text = value
-    if is_template_path(value):
+    if chat_templates.is_name(value):
+        text = chat_templates.text(value)
+        if text is None:
+            d.where.fail("model.chat_template", f"no shipped template named '{value}'{did_you_mean(value, chat_templates.names())} "
+                         f"(one of {', '.join(chat_templates.shipped())}; `posttrain recipes` lists their other names; "
+                         "or a .jinja path, or inline Jinja)")
+    elif is_template_path(value):
         p = Path(value).expanduser()
         if not p.is_file():
             d.where.fail("model.chat_template", f"file not found: {value} (an inline template holds Jinja: "
@@ -490,7 +497,7 @@ def ranges(d: Draft):
 
 def training_fits_trl_config(d: Draft):
     d.training = schema.check_owned("training", d.training, schema.config_class(d.stage.trl_config), d.where,
-                                    options.unknown_in(d.stage))
+                                    names.unknown_in(d.stage))
     new = options.unclassified(d.stage, "training", d.training)
     if new:
         log.warning("training.%s: passed to %s, but this posttrain version has not classified %s (a newer TRL than "
@@ -515,7 +522,7 @@ def token_rows_loss(d: Draft):
 def peft_fits_lora_config(d: Draft):
     if not d.peft:
         return
-    d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where, options.unknown_in(d.stage))
+    d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where, names.unknown_in(d.stage))
     targets = d.peft.get("target_modules")
     name = targets[0] if isinstance(targets, list) and len(targets) == 1 else targets
     if isinstance(name, str) and name.lower() in preflight.ALL_LINEAR:
@@ -530,7 +537,7 @@ def peft_fits_lora_config(d: Draft):
 def quantization_fits_bnb_config(d: Draft):
     if d.quantization:
         d.quantization = schema.check_owned("quantization", d.quantization, schema.bnb_class(), d.where,
-                                            options.unknown_in(d.stage))
+                                            names.unknown_in(d.stage))
 
 
 def qlora_defaults(d: Draft):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from posttrain import chat_templates
 from posttrain.errors import RecipeError
 from posttrain.util import Where, did_you_mean
 
@@ -168,11 +169,15 @@ def is_template_path(value) -> bool:
 
 
 def _anchor_template(data: dict, path: Path):
-    """A relative model.chat_template path is relative to the recipe file that says it (also via extends:)."""
+    """A relative model.chat_template path is relative to the recipe file that says it (also via extends:). A bare
+    word names a shipped template (posttrain.chat_templates), unless no template has that name and the file exists."""
     model = data.get("model")
     value = model.get("chat_template") if isinstance(model, dict) else None
-    if is_template_path(value) and value.strip() and not Path(value).expanduser().is_absolute():
-        model["chat_template"] = str((path.parent / value).resolve())
+    if not is_template_path(value) or not value.strip() or Path(value).expanduser().is_absolute():
+        return
+    if chat_templates.is_name(value) and (chat_templates.text(value) is not None or not (path.parent / value).is_file()):
+        return
+    model["chat_template"] = str((path.parent / value).resolve())
 
 
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

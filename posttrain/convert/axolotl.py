@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import re
 
-from posttrain import options
 from posttrain.convert.core import (
-    LATER,
     Call,
     Conversion,
     Drop,
@@ -30,6 +28,7 @@ from posttrain.convert.core import (
     empty,
     eval_fraction,
     flag,
+    later,
     launch_hint,
     map_sources,
     one_source,
@@ -38,28 +37,51 @@ from posttrain.convert.core import (
     walk,
 )
 
-RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo"}
+# axolotl's `rl:` -> the posttrain stage, and the settings it implies
+RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo", "simpo": "cpo"}
+RL_SETS = {"ipo": {"training.loss_type": "ipo"}, "simpo": {"training.loss_type": "simpo"}}
 # axolotl DPO/ORPO dataset types whose columns are fixed (their prompt strategies) -> posttrain column_map
 PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "icr": {"input": "prompt"}, "prompt_pairs": {},
                     "argilla": {"instruction": "prompt", "chosen_response": "chosen", "rejected_response": "rejected"}}
+OLD_ADAPTER = "posttrain trains a new adapter; merge this one first (`posttrain merge RUN_DIR`) and train on the merged model"
 # read together by `_peft`
-LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "lora_modules_to_save",
-        "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora", "lora_model_dir", "lora_target_parameters")
-QUANT = ("load_in_4bit", "load_in_8bit", "bnb_config_kwargs")
 PEFT = {"lora_r": To("peft.r"), "lora_alpha": To("peft.lora_alpha"), "lora_dropout": To("peft.lora_dropout"),
         "lora_modules_to_save": To("peft.modules_to_save"), "lora_fan_in_fan_out": To("peft.fan_in_fan_out"),
         "peft_use_dora": To("peft.use_dora"), "peft_use_rslora": To("peft.use_rslora"),
         "lora_target_parameters": To("peft.target_parameters")}
+LORA = {**PEFT, "lora_target_modules": To("peft.target_modules"),
+        "lora_target_linear": To("peft.target_modules", lambda v: "all-linear"), "lora_model_dir": No(OLD_ADAPTER)}
+QUANT = {"load_in_4bit": To("quantization", lambda v: {"load_in_4bit": True}),
+         "load_in_8bit": To("quantization", lambda v: {"load_in_8bit": True}),
+         "bnb_config_kwargs": To("quantization", note="any transformers.BitsAndBytesConfig option")}
 PRECISION = {"bf16": DropIf("auto", "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)",
                             To("training.bf16")), "fp16": To("training.fp16")}
-NEIGHBOURS = ("rl", "reward_model", "adapter", *LORA, *QUANT, "datasets", "test_datasets", "val_set_size", "sequence_len",
-              "evals_per_epoch", "saves_per_epoch", "num_epochs", "max_steps", "chat_template", "chat_template_jinja",
-              "bf16", "fp16")
 
+
+def _rl_hint(value) -> str:
+    stage = RL.get(str(value).lower())
+    sets = " with " + " and ".join(f"`{k}: {v}`" for k, v in RL_SETS[value].items()) if value in RL_SETS else ""
+    return f"`stage: {stage}`{sets}" if stage else "the top-level `stage`"
+
+
+PER_EPOCH = "`training.{0}_strategy: steps` with `training.{0}_steps: 1/(N x epochs)` (a value below 1 is a ratio " \
+            "of the total steps)"
+# keys read together with their neighbours (by _stage, _peft, _data, _schedule), with what validate says of them
+NEIGHBOURS = {"rl": _rl_hint, "reward_model": "`stage: reward`",
+              "adapter": "a `peft:` section (plus `quantization: {load_in_4bit: true}` for QLoRA)", **LORA, **QUANT,
+              "datasets": To("data.train"), "test_datasets": To("data.eval"), "val_set_size": To("data.eval_fraction"),
+              "sequence_len": To("data.max_length"), "evals_per_epoch": PER_EPOCH.format("eval"),
+              "saves_per_epoch": PER_EPOCH.format("save"), "num_epochs": To("training.num_train_epochs"),
+              "max_steps": To("training.max_steps"), "chat_template": Call(chat_template),
+              "chat_template_jinja": To("model.chat_template", note="inline Jinja or a .jinja file"), **PRECISION}
+
+# axolotl's Liger switches: each is TRL's use_liger_kernel (which applies every Liger kernel for the architecture)
+LIGER_KEYS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy",
+              "liger_fused_linear_cross_entropy", "liger_rms_norm_gated")
 USE_LIGER = "TRL applies Liger's kernels for the model's architecture (the same maths, less memory)"
 
 TABLE = {
-    **{k: LATER for k in NEIGHBOURS},
+    **{k: later(hint) for k, hint in NEIGHBOURS.items()},
     "base_model": To("model.name_or_path"),
     "base_model_config": Drop("posttrain reads the config beside the weights in model.name_or_path"),
     "revision_of_model": To("model.revision"),
@@ -71,7 +93,7 @@ TABLE = {
     "strict": Drop("posttrain is always strict: unknown keys are errors"),
     "trl": Call(lambda c, k, v: _trl_section(c, k, v)),
     **{f"is_{m}_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture")
-       for m in ("mistral", "llama", "qwen")},
+       for m in ("mistral", "llama", "qwen", "falcon")},
     "eval_table_max_new_tokens": Drop("used only for eval tables"),
     "dataset_prepared_path": Drop("prepared data is cached by `datasets` (HF_DATASETS_CACHE)"),
     "push_dataset_to_hub": No("posttrain does not upload datasets"),
@@ -81,7 +103,7 @@ TABLE = {
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
     "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v)),
     "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
-    "train_on_inputs": DropIf(False, "the prompt is masked, as posttrain does by default",
+    "train_on_inputs": DropIf(False, "posttrain masks the prompt by default (`data.train_on: assistant`)",
                               To("data.train_on", lambda v: "all")),
     "sample_packing": Call(packing),
     "eval_sample_packing": Drop("eval batches are padded (training.packing packs training batches only)"),
@@ -119,7 +141,7 @@ TABLE = {
     "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
     "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
     "attn_implementation": Call(lambda c, k, v: _attention(c, k, v)),
-    **dict.fromkeys(options.LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
+    **dict.fromkeys(LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
     "plugins": Call(lambda c, k, v: _plugins(c, k, v)),
     **dict.fromkeys(("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"),
                     Drop("axolotl's fused LoRA kernels: speed only, the same LoRA")),
@@ -185,7 +207,9 @@ def looks_like(raw: dict) -> bool:
 
 
 def _special_tokens(conv: Conversion, key: str, value):
-    for tok, v in dict(value).items():
+    if not isinstance(value, dict):
+        return conv.no(key, value, "expected a mapping of token names to tokens (eos_token: ...)")
+    for tok, v in value.items():
         dotted = f"{key}.{tok}"
         if tok == "eos_token" and conv.stage in ("sft", "reward"):
             conv.map(dotted, v, "training.eos_token")
@@ -210,19 +234,16 @@ def _stage(conv: Conversion) -> str:
         return "sft"
     rl = str(rl).lower()
     if rl not in RL:
-        conv.no("rl", rl, "SimPO is TRL's CPO trainer, not a posttrain stage yet" if rl == "simpo" else
-                f"'{rl}' is not a posttrain stage")
+        conv.no("rl", rl, f"'{rl}' is not an axolotl rl: posttrain translates ({', '.join(RL)})")
         return "dpo"
-    conv.map("rl", rl, "stage", RL[rl])
-    if rl == "ipo":
-        conv.put("training.loss_type", "ipo")
+    conv.map("rl", rl, "*", {"stage": RL[rl], **RL_SETS.get(rl, {})})
     return RL[rl]
 
 
 def _peft(conv: Conversion):
     raw = conv.raw
     adapter = raw.get("adapter")
-    given = {k: raw[k] for k in LORA + QUANT if k in raw}
+    given = {k: raw[k] for k in (*LORA, *QUANT) if k in raw}
     if empty(adapter):
         conv.drop_given("adapter", "empty: full fine-tuning (a recipe without `peft:`)")
         for k, v in given.items():
@@ -250,8 +271,7 @@ def _peft(conv: Conversion):
         else:
             conv.drop_given("lora_target_modules", "empty: peft's default modules for the architecture, as axolotl")
     if not empty(raw.get("lora_model_dir")):
-        conv.no("lora_model_dir", raw["lora_model_dir"], "posttrain trains a new adapter; merge this one first "
-                                                         "(`posttrain merge`) and train on the merged model")
+        conv.no("lora_model_dir", raw["lora_model_dir"], OLD_ADAPTER)
     else:
         conv.drop_given("lora_model_dir", "empty: a new adapter")
     conv.default("peft.lora_dropout", 0.0, "axolotl: lora_dropout 0.0")

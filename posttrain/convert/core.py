@@ -5,7 +5,9 @@ template names), and writing the recipe.
 A tool module (trl, llama_factory, axolotl, torchtune) holds its TABLE: source key -> rule, as data. A rule
 says the key's fate: mapped onto a posttrain key (`To`), dropped with why (`Drop`), NOT TRANSLATED with why
 and what to do (`No`), or worked out from the whole config (`Call`, for keys that need their neighbours).
-Every source key gets exactly one fate, printed by the command; nothing is dropped silently.
+Every source key gets exactly one fate, printed by the command; nothing is dropped silently. The table is also
+the one declaration of the tool's key for `posttrain validate`: a recipe that uses it is answered with what
+converting it does (posttrain.convert.names).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Fate:
     value: Any
     kind: str  # mapped | dropped | NOT TRANSLATED | default (a tool's implicit default made explicit)
     text: str  # mapped/default: "posttrain.key: value"; dropped / NOT TRANSLATED: why (and what to do)
+    new: dict | None = None  # mapped: {dotted posttrain key: value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +61,25 @@ class No:
 @dataclasses.dataclass(frozen=True)
 class Call:
     """fn(conversion, key, value) decides the fate itself (it must call conv.map/drop/no for the key).
-    `empty_ok`: it is called for an empty value too (else an empty value is dropped as not set)."""
+    `empty_ok`: it is called for an empty value too (else an empty value is dropped as not set). `hint`: what
+    validate says of the key when its fate depends on its neighbours: a rule, a phrase, or {their value: either,
+    ...: otherwise}; without one, validate says what `fn` does with the key alone."""
 
     fn: Callable
     empty_ok: bool = False
+    hint: Any = None
 
 
-# a key read together with its neighbours by the tool module (which gives it its fate)
-LATER = Call(lambda conv, key, value: None, empty_ok=True)
+def _later(conv, key, value):
+    """The tool module gives the key its fate, reading it with its neighbours."""
+
+
+def later(hint=None) -> Call:
+    """A key read together with its neighbours by the tool module; `hint`: as Call's."""
+    return Call(_later, empty_ok=True, hint=hint)
+
+
+LATER = later()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +126,7 @@ class Conversion:
         for dotted, v in pairs.items():
             self.put(dotted, v)
         shown = ", ".join(f"{d}: {render(v)}" for d, v in pairs.items())
-        self.fates.append(Fate(key, value, MAPPED, shown + (f"  ({note})" if note else "")))
+        self.fates.append(Fate(key, value, MAPPED, shown + (f"  ({note})" if note else ""), pairs))
 
     def drop(self, key: str, value, why: str):
         self.fates.append(Fate(key, value, DROPPED, why))
@@ -287,7 +301,8 @@ def warmup_ratio(conv: Conversion, key: str, value):
 # spells or handles them differently. Any other TrainingArguments field goes through `training_field`.
 TRAINING_ARGS = {
     "output_dir": To("output_dir"),
-    "overwrite_output_dir": Drop("run-time flag: `posttrain train OUT --overwrite` replaces an existing run"),
+    "overwrite_output_dir": Drop("the `--overwrite` flag of `posttrain train` replaces an existing run (not a recipe "
+                                 "key)"),
     "do_train": DropIf(True, "`posttrain train` always trains", No("do_train: false trains nothing; nothing to convert")),
     "do_eval": Call(lambda c, k, v: c.drop(k, v, "posttrain evaluates whenever there is eval data") if v
                     else c.map(k, v, "training.do_eval", False, note="no evaluation although eval data exists")),
@@ -317,8 +332,7 @@ TRAINING_ARGS = {
 
 
 def training_field(conv: Conversion, key: str, value):
-    """Any other key: a field of the stage's TRL config (passed through), else NOT TRANSLATED with the
-    foreign-name hint when there is one."""
+    """Any other key: a field of the stage's TRL config (passed through), else NOT TRANSLATED."""
     if key in TRAINING_ARGS:
         return conv.apply(key, value, TRAINING_ARGS[key])
     opt = options.classify(conv.stage, "training", key)
@@ -327,8 +341,7 @@ def training_field(conv: Conversion, key: str, value):
     if opt.kind in (options.MANAGED, options.REFUSED):
         return conv.no(key, value, f"posttrain {'sets it itself' if opt.kind == options.MANAGED else 'refuses it'}: "
                                    f"{opt.note}")
-    hint = options.foreign_hint(key, value).removeprefix("; ")
-    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}; {hint or 'translate it by hand'}")
+    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}; translate it by hand")
 
 
 def empty(value) -> bool:

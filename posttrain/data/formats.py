@@ -21,6 +21,8 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+from jinja2.exceptions import TemplateError
+
 from posttrain.errors import DataError
 
 log = logging.getLogger("posttrain")
@@ -240,7 +242,10 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
     extra = {k: v for k, v in (template_kwargs or {}).items() if v is not None}
 
     def render(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **extra)
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **extra)
+        except TemplateError as e:  # the template's raise_exception(), e.g. a role it does not render
+            raise DataError(f"the chat template cannot render this conversation: {e}") from None
 
     if train_on == "all":
         if not any(m["role"] == "assistant" and _text(m["content"]) is not None for m in messages[n_prompt:]):
