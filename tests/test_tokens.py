@@ -201,3 +201,105 @@ def test_lora_trains_only_the_new_rows_and_its_adapter_loads_on_the_rounded_embe
     assert after.shape[0] == 640
     assert not torch.allclose(after[600:602], before[600:602])
     assert torch.equal(after[:600], before[:600]) and torch.equal(after[602:], before[602:])  # only the new rows train
+
+
+# --- convert: each tool's spelling of added tokens ----------------------------------------------------------------
+
+AXOLOTL = """\
+base_model: Qwen/Qwen2.5-0.5B
+datasets:
+  - path: tatsu-lab/alpaca
+    type: alpaca
+sequence_len: 512
+adapter: lora
+lora_r: 8
+lora_alpha: 16
+lora_target_linear: true
+micro_batch_size: 2
+tokens: ["<tool>", "</tool>"]
+special_tokens:
+  eos_token: "<|im_end|>"
+  pad_token: "<|pad|>"
+  sep_token: "<sep>"
+resize_token_embeddings_to_32x: true
+mean_resizing_embeddings: false
+"""
+LLAMA_FACTORY = """\
+model_name_or_path: Qwen/Qwen2.5-0.5B
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_target: all
+dataset: alpaca_en_demo
+new_special_tokens: "<a>, <b>"
+add_tokens: "<c>"
+resize_vocab: true
+init_special_tokens: noise_init
+output_dir: saves/x
+"""
+TRL_SFT = """\
+model_name_or_path: Qwen/Qwen2.5-0.5B
+dataset_name: trl-lib/Capybara
+eos_token: "<|im_end|>"
+output_dir: out
+"""
+
+
+@pytest.mark.parametrize("name,text,model,fates", [
+    ("axolotl.yml", AXOLOTL,
+     {"add_tokens": TOOL, "special_tokens": {"eos_token": "<|im_end|>", "pad_token": "<|pad|>"},
+      "resize_to_multiple_of": 32},
+     {"tokens": "mapped", "special_tokens.eos_token": "mapped", "special_tokens.pad_token": "mapped",
+      "special_tokens.sep_token": "NOT TRANSLATED", "resize_token_embeddings_to_32x": "mapped",
+      "mean_resizing_embeddings": "dropped"}),
+    ("llama_factory.yaml", LLAMA_FACTORY,
+     {"add_special_tokens": ["<a>", "<b>"], "add_tokens": ["<c>"], "resize_to_multiple_of": 64},
+     {"new_special_tokens": "mapped", "add_tokens": "mapped", "resize_vocab": "dropped",
+      "init_special_tokens": "dropped"}),
+    ("sft/trl.yaml", TRL_SFT, {"special_tokens": {"eos_token": "<|im_end|>"}}, {"eos_token": "mapped"}),
+])
+def test_convert_maps_added_tokens_and_the_result_validates(fx, tmp_path, cli, name, text, model, fates):
+    """Inline configs written as each tool documents these keys: axolotl `tokens`/`special_tokens`/
+    `resize_token_embeddings_to_32x` (docs.axolotl.ai config reference), LLaMA-Factory `new_special_tokens`/
+    `add_tokens` (comma-separated) with `resize_vocab` (hparams/model_args.py; it pads the grown embedding to a
+    multiple of 64), TRL SFTConfig `eos_token`."""
+    import yaml
+
+    from posttrain.convert import convert
+
+    src = tmp_path / name
+    src.parent.mkdir(exist_ok=True)
+    src.write_text(text)
+    conv = convert(src)
+    assert {f.key: f.kind for f in conv.fates if f.key in fates} == fates
+    assert {k: v for k, v in conv.recipe["model"].items() if k in model} == model
+    out = tmp_path / "recipe.yaml"
+    code, _, err = cli("convert", src, "-o", out)
+    assert code in (0, 3), err
+    recipe = yaml.safe_load(out.read_text())
+    data = fx["messages"] if recipe["data"].get("format") == "messages" else fx["alpaca"]
+    code, stdout, err = cli("validate", out, f"model.name_or_path={fx['model']}", f"data.train={data}",
+                            "data.split=train", "data.name=null", "data.max_length=512", "--no-data")
+    assert code == 0, err
+    assert "ok: model tokens: " in stdout
+
+
+@pytest.mark.slow
+def test_a_converted_axolotl_config_with_tokens_trains_a_step(fx, tmp_path, cli):
+    """LoRA with new ordinary tokens, a new pad token, an EOS already in the vocabulary, rows rounded up to 32."""
+    from transformers import AutoTokenizer
+
+    from posttrain.merge import load_adapter
+
+    src = tmp_path / "axolotl.yml"
+    src.write_text(AXOLOTL)
+    out = tmp_path / "recipe.yaml"
+    assert cli("convert", src, "-o", out)[0] == 3  # special_tokens.sep_token is NOT TRANSLATED
+    run = tmp_path / "run"
+    code, _, err = cli("train", out, f"model.name_or_path={fx['model']}", f"data.train={fx['alpaca']}",
+                       "data.split=train", "data.max_length=128", "training.max_steps=1", f"output_dir={run}")
+    assert code == 0, err
+    tok = AutoTokenizer.from_pretrained(run)
+    assert tok.convert_tokens_to_ids([*TOOL, "<|pad|>"]) == [600, 601, 602] and tok.pad_token == "<|pad|>"
+    assert tok.eos_token_id == 2
+    assert load_adapter(run).get_input_embeddings().weight.shape[0] == 608  # 603 rounded up to 32
