@@ -105,9 +105,10 @@ def grow_embeddings(m, tokenizer, multiple: int | None = None):
     policy and a reference model grown from the same base start equal."""
     import torch
 
-    rows = m.get_input_embeddings().weight.shape[0]
+    weight = m.get_input_embeddings().weight
+    rows = weight.shape[0]
     if embedding_rows(rows, len(tokenizer), multiple) > rows:
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[weight.device.index or 0] if weight.is_cuda else []):
             torch.manual_seed(0)
             m.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=multiple)
 
