@@ -39,6 +39,9 @@ class Recipe:
     peft: dict | None = None
     quantization: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # stage-specific keys
+    watchdog: dict | None = None  # stop a diverging run (posttrain.watchdog)
+    tracking: dict | None = None  # what the trackers of training.report_to read (posttrain.tracking)
+    eval: dict | None = None  # measured after training (posttrain.evaluate); not part of the run's identity
     source: str = ""
     resolved: dict = dataclasses.field(default_factory=dict)  # what is saved as recipe.resolved.yaml
     upstream: dict = dataclasses.field(default_factory=dict)  # pipeline: hashes of the stages it builds on

@@ -85,7 +85,7 @@ TABLE = {
                                                        note="to the branch training.hub_revision")
                                  if v else c.drop(k, v, "false")),
     "eos_token": To("model.special_tokens.eos_token", note="the tokenizer's EOS, added as a special token if new"),
-    "max_prompt_length": No("posttrain bounds the whole row by data.max_length; TRL 1.12 has no prompt length"),
+    "max_prompt_length": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
 }
 
 
