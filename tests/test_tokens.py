@@ -22,7 +22,7 @@ def _section(fx, **keys):
     return {"name_or_path": str(fx["model"]), **keys}
 
 
-def test_tokens_are_added_special_ones_stay_whole_and_known_ones_are_left_alone(fx):
+def test_tokens_are_added_special_ones_stay_whole_and_known_ones_are_left_alone(fx, tmp_path):
     from posttrain.models import NEW_TOKEN_IDS, load_tokenizer
 
     base = load_tokenizer(_section(fx))
@@ -36,6 +36,10 @@ def test_tokens_are_added_special_ones_stay_whole_and_known_ones_are_left_alone(
     assert tok.decode(ids, skip_special_tokens=True) == "x <tool> y  z"  # a special token is dropped, an ordinary kept
     # 'apple' was already a token: not added again, so a word around it splits as before
     assert tok("pineapples")["input_ids"] == base("pineapples")["input_ids"]
+    # a run that added them (the next pipeline stage's model): nothing is new to it
+    tok.save_pretrained(tmp_path / "run")
+    again = load_tokenizer({"name_or_path": str(tmp_path / "run"), "add_tokens": ["<tool>"]})
+    assert len(again) == len(tok) and getattr(again, NEW_TOKEN_IDS) == []
 
 
 def test_validate_says_which_tokens_are_new_and_the_rows_they_need(fx, tmp_path, cli):
@@ -71,14 +75,20 @@ def test_refusals_are_one_line_each(fx, tmp_path, cli, extra, expected):
     assert code == 2 and len(lines) == 1 and expected in lines[0], err
 
 
-def test_stages_that_reload_a_reference_from_disk_are_refused(fx, tmp_path, cli):
-    """RLOO's default beta (0.05) without LoRA: TRL reloads the reference from name_or_path, without the tokens."""
+def test_stages_that_reload_a_reference_from_disk_are_refused(fx, tmp_path):
+    """RLOO's default beta (0.05) without LoRA: TRL reloads the reference from name_or_path, without the new tokens.
+    Refused when the stage builds (before any weight loads): only the tokenizer knows whether the tokens are new (an
+    upstream sft run that added them passes)."""
+    from posttrain.errors import RecipeError
+    from posttrain.stages import grpo
+
     args = [f"model.name_or_path={fx['model']}", f"data.train={fx['prompts']}", "model.add_tokens=['<tool>']",
             f"output_dir={tmp_path / 'run'}"]
-    code, _, err = cli("validate", "rloo_gpt2", *args, "--no-data")
-    assert code == 2 and "model.add_tokens: with training.beta 0.05 and no peft, rloo's trainer reloads its reference " \
-                          "policy" in err, err
-    assert cli("validate", "rloo_gpt2", *args, "training.beta=0", "--no-data")[0] == 0
+    with pytest.raises(RecipeError, match=r"^with training.beta 0.05 and no peft, rloo's trainer reloads its reference "
+                                          r"policy from '.*' without the tokens this recipe adds \(<tool>\); add them"):
+        grpo.build(load_recipe("rloo_gpt2", args))
+    with pytest.raises(RecipeError, match="without the tokens"):
+        grpo.build(load_recipe("grpo_gpt2", [*args, "training.beta=0.1"]))
 
 
 def test_lora_trains_the_new_rows_on_the_embedding_and_an_untied_head(fx):
