@@ -652,21 +652,6 @@ def training_fits_trl_config(d: Draft):
                     "it was tested with?)", ", ".join(new), d.stage.trl_config, "it" if len(new) == 1 else "them")
 
 
-def token_rows_loss(d: Draft):
-    """Under LoRA the added tokens' rows train through peft wrappers around the embedding and the output head; TRL's
-    `chunked_nll` SFT loss reads the head's weight directly, past them (an AttributeError, or rows that never learn).
-    So `nll` (the same loss, computed on whole logits) is the default there, written into the resolved recipe."""
-    if not (d.peft and models.recipe_tokens(d.model)):
-        return
-    loss = next((f for f in dataclasses.fields(schema.config_class(d.stage.trl_config)) if f.name == "loss_type"), None)
-    if loss is None or "chunked_nll" not in loss.metadata.get("help", ""):  # TRL 1.12: SFTConfig's default (None)
-        return
-    if d.training.get("loss_type") == "chunked_nll":
-        d.where.fail("training.loss_type", "chunked_nll reads the output head's weight past the peft wrappers that "
-                     "train the added tokens' rows; remove it (posttrain then uses nll, the same loss on whole logits)")
-    d.training.setdefault("loss_type", "nll")
-
-
 def peft_fits_lora_config(d: Draft):
     if not d.peft:
         return
@@ -856,7 +841,6 @@ REGISTRY: tuple[Step, ...] = (
     Step(added_tokens, "recipe", ("model", "training.eos_token"), each=True),
     Step(ranges, "recipe", ("training", "peft"), each=True),
     Step(training_fits_trl_config, "owners", ("training",), each=True),
-    Step(token_rows_loss, "owners", ("training.loss_type", "peft", "model")),
     Step(peft_fits_lora_config, "owners", ("peft",), each=True),
     Step(quantization_fits_bnb_config, "owners", ("quantization",), each=True),
     Step(qlora_defaults, "owners", ("quantization", "model.dtype")),

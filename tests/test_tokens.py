@@ -66,8 +66,6 @@ def test_validate_says_which_tokens_are_new_and_the_rows_they_need(fx, tmp_path,
     (["model.special_tokens={eos_token: '<e>'}", "training.eos_token='<f>'"],
      "training.eos_token: '<f>' contradicts model.special_tokens.eos_token '<e>'; set one of them"),
     (["model.resize_to_multiple_of=0"], "model.resize_to_multiple_of: 0 is out of range (must be >= 1)"),
-    (["peft={r: 4, lora_alpha: 8, target_modules: [c_attn]}", "training.loss_type=chunked_nll"],
-     "training.loss_type: chunked_nll reads the output head's weight past the peft wrappers"),
 ])
 def test_refusals_are_one_line_each(fx, tmp_path, cli, extra, expected):
     code, _, err = cli("validate", "alpaca_gpt2", *_args(fx, tmp_path, *extra), "--no-data")
@@ -89,6 +87,26 @@ def test_stages_that_reload_a_reference_from_disk_are_refused(fx, tmp_path):
         grpo.build(load_recipe("rloo_gpt2", args))
     with pytest.raises(RecipeError, match="without the tokens"):
         grpo.build(load_recipe("grpo_gpt2", [*args, "training.beta=0.1"]))
+
+
+def test_sft_under_lora_computes_whole_logits_only_for_new_rows(fx, tmp_path):
+    """TRL's chunked_nll reads the output head past peft's token wrappers: nll when tokens are new to the model,
+    chunked_nll (TRL's default, less memory) kept when they are all known; chunked_nll by hand with new tokens refused."""
+    from posttrain.errors import RecipeError
+    from posttrain.models import load_tokenizer
+    from posttrain.stages import common, sft
+
+    def loss(*extra):
+        recipe = load_recipe("alpaca_gpt2", _args(fx, tmp_path, "peft={r: 4, lora_alpha: 8, target_modules: [c_attn]}",
+                                                  *extra))
+        args = sft.config(recipe)
+        common.whole_logits_for_new_rows(recipe, args, load_tokenizer(recipe.model))
+        return args.loss_type
+
+    assert loss() == "nll"
+    assert loss("model.add_tokens=['<|im_end|>']") == "chunked_nll"  # already a token
+    with pytest.raises(RecipeError, match="training.loss_type: chunked_nll reads the output head's weight past"):
+        loss("training.loss_type=chunked_nll")
 
 
 def test_lora_trains_the_new_rows_on_the_embedding_and_an_untied_head(fx):

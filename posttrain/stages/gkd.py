@@ -83,6 +83,7 @@ def build(recipe: Recipe):
 
     args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)
+    common.whole_logits_for_new_rows(recipe, args, tokenizer)
     as_gkd = dataclasses.replace(recipe, data={**recipe.data, "train_on": TRAIN_ON})
     train, eval_ds, stats = sft.prepare_data(as_gkd, tokenizer, args)
     with args.main_process_first(desc="marking prompts"):
