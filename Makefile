@@ -20,8 +20,8 @@ ACCEL  ?= auto
 ACCEL_NAME := $(if $(filter auto,$(ACCEL)),$(if $(shell command -v nvidia-smi 2>/dev/null),ddp,cpu_2proc),$(ACCEL))
 POSTTRAIN := $(if $(filter-out 1,$(NPROC)),$(BIN)/accelerate launch --config_file recipes/accelerate/$(ACCEL_NAME).yaml --num_processes $(NPROC) -m posttrain,$(BIN)/posttrain)
 
-# One make target per stage: every module in posttrain/stages/ but the shared ones is a stage (see its STAGE).
-STAGES := $(filter-out __init__ common,$(basename $(notdir $(wildcard posttrain/stages/*.py))))
+# One make target per stage: each module of posttrain/stages/ that declares a STAGE.
+STAGES := $(basename $(notdir $(shell grep -l '^STAGE = ' posttrain/stages/*.py)))
 
 .PHONY: install test test-fast lint $(STAGES) pipeline validate recipes clean
 

@@ -231,7 +231,7 @@ def _peak() -> float | None:
 
 def run_row(name: str, r, meter: Meter) -> dict:
     """Train `r` with its stage module, the meter hooked into the trainer the stage builds."""
-    from posttrain import checks
+    from posttrain import lifecycle
 
     facts = {}
 
@@ -241,7 +241,7 @@ def run_row(name: str, r, meter: Meter) -> dict:
         model.register_forward_pre_hook(meter.hook, with_kwargs=True)
         facts["params"] = sum(p.numel() for p in model.parameters())
 
-    checks.train(r, overwrite=True, on_build=hook)
+    lifecycle.train(r, overwrite=True, on_build=hook)
     return facts
 
 

@@ -51,7 +51,6 @@ from posttrain.recipe import (
     load_raw,
     resolve_recipe_path,
 )
-from posttrain.stages import common
 from posttrain.util import Problem, Where, as_number, did_you_mean, first_line, show, type_words
 
 log = logging.getLogger("posttrain")
@@ -943,11 +942,6 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, level:
     raw = apply_overrides(raw, overrides or [], where)
     return validate(raw, where=where, source=str(path), default_name=path.stem, level=level, skip=skip,
                     launched=launched)
-
-
-def train(recipe: Recipe, **kw) -> dict:
-    """Train a checked recipe (checked up to the `model` level: what validate refuses never starts a run)."""
-    return common.run(recipe, stages.get(recipe.stage), **kw)
 
 
 def _recipe(d: Draft) -> Recipe:

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from posttrain import __version__, checks, convert, evaluate, launch, pipeline, plan, schema, shipped, stages
+from posttrain import __version__, checks, convert, evaluate, launch, lifecycle, pipeline, plan, schema, shipped, stages
 from posttrain.demo.run import main as demo
 from posttrain.errors import PosttrainError, Problems
 from posttrain.generate import main as generate
@@ -153,7 +153,7 @@ def _load(args, level: str = "model", skip: tuple[str, ...] = (), launched=None)
 
 def cmd_train(args) -> int:
     recipe = _load(args, launched=launch.from_environment())  # every rank checks alike, before the run dir or weights
-    manifest = checks.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
+    manifest = lifecycle.train(recipe, resume=args.resume, overwrite=args.overwrite, force=args.force)
     if manifest:
         m = manifest.get("metrics", {})
         keys = {**{k: m[k] for k in ("train_loss", "eval_loss") if k in m}, **stages.headline(recipe.stage, m)}

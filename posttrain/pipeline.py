@@ -27,7 +27,7 @@ import logging
 import time
 from pathlib import Path
 
-from posttrain import checks, evaluate, launch, runs
+from posttrain import checks, evaluate, launch, lifecycle, runs
 from posttrain import stages as registry
 from posttrain.errors import PosttrainError, Problems, RecipeError
 from posttrain.generate import recipe_template
@@ -53,7 +53,10 @@ BASE = "base"
 
 
 @dataclasses.dataclass
-class Stage:
+class Step:
+    """One entry of a pipeline: a recipe run at its place in the graph (its `recipe.stage` names the Stage that trains
+    it; posttrain.stages)."""
+
     name: str
     after: list[str]
     recipe: Recipe
@@ -122,7 +125,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
     """Resolve every stage's recipe, wire outputs, check each up to `level` (the keys wired to an upstream output
     that does not exist yet are left for later), and with the Accelerate launch it runs under (`launched`).
     Every stage's problems are reported at once.
-    Returns (name, output_root, [Stage])."""
+    Returns (name, output_root, [Step])."""
     path = resolve_pipeline_path(name_or_path)
     doc, lines = read_yaml(path)
     for k in doc:
@@ -155,7 +158,7 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
                 raise RecipeError(f"{where}.after: unknown stage '{dep}'{did_you_mean(dep, entries)}")
         deps[name] = list(after)
 
-    stages: dict[str, Stage] = {}
+    stages: dict[str, Step] = {}
     problems: list[str] = []
     for name in order(deps):
         blocked = any(d not in stages for d in deps[name])  # an upstream stage has problems: not wired, not run
@@ -182,13 +185,13 @@ def load_pipeline(name_or_path: str, overrides: list[str] | None = None, level: 
             continue
         if not blocked:
             recipe.upstream = {d: stages[d].recipe.hash for d in deps[name]}
-            stages[name] = Stage(name, deps[name], recipe, merge_inputs, raw, where, launched, pending, level)
+            stages[name] = Step(name, deps[name], recipe, merge_inputs, raw, where, launched, pending, level)
     if problems:
         raise Problems(problems)
     return path.stem, root, [stages[n] for n in order(deps)]
 
 
-def _wire(name: str, raw: dict, upstream: list[Stage], explicit: list[dict]) -> tuple[list[str], dict[str, str]]:
+def _wire(name: str, raw: dict, upstream: list[Step], explicit: list[dict]) -> tuple[list[str], dict[str, str]]:
     """Point this stage at its upstream outputs, unless the stage entry (or the command line) set the key itself.
     Returns the upstream LoRA runs to merge first, and each key wired -> the output it names."""
     merge_inputs, wired = [], {}
@@ -230,7 +233,7 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit: list[dict]) -> 
     return merge_inputs, wired
 
 
-def load_eval(name_or_path: str, stages: list[Stage]) -> dict | None:
+def load_eval(name_or_path: str, stages: list[Step]) -> dict | None:
     """The pipeline's `eval:` entry, checked: its options, `stages` (default: base and every policy stage)."""
     path = resolve_pipeline_path(name_or_path)
     doc, lines = read_yaml(path)
@@ -266,7 +269,7 @@ def _measure(target: str, out: Path, opts: dict, template: str | None = None) ->
     return "measured"
 
 
-def _status(stage: Stage) -> str:
+def _status(stage: Step) -> str:
     """done: a finished run of this recipe in its output_dir; unfinished: one that did not finish; else new."""
     m = runs.read_manifest(Path(stage.recipe.output_dir)) or {}
     if m.get("recipe_hash") != stage.recipe.hash:
@@ -323,7 +326,7 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
             try:
                 for up in s.merge_inputs:
                     merge_adapter(Path(up))
-                checks.train(s.checked(), resume=resume, overwrite=not resume)
+                lifecycle.train(s.checked(), resume=resume, overwrite=not resume)
                 row["status"] = "ran"
             except Exception as e:  # a stage crash must not lose the summary of what ran before it
                 row["status"], row["error"], failed = "failed", _error(e), row

@@ -6,7 +6,7 @@ hides from the log unless logging_nan_inf_filter is off (posttrain turns it off 
 
 The watchdog reads each logged training loss (every training.logging_steps, averaged over the steps since the last
 log and over the processes, so every rank stops at the same step); when it trips, the Trainer saves a checkpoint and
-stops, and the run lifecycle (posttrain.stages.common.run) marks the manifest and exits non-zero.
+stops, and the run lifecycle (posttrain.lifecycle) marks the manifest and exits non-zero.
 """
 
 from __future__ import annotations

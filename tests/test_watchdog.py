@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import refused, write_recipe
 
-from posttrain import checks, needs, runs, stages, tracking
+from posttrain import checks, lifecycle, needs, runs, stages, tracking
 from posttrain.errors import DataError
 from posttrain.watchdog import Watchdog
 
@@ -123,7 +123,7 @@ def test_the_run_sets_the_tracking_environment_and_puts_it_back(tmp_path, monkey
         raise DataError("stop here: no training in a fast test")
 
     with pytest.raises(DataError):
-        checks.common.run(recipe, dataclasses.replace(stages.get("sft"), build=build))
+        lifecycle.run(recipe, dataclasses.replace(stages.get("sft"), build=build))
     assert seen == {"WANDB_PROJECT": "mine", "WANDB_TAGS": "sft,tiny", "MLFLOW_EXPERIMENT_NAME": None}
     assert os.environ["WANDB_PROJECT"] == "from-the-shell" and "WANDB_TAGS" not in os.environ
 

@@ -4,7 +4,7 @@ A stage module defines `STAGE = Stage(...)`: its TRL config class, the data form
 its own recipe keys, what its output is (a policy the next stage starts from, or a reward model),
 which upstream outputs it consumes, whether it resumes, its headline metrics, its memory footprint
 for `posttrain plan`, its validation checks, and the functions of its lifecycle (config, build, and
-optionally save and extra metrics). Recipe validation, the run lifecycle (`common.run`), pipeline
+optionally save and extra metrics). Recipe validation, the run lifecycle (`posttrain.lifecycle`), pipeline
 wiring, `plan`, the CLI, `report` and the Makefile all read it from here, so adding a stage is adding
 a module. Importing this package loads no heavy library: stage modules import torch/TRL lazily.
 """
@@ -147,17 +147,15 @@ class Stage:
 
 
 _REGISTRY: dict[str, Stage] | None = None
-_NOT_STAGES = {"common"}
 
 
 def all_stages() -> dict[str, Stage]:
-    """Every stage, by name, ordered by `position`, then name."""
+    """Every stage, by name, ordered by `position`, then name: each module here that declares a `STAGE` (common.py, the
+    stages' shared helpers, declares none)."""
     global _REGISTRY
     if _REGISTRY is None:
         found = {}
         for info in pkgutil.iter_modules(__path__):
-            if info.name.startswith("_") or info.name in _NOT_STAGES:
-                continue
             module = importlib.import_module(f"{__name__}.{info.name}")
             spec = getattr(module, "STAGE", None)
             if isinstance(spec, Stage):

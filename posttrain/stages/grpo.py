@@ -52,7 +52,7 @@ def check_groups(recipe: Recipe, where: Where):
     if batch % n:
         where.fail("training.num_generations", f"{n} does not divide the batch of {batch} completions ({how}); "
                    f"each batch must hold whole groups of num_generations completions per prompt")
-    # TRL checks the eval batch only for eval_strategy != "no", but common.run evaluates at the end whenever
+    # TRL checks the eval batch only for eval_strategy != "no", but the run lifecycle evaluates at the end whenever
     # there is eval data, and a partial group then crashes after all the training is done.
     key = "num_generations_eval" if t["num_generations_eval"] else "num_generations"
     eval_batch = t["per_device_eval_batch_size"] * world
