@@ -117,10 +117,6 @@ class Accepted:
         return self.value(_stage(stage)) if callable(self.value) else self.value
 
 
-def _lora_task_type(stage) -> str:
-    return "SEQ_CLS" if stage.name == "reward" else "CAUSAL_LM"
-
-
 # (section, key) -> the values of a managed/refused key that are consistent with posttrain. Any other value is
 # refused as the tables above say.
 ACCEPTED = {
@@ -132,7 +128,7 @@ ACCEPTED = {
         Accepted(False, "no evaluation: the eval data (data.eval / data.eval_fraction) is not built",
                  eval_data=True, honour="no_eval"),
         Accepted(False, "no eval data, so no evaluation", eval_data=False)],
-    ("peft", "task_type"): [Accepted(_lora_task_type, "posttrain sets this task type for the stage")],
+    ("peft", "task_type"): [Accepted(lambda stage: stage.footprint.lora_task_type, "posttrain sets this task type for the stage")],
 }
 
 

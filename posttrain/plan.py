@@ -90,7 +90,7 @@ def arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
             from peft import get_peft_model
 
             with torch.device("meta"):
-                model = get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
+                model = get_peft_model(model, lora_config(peft, stages.lora_task_type(seq_cls)))
         except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
             raise RecipeError(f"peft: {first_line(e)}") from None
     if model_section.get("trainable"):  # full weights of the selected parameters; gradients and AdamW for those

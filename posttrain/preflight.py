@@ -199,7 +199,7 @@ def target_modules(recipe: Recipe) -> str | None:
     try:
         with warnings.catch_warnings():  # peft's notes on the layers (e.g. fan_in_fan_out) come again at train time
             warnings.simplefilter("ignore")
-            get_peft_model(model, lora_config(peft, "SEQ_CLS" if seq_cls else "CAUSAL_LM"))
+            get_peft_model(model, lora_config(peft, stages.lora_task_type(seq_cls)))
     except Exception as e:
         raise RecipeError(recipe.where.at("peft", f"LoRA cannot be applied to {what}: {first_line(e)}")) from None
     return None

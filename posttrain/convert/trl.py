@@ -117,7 +117,7 @@ def _peft(conv: Conversion):
     conv.drop_given("use_peft", "the `peft:` section below is the LoRA setting")
     for k, v in {k: raw[k] for k in LORA_KEYS if k in raw}.items():
         if k == "lora_task_type":
-            want = "SEQ_CLS" if conv.stage == "reward" else "CAUSAL_LM"
+            want = stages.get(conv.stage).footprint.lora_task_type
             why = f"posttrain sets task type {want} for stage {conv.stage}"
             (conv.drop if str(v).upper() == want else conv.no)(k, v, why)  # the same type: dropped
         elif k != "use_peft":

@@ -49,6 +49,11 @@ class Held(typing.NamedTuple):
 LOGITS = ("sft_loss", "per_token_logps", "generated_logps", "none")
 
 
+def lora_task_type(scoring: bool) -> str:
+    """peft's task type for a LoRA on a causal LM, or on a sequence classifier (scoring: a scalar head)."""
+    return "SEQ_CLS" if scoring else "CAUSAL_LM"
+
+
 @dataclasses.dataclass(frozen=True)
 class Footprint:
     """What a stage holds in GPU memory, as far as `posttrain plan` is concerned: the stage answers for its recipe."""
@@ -64,6 +69,11 @@ class Footprint:
     def __post_init__(self):
         if self.logits not in LOGITS:
             raise ValueError(f"Footprint.logits: {self.logits!r} is not one of {', '.join(LOGITS)}")
+
+    @property
+    def lora_task_type(self) -> str:
+        """peft's task type for a LoRA on the model the stage trains."""
+        return lora_task_type(self.scoring)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,9 @@ def build(recipe: Recipe):
     train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     set_seed(args.seed)  # the new score head and any LoRA adapter are initialised from this RNG
     model = load_seq_cls(recipe.model, tokenizer, recipe.quantization)
+    peft_config = lora_config(recipe.peft, STAGE.footprint.lora_task_type, tokenizer, model)
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
-                            processing_class=tokenizer, peft_config=lora_config(recipe.peft, "SEQ_CLS", tokenizer, model))
+                            processing_class=tokenizer, peft_config=peft_config)
     count_dropped_by_trl(trainer, stats)
     return trainer, stats
 
