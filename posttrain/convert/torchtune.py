@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from posttrain.convert.check import check
 from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
 from posttrain.errors import PosttrainError
 from posttrain.util import as_number
@@ -39,6 +40,18 @@ LOSSES = {**dict.fromkeys(("CEWithChunkedOutputLoss", "CrossEntropyLoss", "Linea
                          "cross-entropy on the trained tokens, as posttrain's SFT"), "DPOLoss": "stage: dpo"}
 SCHEDULERS = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_with_warmup": "linear",
               "get_constant_schedule_with_warmup": "constant_with_warmup"}
+
+
+COMPONENTS = ("model", "tokenizer", "checkpointer", "optimizer", "lr_scheduler", "loss", "metric_logger", "profiler",
+              "mixed_precision")
+# the type of each key the functions below read (posttrain.convert.check); a component is a mapping with _component_
+TYPES = {**dict.fromkeys(COMPONENTS, dict), **dict.fromkeys(("dataset", "dataset_val"), dict | list[dict]),
+         **{f"{c}._component_": str for c in (*COMPONENTS, "dataset", "dataset_val")},
+         "model.lora_attn_modules": list[str], "checkpointer.checkpoint_dir": str, "optimizer.betas": list[float],
+         "dataset.column_map": dict[str, str], "dataset.data_files": str | list[str], "dataset.column": str,
+         "dataset.conversation_column": str, "clip_grad_norm": float, "max_steps_per_epoch": int, "seed": int,
+         "dtype": str, "lr_scheduler.num_cycles": float, "run_val_every_n_steps": int, "profiler.enabled": bool,
+         "optimizer.lr": float, "optimizer.weight_decay": float, "optimizer.eps": float}
 
 
 def _lora_modules(conv: Conversion, key: str, value):
@@ -321,6 +334,7 @@ def _validation(conv: Conversion):
 
 def convert(conv: Conversion, text: str):
     conv.raw = _interpolated(conv.raw, conv.raw)
+    check(conv, _flatten(conv.raw), TABLE, TYPES, passthrough=False)
     conv.stage = _stage(conv, text)
     _components(conv)
     _validation(conv)
