@@ -10,6 +10,8 @@ functions declares its type in the module's TYPES: an annotation (`str | list`),
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any
 
 from posttrain import options, schema, stages
@@ -19,13 +21,6 @@ from posttrain.keys import DATA_KEYS, MODEL_KEYS
 from posttrain.util import show
 
 TOP = {"output_dir": str, "reward_model": str, "ref_model": str, "value_model": str}
-
-
-def _union(types: tuple) -> Any:
-    ann = types[0]
-    for t in types[1:]:
-        ann = ann | t
-    return ann
 
 
 def training_type(key: str, stage: str | None = None):
@@ -43,7 +38,7 @@ def target_type(target: str, stage: str | None = None):
         return TOP.get(section, Any)
     if section in ("model", "data"):
         found = (MODEL_KEYS if section == "model" else DATA_KEYS).get(key)
-        return _union(found.types) if found else Any
+        return functools.reduce(operator.or_, found.types) if found else Any
     if section == "training":
         return training_type(key, stage)
     if section in options.SECTION_OWNERS:

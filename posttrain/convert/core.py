@@ -37,7 +37,7 @@ class Fate:
     value: Any
     kind: str  # mapped | dropped | NOT TRANSLATED | default (a tool's implicit default made explicit)
     text: str  # mapped/default: "posttrain.key: value"; dropped / NOT TRANSLATED: why (and what to do)
-    new: dict | None = None  # mapped: {dotted posttrain key: value}
+    new: dict | None = None  # mapped (or NOT TRANSLATED but written all the same): {dotted posttrain key: value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +275,7 @@ def map_sources(conv: Conversion, key: str, value, new: dict, problems: list[str
     for dotted, v in new.items():
         conv.put(dotted, v)
     conv.no(key, value, "; ".join(problems))
+    conv.fates[-1].new = new
 
 
 def launch_hint(kind: str) -> str:

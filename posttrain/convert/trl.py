@@ -45,7 +45,8 @@ QUANT_KEYS = {"load_in_4bit": To("quantization", lambda v: {"load_in_4bit": True
 # the handbook's data arguments, read together by `_data`
 DATA_KEYS = {"dataset_name": To("data.train"), "dataset_config": To("data.name"), "dataset_train_split": To("data.split"),
              "dataset_test_split": To("data.eval_split"), "dataset_mixer": To("data.train"),
-             "dataset_splits": To("data.split"),
+             "dataset_splits": "`split:` on each `data.train` entry (its train splits) and `data.eval` entry (its test "
+                               "splits)",
              "dataset_mixture": To("data.train", note="a list of sources, each with `source:`, `name:`, `split:`, "
                                    "`weight:`; test_split_size is data.eval_fraction")}
 LOSS_KEYS = {"assistant_only_loss": To("data.train_on", lambda v: "assistant" if v else "all"),
