@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from posttrain import chat_templates
 from posttrain.errors import PosttrainError, RecipeError
 from posttrain.recipe import RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path
 
@@ -58,6 +59,7 @@ def listing() -> str:
     lines += ["", "pipeline" + " " * 12 + "description"]
     for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml")):
         lines.append(f"{p.stem:<20}{_description(p)}")
+    lines += ["", "chat template       other names  (model.chat_template: NAME)", chat_templates.listing()]
     lines += ["", "posttrain validate NAME | posttrain train NAME | posttrain pipeline NAME | "
                   "posttrain recipes copy NAME [DEST]"]
     return "\n".join(lines)

@@ -68,9 +68,9 @@ def test_the_hint_is_the_conversion_for_keys_read_alone():
     conv = Conversion("axolotl", Path("x"), {}, "sft")
     conv.apply("eot_tokens", ["<|im_end|>"], axolotl.TABLE["eot_tokens"])
     assert conv.fates[0].kind == NOT and conv.fates[0].text in names.foreign_hint("eot_tokens", ["<|im_end|>"])
-    conv.apply("max_prompt_len", 512, axolotl.TABLE["max_prompt_len"])
-    assert conv.fates[1].kind == NOT and conv.fates[1].text in names.foreign_hint("max_prompt_len", 512)
-    assert "did you mean" not in names.foreign_hint("max_prompt_len", 512)  # it was, while convert refused it
+    conv.apply("max_prompt_len", 512, axolotl.TABLE["max_prompt_len"])  # refused by convert once, mapped now
+    assert conv.fates[1].kind == MAPPED and conv.get("data.max_prompt_length") == 512
+    assert "did you mean `data.max_prompt_length: 512`" in names.foreign_hint("max_prompt_len", 512)
 
 
 def test_tools_that_differ_are_each_named():

@@ -37,6 +37,7 @@ from posttrain.convert.core import (
     stage_format,
     walk,
 )
+from posttrain.data.formats import SHAREGPT_ROLES
 
 # axolotl's `rl:` -> the posttrain stage, and the settings it implies
 RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo", "simpo": "cpo"}
@@ -137,7 +138,8 @@ TABLE = {
     "flex_attention": flag("model.attn_implementation", "flex_attention"),
     "s2_attention": DropIf(False, "false", No("posttrain cannot use shifted-sparse attention")),
     "early_stopping_patience": No("posttrain adds no early-stopping callback"),
-    **dict.fromkeys(("loss_watchdog_threshold", "loss_watchdog_patience"), No("posttrain has no loss watchdog")),
+    "loss_watchdog_threshold": To("watchdog.loss_above"),
+    "loss_watchdog_patience": To("watchdog.patience"),
     "eval_table_size": No("`posttrain generate RUN_DIR --prompt ...` shows the model's answers"),
     "eval_max_new_tokens": Drop("used only for eval tables"),
     "debug": DropIf(False, "false", Drop("`posttrain validate RECIPE` shows a masked training example")),
@@ -146,14 +148,17 @@ TABLE = {
     "rl_beta": To("training.beta"),
     "dpo_beta": To("training.beta"),
     "orpo_alpha": To("training.beta", note="ORPO's lambda is beta in TRL's ORPOConfig"),
-    "max_prompt_len": No("posttrain bounds the whole row by data.max_length"),
-    "wandb_project": Call(lambda c, k, v: c.map(k, v, "training.report_to", "wandb",
-                                                note=f"set WANDB_PROJECT={v} in the environment")),
+    "max_prompt_len": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
+    "wandb_project": Call(lambda c, k, v: c.map(k, v, "*", {"training.report_to": "wandb", "tracking.project": v})),
     "wandb_name": To("training.run_name"),
-    **{f"wandb_{k}": No(f"set WANDB_{k.upper()} in the environment") for k in ("entity", "watch", "log_model", "run_id")},
+    "wandb_entity": To("tracking.entity"),
+    "wandb_run_group": To("tracking.group"),
+    "wandb_tags": To("tracking.tags"),
+    "wandb_log_model": To("tracking.log_model"),
+    **{f"wandb_{k}": No(f"set WANDB_{k.upper()} in the environment") for k in ("watch", "run_id")},
     "use_tensorboard": flag("training.report_to", "tensorboard"),
     "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
-    "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
+    "mlflow_experiment_name": Call(lambda c, k, v: c.map(k, v, "*", {"training.report_to": "mlflow", "tracking.project": v})),
     "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
     "attn_implementation": Call(lambda c, k, v: _attention(c, k, v)),
     **dict.fromkeys(LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
@@ -330,7 +335,9 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
     used = {"path", "type", "name", "split", "ds_type", "data_files"}
     if d.get("data_files"):
         problem = "data_files: give the file itself as the source"
-    if stage == "sft" and base[0].startswith("alpaca"):
+    if isinstance(d.get("type"), dict):
+        fmt, problem = _user_defined(d["type"], src, cmap, stage)
+    elif stage == "sft" and base[0].startswith("alpaca"):
         fmt = "alpaca"
         if typ not in ("alpaca", "alpaca_chat"):
             problem = f"type {typ}: posttrain's alpaca rows use the Stanford Alpaca template"
@@ -350,11 +357,7 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
             fmt = "sharegpt"
         elif field != "messages":
             cmap[field] = "messages"
-        props = d.get("message_property_mappings") or {}
-        if any(props.get(k, k) != k for k in ("role", "content")) or d.get("message_field_role") not in (None, "role") \
-                or d.get("message_field_content") not in (None, "content"):
-            if fmt != "sharegpt":
-                problem = "renamed message properties (role/content) are not translated"
+        _turn_maps(d, src)
         if d.get("roles_to_train") not in (None, ["assistant"], ["gpt"]):
             problem = f"roles_to_train {d['roles_to_train']}: posttrain trains assistant turns (data.train_on)"
         if d.get("train_on_eos") not in (None, "turn", "all"):
@@ -372,7 +375,8 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
                           "posttrain prompt/chosen/rejected (data.column_map)"
             elif d["field_messages"] != "prompt":
                 cmap[d["field_messages"]] = "prompt"
-            for theirs, ours in (("field_chosen", "chosen"), ("field_rejected", "rejected")):
+            _turn_maps(d, src)
+            for theirs, ours in (("field_chosen", "chosen"), ("field_rejected", "rejected"), ("field_system", "system")):
                 if d.get(theirs, ours) != ours:
                     cmap[d[theirs]] = ours
         elif kind in PREFERENCE_TYPES:
@@ -391,8 +395,7 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
         problem = f"dataset keys {', '.join(extra)} are not translated"
     for k in d:
         if k.startswith("field_") and k not in used and not problem:
-            ours = {"field_instruction": "instruction", "field_input": "input", "field_output": "output",
-                    "field_system": None}.get(k)
+            ours = USER_FIELDS.get(k)
             if ours:
                 cmap[d[k]] = ours
             else:
@@ -400,6 +403,49 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
     if cmap:
         src["column_map"] = cmap
     return src, fmt, problem
+
+
+def _turn_maps(d: dict, src: dict):
+    """message_property_mappings (or the older message_field_role/content) and roles -> message_map, role_map."""
+    props = {"role": d.get("message_field_role") or "role", "content": d.get("message_field_content") or "content",
+             **(d.get("message_property_mappings") or {})}
+    if {props["role"], props["content"]} not in ({"role", "content"}, {"from", "value"}):  # names posttrain reads
+        src["message_map"] = {v: k for k, v in props.items() if k in ("role", "content") and v != k}
+    roles = {str(n): ours for ours, names in (d.get("roles") or {}).items() for n in names or []
+             if str(n) != ours and SHAREGPT_ROLES.get(str(n)) != ours}
+    if roles:
+        src["role_map"] = roles
+
+
+# axolotl's user-defined prompt strategy: its field_* keys -> posttrain's columns
+USER_FIELDS = {"field_instruction": "instruction", "field_input": "input", "field_output": "output",
+               "field_system": "system", "field_prompt": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"}
+
+
+def _user_defined(t: dict, src: dict, cmap: dict, stage: str) -> tuple[str, str]:
+    """`type:` as a mapping (axolotl's user-defined instruction, or DPO, format): the fields renamed onto posttrain's
+    columns, `format`/`no_input_format` (`prompt_format` for pairs) with `system_format` in front when there is a
+    system prompt -> a prompt format (src["template"], data.template), `system_prompt` -> the source's system_prompt."""
+    fmt = {"sft": "alpaca", "dpo": "preference", "orpo": "preference", "reward": "preference"}.get(stage)
+    if fmt is None:
+        return stage_format(stage), f"a user-defined type is not translated for stage {stage}"
+    pair = fmt == "preference"
+    cmap.update({t[k]: ours for k, ours in USER_FIELDS.items() if t.get(k) and t[k] != ours})
+    known = set(USER_FIELDS) | {"system_prompt", "system_format", "format", "no_input_format", "prompt_format",
+                                "chosen_format", "rejected_format", "field"}
+    if set(t) - known:
+        return fmt, f"type keys {', '.join(sorted(set(t) - known))} are not translated"
+    if pair and (t.get("chosen_format", "{chosen}") != "{chosen}" or t.get("rejected_format", "{rejected}") != "{rejected}"):
+        return fmt, "chosen_format/rejected_format: posttrain's answers are their columns as written"
+    if t.get("system_prompt"):
+        src["system_prompt"] = t["system_prompt"]
+    head = t.get("system_format", "{system}") if t.get("system_prompt") or t.get("field_system") else ""
+    prompt, no_input = (t.get("prompt_format", "{prompt}"), None) if pair else (t.get("format"), t.get("no_input_format"))
+    if prompt and (head or prompt != "{prompt}"):
+        src["template"] = {"prompt": head + prompt, **({"no_input": head + no_input} if no_input else {})}
+    elif not pair and (head or no_input):
+        return fmt, "a system prompt or no_input_format without `format:` is not translated"
+    return fmt, ""
 
 
 def _data(conv: Conversion):
@@ -413,6 +459,10 @@ def _data(conv: Conversion):
                 conv.drop_given(key, "empty")
             continue
         srcs = [_source(d, conv.stage) for d in value]
+        templates = [s.pop("template", None) for s, _, _ in srcs]
+        if len(srcs) > 1 and any(t != templates[0] for t in templates):
+            srcs = [(s, f, p or ("sources with different prompt formats: data.template is one for the recipe"
+                                 if t else "")) for (s, f, p), t in zip(srcs, templates)]
         if len(srcs) == 1:  # one source: its own format
             src, fmt, _ = srcs[0]
             new = one_source(src, dotted)
@@ -425,6 +475,8 @@ def _data(conv: Conversion):
             new = {dotted: [s for s, _, _ in srcs]}
         if key == "datasets":
             new["data.format"] = fmt
+            if templates[0] and all(t == templates[0] for t in templates):
+                new["data.template"] = templates[0]
         map_sources(conv, key, value, new, [p for _, _, p in srcs if p], shown="<list>")
     eval_fraction(conv, "val_set_size")
     if raw.get("sequence_len") is not None:

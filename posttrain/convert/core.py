@@ -17,18 +17,15 @@ import functools
 import json
 import re
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from posttrain import options, stages
+from posttrain import chat_templates, options, stages
 from posttrain.util import Where
 
 MAPPED, DROPPED, NOT, DEFAULT = "mapped", "dropped", "NOT TRANSLATED", "default"
-
-TEMPLATES_DIR = Path(str(resources.files("posttrain") / "recipes" / "templates"))
 
 
 @dataclasses.dataclass
@@ -210,28 +207,56 @@ def dtype(v):
     return DTYPES.get(str(v).removeprefix("torch."), v)
 
 
-# chat template names (LLaMA-Factory `template:`, axolotl `chat_template:`) -> a .jinja shipped with posttrain
-TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja", "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
-# names that mean "the tokenizer's own template"
-TOKENIZER_TEMPLATE = {"tokenizer_default", "tokenizer_default_fallback_chatml"}  # axolotl's names
+# Other tools' chat template names (LLaMA-Factory `template:`, axolotl `chat_template:`), per tool: a posttrain
+# template name (posttrain.chat_templates), or (OWN, the format the name means): the base model's own format, which
+# its tokenizer carries and posttrain uses when model.chat_template is unset. A name a tool's table does not hold
+# but posttrain ships (chatml, llama3, ...) means the same format; any other stays NOT TRANSLATED.
+OWN = "own"
+TEMPLATE_NAMES = {
+    "llama-factory": {
+        "qwen": "qwen2", "phi": "phi3", "phi4_mini": "phi4", "deepseek3": "deepseek", "deepseekr1": "deepseek_r1",
+        "phi4": (OWN, "Phi-4 (14B)'s <|im_start|>{role}<|im_sep|> turns"),
+        "phi_small": (OWN, "Phi-3-small's turns after <|endoftext|>"),
+        "deepseek": (OWN, "DeepSeek LLM / V2 chat's 'User: ... Assistant:' turns"),
+        "cpm3": (OWN, "MiniCPM3's ChatML after <s>"), "cpm4": (OWN, "MiniCPM4's ChatML after <s>"),
+        "llama4": (OWN, "Llama 4's <|header_start|> turns"), "glm4": (OWN, "GLM-4's [gMASK]<sop> turns"),
+        "mistral_small": (OWN, "Mistral Small 3's [SYSTEM_PROMPT] turns"), "yi": (OWN, "Yi's ChatML"),
+    },
+    "axolotl": {
+        "qwen_25": "qwen2", "phi_3": "phi3", "phi_35": "phi3", "mistral_v2v3": "mistral", "deepseek_v3": "deepseek",
+        "tokenizer_default": (OWN, ""),
+        "tokenizer_default_fallback_chatml": (OWN, "if its tokenizer has none, set model.chat_template: chatml"),
+        "phi_4": (OWN, "Phi-4-reasoning's <|im_sep|> turns and reasoning system message"),
+        "mistral_v1": (OWN, "Mistral v0.1 / Mixtral-8x7B's '[INST] ... [/INST]' turns"),
+        "mistral_v3_tekken": (OWN, "Mistral NeMo's (Tekken) '[INST]...[/INST]' turns"),
+        "mistral_v7_tekken": (OWN, "Mistral Small 3's [SYSTEM_PROMPT] turns"),
+        "llama3_2_vision": (OWN, "Llama 3.2 Vision's turns"), "llama4": (OWN, "Llama 4's <|header_start|> turns"),
+        "gemma3n": (OWN, "Gemma 3n's turns"), "deepseek_v2": (OWN, "DeepSeek-V2's 'User: ... Assistant:' turns"),
+    },
+}
+# where posttrain's template of that name renders a little differently from the tool's
+TEMPLATE_NOTES = {("llama-factory", "zephyr"): "LLaMA-Factory also writes the system turn 'You are Zephyr, a helpful "
+                                               "assistant.' where a row has none; posttrain's does not"}
 
 
 def chat_template(conv: Conversion, key: str, value):
-    """A template name (or inline Jinja) -> model.chat_template holding the text of a shipped .jinja."""
+    """A template name (or inline Jinja) -> model.chat_template: a template posttrain ships (by name), or the
+    tokenizer's own where the name means the base model's format."""
     if not isinstance(value, str):
         return conv.no(key, value, "expected a template name or Jinja text")
     if "{%" in value or "{{" in value:
         return conv.map(key, "<inline Jinja>", "model.chat_template", value)
-    if value in TOKENIZER_TEMPLATE:
-        return conv.drop(key, value, "the tokenizer's own chat template is what posttrain uses when "
-                                     "model.chat_template is unset")
-    name = TEMPLATE_FILES.get(value)
+    name = TEMPLATE_NAMES.get(conv.tool, {}).get(value, value if chat_templates.text(value) is not None else None)
+    if isinstance(name, tuple):
+        return conv.drop(key, value, "means the base model's own format" + (f" ({name[1]})" if name[1] else "") +
+                         ", which its tokenizer carries: posttrain uses the tokenizer's own chat template when "
+                         "model.chat_template is unset")
     if name is None:
-        return conv.no(key, value, f"no template named '{value}' ships with posttrain (it has "
-                                   f"{', '.join(sorted(TEMPLATE_FILES))}); the tokenizer's own template is used — "
-                                   "if it has none, set model.chat_template to a .jinja file")
-    text = (TEMPLATES_DIR / name).read_text(encoding="utf-8")
-    conv.map(key, value, "model.chat_template", text, note=f"posttrain's templates/{name}, inlined")
+        return conv.no(key, value, f"no template named '{value}' ships with posttrain (`posttrain recipes` lists them); "
+                                   "the tokenizer's own template is used — if it has none, set model.chat_template")
+    note = TEMPLATE_NOTES.get((conv.tool, value), "")
+    conv.map(key, value, "model.chat_template", chat_templates.canonical(name),
+             note=f"posttrain's {chat_templates.canonical(name)} template" + (f"; {note}" if note else ""))
 
 
 def flag(target: str, new=None, note: str = "", off: str = "false") -> Call:
@@ -257,14 +282,16 @@ def eval_fraction(conv: Conversion, key: str):
 
 
 def one_source(src: dict, dotted: str) -> dict:
-    """A single source entry as plain data keys: data.train (or data.eval) and its split, name and column_map."""
+    """A single source entry as plain data keys: data.train (or data.eval) and its split, name, column, turn and role
+    maps and system prompt."""
     new = {dotted: src["source"]}
     if src.get("split", "train") != "train":
         new["data.split" if dotted == "data.train" else "data.eval_split"] = src["split"]
     if src.get("name"):
         new["data.name"] = src["name"]
-    if src.get("column_map"):
-        new["data.column_map"] = src["column_map"]
+    for k in ("column_map", "message_map", "role_map", "system_prompt"):
+        if src.get(k):
+            new[f"data.{k}"] = src[k]
     return new
 
 

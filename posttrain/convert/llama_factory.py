@@ -41,6 +41,7 @@ from posttrain.convert.core import (
     training_field,
     walk,
 )
+from posttrain.data.formats import SHAREGPT_ROLES
 from posttrain.util import Where, show
 
 # freeze training (finetuning_type: freeze) is posttrain's model.trainable
@@ -346,6 +347,22 @@ def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None, list[str]
     return None, None, []
 
 
+# dataset_info.json `tags:` of sharegpt rows -> the role posttrain reads them as (LLaMA-Factory's default names are
+# read as they are: human/gpt/observation/function_call/system)
+ROLE_TAGS = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool", "function_tag": "assistant",
+             "system_tag": "system"}
+
+
+def _tags(tags: dict, src: dict):
+    """role_tag/content_tag -> the source's message_map, user_tag/assistant_tag/... -> its role_map."""
+    keys = {tags.get("role_tag", "from"): "role", tags.get("content_tag", "value"): "content"}
+    if set(keys) not in ({"from", "value"}, {"role", "content"}):
+        src["message_map"] = {k: v for k, v in keys.items() if k != v}
+    roles = {tags[t]: ours for t, ours in ROLE_TAGS.items() if tags.get(t) and SHAREGPT_ROLES.get(tags[t]) != ours}
+    if roles:
+        src["role_map"] = roles
+
+
 def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice_: str) -> tuple[dict, str, str]:
     """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or '')."""
     entry = (info or {}).get(name)
@@ -379,9 +396,13 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
             cmap[messages] = "prompt"
         elif messages != ("messages" if openai else "conversations"):
             cmap[messages] = "messages" if openai else "conversations"
-        if stage == "kto":
-            problem = f"dataset '{name}': KTO rows as conversations with a tag; posttrain's unpaired rows are " \
-                      "{prompt, completion, label}"
+        _tags(tags, src)
+        if cols.get("system"):
+            cmap[cols["system"]] = "system"
+        if stage == "kto":  # {messages, label}: unpaired rows read as one conversation (its last turn judged)
+            fmt = "unpaired"
+            if cols.get("kto_tag", "label") != "label":
+                cmap[cols["kto_tag"]] = "label"
         if cols.get("tools") or cols.get("images") or cols.get("videos") or cols.get("audios"):
             problem = f"dataset '{name}': tools/images/videos/audios columns are not translated"
     elif stage == "pt":
@@ -404,8 +425,10 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
             col = cols.get(theirs, ours if theirs != "prompt" or not ranking else "instruction")
             if col != ours:
                 cmap[col] = ours
-        if cols.get("system") or cols.get("history"):
-            problem = f"dataset '{name}': system/history columns are not translated"
+        if cols.get("system") and cols["system"] != "system":
+            cmap[cols["system"]] = "system"
+        if cols.get("history"):
+            problem = f"dataset '{name}': a history column (earlier turns) is not translated"
         if ranking and cols.get("query"):
             problem = f"dataset '{name}': a query column on preference rows is not translated"
     if cmap:

@@ -28,7 +28,7 @@ def _column(ours: str, note: str = "") -> To:
 OTHER = {
     "lr": To("training.learning_rate"),
     **dict.fromkeys(("max_seq_len", "model_max_length", "max_len"), To("data.max_length")),
-    "prompt_max_len": To("data.max_length", note="posttrain bounds the whole row"),
+    "prompt_max_len": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
     "generate_max_len": "`training.response_length` (ppo) or `training.max_completion_length` (grpo, rloo)",
     **dict.fromkeys(("dataset_path", "data_path", "train_file", "prompt_data"), To("data.train")),
     "dataset_config_name": To("data.name"),

@@ -95,7 +95,7 @@ TABLE = {
     "push_to_hub_revision": Call(lambda c, k, v: c.map(k, v, "training.push_to_hub", True,
                                                        note="to the branch training.hub_revision")
                                  if v else c.drop(k, v, "false")),
-    "max_prompt_length": No("posttrain bounds the whole row by data.max_length; TRL 1.12 has no prompt length"),
+    "max_prompt_length": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
 }
 
 

@@ -71,7 +71,7 @@ def other_models(recipe: Recipe) -> list:
 
 def prepare_data(recipe: Recipe, tokenizer, args):
     data = recipe.data
-    train, eval_ds, stats = load_pairs(recipe, args)
+    train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     with args.main_process_first(desc="tokenizing prompts"):
         train = drop_long_prompts(train, tokenizer, data["max_length"], stats["train"], "train", keep_ids=True,
                                   num_proc=data.get("num_proc"))

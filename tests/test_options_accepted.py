@@ -14,7 +14,7 @@ from posttrain.checks import load_recipe
 from posttrain.convert import names
 from posttrain.convert.core import Conversion
 from posttrain.errors import RecipeError
-from posttrain.keys import DATA_KEYS, MODEL_KEYS, TOP_KEYS
+from posttrain.keys import DATA_KEYS, MODEL_KEYS, TOP_KEYS, TRACKING_KEYS, WATCHDOG_KEYS
 
 SFT = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
 SFT_EVAL = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl, eval_fraction: 0.2}\n"
@@ -150,6 +150,8 @@ def _settable(dotted: str) -> bool:
         return key in MODEL_KEYS
     if section == "data":
         return key in DATA_KEYS
+    if section in ("watchdog", "tracking"):
+        return key in (WATCHDOG_KEYS if section == "watchdog" else TRACKING_KEYS)
     found = False
     for stage in stages.all_stages().values():
         kind = options.classify(stage, section, key).kind

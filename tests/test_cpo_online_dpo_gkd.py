@@ -36,7 +36,7 @@ def _overrides(fx, recipe, out, teacher=None):
 def test_new_stages_are_listed_and_their_recipes_validate(cli):
     code, out, err = cli("recipes")
     assert code == 0, err
-    listed = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+    listed = {words[0]: words[1] for words in map(str.split, out.splitlines()) if len(words) > 1}
     assert {r: listed.get(r) for r in NEW_RECIPES} == {"cpo_gpt2": "cpo", "cpo_gpt2_simpo": "cpo",
                                                       "online_dpo_gpt2": "online_dpo", "gkd_gpt2": "gkd"}
     assert {"sft_distill_gpt2", "sft_simpo_gpt2", "sft_online_dpo_gpt2"} <= set(listed)
