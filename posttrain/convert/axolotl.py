@@ -82,8 +82,8 @@ LIGER_KEYS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_lay
               "liger_fused_linear_cross_entropy", "liger_rms_norm_gated")
 # the type of each key the functions below read, and of a `datasets:` entry's fields (posttrain.convert.check)
 DATASET = {"path": str, "type": str | dict, "name": str, "split": str, "data_files": str | list, "ds_type": str,
-           "field": str, "message_property_mappings": dict, "message_field_role": str, "message_field_content": str,
-           "roles": dict, "roles_to_train": list, "train_on_eos": str,
+           "field": str, "message_property_mappings": dict[str, str], "message_field_role": str, "message_field_content": str,
+           "roles": dict[str, list[str]], "roles_to_train": list, "train_on_eos": str,
            **dict.fromkeys(("field_messages", "field_chosen", "field_rejected", "field_system", "field_instruction",
                             "field_input", "field_output"), str)}
 FLAGS = ("xformers_attention", "flash_attention", "sdp_attention", "eager_attention", "flex_attention", "s2_attention",

@@ -5,13 +5,15 @@ A key's type is what its rule maps it to: `To("training.x")` takes the TRL confi
 installed class, as validate reads it), `To("peft.x")` LoraConfig's, `To("data.x")` posttrain's own key's; a key no
 rule names that the TRL configs have (passed through) takes that field's type. A key read by the tool module's
 functions declares its type in the module's TYPES: an annotation (`str | list`), or for nested structures
-{field: type} (a mapping, each field checked) and [type] (a list, each entry checked).
+{field: type} (a mapping, each field checked), dict[str, type] (a mapping, each value checked) and [type] (a list,
+each entry checked).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+import typing
 from typing import Any
 
 from posttrain import options, schema, stages
@@ -57,8 +59,9 @@ def rule_type(rule, value, stage: str | None = None):
     return Any
 
 
-def problems(where, dotted: str, value, spec) -> list[str]:
-    """`file:line: dotted: expected T, got V` for value and, in a nested spec, each of its entries; null is unset."""
+def problems(where, dotted: str, value, spec, one: bool = False) -> list[str]:
+    """`file:line: dotted: expected T, got V` for value and, in a nested spec, each of its entries; null is unset.
+    `one`: a list type takes one value too (TRL's list fields do)."""
     if value is None or spec is Any:
         return []
     if isinstance(spec, dict):
@@ -69,8 +72,9 @@ def problems(where, dotted: str, value, spec) -> list[str]:
         if not isinstance(value, list):
             return [where.at(dotted, f"expected a list, got {show(value)}")]
         return [p for i, v in enumerate(value) for p in problems(where, f"{dotted}[{i}]", v, spec[0])]
-    one = not isinstance(value, (list, dict)) and schema.fits([value], spec)  # a list field given one value, as TRL takes
-    if not schema.fits(value, spec) and not one:
+    if typing.get_origin(spec) is dict and isinstance(value, dict):  # dict[str, T]: each value a T
+        return [p for k, v in value.items() for p in problems(where, f"{dotted}.{k}", v, typing.get_args(spec)[1])]
+    if not schema.fits(value, spec) and not (one and not isinstance(value, (list, dict)) and schema.fits([value], spec)):
         return [where.at(dotted, f"expected {schema.describe(spec)}, got {show(value)}")]
     return []
 
@@ -87,6 +91,6 @@ def check(conv: Conversion, items, table: dict, types: dict, passthrough: bool =
             spec = rule_type(table.get(key, TRAINING_ARGS.get(key)), value, conv.stage)
         else:
             spec = training_type(key, conv.stage) if passthrough else Any
-        out += problems(conv.where, key, value, spec)
+        out += problems(conv.where, key, value, spec, one=key not in types)
     if out:
         raise Problems(out)

@@ -57,6 +57,8 @@ TYPES = {**dict.fromkeys(COMPONENTS, dict), **dict.fromkeys(("dataset", "dataset
 
 
 def _lora_modules(conv: Conversion, key: str, value):
+    if not value:
+        return conv.drop(key, value, "empty: not set")
     mlp = MLP if (conv.raw.get("model") or {}).get("apply_lora_to_mlp") else []
     conv.map(key, value, "peft.target_modules", [ATTN.get(m, m) for m in value] + mlp,
              note="torchtune's names as Hugging Face modules" + (" (+ MLP: apply_lora_to_mlp)" if mlp else ""))

@@ -167,7 +167,7 @@ def _data(conv: Conversion):
     if "dataset_mixture" in raw:
         mix = raw["dataset_mixture"] or {}
         entries = []
-        for d in mix.get("datasets", []):
+        for d in mix.get("datasets") or []:
             e = {"source": d.get("id") or d.get("path")}
             if d.get("config") not in (None, "default"):
                 e["name"] = d["config"]
