@@ -192,6 +192,9 @@ def read_stage(d: Draft):
         d.stage = stages.get(name)
     except RecipeError as e:
         d.where.fail("stage", str(e).removeprefix("stage: "))
+    missing = d.stage.unavailable()  # e.g. ppo on a TRL without PPOTrainer: the one line, before anything else
+    if missing:
+        d.where.fail("stage", missing.removeprefix("stage "))
 
 
 def top_level_keys(d: Draft):

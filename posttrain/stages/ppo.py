@@ -15,7 +15,7 @@ from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Held, Plot, Stage, common, reference_unless_peft
+from posttrain.stages import Footprint, Held, NeedsTRL, Plot, Stage, common, reference_unless_peft
 from posttrain.util import world_size
 
 if TYPE_CHECKING:
@@ -223,4 +223,5 @@ STAGE = Stage(
               "mini_batch_size")},
     checks=(check_batches,),
     position=60,
+    trl=NeedsTRL("<1.13", "TRL 1.13 removed PPOTrainer", "train against the reward model with rloo/grpo"),
 )
