@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.convert import convert, convert_raw, read
+from posttrain.convert import check, convert, convert_raw, read
 from posttrain.errors import PosttrainError, Problems
 
 DATA = Path(__file__).parent / "data" / "convert"
@@ -113,3 +113,14 @@ def test_the_command_says_a_bad_file_in_one_line_and_writes_nothing(tmp_path, cl
     code, stdout, err = cli("convert", p, "-o", out)
     assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
     assert not out.exists() and not stdout
+
+
+def test_the_field_types_are_the_installed_classes():
+    """field_types.json (what convert checks a TRL/peft/bitsandbytes field against, without importing them) is what the
+    installed classes say; and it says what validate's check says of a value."""
+    assert json.loads(check.FIELD_TYPES.read_text()) == check.generate(), "run `python -m posttrain.convert --write`"
+    fields = check.fields()
+    assert fields["training.learning_rate"].fits("2e-4") and not fields["training.learning_rate"].fits([1])
+    assert fields["training.eval_strategy"].fits(False) and fields["training.eval_strategy"].fits("steps")
+    assert fields["training.loss_type"].fits("sigmoid") and fields["peft.target_modules"].fits(["q_proj"])
+    assert not fields["peft.r"].fits("x") and fields["peft.r"].fits(8.0) and not fields["training.bf16"].fits(5)

@@ -2,9 +2,9 @@
 
 One module per tool holds its mapping table as data (built from that tool's own option definitions) and
 the implicit defaults a faithful translation must spell out; `core` holds the fates, the shared rules and
-the writing; `check` the type of every key read, before converting (it reads the TRL, peft and transformers
-config classes' field types, importing them as validate does); `names` what validate says of another tool's key.
-Nothing here builds a model or a trainer: converting is reading YAML.
+the writing; `check` the type of every key read, before converting; `names` what validate says of another tool's
+key. Nothing here imports torch or TRL: converting is reading YAML (the TRL fields' types are a snapshot,
+field_types.json).
 """
 
 from __future__ import annotations
