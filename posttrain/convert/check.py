@@ -90,9 +90,8 @@ def rule_type(rule, value):
     return Any
 
 
-def problems(where, dotted: str, value, spec, one: bool = False) -> list[str]:
-    """`file:line: dotted: expected T, got V` for value and, in a nested spec, each of its entries; null is unset.
-    `one`: a list type takes one value too (TRL's list fields do)."""
+def problems(where, dotted: str, value, spec) -> list[str]:
+    """`file:line: dotted: expected T, got V` for value and, in a nested spec, each of its entries; null is unset."""
     if value is None or spec is Any:
         return []
     if isinstance(spec, dict):
@@ -107,7 +106,7 @@ def problems(where, dotted: str, value, spec, one: bool = False) -> list[str]:
         return [p for k, v in value.items() for p in problems(where, f"{dotted}.{k}", v, typing.get_args(spec)[1])]
     if isinstance(spec, Field):
         return [] if spec.fits(value) else [where.at(dotted, f"expected {spec.says}, got {show(value)}")]
-    if not schema.fits(value, spec) and not (one and not isinstance(value, (list, dict)) and schema.fits([value], spec)):
+    if not schema.fits(value, spec):
         return [where.at(dotted, f"expected {schema.describe(spec)}, got {show(value)}")]
     return []
 
@@ -124,10 +123,9 @@ def check(conv: Conversion, items, table: dict, types: dict, passthrough: bool =
             spec = rule_type(table.get(key, TRAINING_ARGS.get(key)), value)
         else:
             spec = fields().get(f"training.{key}", Any) if passthrough else Any
-        out += problems(conv.where, key, value, spec, one=key not in types)
+        out += problems(conv.where, key, value, spec)
     if out:
         raise Problems(out)
-
 
 
 def write():
