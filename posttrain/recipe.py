@@ -103,8 +103,25 @@ def _key_lines(node, prefix="", out=None) -> dict[str, int]:
     return out
 
 
-def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
-    """Safe-load one YAML mapping; returns it with the line of every dotted key."""
+def _given_twice(node, prefix="") -> str | None:
+    """`LINE: dotted: given twice ...` for the first key given twice in one mapping, or None."""
+    if isinstance(node, yaml.SequenceNode):
+        return next(filter(None, (_given_twice(v, f"{prefix.removesuffix('.')}[{i}].") for i, v in enumerate(node.value))), None)
+    seen: dict[str, int] = {}
+    for k, v in node.value if isinstance(node, yaml.MappingNode) else ():
+        name, line = getattr(k, "value", None), k.start_mark.line + 1
+        if isinstance(name, str) and name in seen:
+            return f"{line}: {prefix}{name}: given twice (also at line {seen[name]}); YAML would keep only the last"
+        seen[name] = line
+        found = _given_twice(v, f"{prefix}{name}.")
+        if found:
+            return found
+    return None
+
+
+def read_yaml(path: Path, what: str = "recipe", unique: bool = False) -> tuple[dict, dict[str, int]]:
+    """Safe-load one YAML mapping (a recipe, or `what` else); returns it with the line of every dotted key. `unique`:
+    a key given twice in one mapping is refused (YAML keeps the last silently)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -119,12 +136,15 @@ def read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e)
         if "constructor for the tag" in str(problem):
-            problem = f"YAML tag not allowed ({problem.split('tag')[-1].strip()}); recipes are plain data"
+            problem = f"YAML tag not allowed ({problem.split('tag')[-1].strip()}); {what}s are plain data"
         raise RecipeError(f"{where}: invalid YAML: {problem}") from None
+    twice = _given_twice(node) if unique else None
+    if twice:
+        raise RecipeError(f"{path}:{twice}")
     if data is None:
-        raise RecipeError(f"{path}: recipe is empty")
+        raise RecipeError(f"{path}: {what} is empty")
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got a {type(data).__name__}")
+        raise RecipeError(f"{path}: a {what} must be a mapping of keys, got a {type(data).__name__}")
     return data, _key_lines(node)
 
 

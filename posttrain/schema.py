@@ -150,6 +150,10 @@ def coerce(value, ann):
     return value
 
 
+def fits(value, ann) -> bool:
+    return coerce(value, ann) is not _NO
+
+
 def describe(ann) -> str:
     origin = typing.get_origin(ann)
     if origin in (typing.Union, types.UnionType) and choices_of(ann):

@@ -36,7 +36,7 @@ def test_every_config_has_its_source_url_and_is_detected():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(DATA)))
 def test_every_source_key_gets_exactly_one_fate(path):
-    raw, _ = read(path)
+    raw = read(path)[0]
     conv = convert(path)
     keys = [f.key.split(".")[0] for f in conv.fates if f.kind != DEFAULT]
     assert set(keys) >= {k for k in raw if k != "profiler"}, set(raw) - set(keys)
@@ -275,7 +275,7 @@ def test_exit_codes_recipe_comments_and_no_overwrite(tmp_path, cli):
     text = out.read_text()
     assert text.startswith("# Converted by `posttrain convert` from ") and "smollm_config.yaml (trl config)" in text
     assert "NOT TRANSLATED" not in text
-    raw, _ = read(DATA / "trl/sft/smollm_config.yaml")
+    raw = read(DATA / "trl/sft/smollm_config.yaml")[0]
     for key in raw:  # every key is in the printed table
         assert f"\n  {key}: " in stdout, key
     code, _, err = cli("convert", DATA / "trl/sft/smollm_config.yaml", "-o", out)

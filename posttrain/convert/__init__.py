@@ -2,18 +2,20 @@
 
 One module per tool holds its mapping table as data (built from that tool's own option definitions) and
 the implicit defaults a faithful translation must spell out; `core` holds the fates, the shared rules and
-the writing. Nothing here imports torch or TRL's trainers: converting is reading YAML.
+the writing; `check` the type of every key read, before converting; `names` what validate says of another tool's
+key. Nothing here imports torch or TRL: converting is reading YAML (the TRL fields' types are a snapshot,
+field_types.json).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from posttrain.convert import axolotl, llama_factory, torchtune, trl
 from posttrain.convert.core import Conversion, fate_lines, recipe_text, stage_rules
 from posttrain.errors import PosttrainError
+from posttrain.recipe import read_yaml
+from posttrain.util import Where
 
 TOOLS = {"axolotl": axolotl, "llama-factory": llama_factory, "trl": trl, "torchtune": torchtune}
 
@@ -35,27 +37,27 @@ def detect(raw: dict) -> str:
     raise PosttrainError("cannot tell which tool this config is for; pass --from axolotl|llama-factory|trl|torchtune")
 
 
-def read(path: Path) -> tuple[dict, str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PosttrainError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PosttrainError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise PosttrainError(f"{path}: expected a mapping of options")
-    return raw, text
+def read(path: Path) -> tuple[dict, str, Where]:
+    """The config as validate reads a recipe (UTF-8, YAML errors at their line, a key given twice refused), its
+    text and its key lines."""
+    raw, lines = read_yaml(path, "config", unique=True)
+    return raw, path.read_text(encoding="utf-8"), Where({k: f"{path}:{n}" for k, n in lines.items()})
 
 
 def convert(path: str | Path, tool: str | None = None, stage: str | None = None) -> Conversion:
     path = Path(path)
-    raw, text = read(path)
+    raw, text, where = read(path)
+    return convert_raw(raw, text, path, where, tool, stage)
+
+
+def convert_raw(raw: dict, text: str, path: Path, where: Where, tool: str | None = None,
+                stage: str | None = None) -> Conversion:
+    """Convert a config already read (`read`): its type check pass, then the tool module, then every key's fate."""
     tool = tool or detect(raw)
     if stage and tool != "trl":
         raise PosttrainError(f"--stage is for TRL-script configs; a {tool} config names its own stage")
     conv = Conversion(tool, path, raw, stage)
+    conv.where = where
     TOOLS[tool].convert(conv, text)
     conv.put("stage", conv.stage)
     stage_rules(conv)

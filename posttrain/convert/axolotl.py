@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 
+from posttrain.convert.check import check
 from posttrain.convert.core import (
     Call,
     Conversion,
@@ -80,6 +81,20 @@ NEIGHBOURS = {"rl": _rl_hint, "reward_model": "`stage: reward`",
 # axolotl's Liger switches: each is TRL's use_liger_kernel (which applies every Liger kernel for the architecture)
 LIGER_KEYS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy",
               "liger_fused_linear_cross_entropy", "liger_rms_norm_gated")
+# the type of each key the functions below read, and of a `datasets:` entry's fields (posttrain.convert.check)
+DATASET = {"path": str, "type": str | dict, "name": str, "split": str, "data_files": str | list, "ds_type": str,
+           "field": str, "message_property_mappings": dict[str, str], "message_field_role": str, "message_field_content": str,
+           "roles": dict[str, list[str]], "roles_to_train": list, "train_on_eos": str,
+           **dict.fromkeys(("field_messages", "field_chosen", "field_rejected", "field_system", "field_instruction",
+                            "field_input", "field_output"), str)}
+FLAGS = ("xformers_attention", "flash_attention", "sdp_attention", "eager_attention", "flex_attention", "s2_attention",
+         "sample_packing", "use_tensorboard", "lora_target_linear", "load_in_4bit", "load_in_8bit", "reward_model",
+         "group_by_length", "shuffle_merged_datasets", "train_on_inputs", *LIGER_KEYS)
+TYPES = {"rl": str | bool, "adapter": str, "lora_model_dir": str, "bnb_config_kwargs": dict, "datasets": [DATASET],
+         "test_datasets": [DATASET], "evals_per_epoch": int | float, "saves_per_epoch": int | float,
+         "chat_template": str, "bf16": bool | str, "trl": dict, "special_tokens": dict, "unfrozen_parameters": list | str,
+         "plugins": list | str, "lr_scheduler": str, "cosine_min_lr_ratio": float, "wandb_project": str,
+         "attn_implementation": str, **dict.fromkeys(FLAGS, bool)}
 USE_LIGER = "TRL applies Liger's kernels for the model's architecture (the same maths, less memory)"
 
 TABLE = {
@@ -517,6 +532,7 @@ def _schedule(conv: Conversion):
 
 
 def convert(conv: Conversion, text: str):
+    check(conv, conv.raw.items(), TABLE, TYPES)
     conv.stage = _stage(conv)
     walk(conv, conv.raw.items(), TABLE)
     _peft(conv)

@@ -13,6 +13,7 @@ converting it does (posttrain.convert.names).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from posttrain import chat_templates, options, stages
+from posttrain.util import Where
 
 MAPPED, DROPPED, NOT, DEFAULT = "mapped", "dropped", "NOT TRANSLATED", "default"
 
@@ -32,7 +34,7 @@ class Fate:
     value: Any
     kind: str  # mapped | dropped | NOT TRANSLATED | default (a tool's implicit default made explicit)
     text: str  # mapped/default: "posttrain.key: value"; dropped / NOT TRANSLATED: why (and what to do)
-    new: dict | None = None  # mapped: {dotted posttrain key: value}
+    new: dict | None = None  # mapped (or NOT TRANSLATED but written all the same): {dotted posttrain key: value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Conversion:
         self.recipe: dict = {}
         self.fates: list[Fate] = []
         self.stage = stage  # the posttrain stage: --stage for TRL configs, else set by the tool module
+        self.where = Where()  # the source config's key lines
 
     # --- building the recipe
 
@@ -177,6 +180,15 @@ class Conversion:
 def render(value) -> str:
     if isinstance(value, str) and "\n" in value:
         return f"<{len(value.splitlines())} lines>"
+    return _scalar(value) if isinstance(value, (str, int, float, type(None))) else _dumped(value)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _scalar(value) -> str:
+    return _dumped(value)
+
+
+def _dumped(value) -> str:
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True).strip()
     text = text.removesuffix("...").strip()
     # a string with a line break inside a list or mapping: JSON keeps it on one line (the recipe's comments)
@@ -290,6 +302,7 @@ def map_sources(conv: Conversion, key: str, value, new: dict, problems: list[str
     for dotted, v in new.items():
         conv.put(dotted, v)
     conv.no(key, value, "; ".join(problems))
+    conv.fates[-1].new = new
 
 
 def launch_hint(kind: str) -> str:
@@ -356,6 +369,11 @@ TRAINING_ARGS = {
     "gradient_checkpointing_kwargs": To("training.gradient_checkpointing_kwargs"),
     "use_liger_kernel": To("training.use_liger_kernel"),
 }
+
+
+# the type each TRAINING_ARGS key read by a function takes (posttrain.convert.check)
+TRAINING_TYPES = {"report_to": str | list[str], "warmup_ratio": float, "deepspeed": str | dict,
+                  **dict.fromkeys(("do_train", "do_eval", "do_predict"), bool)}
 
 
 def training_field(conv: Conversion, key: str, value):

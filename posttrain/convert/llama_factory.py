@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain.convert.check import check, problems
 from posttrain.convert.core import (
     Call,
     Conversion,
@@ -41,6 +42,7 @@ from posttrain.convert.core import (
     walk,
 )
 from posttrain.data.formats import SHAREGPT_ROLES
+from posttrain.util import Where, show
 
 # freeze training (finetuning_type: freeze) is posttrain's model.trainable
 TRAINABLE = ("regular expressions over the parameter names to train, the rest frozen, e.g. "
@@ -96,6 +98,15 @@ NEIGHBOURS = {"stage": "the top-level `stage` (LLaMA-Factory's rm is reward; pt 
               "val_size": To("data.eval_fraction"), "template": Call(chat_template),
               "cutoff_len": To("data.max_length"), "bf16": To("training.bf16"), "fp16": To("training.fp16")}
 
+# the type of each key the functions below read, and of a dataset_info.json entry's fields (posttrain.convert.check)
+TYPES = {"stage": str, "pref_loss": str, "finetuning_type": str, "lora_target": str | list[str],
+         "additional_target": str | list[str], "quantization_bit": int, "quantization_method": str,
+         "dataset": str | list[str], "eval_dataset": str | list[str], "dataset_dir": str, "max_samples": int,
+         "template": str, "flash_attn": str, "attn": str, "temperature": float, "max_new_tokens": int,
+         **dict.fromkeys(("pissa_init", "disable_gradient_checkpointing", "packing", "neat_packing", "use_reentrant_gc",
+                          "bf16", "fp16"), bool)}
+INFO_ENTRY = {"file_name": str, "hf_hub_url": str, "ms_hub_url": str, "om_hub_url": str, "subset": str, "split": str,
+              "formatting": str, "ranking": bool, "columns": dict[str, str], "tags": dict[str, str]}
 ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}  # flash_attn (attn) values
 GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
 
@@ -295,7 +306,7 @@ def _peft(conv: Conversion):
                 if ft == "freeze" else f"{LORA_ONLY}; converted as full fine-tuning")
         return
     conv.drop_given("finetuning_type", "the `peft:` section is the LoRA setting")
-    rank = raw.get("lora_rank", 8)
+    rank = raw.get("lora_rank") or 8
     walk(conv, [(k, raw[k]) for k in LORA if k in raw and raw[k] is not None], LORA)
     conv.default("peft.r", 8, "LLaMA-Factory: lora_rank 8")
     conv.default("peft.lora_alpha", 2 * rank, "LLaMA-Factory: lora_alpha defaults to 2 x lora_rank")
@@ -329,17 +340,30 @@ def _peft(conv: Conversion):
         conv.drop_given(("quantization_type", "double_quantization"), "the model is not quantized (no quantization_bit)")
 
 
-def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None]:
-    d = conv.raw.get("dataset_dir", "data")
+def _names(value) -> list:
+    """A `dataset:` value's dataset names ("a, b" or a list)."""
+    return [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value or [])
+
+
+def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None, list[str]]:
+    """dataset_info.json (beside the config, in dataset_dir there, or in dataset_dir here), where it was found, and
+    what is wrong with the entries the config names."""
+    d = conv.raw.get("dataset_dir") if isinstance(conv.raw.get("dataset_dir"), str) else "data"
     here = conv.source.parent
     for folder in (here, here / d, Path(d)):
         f = folder / "dataset_info.json"
-        if f.is_file():
-            try:
-                return json.loads(f.read_text(encoding="utf-8")), folder
-            except (OSError, ValueError):
-                return None, None
-    return None, None
+        if not f.is_file():
+            continue
+        try:
+            info = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            return None, None, [f"{f}: cannot be read as JSON ({e})"]
+        if not isinstance(info, dict):
+            return None, None, [f"{f}: expected a mapping of dataset names, got {show(info)}"]
+        used = [n for k in ("dataset", "eval_dataset") if isinstance(conv.raw.get(k), (str, list)) for n in
+                _names(conv.raw[k]) if isinstance(n, str)]
+        return info, folder, [f"{f}: {p}" for n in used for p in problems(Where(), n, info.get(n), INFO_ENTRY)]
+    return None, None, []
 
 
 # dataset_info.json `tags:` of sharegpt rows -> the role posttrain reads them as (LLaMA-Factory's default names are
@@ -431,9 +455,8 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
     return src, fmt, problem
 
 
-def _data(conv: Conversion):
+def _data(conv: Conversion, info: dict | None, folder: Path | None):
     raw = conv.raw
-    info, folder = _dataset_info(conv)
     n = raw.get("max_samples")
     slice_ = f"[:{n}]" if n else ""
     for split_key, dotted in (("dataset", "data.train"), ("eval_dataset", "data.eval")):
@@ -442,7 +465,7 @@ def _data(conv: Conversion):
             if split_key == "dataset":
                 conv.set_me("(dataset)", None, "data.train", "no dataset: set data.train")
             continue
-        names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+        names = _names(value)
         stage = "pt" if raw.get("stage") == "pt" else conv.stage
         srcs = [_source(nm, info, folder, stage, slice_ if split_key == "dataset" else "") for nm in names]
         fmt = "text" if stage == "pt" else \
@@ -476,13 +499,15 @@ def _data(conv: Conversion):
 
 
 def convert(conv: Conversion, text: str):
+    info, folder, found = _dataset_info(conv)
+    check(conv, conv.raw.items(), TABLE, TYPES, found=found)
     conv.stage = _stage(conv)
     walk(conv, conv.raw.items(), TABLE, _fallback)
     for k in ("bf16", "fp16"):
         if k in conv.raw:
             training_field(conv, k, conv.raw[k])
     _peft(conv)
-    _data(conv)
+    _data(conv, info, folder)
     if conv.stage == "ppo" and "reward_model_type" not in conv.raw:
         conv.no("(reward_model_type)", "lora", "LLaMA-Factory's default reward_model_type is lora (an adapter); "
                                                "posttrain's PPO needs a whole scoring model: `posttrain merge` the "

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 
-from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
+from posttrain.convert.check import check
+from posttrain.convert.core import LATER, TRAINING_ARGS, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
 from posttrain.errors import PosttrainError
 from posttrain.util import as_number
 
@@ -24,13 +25,15 @@ from posttrain.util import as_number
 ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj"}
 MLP = ["gate_proj", "up_proj", "down_proj"]
 SE_PAIRED = {"question": "prompt", "response_j": "chosen", "response_k": "rejected"}
-DATASETS = {  # builder -> (hub id, posttrain format, trains the prompt by default, column_map)
+DATASETS = {  # builder -> (hub id, or None: a generic builder reading data.train, format, trains the prompt, column_map)
     "alpaca_dataset": ("tatsu-lab/alpaca", "alpaca", True, None),
     "alpaca_cleaned_dataset": ("yahma/alpaca-cleaned", "alpaca", True, None),
     "slimorca_dataset": ("Open-Orca/SlimOrca-Dedup", "messages", False, None),
     "stack_exchange_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False, SE_PAIRED),
     "stack_exchanged_paired_dataset": ("lvwerra/stack-exchange-paired", "preference", False, SE_PAIRED),
     "hh_rlhf_helpful_dataset": ("RLHFlow/HH-RLHF-Helpful-standard", "preference", False, None),
+    "instruct_dataset": (None, "alpaca", True, None), "chat_dataset": (None, "messages", False, None),
+    "text_completion_dataset": (None, "text", False, None), "preference_dataset": (None, "preference", False, None),
 }
 OPTIMIZERS = {"torch.optim.AdamW": "adamw_torch", "torch.optim.Adam": "adamw_torch", "torch.optim.SGD": "sgd",
               "bitsandbytes.optim.PagedAdamW8bit": "paged_adamw_8bit", "bitsandbytes.optim.PagedAdamW": "paged_adamw_32bit",
@@ -41,7 +44,21 @@ SCHEDULERS = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_
               "get_constant_schedule_with_warmup": "constant_with_warmup"}
 
 
+COMPONENTS = ("model", "tokenizer", "checkpointer", "optimizer", "lr_scheduler", "loss", "metric_logger", "profiler",
+              "mixed_precision")
+# the type of each key the functions below read (posttrain.convert.check); a component is a mapping with _component_
+TYPES = {**dict.fromkeys(COMPONENTS, dict), **dict.fromkeys(("dataset", "dataset_val"), dict | list[dict]),
+         **{f"{c}._component_": str for c in (*COMPONENTS, "dataset", "dataset_val")},
+         "model.lora_attn_modules": list[str], "checkpointer.checkpoint_dir": str, "optimizer.betas": list[float],
+         "dataset.column_map": dict[str, str], "dataset.data_files": str | list[str], "dataset.column": str,
+         "dataset.conversation_column": str, "clip_grad_norm": float, "max_steps_per_epoch": int, "seed": int,
+         "dtype": str, "lr_scheduler.num_cycles": float, "run_val_every_n_steps": int, "profiler.enabled": bool,
+         "optimizer.lr": float, "optimizer.weight_decay": float, "optimizer.eps": float}
+
+
 def _lora_modules(conv: Conversion, key: str, value):
+    if not value:
+        return conv.drop(key, value, "empty: not set")
     mlp = MLP if (conv.raw.get("model") or {}).get("apply_lora_to_mlp") else []
     conv.map(key, value, "peft.target_modules", [ATTN.get(m, m) for m in value] + mlp,
              note="torchtune's names as Hugging Face modules" + (" (+ MLP: apply_lora_to_mlp)" if mlp else ""))
@@ -73,7 +90,7 @@ TABLE = {
     "checkpointer.adapter_checkpoint": No("posttrain trains a new adapter; merge this one first"),
     "checkpointer.output_dir": Drop("the run directory is output_dir"),
     "checkpointer.model_type": Drop("read from the model's config.json"),
-    "resume_from_checkpoint": DropIf(False, "false", Drop("run-time flag: `posttrain train OUT --resume`")),
+    "resume_from_checkpoint": DropIf(False, "false", TRAINING_ARGS["resume_from_checkpoint"]),
     "save_adapter_weights_only": Drop("a LoRA run saves its adapter; `posttrain merge RUN_DIR` writes the merged model"),
     "dataset._component_": LATER,
     "dataset.packed": Call(packing),
@@ -132,7 +149,7 @@ TABLE = {
     "enable_activation_offloading": flag("training.activation_offloading", True),
     "log_every_n_steps": To("training.logging_steps"),
     "log_peak_memory_stats": Drop("`posttrain plan RECIPE` estimates GPU memory before a run"),
-    "log_level": Drop("posttrain sets its own log level"),
+    "log_level": TRAINING_ARGS["log_level"],
     "metric_logger._component_": LATER,
     "metric_logger.log_dir": Drop("posttrain logs into the run directory"),
     "metric_logger.project": Call(lambda c, k, v: c.drop(k, v, f"set WANDB_PROJECT={v} in the environment")),
@@ -141,7 +158,7 @@ TABLE = {
     "fsdp_cpu_offload": Call(lambda c, k, v: c.drop(k, v, "false") if not v else c.no(k, v, "CPU offload: set "
                              "fsdp_offload_params in recipes/accelerate/fsdp.yaml and launch with it")),
     "fsdp_reshard_after_forward": Drop("an FSDP setting of the launcher config (recipes/accelerate/fsdp.yaml)"),
-    "mixed_precision._component_": LATER,
+    "mixed_precision._component_": Drop("see mixed_precision.enabled"),
     "mixed_precision.enabled": DropIf(False, "disabled", No("posttrain cannot train with int8 mixed precision")),
     "profiler._component_": LATER,
 }
@@ -173,9 +190,7 @@ def _stage(conv: Conversion, text: str) -> str:
     return next((name for name in ("ppo", "grpo") if name in recipe), "sft")
 
 
-def _components(conv: Conversion):
-    raw = conv.raw
-    model = str((raw.get("model") or {}).get("_component_", ""))
+def _model(conv: Conversion, node: dict, model: str):
     name = model.rsplit(".", 1)[-1]
     if name.startswith(("lora_", "qlora_")):
         conv.drop("model._component_", model, "LoRA: the `peft:` section" + (" and 4-bit `quantization:`"
@@ -184,85 +199,96 @@ def _components(conv: Conversion):
             conv.put("quantization.load_in_4bit", True)
             conv.default("quantization.bnb_4bit_quant_type", "nf4", "torchtune QLoRA: NF4 base weights")
             conv.default("quantization.bnb_4bit_use_double_quant", True, "torchtune's NF4 quantizes its scales too")
-            conv.default("quantization.bnb_4bit_compute_dtype", "bfloat16" if raw.get("dtype") == "bf16" else "float32",
-                         "torchtune computes in the recipe dtype")
+            conv.default("quantization.bnb_4bit_compute_dtype", "bfloat16" if conv.raw.get("dtype") == "bf16" else
+                         "float32", "torchtune computes in the recipe dtype")
     elif model:
         conv.drop("model._component_", model, "the architecture comes from the model's config.json in "
                                               "model.name_or_path (full fine-tuning: no `peft:`)")
-    ck = raw.get("checkpointer") or {}
-    kind = str(ck.get("_component_", ""))
-    if "checkpointer._component_" in dict(_flatten(raw)):
+
+
+def _checkpointer(conv: Conversion, node: dict, kind: str):
+    if "_component_" in node:
         if "HF" in kind or "Hf" in kind:
             conv.drop("checkpointer._component_", kind, "Hugging Face format: checkpoint_dir is model.name_or_path")
         else:
             conv.no("checkpointer._component_", kind, "weights in Meta/torchtune format; point model.name_or_path "
                                                       "at the Hugging Face version of the model")
-    if "checkpoint_dir" in ck:
-        conv.map("checkpointer.checkpoint_dir", ck["checkpoint_dir"], "model.name_or_path")
+    if "checkpoint_dir" in node:
+        conv.map("checkpointer.checkpoint_dir", node["checkpoint_dir"], "model.name_or_path")
     else:
         conv.set_me("(model)", None, "model.name_or_path", "no checkpointer.checkpoint_dir: set model.name_or_path")
-    ds = raw.get("dataset") or {}
-    builder = str(ds.get("_component_", "")) if isinstance(ds, dict) else ""
+
+
+def _dataset(conv: Conversion, node, builder: str):
     short = builder.rsplit(".", 1)[-1]
-    if isinstance(ds, list):
-        conv.set_me("dataset", ds, "data.train", "a list of datasets: give data.train a list of sources (a mixture)")
-    elif short in DATASETS:
-        hub, fmt, trains_prompt, cmap = DATASETS[short]
-        conv.drop("dataset._component_", builder, f"{hub} as data.train, {fmt} rows"
-                  + (f", columns {cmap}" if cmap else ""))
-        if "source" not in ds:
-            conv.put("data.train", hub)
-            if cmap:
-                conv.put("data.column_map", cmap)
-        conv.put("data.format", fmt)
-        if trains_prompt and "train_on_input" not in ds and conv.stage == "sft":
-            conv.default("data.train_on", "all", f"torchtune: {short} trains the prompt (train_on_input True)")
-    elif short in ("instruct_dataset", "chat_dataset"):
-        conv.drop("dataset._component_", builder, "a generic builder: data.train is its source")
-        conv.put("data.format", "alpaca" if short == "instruct_dataset" else "messages")
-        if short == "instruct_dataset" and "train_on_input" not in ds:
-            conv.default("data.train_on", "all", "torchtune: instruct_dataset trains the prompt (train_on_input True)")
-    elif short == "text_completion_dataset":
-        conv.drop("dataset._component_", builder, "a generic builder: data.train is its source, raw text")
-        conv.put("data.format", "text")
-    elif short == "preference_dataset":
-        conv.drop("dataset._component_", builder, "a generic builder: data.train is its source")
-        conv.put("data.format", "preference")
-    elif builder:
-        conv.set_me("dataset._component_", builder, "data.train", "a dataset builder posttrain does not know; set "
-                                                                  "data.train and data.format")
-    opt = str((raw.get("optimizer") or {}).get("_component_", ""))
+    if isinstance(node, list):
+        return conv.set_me("dataset", node, "data.train", "a list of datasets: give data.train a list of sources (a "
+                                                           "mixture)")
+    if short not in DATASETS:
+        if builder:
+            conv.set_me("dataset._component_", builder, "data.train", "a dataset builder posttrain does not know; set "
+                                                                      "data.train and data.format")
+        return
+    hub, fmt, trains_prompt, cmap = DATASETS[short]
+    conv.drop("dataset._component_", builder, f"{hub} as data.train, {fmt} rows" + (f", columns {cmap}" if cmap else "")
+              if hub else "a generic builder: data.train is its source" + (", raw text" if fmt == "text" else ""))
+    if hub and "source" not in node:
+        conv.put("data.train", hub)
+        if cmap:
+            conv.put("data.column_map", cmap)
+    conv.put("data.format", fmt)
+    if trains_prompt and "train_on_input" not in node and conv.stage == "sft":
+        conv.default("data.train_on", "all", f"torchtune: {short} trains the prompt (train_on_input True)")
+
+
+def _optimizer(conv: Conversion, node: dict, opt: str):
     if opt in OPTIMIZERS:
         conv.map("optimizer._component_", opt, "training.optim", OPTIMIZERS[opt])
-        if opt.endswith("AdamW") and "weight_decay" not in raw.get("optimizer", {}):
+        if opt.endswith("AdamW") and "weight_decay" not in node:
             conv.default("training.weight_decay", 0.01, "torch.optim.AdamW: weight_decay 0.01")
     elif opt:
         conv.no("optimizer._component_", opt, "an optimizer posttrain does not know; set training.optim")
-    sched = str((raw.get("lr_scheduler") or {}).get("_component_", ""))
-    if sched:
-        s = SCHEDULERS.get(sched.rsplit(".", 1)[-1])
-        (conv.map("lr_scheduler._component_", sched, "training.lr_scheduler_type", s) if s else
-         conv.no("lr_scheduler._component_", sched, "a scheduler posttrain does not know"))
-    else:
-        conv.default("training.lr_scheduler_type", "constant", "torchtune: no lr_scheduler, a constant learning rate")
-    loss = str((raw.get("loss") or {}).get("_component_", ""))
+
+
+def _scheduler(conv: Conversion, node: dict, sched: str):
+    if not sched:
+        return conv.default("training.lr_scheduler_type", "constant", "torchtune: no lr_scheduler, a constant "
+                                                                      "learning rate")
+    s = SCHEDULERS.get(sched.rsplit(".", 1)[-1])
+    (conv.map("lr_scheduler._component_", sched, "training.lr_scheduler_type", s) if s else
+     conv.no("lr_scheduler._component_", sched, "a scheduler posttrain does not know"))
+
+
+def _loss(conv: Conversion, node: dict, loss: str):
+    why = LOSSES.get(loss.rsplit(".", 1)[-1])
     if loss:
-        why = LOSSES.get(loss.rsplit(".", 1)[-1])
         (conv.drop if why else conv.no)("loss._component_", loss, why or "a loss posttrain's stages do not have")
-    ml = str((raw.get("metric_logger") or {}).get("_component_", ""))
+
+
+def _metric_logger(conv: Conversion, node: dict, ml: str):
     report = "wandb" if "WandB" in ml else "tensorboard" if "TensorBoard" in ml else None
     if report:
         conv.map("metric_logger._component_", ml, "training.report_to", report)
     elif ml:
         conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
                                                    "(trainer_state.json, manifest.json)")
-    mp = raw.get("mixed_precision") or {}
-    if mp.get("_component_"):
-        conv.drop("mixed_precision._component_", mp["_component_"], "see mixed_precision.enabled")
-    prof = raw.get("profiler") or {}
-    if prof:
-        conv.drop("profiler", "<profiler>", "disabled" if not prof.get("enabled") else
+
+
+def _profiler(conv: Conversion, node: dict, kind: str):
+    if node:
+        conv.drop("profiler", "<profiler>", "disabled" if not node.get("enabled") else
                   "posttrain runs no profiler (NOT translated: a profiling run)")
+
+
+# each component -> the function giving its `_component_` a fate (and the settings it implies)
+COMPONENT_FATES = {"model": _model, "checkpointer": _checkpointer, "dataset": _dataset, "optimizer": _optimizer,
+                   "lr_scheduler": _scheduler, "loss": _loss, "metric_logger": _metric_logger, "profiler": _profiler}
+
+
+def _components(conv: Conversion):
+    for name, fate in COMPONENT_FATES.items():
+        node = conv.raw.get(name) or {}
+        fate(conv, node, str(node.get("_component_", "")) if isinstance(node, dict) else "")
 
 
 def _interpolated(node, root: dict, following: tuple[str, ...] = ()):
@@ -321,6 +347,7 @@ def _validation(conv: Conversion):
 
 def convert(conv: Conversion, text: str):
     conv.raw = _interpolated(conv.raw, conv.raw)
+    check(conv, _flatten(conv.raw), TABLE, TYPES, passthrough=False)
     conv.stage = _stage(conv, text)
     _components(conv)
     _validation(conv)

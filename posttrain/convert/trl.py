@@ -13,6 +13,7 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 from __future__ import annotations
 
 from posttrain import stages
+from posttrain.convert.check import check
 from posttrain.convert.core import (
     DEFAULT,
     Call,
@@ -44,12 +45,22 @@ QUANT_KEYS = {"load_in_4bit": To("quantization", lambda v: {"load_in_4bit": True
 # the handbook's data arguments, read together by `_data`
 DATA_KEYS = {"dataset_name": To("data.train"), "dataset_config": To("data.name"), "dataset_train_split": To("data.split"),
              "dataset_test_split": To("data.eval_split"), "dataset_mixer": To("data.train"),
-             "dataset_splits": To("data.split"),
+             "dataset_splits": "`split:` on each `data.train` entry (its train splits) and `data.eval` entry (its test "
+                               "splits)",
              "dataset_mixture": To("data.train", note="a list of sources, each with `source:`, `name:`, `split:`, "
                                    "`weight:`; test_split_size is data.eval_fraction")}
 LOSS_KEYS = {"assistant_only_loss": To("data.train_on", lambda v: "assistant" if v else "all"),
              "completion_only_loss": To("data.train_on", lambda v: "assistant" if v else "all",
                                         note="for prompt/completion rows")}
+
+# the type of each key the functions below read, and of a dataset_mixture's fields (posttrain.convert.check)
+MIXTURE = {"datasets": [{"id": str, "path": str, "config": str, "split": str, "weight": float, "fraction": float,
+                         "columns": list[str]}], "test_split_size": float, "seed": int}
+TYPES = {"dataset_mixture": MIXTURE, "dataset_mixer": dict[str, float], "dataset_splits": list[str] | str,
+         "dataset_name": str, "dataset_config": str, "dataset_train_split": str, "dataset_test_split": str,
+         "lora_task_type": str, "chat_template": str, "torch_dtype": str, "dtype": str, "reward_model_name_or_path": str,
+         **dict.fromkeys(("use_peft", "load_in_4bit", "load_in_8bit", "push_to_hub_revision", "assistant_only_loss",
+                          "completion_only_loss", "use_flash_attention_2"), bool)}
 
 TABLE = {
     # trl.ModelConfig
@@ -157,7 +168,7 @@ def _data(conv: Conversion):
     if "dataset_mixture" in raw:
         mix = raw["dataset_mixture"] or {}
         entries = []
-        for d in mix.get("datasets", []):
+        for d in mix.get("datasets") or []:
             e = {"source": d.get("id") or d.get("path")}
             if d.get("config") not in (None, "default"):
                 e["name"] = d["config"]
@@ -219,6 +230,7 @@ def _data(conv: Conversion):
 
 def convert(conv: Conversion, text: str):
     conv.stage = conv.stage or _stage(conv)
+    check(conv, conv.raw.items(), TABLE, TYPES)
     walk(conv, conv.raw.items(), TABLE)
     if conv.get("model.name_or_path") is None:
         conv.set_me("(model)", None, "model.name_or_path", "no model_name_or_path: set model.name_or_path")
