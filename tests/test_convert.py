@@ -463,3 +463,58 @@ def test_torchtune_reference_cycles_and_validation_lists_are_said(tmp_path, cli)
                    "model: {_component_: torchtune.models.llama3_2.llama3_2_1b}\n")
     f = _fates(convert(val))
     assert f["run_val_every_n_steps"].kind == NOT and f["dataset_val"].kind == NOT
+
+
+# --- the stage: from keys only one stage's TRL config has, else the file or folder name, else a guess said as one ---
+
+
+def test_trl_config_with_kto_only_keys_converts_to_kto(tmp_path, cli):
+    conv = convert(DATA / "trl/cli/qwen1.5-1.8b-aligned.yaml")  # no stage in its name: its keys say kto
+    assert conv.stage == "kto" and not conv.stage_guessed, conv.stage_why
+    assert conv.stage_why.startswith("loss_type, beta, desirable_weight, undesirable_weight: only TRL's KTOConfig")
+    assert conv.get("training.desirable_weight") == 1.0 and conv.get("training.undesirable_weight") == 1.33
+    assert conv.get("data.format") == "unpaired" and not conv.untranslated
+    d = tmp_path / "dpo"  # a folder named dpo/: DPOConfig has no desirable_weight, so the keys decide
+    d.mkdir()
+    (d / "config.yaml").write_text((DATA / "trl/cli/qwen1.5-1.8b-aligned.yaml").read_text())
+    conv = convert(d / "config.yaml")
+    assert conv.stage == "kto" and "(the folder name dpo/ says dpo)" in conv.stage_why
+
+
+@pytest.mark.parametrize("keys, stage, guessed, words", [
+    ("simpo_gamma: 0.5\ncpo_alpha: 0.0\nbeta: 2.0\n", "cpo", False, "only TRL's CPOConfig has them all"),
+    ("lmbda: 0.5\nseq_kd: false\n", "gkd", False, "only TRL's GKDConfig"),
+    ("num_generations: 8\nmax_completion_length: 256\n", "grpo", True, "fit TRL's GRPOConfig, RLOOConfig; grpo is"),
+    ("beta: 0.1\n", "dpo", True, "beta fit TRL's DPOConfig, KTOConfig"),
+    ("packing: true\n", "sft", True, "packing fit TRL's SFTConfig, GKDConfig; sft is the first"),
+    ("", "sft", True, "no stage in the file or folder name"),
+])
+def test_trl_stage_from_keys_or_a_guess_said_as_one(keys, stage, guessed, words, tmp_path):
+    p = tmp_path / "runs" / "config.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/set\nlearning_rate: 1.0e-6\n" + keys)
+    conv = convert(p)
+    assert (conv.stage, conv.stage_guessed) == (stage, guessed) and words in conv.stage_why, conv.stage_why
+
+
+def test_the_stage_and_why_are_printed_on_their_own_line(tmp_path, cli):
+    p = tmp_path / "runs" / "config.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/set\nnum_generations: 8\n")
+    code, out, _ = cli("convert", p, "-o", tmp_path / "r.yaml")
+    line = "stage grpo GUESSED: num_generations fit TRL's GRPOConfig, RLOOConfig; grpo is the first of them; pass " \
+           "--stage NAME to change it"
+    assert code == 0 and f"\n  {line}\n" in out and f"# {line}\n" in (tmp_path / "r.yaml").read_text()
+    code, out, _ = cli("convert", DATA / "axolotl/qlora.yml", "-o", tmp_path / "s.yaml")
+    assert "\n  stage sft: no rl: (and no reward_model:): axolotl's supervised fine-tuning\n" in out
+
+
+def test_trl_stage_fields_are_the_installed_classes():
+    """The fields the stage is read from are the installed TRL configs' (less those posttrain handles for every
+    stage), so a TRL upgrade that adds a stage's field changes what convert infers without a hand list."""
+    from posttrain import options, stages
+    from posttrain.convert.trl import stage_fields
+
+    common = set(options.MANAGED_TRAINING) | set(options.REFUSED_TRAINING)
+    for name, spec in stages.all_stages().items():
+        assert stage_fields()[name] - common == set(options.installed_fields(spec.trl_config)) - common, name

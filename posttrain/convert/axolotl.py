@@ -232,17 +232,17 @@ def _stage(conv: Conversion) -> str:
     if raw.get("reward_model"):
         conv.map("reward_model", True, "stage", "reward")
         conv.drop_given("rl", "reward_model: true wins")
-        return "reward"
+        return conv.set_stage("reward", "its `reward_model: true`")
     conv.drop_given("reward_model", "false")
     if empty(rl) or rl is False:
         conv.drop_given("rl", "empty: supervised fine-tuning")
-        return "sft"
+        return conv.set_stage("sft", "no rl: (and no reward_model:): axolotl's supervised fine-tuning")
     rl = str(rl).lower()
     if rl not in RL:
         conv.no("rl", rl, f"'{rl}' is not an axolotl rl: posttrain translates ({', '.join(RL)})")
-        return "dpo"
+        return conv.set_stage("dpo", f"rl: {rl} is not translated; converted as dpo", guessed=True)
     conv.map("rl", rl, "*", {"stage": RL[rl], **RL_SETS.get(rl, {})})
-    return RL[rl]
+    return conv.set_stage(RL[rl], f"its `rl: {rl}`")
 
 
 def _peft(conv: Conversion):

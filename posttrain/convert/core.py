@@ -96,6 +96,13 @@ class Conversion:
         self.recipe: dict = {}
         self.fates: list[Fate] = []
         self.stage = stage  # the posttrain stage: --stage for TRL configs, else set by the tool module
+        self.stage_why = "the --stage flag" if stage else ""  # why this stage: printed on its own line
+        self.stage_guessed = False
+
+    def set_stage(self, stage: str, why: str, guessed: bool = False) -> str:
+        """The stage, with why it is this one (a guess says so, and how to change it)."""
+        self.stage, self.stage_why, self.stage_guessed = stage, why, guessed
+        return stage
 
     # --- building the recipe
 
@@ -404,6 +411,7 @@ def recipe_text(conv: Conversion, out: Path) -> str:
     if defaults:
         head += [f"# Made explicit ({conv.tool}'s implicit defaults, so the run is the one the source config meant):"]
         head += [f"#   {f.text}" for f in defaults]
+    head.append(f"# {stage_line(conv)}")
     for f in conv.untranslated:
         head.append(f"# NOT TRANSLATED: {f.key}: {render(f.value)} -- {f.text}")
     body = yaml.dump(recipe, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
@@ -422,10 +430,19 @@ def _str(dumper, value):
 _Dumper.add_representer(str, _str)
 
 
+def stage_line(conv: Conversion) -> str:
+    """Why the recipe is of its stage; a guess says so, and how to change it."""
+    stage = conv.recipe.get("stage", conv.stage)
+    if not conv.stage_guessed:
+        return f"stage {stage}: {conv.stage_why}"
+    change = "pass --stage NAME to change it" if conv.tool == "trl" else "change `stage:` in the recipe if it is not"
+    return f"stage {stage} GUESSED: {conv.stage_why}; {change}"
+
+
 def fate_lines(conv: Conversion) -> list[str]:
     width = min(34, max((len(f.key) for f in conv.fates), default=10))
     marks = {MAPPED: "->", DEFAULT: "+ ", DROPPED: "dropped:", NOT: "NOT TRANSLATED:"}
-    lines = []
+    lines = [f"  {stage_line(conv)}"]
     for f in conv.fates:
         shown = f.key if f.kind == DEFAULT else f"{f.key}: {render(f.value)}"
         if len(shown) > 60:

@@ -458,6 +458,11 @@ def _data(conv: Conversion):
 
 def convert(conv: Conversion, text: str):
     conv.stage = _stage(conv)
+    st, loss = conv.raw.get("stage"), conv.raw.get("pref_loss")
+    conv.stage_why = (f"its `stage: {st}`" + (f" with `pref_loss: {loss}`" if loss in LOSS_STAGES else "") if st in (*STAGES, "pt")
+                      else f"stage: {st} is not translated; converted as sft" if "stage" in conv.raw
+                      else "no `stage:` key: LLaMA-Factory's default, sft")
+    conv.stage_guessed = "stage" in conv.raw and st not in (*STAGES, "pt")
     walk(conv, conv.raw.items(), TABLE, _fallback)
     for k in ("bf16", "fp16"):
         if k in conv.raw:

@@ -168,9 +168,20 @@ def _stage(conv: Conversion, text: str) -> str:
         conv.drop("(recipe)", recipe, "a multi-GPU recipe (torchtune shards with FSDP); run `accelerate launch "
                                       "--config_file recipes/accelerate/fsdp.yaml -m posttrain train OUT`")
     loss = str((conv.raw.get("loss") or {}).get("_component_", ""))
-    if "dpo" in recipe or any(name in loss for name in ("DPOLoss", "RSOLoss", "SimPOLoss")):
-        return "dpo"
-    return next((name for name in ("ppo", "grpo") if name in recipe), "sft")
+    short = loss.rsplit(".", 1)[-1]
+    line = f"the `tune run {recipe}` line of its header"
+    if "dpo" in recipe:
+        return conv.set_stage("dpo", line)
+    if any(name in short for name in ("DPOLoss", "RSOLoss", "SimPOLoss")):
+        return conv.set_stage("dpo", f"the loss {short}")
+    found = next((name for name in ("ppo", "grpo") if name in recipe), None)
+    if found:
+        return conv.set_stage(found, line)
+    if recipe:
+        return conv.set_stage("sft", line)
+    if short in LOSSES:
+        return conv.set_stage("sft", f"the loss {short}: {LOSSES[short]}")
+    return conv.set_stage("sft", "no `tune run` line in its header and no loss component", guessed=True)
 
 
 def _components(conv: Conversion):

@@ -12,7 +12,9 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 
 from __future__ import annotations
 
-from posttrain import stages
+import functools
+
+from posttrain import options, stages
 from posttrain.convert.core import (
     DEFAULT,
     Call,
@@ -92,19 +94,72 @@ def looks_like(raw: dict) -> bool:
     return "model_name_or_path" in raw or any(k in raw for k in (*DATA_KEYS, "dataset_configs", "dataset_streaming"))
 
 
-def _stage(conv: Conversion) -> str:
-    parts = [p.lower() for p in conv.source.parts[:-1]] + [conv.source.stem.lower()]
+# TRL scripts' own arguments that name the stages whose scripts take them (grpo.py, rloo.py): not config fields
+SCRIPT_STAGES = {"reward_funcs": ("grpo", "rloo")}
+
+
+@functools.cache
+def stage_fields() -> dict[str, frozenset[str]]:
+    """Each stage's TRL config fields, in registry order, as the installed classes have them: the options snapshot
+    (which tests/test_options.py keeps equal to the installed classes) plus the fields the stage manages or refuses.
+    The fields posttrain manages or refuses for every stage (loading, output and launcher options) tell no stage."""
+    return {n: frozenset(options.passed(n, "training") | set(s.managed) | set(s.refused))
+            for n, s in stages.all_stages().items()}
+
+
+def _class(stage: str) -> str:
+    return stages.get(stage).trl_config.rsplit(":", 1)[-1]
+
+
+def _telling(raw: dict) -> dict[str, set[str]]:
+    """The config's keys that some stages' TRL configs have and others not -> those stages (registry order kept)."""
+    fields = stage_fields()
+    every = frozenset.intersection(*fields.values())
+    said = {k: {n for n, f in fields.items() if k in f} for k in raw if k not in every}
+    said = {k: v for k, v in said.items() if v}
+    said.update({k: set(v) for k, v in SCRIPT_STAGES.items() if k in raw})
+    if raw.get("loss_type") in fields:  # `loss_type: kto`: a loss named as its stage
+        said["loss_type"] = {raw["loss_type"]}
+    return said
+
+
+def _named(conv: Conversion) -> tuple[str, str] | None:
+    """A stage in the file name or its folder's (alignment-handbook: recipes/<model>/dpo/config_full.yaml)."""
     names = stages.names()
-    for part in reversed(parts):
+    for part, what in ((conv.source.stem.lower(), "file name"), (conv.source.parent.name.lower(), "folder name")):
         for name in sorted(names, key=lambda n: n != part):  # a whole folder name (online_dpo/) before a word of it
             if part == name or any(w == name for w in part.replace("-", "_").split("_")):
-                return name
-    raw = conv.raw
-    if "num_generations" in raw or "reward_funcs" in raw:
-        return "grpo"
-    if "beta" in raw or "max_prompt_length" in raw:
-        return "dpo"
-    return "sft"
+                return name, f"the {what} {part}" + ("/" if what == "folder name" else "")
+    return None
+
+
+def _stage(conv: Conversion) -> str:
+    """The stage: keys only one stage's TRL config has, else the file or folder name, else a guess said as one."""
+    said = _telling(conv.raw)
+    order = list(stage_fields())
+    fit = [n for n in order if all(n in v for v in said.values())] if said else []
+    keys = ", ".join(said)
+    named = _named(conv)
+    if named and (not said or named[0] in fit):
+        return conv.set_stage(*named)
+    if len(fit) == 1:
+        why = f"{keys}: only TRL's {_class(fit[0])} has {'it' if len(said) == 1 else 'them all'}"
+        return conv.set_stage(fit[0], why + (f" ({named[1]} says {named[0]})" if named else ""))
+    if named:
+        return conv.set_stage(*named)
+    if fit:
+        return conv.set_stage(fit[0], f"{keys} fit TRL's {', '.join(_class(n) for n in fit)}; {fit[0]} is the first "
+                                      "of them", guessed=True)
+    if said:
+        best = max(order, key=lambda n: sum(n in v for v in said.values()))
+        lacks = ", ".join(k for k, v in said.items() if best not in v)
+        return conv.set_stage(best, f"no TRL config has all of {keys}; {_class(best)} has the most (not {lacks})",
+                              guessed=True)
+    if "max_prompt_length" in conv.raw:
+        return conv.set_stage("dpo", "max_prompt_length is an option of older TRL's preference trainers (DPO, ORPO, "
+                                     "KTO, CPO); dpo is the first of them", guessed=True)
+    return conv.set_stage("sft", "no stage in the file or folder name and no option that only some stages' TRL "
+                                 "configs have: supervised fine-tuning", guessed=True)
 
 
 def _peft(conv: Conversion):
