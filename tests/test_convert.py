@@ -471,7 +471,8 @@ def test_torchtune_reference_cycles_and_validation_lists_are_said(tmp_path, cli)
 def test_trl_config_with_kto_only_keys_converts_to_kto(tmp_path, cli):
     conv = convert(DATA / "trl/cli/qwen1.5-1.8b-aligned.yaml")  # no stage in its name: its keys say kto
     assert conv.stage == "kto" and not conv.stage_guessed, conv.stage_why
-    assert conv.stage_why.startswith("loss_type, beta, desirable_weight, undesirable_weight: only TRL's KTOConfig")
+    assert conv.stage_why.startswith("loss_type, beta, desirable_weight, undesirable_weight: only stage kto (TRL's "
+                                     "KTOConfig) reads them all")
     assert conv.get("training.desirable_weight") == 1.0 and conv.get("training.undesirable_weight") == 1.33
     assert conv.get("data.format") == "unpaired" and not conv.untranslated
     d = tmp_path / "dpo"  # a folder named dpo/: DPOConfig has no desirable_weight, so the keys decide
@@ -482,8 +483,8 @@ def test_trl_config_with_kto_only_keys_converts_to_kto(tmp_path, cli):
 
 
 @pytest.mark.parametrize("keys, stage, guessed, words", [
-    ("simpo_gamma: 0.5\ncpo_alpha: 0.0\nbeta: 2.0\n", "cpo", False, "only TRL's CPOConfig has them all"),
-    ("lmbda: 0.5\nseq_kd: false\n", "gkd", False, "only TRL's GKDConfig"),
+    ("simpo_gamma: 0.5\ncpo_alpha: 0.0\nbeta: 2.0\n", "cpo", False, "only stage cpo (TRL's CPOConfig)"),
+    ("lmbda: 0.5\nseq_kd: false\n", "gkd", False, "only stage gkd (TRL's GKDConfig)"),
     ("num_generations: 8\nmax_completion_length: 256\n", "grpo", True, "fit TRL's GRPOConfig, RLOOConfig; grpo is"),
     ("beta: 0.1\n", "dpo", True, "beta fit TRL's DPOConfig, KTOConfig"),
     ("packing: true\n", "sft", True, "packing fit TRL's SFTConfig, GKDConfig; sft is the first"),
@@ -518,3 +519,108 @@ def test_trl_stage_fields_are_the_installed_classes():
     common = set(options.MANAGED_TRAINING) | set(options.REFUSED_TRAINING)
     for name, spec in stages.all_stages().items():
         assert stage_fields()[name] - common == set(options.installed_fields(spec.trl_config)) - common, name
+
+
+# --- stale and missing mappings -----------------------------------------------------------------------------
+
+
+def test_simpo_config_becomes_cpo_with_its_margin_and_no_sft_term():
+    """princeton-nlp/SimPO's configs: TRL's CPO with loss_type simpo; simpo_gamma = gamma_beta_ratio x beta."""
+    conv = convert(DATA / "trl/simpo/mistral-7b-base-simpo.yaml")
+    assert conv.stage == "cpo" and not conv.stage_guessed and "gamma_beta_ratio" in conv.stage_why
+    t = conv.recipe["training"]
+    assert (t["loss_type"], t["simpo_gamma"], t["beta"], t["cpo_alpha"]) == ("simpo", 1.6, 2.0, 0.0)
+    assert not conv.untranslated
+
+
+@pytest.mark.parametrize("extra, fates", [
+    ("sft_weight: 0.2\nloss_type: sigmoid\n", {"sft_weight": (MAPPED, "training.cpo_alpha: 0.2"),
+                                               "loss_type": (DROPPED, "loss_type simpo")}),
+    ("gamma_beta_ratio: 0.25\nloss_type: hinge\n", {"loss_type": (NOT, "sigmoid only")}),
+])
+def test_simpo_defaults_and_loss_types(extra, fates, tmp_path):
+    p = tmp_path / "cfg" / "c.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: d\n" + extra)
+    conv = convert(p)
+    f = _fates(conv)
+    assert conv.stage == "cpo" and conv.get("training.beta") == 2.0 and conv.get("training.simpo_gamma") == 0.5
+    for key, (kind, words) in fates.items():
+        assert f[key].kind == kind and words in f[key].text, f[key]
+
+
+@pytest.mark.parametrize("config, fate, recipe", [
+    ("stage: dpo\npref_loss: sigmoid\npref_ftx: 0.5\n", MAPPED,
+     {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}),
+    ("stage: dpo\npref_loss: simpo\nkto_ftx: 0.1\n", MAPPED, {"loss_type": "simpo", "cpo_alpha": 0.1}),
+    ("stage: kto\nkto_ftx: 0.1\n", NOT, {}),
+    ("stage: kto\nkto_ftx: 0\n", DROPPED, {}),
+])
+def test_llama_factory_sft_term_pref_ftx_and_its_older_name_kto_ftx(config, fate, recipe, tmp_path, fx, cli):
+    p = tmp_path / "c.yaml"
+    p.write_text("model_name_or_path: m\nfinetuning_type: full\ndataset: org/pairs\ntemplate: llama3\n"
+                 "per_device_train_batch_size: 2\n" + config)
+    conv = convert(p)
+    key = "pref_ftx" if "pref_ftx" in config else "kto_ftx"
+    assert _fates(conv)[key].kind == fate
+    for k, v in recipe.items():
+        assert conv.get(f"training.{k}") == v, k
+    if recipe.get("loss_weights"):  # TRL's DPOConfig takes the loss list and its weights
+        out = tmp_path / "r.yaml"
+        cli("convert", p, "-o", out)
+        code, _, err = cli("validate", out, *swap_in(yaml.safe_load(out.read_text()), fx), "--no-data")
+        assert code == 0, err
+
+
+def test_axolotl_model_config_optim_args_safetensors_and_auth_token(tmp_path):
+    p = tmp_path / "c.yml"
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nmodel_config:\n  output_router_logits: true\n"
+                 "optim_args: {amsgrad: true, betas: 0.9}\nsave_safetensors: true\nhf_use_auth_token: true\n")
+    conv = convert(p)
+    f = _fates(conv)
+    assert f["model_config"].kind == NOT and "cannot override its fields (output_router_logits)" in f["model_config"].text
+    assert conv.get("training.optim_args") == "amsgrad=True,betas=0.9"
+    assert f["save_safetensors"].kind == DROPPED and f["hf_use_auth_token"].kind == DROPPED
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nhf_use_auth_token: hf_abc\n")
+    conv = convert(p)
+    assert _fates(conv)["hf_use_auth_token"].kind == NOT and "hf_abc" not in str(conv.fates)
+
+
+@pytest.mark.parametrize("keys, data", [
+    ("train_split: train_sft\neval_split: test_sft\neval_strategy: steps\n",
+     {"split": "train_sft", "eval": "org/set", "eval_split": "test_sft"}),
+    ("dataset_train_split: train_sft\ntest_size: 0.05\neval_strategy: steps\ndataset_test_split: test\n",
+     {"split": "train_sft", "eval_fraction": 0.05}),
+])
+def test_trl_script_split_arguments_in_a_config(keys, data, tmp_path):
+    p = tmp_path / "sft" / "c.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/set\n" + keys)
+    conv = convert(p)
+    assert {k: v for k, v in conv.recipe["data"].items() if k in data} == data and not conv.untranslated
+
+
+def test_tracking_settings_of_llama_factory_and_torchtune(tmp_path, fx, cli, monkeypatch):
+    from posttrain import needs
+
+    monkeypatch.setattr(needs, "installed", lambda module: True)  # the trackers are not installed here
+    lf = tmp_path / "lf.yaml"
+    lf.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: full\ndataset: org/set\ntemplate: llama3\n"
+                  "report_to: none\nrun_name: qwen-sft\nuse_swanlab: true\nswanlab_project: llamafactory\n"
+                  "swanlab_api_key: sk-123\n")
+    conv = convert(lf)
+    assert conv.get("training.report_to") == "swanlab" and conv.get("tracking.project") == "llamafactory"
+    assert conv.get("training.run_name") == "qwen-sft" and "sk-123" not in str(conv.fates)
+    tt = tmp_path / "tt.yaml"
+    tt.write_text((DATA / "torchtune/1B_lora_single_device.yaml").read_text().split("\nmetric_logger:")[0] +
+                  "\nmetric_logger:\n  _component_: torchtune.training.metric_logging.WandBLogger\n  entity: my-team\n"
+                  "  group: sweep\n  tags: [lora, 1b]\n  name: run-1\n  log_dir: ${output_dir}/logs\n")
+    conv = convert(tt)
+    assert conv.recipe["tracking"] == {"entity": "my-team", "group": "sweep", "tags": ["lora", "1b"],
+                                       "project": "torchtune"}  # WandBLogger's default project, made explicit
+    assert conv.get("training.report_to") == "wandb" and conv.get("training.run_name") == "run-1"
+    out = tmp_path / "r.yaml"
+    cli("convert", tt, "-o", out)
+    over = [o for o in swap_in(yaml.safe_load(out.read_text()), fx) if o != "training.report_to=none"]
+    code, _, err = cli("validate", out, *over, "--no-data")
+    assert code == 0, err

@@ -87,6 +87,10 @@ TABLE = {
     "base_model_config": Drop("posttrain reads the config beside the weights in model.name_or_path"),
     "revision_of_model": To("model.revision"),
     "tokenizer_config": To("model.tokenizer"),
+    **dict.fromkeys(("model_config", "overrides_of_model_config"), Call(lambda c, k, v: _model_config(c, k, v))),
+    **dict.fromkeys(("model_kwargs", "overrides_of_model_kwargs"), No(
+        "posttrain loads the model with model.dtype, model.attn_implementation, model.revision and "
+        "model.trust_remote_code; other from_pretrained arguments cannot be set")),
     "model_type": Drop("the model class follows the stage (sequence classification for reward, a causal LM otherwise)"),
     "tokenizer_type": Drop("the tokenizer class comes from the tokenizer's own files"),
     "num_labels": DropIf(1, "reward models score with one label", No("posttrain's reward models have one label")),
@@ -166,6 +170,14 @@ def _attention(conv: Conversion, key: str, value):
         return conv.no(key, value, f"transformers has no '{value}' attention; use sdpa or flash_attention_2")
     note = "closest to xformers" if value == "xformers" else ""
     conv.map(key, value, "model.attn_implementation", "sdpa" if value == "xformers" else value, note=note)
+
+
+def _model_config(conv: Conversion, key: str, value):
+    """Overrides of the base model's config.json: posttrain has no such key; what to do instead is said plainly."""
+    fields = ", ".join(value) if isinstance(value, dict) else str(value)
+    conv.no(key, value, f"posttrain loads the model's own config.json and cannot override its fields ({fields}): save "
+                        "a copy of the model with them changed (AutoConfig.from_pretrained, set them, save_pretrained "
+                        "beside the weights) and set model.name_or_path to it")
 
 
 def _plugins(conv: Conversion, key: str, value):

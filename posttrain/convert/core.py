@@ -331,6 +331,21 @@ def warmup_ratio(conv: Conversion, key: str, value):
     conv.map(key, value, "training.warmup_steps", value, note="a value below 1 is a ratio of the total steps")
 
 
+def optim_args(conv: Conversion, key: str, value):
+    """TrainingArguments.optim_args is a `k=v,k2=v2` string; axolotl also takes a mapping."""
+    if isinstance(value, dict):
+        return conv.map(key, value, "training.optim_args", ",".join(f"{k}={v}" for k, v in value.items()),
+                        note="the k=v,k2=v2 string TrainingArguments takes")
+    conv.map(key, value, "training.optim_args")
+
+
+def auth_token(conv: Conversion, key: str, value):
+    if isinstance(value, bool) or value is None:
+        return conv.drop(key, value, "the Hugging Face token in the environment (HF_TOKEN, or `hf auth login`) is used "
+                                     "for private models and datasets whenever there is one")
+    conv.no(key, "<token>", "secrets never go in a recipe; set HF_TOKEN in the environment")
+
+
 # Hugging Face TrainingArguments names that TRL scripts, LLaMA-Factory and axolotl share, where posttrain
 # spells or handles them differently. Any other TrainingArguments field goes through `training_field`.
 TRAINING_ARGS = {
@@ -362,6 +377,10 @@ TRAINING_ARGS = {
                            "TRL's dataset preparation is not used"),
     "gradient_checkpointing_kwargs": To("training.gradient_checkpointing_kwargs"),
     "use_liger_kernel": To("training.use_liger_kernel"),
+    "optim_args": Call(optim_args),
+    "save_safetensors": DropIf(True, "transformers 5 always saves safetensors", No("transformers 5 saves only "
+                                                                                   "safetensors")),
+    **dict.fromkeys(("hf_use_auth_token", "use_auth_token"), Call(auth_token, empty_ok=True)),
 }
 
 

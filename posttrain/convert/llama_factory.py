@@ -36,6 +36,7 @@ from posttrain.convert.core import (
     map_sources,
     one_source,
     packing,
+    report_to,
     stage_format,
     training_field,
     walk,
@@ -167,7 +168,7 @@ TABLE = {
     "tool_format": No("posttrain renders tools through the tokenizer's chat template"),
     # FinetuningArguments
     "pref_beta": To("training.beta"),
-    "pref_ftx": DropIf(0, "0: no SFT term", No("TRL 1.12's DPOConfig has no SFT loss term")),
+    **dict.fromkeys(("pref_ftx", "kto_ftx"), Call(lambda c, k, v: _ftx(c, k, v))),  # kto_ftx: its older name
     "dpo_label_smoothing": To("training.label_smoothing"),
     "kto_chosen_weight": To("training.desirable_weight"),
     "kto_rejected_weight": To("training.undesirable_weight"),
@@ -196,7 +197,19 @@ TABLE = {
     "loraplus_lr_embedding": No("(LoRA+)"),
     **{f"freeze_{k}": No("freeze training: write its layers as model.trainable (see finetuning_type)")
        for k in ("trainable_layers", "trainable_modules", "extra_modules")},
-    "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
+    "use_swanlab": Call(lambda c, k, v: _swanlab(c, k, v)),
+    "report_to": Call(lambda c, k, v: c.drop(k, v, "in training.report_to with swanlab (see use_swanlab)")
+                      if c.raw.get("use_swanlab") else report_to(c, k, v)),
+    "swanlab_project": Call(lambda c, k, v: _swanlab(c, k, v, "tracking.project")),
+    "swanlab_run_name": Call(lambda c, k, v: _swanlab(c, k, v, "training.run_name")),
+    "swanlab_mode": Call(lambda c, k, v: _swanlab(c, k, v, No(f"set SWANLAB_MODE={v} in the environment"))),
+    "swanlab_logdir": Call(lambda c, k, v: _swanlab(c, k, v, No("set SWANLAB_LOG_DIR in the environment"))),
+    "swanlab_workspace": Call(lambda c, k, v: _swanlab(c, k, v, No("posttrain's `tracking:` has no SwanLab "
+                                                                   "workspace; choose it when logging in to SwanLab"))),
+    "swanlab_api_key": Call(lambda c, k, v: _swanlab(c, k, "<secret>", No("secrets never go in a recipe; set "
+                                                                           "SWANLAB_API_KEY in the environment"))),
+    **{f"swanlab_lark_{k}": Call(lambda c, k, v: _swanlab(c, k, v, No("posttrain sends no Lark notifications")))
+       for k in ("webhook_url", "secret")},
     "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
     "ld_alpha": To("training.ld_alpha"),
     **{f"{m}_adapters": No(f"merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as {m}")
@@ -216,8 +229,34 @@ TABLE = {
 }
 
 
+def _swanlab(conv: Conversion, key: str, value, rule=None):
+    """use_swanlab: SwanLab as one of training.report_to (transformers' SwanLab callback); its settings (`rule`) count
+    only with it."""
+    if not conv.raw.get("use_swanlab"):
+        return conv.drop(key, value, "false" if rule is None else "used only with use_swanlab, which is not set")
+    if rule is None:
+        given = conv.raw.get("report_to")
+        names = [n for n in ([given] if isinstance(given, str) else given or []) if n not in ("none", "swanlab")]
+        return conv.map(key, value, "training.report_to", [*names, "swanlab"] if names else "swanlab")
+    conv.apply(key, value, To(rule) if isinstance(rule, str) else rule)
+
+
+def _ftx(conv: Conversion, key: str, value):
+    """pref_ftx (kto_ftx in LLaMA-Factory before 0.8): the chosen answers' SFT loss added with this weight."""
+    if not value:
+        return conv.drop(key, value, "0: no SFT term")
+    mean = "TRL averages it over the batch's answer tokens, LLaMA-Factory over each row's"
+    if conv.stage == "dpo":
+        return conv.map(key, value, "*", {"training.loss_type": [conv.raw.get("pref_loss", "sigmoid"), "sft"],
+                                          "training.loss_weights": [1.0, value]},
+                        note=f"TRL's DPO adds the chosen answers' cross-entropy with this weight; {mean}")
+    if conv.stage == "cpo":
+        return conv.map(key, value, "training.cpo_alpha", value, note=f"the chosen answers' cross-entropy; {mean}")
+    conv.no(key, value, f"TRL 1.12's {conv.stage.upper()} trainer adds no SFT term")
+
+
 # option groups used only with their switch (use_galore: galore_*, ...)
-GROUPS = {"galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam", "swanlab_": "use_swanlab",
+GROUPS = {"galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam",
           "oft_": "finetuning_type", "module_dropout": "finetuning_type"}
 
 
@@ -250,7 +289,7 @@ def _stage(conv: Conversion):
         stage, sets, why = LOSS_STAGES[loss]
         conv.map("stage", st, "stage", stage, note=f"pref_loss: {loss}")
         (conv.map("pref_loss", loss, "*", sets) if sets else conv.drop("pref_loss", loss, why))
-        if stage == "cpo" and not raw.get("pref_ftx"):
+        if stage == "cpo" and not raw.get("pref_ftx", raw.get("kto_ftx")):
             conv.default("training.cpo_alpha", 0, "LLaMA-Factory's SimPO adds no SFT term (pref_ftx 0)")
         return stage
     conv.map("stage", st, "stage", stage)

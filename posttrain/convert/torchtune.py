@@ -41,6 +41,13 @@ SCHEDULERS = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_
               "get_constant_schedule_with_warmup": "constant_with_warmup"}
 
 
+LOGGERS = {"WandB": "wandb", "TensorBoard": "tensorboard", "MLFlow": "mlflow", "Comet": "comet_ml"}
+
+
+def _logger(conv: Conversion) -> str:
+    return str((conv.raw.get("metric_logger") or {}).get("_component_", ""))
+
+
 def _lora_modules(conv: Conversion, key: str, value):
     mlp = MLP if (conv.raw.get("model") or {}).get("apply_lora_to_mlp") else []
     conv.map(key, value, "peft.target_modules", [ATTN.get(m, m) for m in value] + mlp,
@@ -135,7 +142,18 @@ TABLE = {
     "log_level": Drop("posttrain sets its own log level"),
     "metric_logger._component_": LATER,
     "metric_logger.log_dir": Drop("posttrain logs into the run directory"),
-    "metric_logger.project": Call(lambda c, k, v: c.drop(k, v, f"set WANDB_PROJECT={v} in the environment")),
+    # torchtune's metric loggers (torchtune/training/metric_logging.py): WandB, Comet, MLflow settings -> tracking:
+    "metric_logger.project": To("tracking.project"),
+    "metric_logger.experiment_name": Call(lambda c, k, v: c.map(k, v, "tracking.project" if "MLFlow" in _logger(c)
+                                                               else "training.run_name")),
+    "metric_logger.entity": To("tracking.entity"),
+    "metric_logger.workspace": To("tracking.entity", note="Comet's workspace"),
+    "metric_logger.group": To("tracking.group"),
+    "metric_logger.tags": To("tracking.tags"),
+    **dict.fromkeys(("metric_logger.name", "metric_logger.run_name"), To("training.run_name")),
+    "metric_logger.tracking_uri": No("set MLFLOW_TRACKING_URI in the environment"),
+    "metric_logger.api_key": Call(lambda c, k, v: c.no(k, "<secret>", "secrets never go in a recipe; set "
+                                                                      "COMET_API_KEY in the environment")),
     "low_cpu_ram": DropIf(False, "false", Drop("a loading memory setting; transformers 5 loads with low memory use")),
     "custom_sharded_layers": Drop("an FSDP wrapping setting; see recipes/accelerate/fsdp.yaml"),
     "fsdp_cpu_offload": Call(lambda c, k, v: c.drop(k, v, "false") if not v else c.no(k, v, "CPU offload: set "
@@ -260,10 +278,12 @@ def _components(conv: Conversion):
     if loss:
         why = LOSSES.get(loss.rsplit(".", 1)[-1])
         (conv.drop if why else conv.no)("loss._component_", loss, why or "a loss posttrain's stages do not have")
-    ml = str((raw.get("metric_logger") or {}).get("_component_", ""))
-    report = "wandb" if "WandB" in ml else "tensorboard" if "TensorBoard" in ml else None
+    ml = _logger(conv)
+    report = next((name for cls, name in LOGGERS.items() if cls in ml), None)
     if report:
         conv.map("metric_logger._component_", ml, "training.report_to", report)
+        if report == "wandb" and "project" not in raw["metric_logger"]:
+            conv.default("tracking.project", "torchtune", "torchtune's WandBLogger: project torchtune")
     elif ml:
         conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
                                                    "(trainer_state.json, manifest.json)")

@@ -26,8 +26,10 @@ from posttrain.convert.core import (
     To,
     chat_template,
     dtype,
+    eval_fraction,
     later,
     stage_format,
+    training_field,
     walk,
 )
 
@@ -43,12 +45,19 @@ QUANT_KEYS = {"load_in_4bit": To("quantization", lambda v: {"load_in_4bit": True
               "bnb_4bit_quant_type": To("quantization.bnb_4bit_quant_type"),
               "use_bnb_nested_quant": To("quantization.bnb_4bit_use_double_quant"),
               "bnb_4bit_quant_storage": To("quantization.bnb_4bit_quant_storage")}
-# the handbook's data arguments, read together by `_data`
-DATA_KEYS = {"dataset_name": To("data.train"), "dataset_config": To("data.name"), "dataset_train_split": To("data.split"),
-             "dataset_test_split": To("data.eval_split"), "dataset_mixer": To("data.train"),
+# the handbook's data arguments, read together by `_data`; the split names as other scripts spell them too
+TRAIN_SPLIT, TEST_SPLIT = ("dataset_train_split", "train_split"), ("dataset_test_split", "eval_split", "test_split")
+DATA_KEYS = {"dataset_name": To("data.train"), "dataset_config": To("data.name"),
+             **dict.fromkeys(TRAIN_SPLIT, To("data.split")), **dict.fromkeys(TEST_SPLIT, To("data.eval_split")),
+             "test_size": To("data.eval_fraction"),
+             "dataset_mixer": To("data.train"),
              "dataset_splits": To("data.split"),
              "dataset_mixture": To("data.train", note="a list of sources, each with `source:`, `name:`, `split:`, "
                                    "`weight:`; test_split_size is data.eval_fraction")}
+# princeton-nlp/SimPO's SimPOConfig (scripts/simpo_config.py; handbook-style configs): TRL's CPO trainer with
+# loss_type simpo; read together by `_simpo`
+SIMPO = "SimPO's margin gamma = gamma_beta_ratio x beta: `training.simpo_gamma` (stage cpo, training.loss_type: simpo)"
+SIMPO_KEYS = {"gamma_beta_ratio": SIMPO, "sft_weight": To("training.cpo_alpha", note="stage cpo")}
 LOSS_KEYS = {"assistant_only_loss": To("data.train_on", lambda v: "assistant" if v else "all"),
              "completion_only_loss": To("data.train_on", lambda v: "assistant" if v else "all",
                                         note="for prompt/completion rows")}
@@ -63,7 +72,7 @@ TABLE = {
     "use_flash_attention_2": DropIf(False, "false: the default attention",
                                     To("model.attn_implementation", lambda v: "flash_attention_2")),
     "trust_remote_code": To("model.trust_remote_code"),
-    **{k: later(hint) for k, hint in {**LORA_KEYS, **QUANT_KEYS, **DATA_KEYS, **LOSS_KEYS}.items()},
+    **{k: later(hint) for k, hint in {**LORA_KEYS, **QUANT_KEYS, **DATA_KEYS, **LOSS_KEYS, **SIMPO_KEYS}.items()},
     "dataset_configs": No("set `name:` on each data.train entry (a mixture)"),
     "dataset_streaming": DropIf(False, "false: not streamed", No("posttrain loads datasets, it cannot stream them")),
     # trl.ScriptArguments / the handbook's data arguments
@@ -87,6 +96,7 @@ TABLE = {
                                                        note="to the branch training.hub_revision")
                                  if v else c.drop(k, v, "false")),
     "max_prompt_length": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
+    "loss_type": Call(lambda c, k, v: _loss_type(c, k, v), hint=To("training.loss_type")),
 }
 
 
@@ -94,8 +104,10 @@ def looks_like(raw: dict) -> bool:
     return "model_name_or_path" in raw or any(k in raw for k in (*DATA_KEYS, "dataset_configs", "dataset_streaming"))
 
 
-# TRL scripts' own arguments that name the stages whose scripts take them (grpo.py, rloo.py): not config fields
-SCRIPT_STAGES = {"reward_funcs": ("grpo", "rloo")}
+# Script arguments that name the stages whose scripts take them, not TRL config fields: TRL's grpo.py and rloo.py;
+# SimPO's run_simpo.py (TRL's CPO trainer with loss_type simpo)
+SCRIPT_STAGES = {"reward_funcs": (("grpo", "rloo"), "TRL's grpo.py/rloo.py"),
+                 **dict.fromkeys(SIMPO_KEYS, (("cpo",), "SimPO's run_simpo.py"))}
 
 
 @functools.cache
@@ -117,7 +129,7 @@ def _telling(raw: dict) -> dict[str, set[str]]:
     every = frozenset.intersection(*fields.values())
     said = {k: {n for n, f in fields.items() if k in f} for k in raw if k not in every}
     said = {k: v for k, v in said.items() if v}
-    said.update({k: set(v) for k, v in SCRIPT_STAGES.items() if k in raw})
+    said.update({k: set(v[0]) for k, v in SCRIPT_STAGES.items() if k in raw})
     if raw.get("loss_type") in fields:  # `loss_type: kto`: a loss named as its stage
         said["loss_type"] = {raw["loss_type"]}
     return said
@@ -138,12 +150,12 @@ def _stage(conv: Conversion) -> str:
     said = _telling(conv.raw)
     order = list(stage_fields())
     fit = [n for n in order if all(n in v for v in said.values())] if said else []
-    keys = ", ".join(said)
+    keys = ", ".join(f"{k} ({SCRIPT_STAGES[k][1]})" if k in SCRIPT_STAGES else k for k in said)
     named = _named(conv)
     if named and (not said or named[0] in fit):
         return conv.set_stage(*named)
     if len(fit) == 1:
-        why = f"{keys}: only TRL's {_class(fit[0])} has {'it' if len(said) == 1 else 'them all'}"
+        why = f"{keys}: only stage {fit[0]} (TRL's {_class(fit[0])}) reads {'it' if len(said) == 1 else 'them all'}"
         return conv.set_stage(fit[0], why + (f" ({named[1]} says {named[0]})" if named else ""))
     if named:
         return conv.set_stage(*named)
@@ -245,10 +257,12 @@ def _data(conv: Conversion):
     elif "dataset_name" in raw:
         conv.map("dataset_name", raw["dataset_name"], "data.train")
         config = raw.get("dataset_config")
-        if "dataset_train_split" in raw:
-            conv.map("dataset_train_split", raw["dataset_train_split"], "data.split")
-        test = raw.get("dataset_test_split", "test")
-        if evaluates:  # TRL's scripts: eval_dataset = dataset[dataset_test_split] when eval_strategy != "no"
+        train_key = next((k for k in TRAIN_SPLIT if k in raw), None)
+        test_key = next((k for k in TEST_SPLIT if k in raw), None)
+        if train_key:
+            conv.map(train_key, raw[train_key], "data.split")
+        test = raw.get(test_key, "test")
+        if evaluates and not raw.get("test_size"):  # TRL's scripts: eval_dataset = dataset[dataset_test_split]
             entry = {"source": raw["dataset_name"], **({"name": config} if config else {}), "split": test}
             if config is not None:
                 conv.map("dataset_config", config, "*", {"data.name": config, "data.eval": [entry]},
@@ -256,19 +270,24 @@ def _data(conv: Conversion):
             else:
                 conv.put("data.eval", raw["dataset_name"])
                 conv.put("data.eval_split", test)
-            if "dataset_test_split" in raw:
-                conv.drop("dataset_test_split", test, "the eval split in data.eval")
+            if test_key:
+                conv.drop(test_key, test, "the eval split in data.eval")
             else:
                 conv.fates.append(Fate("(default)", None, DEFAULT, f"data.eval: {raw['dataset_name']}, split {test}  "
                                        "(TRL scripts evaluate on the 'test' split when eval_strategy is not 'no')"))
         else:
             if config is not None:
                 conv.map("dataset_config", config, "data.name")
-            conv.drop_given("dataset_test_split", "eval_strategy is 'no': TRL's script passes no eval dataset")
+            conv.drop_given(TEST_SPLIT, "test_size holds out part of the training rows instead" if raw.get("test_size")
+                            else "eval_strategy is 'no': TRL's script passes no eval dataset")
     else:
         conv.set_me("(data)", None, "data.train", "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
     if "dataset_splits" in raw and "dataset_mixer" not in raw and "dataset_mixture" not in raw:
         conv.no("dataset_splits", raw["dataset_splits"], "only meaningful with dataset_mixer")
+    if "dataset_name" not in raw:
+        conv.drop_given((*TRAIN_SPLIT, *TEST_SPLIT), "a split of dataset_name, which is not set (the mixture names "
+                                                   "its own splits)")
+    eval_fraction(conv, "test_size")
 
 
 def convert(conv: Conversion, text: str):
@@ -279,10 +298,41 @@ def convert(conv: Conversion, text: str):
     conv.default("model.dtype", "fp32", "TRL ModelConfig: dtype float32 unless torch_dtype/dtype says")
     _peft(conv)
     _data(conv)
+    if any(k in conv.raw for k in SIMPO_KEYS):
+        _simpo(conv)
     if conv.stage == "sft":
         _loss_masking(conv)
     if conv.stage in ("sft", "dpo", "reward", "orpo", "kto"):
         conv.default("data.max_length", 1024, "TRL configs: max_length 1024")
+
+
+def _simpo(conv: Conversion):
+    """A SimPO config (princeton-nlp/SimPO): TRL's CPO with loss_type simpo. SimPO's own defaults differ from
+    CPOConfig's (beta 2.0, gamma_beta_ratio 0.25, sft_weight 0; CPO: beta 0.1, simpo_gamma 0.5, cpo_alpha 1.0), so
+    they are written out; its loss_type sigmoid is SimPO's loss, hinge has no TRL counterpart."""
+    raw = conv.raw
+    if conv.stage != "cpo":
+        return conv.drop_given(tuple(SIMPO_KEYS), f"SimPO's settings; stage {conv.stage} does not read them")
+    beta = raw.get("beta", 2.0)
+    ratio = raw.get("gamma_beta_ratio", 0.25)
+    conv.default("training.beta", beta, "SimPO: beta 2.0")
+    if "gamma_beta_ratio" in raw:
+        conv.map("gamma_beta_ratio", ratio, "*", {"training.loss_type": "simpo", "training.simpo_gamma": ratio * beta},
+                 note=f"SimPO's margin: gamma_beta_ratio x beta = {ratio} x {beta}")
+    else:
+        conv.default("training.simpo_gamma", ratio * beta, f"SimPO: gamma_beta_ratio 0.25 x beta {beta}")
+    conv.default("training.loss_type", "simpo", "SimPO's loss is TRL CPO's loss_type simpo")
+    if "sft_weight" in raw:
+        conv.map("sft_weight", raw["sft_weight"], "training.cpo_alpha")
+    conv.default("training.cpo_alpha", 0.0, "SimPO: sft_weight 0.0 (no SFT term; CPO's own default is 1.0)")
+
+
+def _loss_type(conv: Conversion, key: str, value):
+    if not any(k in conv.raw for k in SIMPO_KEYS):
+        return training_field(conv, key, value)
+    if value == "sigmoid":
+        return conv.drop(key, value, "SimPO's sigmoid loss is TRL CPO's loss_type simpo")
+    conv.no(key, value, "TRL's CPO has SimPO's loss with a sigmoid only (loss_type simpo)")
 
 
 def _loss_masking(conv: Conversion):
