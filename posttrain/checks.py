@@ -325,6 +325,20 @@ def template_fits_format(d: Draft):
                      f"{', '.join(FORMATS[fmt].templates)})")
 
 
+def system_prompt_has_a_place(d: Draft):
+    """data.system_prompt where the rows are written as text: the prompt format must say where it goes."""
+    fmt, template = d.data["format"], d.data["template"]
+    if d.data["system_prompt"] is None:
+        return
+    if isinstance(template, dict):
+        if not any("system" in PromptFormat.fields(template[k]) for k in ("prompt", "no_input") if template.get(k)):
+            d.where.fail("data.system_prompt", "data.template names no {system}, so the system prompt has no place "
+                         "in the prompt; add {system} to data.template.prompt (and no_input)")
+    elif (template or FORMATS[fmt].templates[0]) == "alpaca":
+        d.where.fail("data.system_prompt", "the Alpaca template has no system turn; use data.template: chat, or a "
+                     "prompt format with {system} (data.template: {prompt: ...})")
+
+
 def _turn_maps(where: Where, dotted: str, values: dict):
     """message_map / role_map of data or of a source: names onto the keys and roles a turn may have."""
     for key, allowed in (("message_map", ("role", "content")), ("role_map", ROLES)):
@@ -771,6 +785,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(read_sources, "recipe", ("data.format", "data.train", "data.eval")),
     Step(eval_fraction_or_count, "recipe", ("data.eval_fraction",)),
     Step(template_fits_format, "recipe", ("data.format", "data.template")),
+    Step(system_prompt_has_a_place, "recipe", ("data.system_prompt", "data.template", "data.format")),
     Step(train_on_fits_format, "recipe", ("data.format", "data.train_on")),
     Step(turn_maps, "recipe", ("data.message_map", "data.role_map", "data.train", "data.eval")),
     Step(prompt_bound, "recipe", ("data.format", "data.max_prompt_length", "data.max_length", "data.train_on")),

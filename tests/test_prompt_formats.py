@@ -162,6 +162,8 @@ def test_cut_prompts_keep_the_end_of_text_and_conversations(tokenizer):
     ({"train_on": "all", "max_prompt_length": 8}, "data.max_prompt_length: data.train_on: all trains the prompt"),
     ({"template": {"prompt": "[INST] {question} [/INST]"}}, "data.template names field(s) {question}, which are not "
                                                             "columns of the data"),
+    ({"template": INST, "system_prompt": "Be brief."}, "data.system_prompt: data.template names no {system}"),
+    ({"system_prompt": "Be brief."}, "data.system_prompt: the Alpaca template has no system turn"),
 ])
 def test_refused_in_one_line(fx, tmp_path, cli, data, expected):
     train = fx["text"] if data.get("format") == "text" else fx["messages"] if data.get("format") else fx["alpaca"]
