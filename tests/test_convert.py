@@ -624,3 +624,31 @@ def test_tracking_settings_of_llama_factory_and_torchtune(tmp_path, fx, cli, mon
     over = [o for o in swap_in(yaml.safe_load(out.read_text()), fx) if o != "training.report_to=none"]
     code, _, err = cli("validate", out, *over, "--no-data")
     assert code == 0, err
+
+
+def test_llama_factory_dataset_info_is_read_where_llamafactory_cli_reads_it(tmp_path, monkeypatch):
+    """dataset_dir (default data/) relative to where llamafactory-cli runs: the current directory, else the
+    repository root above the config (`llamafactory-cli train examples/train_lora/x.yaml` runs from there)."""
+    repo = tmp_path / "LLaMA-Factory"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "examples" / "train_lora").mkdir(parents=True)
+    cfg = repo / "examples" / "train_lora" / "sft.yaml"
+    cfg.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: full\ndataset: mine\ntemplate: llama3\n")
+    info = '{"mine": {"file_name": "mine.json", "columns": {"prompt": "q", "response": "a"}}}'
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    f = _fates(convert(cfg))  # no dataset_info.json anywhere: said, with where it was looked for
+    assert f["dataset"].kind == NOT and "repository root above it" in f["dataset"].text
+    (repo / "data").mkdir()
+    (repo / "data" / "dataset_info.json").write_text(info)
+    conv = convert(cfg)  # the repository root above the config
+    assert conv.recipe["data"]["train"] == str(repo / "data" / "mine.json") and not conv.untranslated
+    assert conv.recipe["data"]["column_map"] == {"q": "instruction", "a": "output"}
+    (elsewhere / "custom").mkdir()  # dataset_dir relative to the current directory comes first
+    (elsewhere / "custom" / "dataset_info.json").write_text(info.replace("mine.json", "here.json"))
+    cfg.write_text(cfg.read_text() + "dataset_dir: custom\n")
+    assert convert(cfg).recipe["data"]["train"] == str(Path("custom") / "here.json")
+    cfg.write_text(cfg.read_text().replace("dataset_dir: custom", "dataset_dir: ONLINE").replace("mine", "org/set"))
+    conv = convert(cfg)  # ONLINE: the names are hub ids
+    assert conv.recipe["data"]["train"] == "org/set" and not conv.untranslated

@@ -12,8 +12,8 @@ Implicit defaults made explicit (finetuning_args.py / data_args.py / model loade
   precision (bf16/fp16, else float32);
 - every dataset is rendered through the `template`, alpaca rows too (so `data.template: chat`);
   the prompt is masked (train_on_prompt false) and every assistant turn trained (mask_history false).
-Datasets are names in `dataset_info.json` (in `dataset_dir`, default `data`); it is read when it sits
-beside the config (or in dataset_dir relative to it or to the current directory).
+Datasets are names in `dataset_info.json` (in `dataset_dir`, default `data`), read where llamafactory-cli reads
+it: dataset_dir relative to the current directory, else to the repository root above the config (or beside it).
 """
 
 from __future__ import annotations
@@ -350,9 +350,20 @@ def _peft(conv: Conversion):
 
 
 def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None]:
-    d = conv.raw.get("dataset_dir", "data")
+    """dataset_info.json where llamafactory-cli reads it: in `dataset_dir` (default `data`) relative to the directory
+    it runs in, which is the current directory here, else the repository root above the config (`llamafactory-cli
+    train examples/train_lora/x.yaml` runs from there); beside the config too. ({}, None): dataset_dir ONLINE, every
+    name a hub id."""
+    d = conv.raw.get("dataset_dir") or "data"
+    if d == "ONLINE":
+        return {}, None
     here = conv.source.parent
-    for folder in (here, here / d, Path(d)):
+    above = []
+    for folder in here.resolve().parents:  # up to the repository root (the first folder holding .git)
+        above.append(folder / d)
+        if (folder / ".git").exists():
+            break
+    for folder in (Path(d), here / d, here, *above):
         f = folder / "dataset_info.json"
         if f.is_file():
             try:
@@ -382,11 +393,12 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
     """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or '')."""
     entry = (info or {}).get(name)
     if entry is None:
-        if "/" in name:
+        if "/" in name or info is not None and folder is None:  # a hub id (dataset_dir ONLINE: every name is one)
             return {"source": name, "split": f"train{slice_}"}, "", ""
         return {"source": name}, "", (f"'{name}' is not in dataset_info.json" if info is not None else
-                                      f"dataset '{name}': no dataset_info.json beside the config (or in "
-                                      "dataset_dir) to look it up; set data.train to its hub id or file")
+                                      f"dataset '{name}': no dataset_info.json in dataset_dir (default data/) here, "
+                                      "beside the config or in the repository root above it: convert from where you "
+                                      "run llamafactory-cli, or set data.train to its hub id or file")
     if entry.get("hf_hub_url"):
         src = {"source": entry["hf_hub_url"]}
     elif entry.get("file_name"):
@@ -476,13 +488,14 @@ def _data(conv: Conversion):
             new = {dotted: [s for s, _, _ in srcs]}
         if split_key == "dataset":
             new["data.format"] = fmt
-        note = "names read from dataset_info.json" if info is not None else ""
+        note = f"names read from {folder / 'dataset_info.json'}" if folder is not None else ""
         if n and split_key == "dataset":
             note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
         map_sources(conv, split_key, value, new, [p for _, _, p in srcs if p], note=note)
     conv.drop_given("max_samples", "in each data.train split slice above" if n and "dataset" in raw else
                     "every row" if n is None else "no dataset")
-    conv.drop_given("dataset_dir", "where dataset_info.json was looked up; the paths above include it")
+    conv.drop_given("dataset_dir", "ONLINE: the dataset names are hub ids" if raw.get("dataset_dir") == "ONLINE" else
+                    "where dataset_info.json was looked up; the paths above include it")
     eval_fraction(conv, "val_size")
     if raw.get("template") is not None:
         chat_template(conv, "template", raw["template"])
