@@ -136,6 +136,17 @@ PINNED = {
     ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "liger_fused_linear_cross_entropy"): (MAPPED, "use_liger_kernel: true"),
     ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "fsdp_version"): (DROPPED, "recipes/accelerate/fsdp.yaml"),
     ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "chat_template"): (DROPPED, "Alpaca prompt"),
+    # torchtune's other models: the reference model of a DPO recipe, the teacher of a KD recipe (the gkd stage)
+    ("torchtune/8B_full_dpo.yaml", "ref_checkpointer.checkpoint_dir"): (DROPPED, "frozen copy of the policy"),
+    ("torchtune/8B_full_dpo.yaml", "ref_checkpointer.checkpoint_files"): (DROPPED, "every weight file in ref_model"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "teacher_checkpointer.checkpoint_dir"): (
+        MAPPED, "teacher_model: /tmp/Qwen2-1.5B-Instruct"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "kd_loss._component_"): (MAPPED, "training.beta: 0.0"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "kd_ratio"): (
+        NOT, "adds 0.5 x the cross-entropy on the labels to 0.5 x the KD loss; GKD's loss is the divergence alone"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "(train_on_input)"): (NOT, "distils the prompt tokens"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "teacher_model._component_"): (DROPPED, "config.json"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "loss._component_"): (DROPPED, "see kd_ratio"),
 }
 
 
@@ -336,8 +347,9 @@ def swap_in(recipe: dict, fx) -> list[str]:
         over.append("training.use_liger_kernel=false")  # liger-kernel is not installed here (a GPU package)
     if recipe.get("peft"):
         over.append("peft.target_modules=all-linear")  # the tiny GPT-2's module names
-    if "reward_model" in recipe:
-        over.append(f"reward_model={fx['model']}")  # a run dir of the other tool, not on this machine
+    for other in ("reward_model", "ref_model", "teacher_model"):  # a run dir of the other tool, not on this machine
+        if other in recipe:
+            over.append(f"{other}={fx['model']}")
     if recipe["data"].get("eval") and not recipe["data"].get("eval_fraction") or \
             isinstance(recipe["data"].get("eval_fraction"), int):
         over.append("data.eval_fraction=0.2")  # the hub test split or a row count, as a part of the tiny data
@@ -652,3 +664,24 @@ def test_llama_factory_dataset_info_is_read_where_llamafactory_cli_reads_it(tmp_
     cfg.write_text(cfg.read_text().replace("dataset_dir: custom", "dataset_dir: ONLINE").replace("mine", "org/set"))
     conv = convert(cfg)  # ONLINE: the names are hub ids
     assert conv.recipe["data"]["train"] == "org/set" and not conv.untranslated
+
+
+def test_torchtune_kd_recipe_is_gkd_and_a_dpo_reference_model_is_ref_model(tmp_path):
+    conv = convert(DATA / "torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml")
+    assert conv.stage == "gkd" and conv.recipe["teacher_model"] == "/tmp/Qwen2-1.5B-Instruct"
+    assert conv.get("training.lmbda") == 0.0 and conv.get("training.beta") == 0.0  # off-policy, forward KL
+    src = (DATA / "torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml").read_text()
+    p = tmp_path / "kd.yaml"
+    p.write_text(src.replace("ForwardKLWithChunkedOutputLoss\nkd_ratio: 0.5", "ReverseKLWithChunkedOutputLoss\n"
+                                                                             "kd_ratio: 1.0"))
+    conv = convert(p)
+    assert conv.get("training.beta") == 1.0 and _fates(conv)["kd_ratio"].kind == DROPPED
+    p.write_text(src.replace("ForwardKLWithChunkedOutputLoss", "SymmetricKLWithChunkedOutputLoss"))
+    assert _fates(convert(p))["kd_loss._component_"].kind == NOT
+    dpo = (DATA / "torchtune/8B_full_dpo.yaml").read_text()
+    p.write_text(dpo.replace("ref_checkpointer:\n  _component_: torchtune.training.FullModelHFCheckpointer\n"
+                             "  checkpoint_dir: /tmp/Meta-Llama-3.1-8B-Instruct/",
+                             "ref_checkpointer:\n  _component_: torchtune.training.FullModelHFCheckpointer\n"
+                             "  checkpoint_dir: /tmp/llama-sft/"))
+    conv = convert(p)
+    assert conv.recipe["ref_model"] == "/tmp/llama-sft/" and not conv.untranslated

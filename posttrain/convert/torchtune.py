@@ -41,6 +41,11 @@ SCHEDULERS = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_
               "get_constant_schedule_with_warmup": "constant_with_warmup"}
 
 
+# the checkpointers of a recipe's other models -> the posttrain key that names that model
+OTHER_MODELS = {"ref_checkpointer": "ref_model", "teacher_checkpointer": "teacher_model"}
+# torchtune's KD losses (torchtune/modules/loss/kd_losses.py) -> GKD's beta (0: forward KL(teacher || student),
+# 1: reverse KL; TRL's generalized_jsd_loss)
+KD_LOSSES = {"ForwardKL": 0.0, "ReverseKL": 1.0}
 LOGGERS = {"WandB": "wandb", "TensorBoard": "tensorboard", "MLFlow": "mlflow", "Comet": "comet_ml"}
 
 
@@ -80,6 +85,16 @@ TABLE = {
     "checkpointer.adapter_checkpoint": No("posttrain trains a new adapter; merge this one first"),
     "checkpointer.output_dir": Drop("the run directory is output_dir"),
     "checkpointer.model_type": Drop("read from the model's config.json"),
+    # the other models of DPO and KD recipes: their checkpointers (read by `_other_model`) and the teacher's builder
+    **{f"{ck}.{k}": LATER for ck in OTHER_MODELS for k in ("_component_", "checkpoint_dir")},
+    **{f"{ck}.{k}": Drop(f"posttrain loads every weight file in {target}" if k == "checkpoint_files" else
+                         "read from the model's config.json" if k == "model_type" else "posttrain does not resume it")
+       for ck, target in OTHER_MODELS.items() for k in ("checkpoint_files", "model_type", "recipe_checkpoint")},
+    **{f"{ck}.output_dir": Drop("it is not saved") for ck in OTHER_MODELS},
+    "teacher_model._component_": Drop("the teacher's architecture comes from the config.json in teacher_model"),
+    "kd_loss._component_": LATER,
+    "kd_ratio": LATER,
+    "kd_loss.num_output_chunks": Drop("a memory setting of the chunked loss"),
     "resume_from_checkpoint": DropIf(False, "false", Drop("run-time flag: `posttrain train OUT --resume`")),
     "save_adapter_weights_only": Drop("a LoRA run saves its adapter; `posttrain merge RUN_DIR` writes the merged model"),
     "dataset._component_": LATER,
@@ -192,6 +207,10 @@ def _stage(conv: Conversion, text: str) -> str:
         return conv.set_stage("dpo", line)
     if any(name in short for name in ("DPOLoss", "RSOLoss", "SimPOLoss")):
         return conv.set_stage("dpo", f"the loss {short}")
+    if "knowledge_distillation" in recipe:
+        return conv.set_stage("gkd", line + ": GKD distils a teacher's token distributions")
+    if "kd_loss" in conv.raw:
+        return conv.set_stage("gkd", "its kd_loss: GKD distils a teacher's token distributions")
     found = next((name for name in ("ppo", "grpo") if name in recipe), None)
     if found:
         return conv.set_stage(found, line)
@@ -277,7 +296,14 @@ def _components(conv: Conversion):
     loss = str((raw.get("loss") or {}).get("_component_", ""))
     if loss:
         why = LOSSES.get(loss.rsplit(".", 1)[-1])
+        if why and conv.stage == "gkd":
+            why = "the cross-entropy part of torchtune's KD loss (see kd_ratio)"
         (conv.drop if why else conv.no)("loss._component_", loss, why or "a loss posttrain's stages do not have")
+    for ck, target in OTHER_MODELS.items():
+        if isinstance(raw.get(ck), dict):
+            _other_model(conv, ck, target)
+    if conv.stage == "gkd":
+        _kd(conv)
     ml = _logger(conv)
     report = next((name for cls, name in LOGGERS.items() if cls in ml), None)
     if report:
@@ -294,6 +320,54 @@ def _components(conv: Conversion):
     if prof:
         conv.drop("profiler", "<profiler>", "disabled" if not prof.get("enabled") else
                   "posttrain runs no profiler (NOT translated: a profiling run)")
+
+
+def _other_model(conv: Conversion, ck: str, target: str):
+    """A DPO recipe's reference model or a KD recipe's teacher: its checkpoint directory names that model."""
+    raw = conv.raw[ck]
+    kind = str(raw.get("_component_", ""))
+    if "HF" in kind or "Hf" in kind:
+        conv.drop(f"{ck}._component_", kind, f"Hugging Face format: checkpoint_dir is {target}")
+    elif kind:
+        conv.no(f"{ck}._component_", kind, f"weights in Meta/torchtune format; point {target} at the Hugging Face "
+                                           "version of the model")
+    path = raw.get("checkpoint_dir")
+    if path is None:
+        return conv.set_me(f"({ck})", None, target, f"no {ck}.checkpoint_dir: set {target}")
+    if target == "ref_model" and path == (conv.raw.get("checkpointer") or {}).get("checkpoint_dir"):
+        return conv.drop(f"{ck}.checkpoint_dir", path, "the policy's own checkpoint: posttrain's reference model is a "
+                                                      "frozen copy of the policy unless ref_model says otherwise")
+    conv.map(f"{ck}.checkpoint_dir", path, target)
+
+
+def _kd(conv: Conversion):
+    """torchtune's knowledge distillation -> GKD on the dataset's responses. torchtune's loss is
+    (1 - kd_ratio) x cross-entropy + kd_ratio x the KD loss (forward or reverse KL over the trained tokens); GKD's is
+    the divergence alone (beta 0: forward KL, 1: reverse), with lmbda the share of batches the student samples."""
+    raw = conv.raw
+    kd = str((raw.get("kd_loss") or {}).get("_component_", ""))
+    beta = next((b for name, b in KD_LOSSES.items() if name in kd), None)
+    if beta is not None:
+        conv.map("kd_loss._component_", kd, "training.beta", beta,
+                 note=f"GKD's {'forward' if beta == 0 else 'reverse'} KL between teacher and student")
+    elif kd:
+        conv.no("kd_loss._component_", kd, "GKD's divergences are forward KL (training.beta 0), reverse KL (1) and the "
+                                           "generalised JSD between (a mixture, not torchtune's weighted sum of both "
+                                           "KLs); pick one")
+    ratio = raw.get("kd_ratio", 0.5)
+    if ratio == 1:
+        conv.drop("kd_ratio", ratio, "the loss is the divergence alone, as GKD's")
+    else:
+        conv.no("kd_ratio" if "kd_ratio" in raw else "(kd_ratio)", ratio,
+                f"torchtune adds {1 - ratio:g} x the cross-entropy on the labels to {ratio:g} x the KD loss; GKD's loss "
+                "is the divergence alone (TRL's GKDConfig has no such weight), so the recipe distils only, as kd_ratio 1")
+    ds = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else {}
+    short = str(ds.get("_component_", "")).rsplit(".", 1)[-1]
+    if ds.get("train_on_input", short in ("instruct_dataset",) or DATASETS.get(short, (0, 0, False))[2]):
+        conv.no("dataset.train_on_input" if "train_on_input" in ds else "(train_on_input)", True,
+                "torchtune distils the prompt tokens too; GKD distils the response after the prompt only")
+    conv.default("training.lmbda", 0.0, "torchtune distils the dataset's responses; GKD's default lmbda 0.5 would "
+                                        "have the student sample half the batches")
 
 
 def _interpolated(node, root: dict, following: tuple[str, ...] = ()):
