@@ -622,7 +622,7 @@ def test_tracking_settings_of_llama_factory_and_torchtune(tmp_path, fx, cli, mon
                   "swanlab_api_key: sk-123\n")
     conv = convert(lf)
     assert conv.get("training.report_to") == "swanlab" and conv.get("tracking.project") == "llamafactory"
-    assert conv.get("training.run_name") == "qwen-sft" and "sk-123" not in str(conv.fates)
+    assert conv.get("training.run_name") == "qwen-sft" and "sk-123" not in str(conv.fates) + str(conv.recipe)
     tt = tmp_path / "tt.yaml"
     tt.write_text((DATA / "torchtune/1B_lora_single_device.yaml").read_text().split("\nmetric_logger:")[0] +
                   "\nmetric_logger:\n  _component_: torchtune.training.metric_logging.WandBLogger\n  entity: my-team\n"
@@ -685,3 +685,17 @@ def test_torchtune_kd_recipe_is_gkd_and_a_dpo_reference_model_is_ref_model(tmp_p
                              "  checkpoint_dir: /tmp/llama-sft/"))
     conv = convert(p)
     assert conv.recipe["ref_model"] == "/tmp/llama-sft/" and not conv.untranslated
+
+
+def test_axolotl_swanlab_plugin_and_llama_factory_remote_dataset_dir(tmp_path):
+    p = tmp_path / "c.yml"
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nwandb_project: w\n"
+                 "plugins: [axolotl.integrations.swanlab.SwanLabPlugin]\nuse_swanlab: true\nswanlab_project: p\n"
+                 "swanlab_experiment_name: e\nswanlab_mode: cloud\n")
+    conv = convert(p)
+    assert conv.get("training.report_to") == ["wandb", "swanlab"] and conv.get("training.run_name") == "e"
+    assert conv.get("tracking.project") == "w" and [f.key for f in conv.untranslated] == ["swanlab_project"]
+    lf = tmp_path / "lf.yaml"
+    lf.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: full\ndataset: identity\ntemplate: llama3\n"
+                  "dataset_dir: REMOTE:llamafactory/demo_data\n")
+    assert "on the hub (llamafactory/demo_data)" in _fates(convert(lf))["dataset"].text

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from posttrain.convert.core import (
+    SWANLAB,
     Call,
     Conversion,
     Drop,
@@ -34,6 +35,7 @@ from posttrain.convert.core import (
     one_source,
     packing,
     stage_format,
+    swanlab,
     walk,
 )
 from posttrain.data.formats import SHAREGPT_ROLES
@@ -148,6 +150,7 @@ TABLE = {
     "use_tensorboard": flag("training.report_to", "tensorboard"),
     "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
     "mlflow_experiment_name": Call(lambda c, k, v: c.map(k, v, "*", {"training.report_to": "mlflow", "tracking.project": v})),
+    **{k: later(hint) for k, hint in SWANLAB.items()},
     "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
     "attn_implementation": Call(lambda c, k, v: _attention(c, k, v)),
     **dict.fromkeys(LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
@@ -181,15 +184,19 @@ def _model_config(conv: Conversion, key: str, value):
 
 
 def _plugins(conv: Conversion, key: str, value):
-    """axolotl's integrations: Liger is TRL's use_liger_kernel; Cut Cross Entropy only saves memory."""
+    """axolotl's integrations: Liger is TRL's use_liger_kernel; Cut Cross Entropy only saves memory; SwanLab is a
+    tracker transformers reports to itself."""
     names = value if isinstance(value, list) else [value]
-    other = [n for n in names if not any(p in str(n) for p in ("liger", "cut_cross_entropy"))]
+    other = [n for n in names if not any(p in str(n) for p in ("liger", "cut_cross_entropy"))
+             and not ("swanlab" in str(n) and conv.raw.get("use_swanlab"))]  # SwanLab: transformers' callback
     if other:
         return conv.no(key, value, f"axolotl plugins posttrain does not have: {', '.join(map(str, other))}")
     if any("liger" in str(n) for n in names):
         return conv.map(key, value, "training.use_liger_kernel", True, note=USE_LIGER + "; Cut Cross Entropy, if "
                         "listed, only saves memory")
-    conv.drop(key, value, "Cut Cross Entropy saves memory; the loss is the same cross-entropy")
+    conv.drop(key, value, "SwanLab is transformers' own callback (training.report_to, see use_swanlab)"
+              if all("swanlab" in str(n) for n in names) else "Cut Cross Entropy saves memory; the loss is the same "
+                                                               "cross-entropy")
 
 
 def _unfrozen(conv: Conversion, key: str, value):
@@ -533,5 +540,6 @@ def convert(conv: Conversion, text: str):
     _data(conv)
     _schedule(conv)
     walk(conv, [(k, conv.raw[k]) for k in PRECISION if k in conv.raw], PRECISION)
+    swanlab(conv)
     if conv.get("model.name_or_path") is None:
         conv.set_me("(base_model)", None, "model.name_or_path", "no base_model: set model.name_or_path")

@@ -325,6 +325,43 @@ def report_to(conv: Conversion, key: str, value):
     conv.map(key, value, "training.report_to", names if len(names) != 1 else names[0])
 
 
+def swanlab(conv: Conversion):
+    """use_swanlab (LLaMA-Factory, axolotl's SwanLab plugin): SwanLab joins training.report_to (transformers' own
+    SwanLab callback), after the other tracker keys gave theirs; its settings count only with it (SWANLAB)."""
+    on = conv.raw.get("use_swanlab")
+    for key, rule in SWANLAB.items():
+        if key in conv.raw and key != "use_swanlab":
+            value = conv.raw[key]
+            if not on or empty(value):
+                conv.drop(key, value, "used only with use_swanlab, which is not set" if not on else "empty: not set")
+            elif isinstance(rule, To) and conv.get(rule.target) not in (None, value):
+                conv.no(key, value, f"{rule.target} is one for every tracker, and another key set it to "
+                                    f"{render(conv.get(rule.target))}")
+            else:
+                conv.apply(key, "<secret>" if key.endswith(("api_key", "secret")) else value, rule)
+    if not on:
+        return conv.drop_given("use_swanlab", "false")
+    given = conv.get("training.report_to")
+    names = [n for n in ([given] if isinstance(given, str) else given or []) if n not in ("none", "swanlab")]
+    conv.map("use_swanlab", on, "training.report_to", [*names, "swanlab"] if names else "swanlab")
+
+
+SWANLAB = {"use_swanlab": "`training.report_to: swanlab`", "swanlab_project": To("tracking.project"),
+           **dict.fromkeys(("swanlab_run_name", "swanlab_experiment_name"), To("training.run_name")),
+           **{f"swanlab_{k}": No(f"set SWANLAB_{k.upper()} in the environment") for k in ("log_model", "web_host",
+                                                                                           "api_host")},
+           "swanlab_mode": DropIf("cloud", "SwanLab's default mode", No("set SWANLAB_MODE in the environment")),
+           "swanlab_logdir": No("set SWANLAB_LOG_DIR in the environment"),
+           "swanlab_workspace": No("posttrain's `tracking:` has no SwanLab workspace; choose it when logging in to "
+                                   "SwanLab"),
+           "swanlab_description": No("transformers' SwanLab callback sets no run description"),
+           "swanlab_api_key": No("secrets never go in a recipe; set SWANLAB_API_KEY in the environment"),
+           **dict.fromkeys(("swanlab_lark_webhook_url", "swanlab_lark_secret"),
+                           No("posttrain sends no Lark notifications")),
+           **dict.fromkeys(("swanlab_log_completions", "swanlab_completion_log_interval",
+                            "swanlab_completion_max_buffer"), No("posttrain logs no completion tables"))}
+
+
 def warmup_ratio(conv: Conversion, key: str, value):
     if not value:
         return conv.map(key, value, "training.warmup_steps", 0)

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from posttrain.convert.core import (
+    SWANLAB,
     Call,
     Conversion,
     Drop,
@@ -36,8 +37,8 @@ from posttrain.convert.core import (
     map_sources,
     one_source,
     packing,
-    report_to,
     stage_format,
+    swanlab,
     training_field,
     walk,
 )
@@ -197,19 +198,7 @@ TABLE = {
     "loraplus_lr_embedding": No("(LoRA+)"),
     **{f"freeze_{k}": No("freeze training: write its layers as model.trainable (see finetuning_type)")
        for k in ("trainable_layers", "trainable_modules", "extra_modules")},
-    "use_swanlab": Call(lambda c, k, v: _swanlab(c, k, v)),
-    "report_to": Call(lambda c, k, v: c.drop(k, v, "in training.report_to with swanlab (see use_swanlab)")
-                      if c.raw.get("use_swanlab") else report_to(c, k, v)),
-    "swanlab_project": Call(lambda c, k, v: _swanlab(c, k, v, "tracking.project")),
-    "swanlab_run_name": Call(lambda c, k, v: _swanlab(c, k, v, "training.run_name")),
-    "swanlab_mode": Call(lambda c, k, v: _swanlab(c, k, v, No(f"set SWANLAB_MODE={v} in the environment"))),
-    "swanlab_logdir": Call(lambda c, k, v: _swanlab(c, k, v, No("set SWANLAB_LOG_DIR in the environment"))),
-    "swanlab_workspace": Call(lambda c, k, v: _swanlab(c, k, v, No("posttrain's `tracking:` has no SwanLab "
-                                                                   "workspace; choose it when logging in to SwanLab"))),
-    "swanlab_api_key": Call(lambda c, k, v: _swanlab(c, k, "<secret>", No("secrets never go in a recipe; set "
-                                                                           "SWANLAB_API_KEY in the environment"))),
-    **{f"swanlab_lark_{k}": Call(lambda c, k, v: _swanlab(c, k, v, No("posttrain sends no Lark notifications")))
-       for k in ("webhook_url", "secret")},
+    **{k: later(hint) for k, hint in SWANLAB.items()},
     "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
     "ld_alpha": To("training.ld_alpha"),
     **{f"{m}_adapters": No(f"merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as {m}")
@@ -227,18 +216,6 @@ TABLE = {
     "max_new_tokens": Call(lambda c, k, v: c.map(k, v, "training.response_length") if c.stage == "ppo"
                            else c.drop(k, v, GEN)),
 }
-
-
-def _swanlab(conv: Conversion, key: str, value, rule=None):
-    """use_swanlab: SwanLab as one of training.report_to (transformers' SwanLab callback); its settings (`rule`) count
-    only with it."""
-    if not conv.raw.get("use_swanlab"):
-        return conv.drop(key, value, "false" if rule is None else "used only with use_swanlab, which is not set")
-    if rule is None:
-        given = conv.raw.get("report_to")
-        names = [n for n in ([given] if isinstance(given, str) else given or []) if n not in ("none", "swanlab")]
-        return conv.map(key, value, "training.report_to", [*names, "swanlab"] if names else "swanlab")
-    conv.apply(key, value, To(rule) if isinstance(rule, str) else rule)
 
 
 def _ftx(conv: Conversion, key: str, value):
@@ -357,6 +334,8 @@ def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None]:
     d = conv.raw.get("dataset_dir") or "data"
     if d == "ONLINE":
         return {}, None
+    if d.startswith("REMOTE:"):  # on the hub
+        return None, None
     here = conv.source.parent
     above = []
     for folder in here.resolve().parents:  # up to the repository root (the first folder holding .git)
@@ -389,16 +368,20 @@ def _tags(tags: dict, src: dict):
         src["role_map"] = roles
 
 
-def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice_: str) -> tuple[dict, str, str]:
-    """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or '')."""
+def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice_: str,
+            remote: str = "") -> tuple[dict, str, str]:
+    """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or ''); `remote`: the
+    hub dataset a `dataset_dir: REMOTE:<id>` names (its dataset_info.json is not read here)."""
     entry = (info or {}).get(name)
     if entry is None:
         if "/" in name or info is not None and folder is None:  # a hub id (dataset_dir ONLINE: every name is one)
             return {"source": name, "split": f"train{slice_}"}, "", ""
+        missing = (f"dataset '{name}': its dataset_info.json is on the hub ({remote}), which convert does not read; "
+                   "download it into data/ beside the config" if remote else
+                   f"dataset '{name}': no dataset_info.json in dataset_dir (default data/) here, beside the config or "
+                   "in the repository root above it: convert from where you run llamafactory-cli")
         return {"source": name}, "", (f"'{name}' is not in dataset_info.json" if info is not None else
-                                      f"dataset '{name}': no dataset_info.json in dataset_dir (default data/) here, "
-                                      "beside the config or in the repository root above it: convert from where you "
-                                      "run llamafactory-cli, or set data.train to its hub id or file")
+                                      f"{missing}, or set data.train to its hub id or file")
     if entry.get("hf_hub_url"):
         src = {"source": entry["hf_hub_url"]}
     elif entry.get("file_name"):
@@ -466,6 +449,8 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
 def _data(conv: Conversion):
     raw = conv.raw
     info, folder = _dataset_info(conv)
+    remote = str(raw.get("dataset_dir", ""))
+    remote = remote.removeprefix("REMOTE:") if remote.startswith("REMOTE:") else ""
     n = raw.get("max_samples")
     slice_ = f"[:{n}]" if n else ""
     for split_key, dotted in (("dataset", "data.train"), ("eval_dataset", "data.eval")):
@@ -476,7 +461,7 @@ def _data(conv: Conversion):
             continue
         names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
         stage = "pt" if raw.get("stage") == "pt" else conv.stage
-        srcs = [_source(nm, info, folder, stage, slice_ if split_key == "dataset" else "") for nm in names]
+        srcs = [_source(nm, info, folder, stage, slice_ if split_key == "dataset" else "", remote) for nm in names]
         fmt = "text" if stage == "pt" else \
             stage_format(conv.stage, sft="alpaca" if {f for _, f, _ in srcs if f} <= {"alpaca"} else "messages")
         if len(srcs) == 1:
@@ -521,6 +506,7 @@ def convert(conv: Conversion, text: str):
             training_field(conv, k, conv.raw[k])
     _peft(conv)
     _data(conv)
+    swanlab(conv)
     if conv.stage == "ppo" and "reward_model_type" not in conv.raw:
         conv.no("(reward_model_type)", "lora", "LLaMA-Factory's default reward_model_type is lora (an adapter); "
                                                "posttrain's PPO needs a whole scoring model: `posttrain merge` the "

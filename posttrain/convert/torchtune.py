@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from posttrain import stages
 from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
 from posttrain.errors import PosttrainError
 from posttrain.util import as_number
@@ -337,6 +338,9 @@ def _other_model(conv: Conversion, ck: str, target: str):
     if target == "ref_model" and path == (conv.raw.get("checkpointer") or {}).get("checkpoint_dir"):
         return conv.drop(f"{ck}.checkpoint_dir", path, "the policy's own checkpoint: posttrain's reference model is a "
                                                       "frozen copy of the policy unless ref_model says otherwise")
+    if target not in stages.get(conv.stage).keys:
+        return conv.no(f"{ck}.checkpoint_dir", path, f"stage {conv.stage}'s reference model is a frozen copy of the "
+                                                    "policy; another one cannot be set")
     conv.map(f"{ck}.checkpoint_dir", path, target)
 
 
