@@ -169,7 +169,9 @@ TABLE = {
     "tool_format": No("posttrain renders tools through the tokenizer's chat template"),
     # FinetuningArguments
     "pref_beta": To("training.beta"),
-    **dict.fromkeys(("pref_ftx", "kto_ftx"), Call(lambda c, k, v: _ftx(c, k, v))),  # kto_ftx: its older name
+    **dict.fromkeys(("pref_ftx", "kto_ftx"), Call(lambda c, k, v: _ftx(c, k, v), hint=lambda v: (
+        f"`training.loss_type: [sigmoid, sft]` with `training.loss_weights: [1.0, {v}]` (dpo), or `training.cpo_alpha: "
+        f"{v}` (cpo with loss_type simpo)"))),  # kto_ftx: its older name
     "dpo_label_smoothing": To("training.label_smoothing"),
     "kto_chosen_weight": To("training.desirable_weight"),
     "kto_rejected_weight": To("training.undesirable_weight"),

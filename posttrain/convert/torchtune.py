@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from posttrain import stages
-from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
+from posttrain.convert.core import LATER, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, later, packing
 from posttrain.errors import PosttrainError
 from posttrain.util import as_number
 
@@ -94,7 +94,7 @@ TABLE = {
     **{f"{ck}.output_dir": Drop("it is not saved") for ck in OTHER_MODELS},
     "teacher_model._component_": Drop("the teacher's architecture comes from the config.json in teacher_model"),
     "kd_loss._component_": LATER,
-    "kd_ratio": LATER,
+    "kd_ratio": later("the `gkd` stage, whose loss is the divergence alone (GKD has no cross-entropy share)"),
     "kd_loss.num_output_chunks": Drop("a memory setting of the chunked loss"),
     "resume_from_checkpoint": DropIf(False, "false", Drop("run-time flag: `posttrain train OUT --resume`")),
     "save_adapter_weights_only": Drop("a LoRA run saves its adapter; `posttrain merge RUN_DIR` writes the merged model"),
@@ -436,7 +436,7 @@ def convert(conv: Conversion, text: str):
     done = {f.key for f in conv.fates}
     for key, value in _flatten(conv.raw):
         rule = TABLE.get(key)
-        if key in done or key.split(".")[0] == "profiler" or rule is LATER:
+        if key in done or key.split(".")[0] == "profiler" or getattr(rule, "fn", None) is LATER.fn:
             continue
         if rule is not None and empty(value) and not isinstance(rule, Call):  # a Call reads null itself
             conv.drop(key, value, "empty: not set")
