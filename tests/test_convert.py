@@ -567,6 +567,8 @@ def test_simpo_defaults_and_loss_types(extra, fates, tmp_path):
     ("stage: dpo\npref_loss: simpo\nkto_ftx: 0.1\n", MAPPED, {"loss_type": "simpo", "cpo_alpha": 0.1}),
     ("stage: kto\nkto_ftx: 0.1\n", NOT, {}),
     ("stage: kto\nkto_ftx: 0\n", DROPPED, {}),
+    ("stage: dpo\npref_loss: orpo\npref_ftx: 0.1\n", NOT, {}),  # ORPO's own SFT term is weighted 1
+    ("stage: sft\npref_ftx: 0.1\n", DROPPED, {}),  # read for preference training only
 ])
 def test_llama_factory_sft_term_pref_ftx_and_its_older_name_kto_ftx(config, fate, recipe, tmp_path, fx, cli):
     p = tmp_path / "c.yaml"

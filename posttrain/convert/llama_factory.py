@@ -231,7 +231,11 @@ def _ftx(conv: Conversion, key: str, value):
                         note=f"TRL's DPO adds the chosen answers' cross-entropy with this weight; {mean}")
     if conv.stage == "cpo":
         return conv.map(key, value, "training.cpo_alpha", value, note=f"the chosen answers' cross-entropy; {mean}")
-    conv.no(key, value, f"TRL 1.12's {conv.stage.upper()} trainer adds no SFT term")
+    if conv.stage == "orpo":
+        return conv.no(key, value, "TRL's ORPO loss has its own SFT term, weighted 1; it cannot add a second one")
+    if conv.stage == "kto":
+        return conv.no(key, value, "TRL 1.12's KTO trainer adds no SFT term")
+    conv.drop(key, value, f"LLaMA-Factory reads it for preference training only, not for stage {conv.stage}")
 
 
 # option groups used only with their switch (use_galore: galore_*, ...)
