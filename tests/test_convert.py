@@ -594,6 +594,8 @@ def test_axolotl_model_config_optim_args_safetensors_and_auth_token(tmp_path):
     f = _fates(conv)
     assert f["model_config"].kind == NOT and "cannot override its fields (output_router_logits)" in f["model_config"].text
     assert conv.get("training.optim_args") == "amsgrad=True,betas=0.9"
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\noptim_args: {betas: [0.9, 0.95]}\n")
+    assert _fates(convert(p))["optim_args"].kind == NOT
     assert f["save_safetensors"].kind == DROPPED and f["hf_use_auth_token"].kind == DROPPED
     p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nhf_use_auth_token: hf_abc\n")
     conv = convert(p)

@@ -370,6 +370,9 @@ def warmup_ratio(conv: Conversion, key: str, value):
 
 def optim_args(conv: Conversion, key: str, value):
     """TrainingArguments.optim_args is a `k=v,k2=v2` string; axolotl also takes a mapping."""
+    if isinstance(value, dict) and any("," in str(v) or "=" in str(v) for v in value.values()):
+        return conv.no(key, value, "TrainingArguments takes optim_args as one k=v,k2=v2 string, which cannot hold a "
+                                   "value with a comma or '=' in it")
     if isinstance(value, dict):
         return conv.map(key, value, "training.optim_args", ",".join(f"{k}={v}" for k, v in value.items()),
                         note="the k=v,k2=v2 string TrainingArguments takes")
