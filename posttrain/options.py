@@ -14,7 +14,10 @@ passed, by definition. (Other tools' names for these options are answered from t
 posttrain.convert.names.)
 
 Regenerate the snapshot and docs/options.md after a TRL/peft/transformers upgrade (then review the diff):
-`python -m posttrain.options --write`; `--check` exits 1 when either is out of date.
+`python -m posttrain.options --write`; `--check` exits 1 when either is out of date. The snapshot serves every
+supported TRL (the classes' fields are the same at both tested ends, 1.12 and 1.16, which CI walks): a class the
+installed TRL lacks (a stage's `STAGE.trl` rules it out, e.g. PPOConfig from 1.13 on) is neither walked nor
+imported, and `--write` keeps its entry.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ MANAGED_TRAINING = {
     "model_init_kwargs": "posttrain loads the models itself: set `model.dtype`, `model.attn_implementation`, "
                          "`model.revision`, `model.trust_remote_code`",
     "pad_token": "posttrain pads with the tokenizer's pad token, else EOS (padding is masked by position; PPO "
-                 "adds a distinct one); to pad with another, use a tokenizer that has it (`model.tokenizer`)",
+                 "adds a distinct one); to pad with another, set `model.special_tokens.pad_token`",
     "chat_template_path": "set `model.chat_template` (a shipped template's name, inline Jinja or a .jinja path): it "
                           "formats the data, is saved with the run and used by `posttrain generate`",
     "trust_remote_code": "set `model.trust_remote_code`",
@@ -87,6 +90,15 @@ REFUSED_SECTIONS = {
     BNB: {"quant_method": "set by BitsAndBytesConfig itself"},
 }
 SECTION_OWNERS = {"peft": LORA, "quantization": BNB}
+# training.* defaults that differ between the tested TRL ends (1.12 -> 1.16; the fields themselves are the same),
+# for docs/options.md. Values a recipe writes mean the same on both.
+TRL_DEFAULTS = {
+    "pad_to_multiple_of": ("`None`", "`'auto'`: 128 on AWS Neuron, else none (the same off Neuron); posttrain passes "
+                                     "`data.pad_to_multiple_of` when set"),
+    "router_aux_loss_coef": ("`0.001`", "`None`: the model config's own coefficient (a mixture-of-experts model's "
+                                        "router loss weighs as its authors set it)"),
+    "loss_type (sft, gkd)": ("`None` (nll)", "`'nll'` (the same loss)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,11 +247,12 @@ def installed_fields(path: str) -> list[str]:
 
 
 def owners() -> dict[str, list]:
-    """Each owning class -> the stages whose recipes it checks (a TRL config belongs to one stage)."""
+    """Each owning class the installed TRL has -> the stages whose recipes it checks (a TRL config belongs to one
+    stage). A stage the installed TRL cannot run (STAGE.trl) is left out: its class may not exist."""
     out: dict[str, list] = {}
-    for s in stages.all_stages().values():
+    for s in stages.available().values():
         out.setdefault(s.trl_config, []).append(s)
-    out[LORA] = out[BNB] = list(stages.all_stages().values())
+    out[LORA] = out[BNB] = list(stages.available().values())
     return out
 
 
@@ -271,8 +284,9 @@ def audit() -> dict[str, dict[str, list[str]]]:
 
 
 def generate_snapshot() -> dict[str, list[str]]:
-    """What --write stores: every installed field that is neither managed nor refused."""
-    out = {}
+    """What --write stores: every installed field that is neither managed nor refused (and, as they were, the
+    entries of classes the installed TRL lacks)."""
+    out = {p: names for p, names in snapshot().items() if p not in owners()}
     for path, users in owners().items():
         m, r = _tables(path, users)
         out[path] = sorted(f for f in installed_fields(path) if f not in m and f not in r)
@@ -292,19 +306,24 @@ def render_doc() -> str:
         "**managed** (posttrain sets it; the recipe is refused with where to set it instead) or",
         "**refused** (with why). `model:` and `data:` keys are posttrain's own and all honoured.",
         "",
-        "| class | stage | passed | managed | refused |",
-        "|---|---|---|---|---|",
+        "The fields are the same on every supported TRL (`trl>=1.12,<1.17`; CI walks both ends, 1.12 and 1.16),",
+        "except where the TRL column says otherwise: a stage that needs another TRL is refused at validate, in",
+        "one line, with the fix.",
+        "",
+        "| class | stage | TRL | passed | managed keys | refused keys |",
+        "|---|---|---|---|---|---|",
     ]
     per_stage = list(stages.all_stages().values())
     for s in per_stage:
-        fields = set(installed_fields(s.trl_config))
-        lines.append(f"| `{s.trl_config}` | {s.name} | {len(snap.get(s.trl_config, []))} | "
-                     f"{len(fields & set(managed(s)))} | {len(fields & set(refused(s)))} |")
+        lines.append(f"| `{s.trl_config}` | {s.name} | {s.trl.spec if s.trl else 'all'} | "
+                     f"{len(snap.get(s.trl_config, []))} | {len(managed(s))} | {len(refused(s))} |")
     for path, section in ((LORA, "peft"), (BNB, "quantization")):
-        lines.append(f"| `{path}` | all (`{section}:`) | {len(snap.get(path, []))} | "
+        lines.append(f"| `{path}` | all (`{section}:`) | all | {len(snap.get(path, []))} | "
                      f"{len(MANAGED_SECTIONS[path])} | {len(REFUSED_SECTIONS[path])} |")
     lines += ["", "A managed or refused key that a stage's class lacks (e.g. `max_length` on ppo) is refused the same "
-              "way,", "with the same pointer.", ""]
+              "way,", "with the same pointer.", "", "## Defaults that differ between TRL 1.12 and 1.16", "",
+              "| key | 1.12 | 1.16 |", "|---|---|---|"]
+    lines += [f"| `training.{k}` | {old} | {new} |" for k, (old, new) in TRL_DEFAULTS.items()] + [""]
 
     def table(title, rows):
         nonlocal lines

@@ -6,11 +6,12 @@ A recipe's description is the first comment line of its file.
 from __future__ import annotations
 
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import yaml
 
-from posttrain import chat_templates
+from posttrain import chat_templates, stages
 from posttrain.errors import PosttrainError, RecipeError
 from posttrain.recipe import RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path
 
@@ -48,17 +49,49 @@ def _merged_field(path: Path, *keys):
     return None
 
 
+def stage_of(name_or_path: str):
+    """The stage a recipe (name or path) declares, read through `extends:` without checking anything."""
+    return _merged_field(resolve_recipe_path(name_or_path), "stage")
+
+
+def _needs(stage, refusals: dict) -> str:
+    """` [needs TRL < 1.13]` for a stage the installed TRL cannot run (its one line kept for the footer), else ''."""
+    spec = stages.all_stages().get(stage)
+    line = spec.unavailable() if spec else None
+    if not line:
+        return ""
+    refusals[stage] = line
+    return f" [needs TRL {spec.trl.spec}]"
+
+
+def pipeline_stages(path: Path) -> list:
+    """The stages a pipeline file's recipes declare, read without checking anything."""
+    entries = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    out = []
+    for entry in entries.values():
+        name = entry.get("recipe") if isinstance(entry, dict) else None
+        if isinstance(name, str):
+            local = path.parent / name
+            with suppress(RecipeError):
+                out.append(stage_of(str(local) if local.is_file() else name))
+    return out
+
+
 def listing() -> str:
+    refusals: dict[str, str] = {}
     rows = [("recipe", "stage", "model", "description")]
     for p in sorted(RECIPES_DIR.glob("*.yaml")):
-        rows.append((p.stem, str(_merged_field(p, "stage") or "?"), str(_merged_field(p, "model", "name_or_path") or "-"),
-                     _description(p)))
+        stage = _merged_field(p, "stage")
+        rows.append((p.stem, str(stage or "?"), str(_merged_field(p, "model", "name_or_path") or "-"),
+                     _description(p) + _needs(stage, refusals)))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
     lines += ["", "pipeline" + " " * 12 + "description"]
     for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml")):
-        lines.append(f"{p.stem:<20}{_description(p)}")
+        needs = "".join(dict.fromkeys(_needs(s, refusals) for s in pipeline_stages(p)))
+        lines.append(f"{p.stem:<20}{_description(p)}{needs}")
+    lines += ["", *refusals.values()] if refusals else []
     lines += ["", "chat template       other names  (model.chat_template: NAME)", chat_templates.listing()]
     lines += ["", "posttrain validate NAME | posttrain train NAME | posttrain pipeline NAME | "
                   "posttrain recipes copy NAME [DEST]"]
