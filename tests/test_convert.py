@@ -501,7 +501,7 @@ def test_trl_config_with_kto_only_keys_converts_to_kto(tmp_path, cli):
     ("lmbda: 0.5\nseq_kd: false\n", "gkd", False, "only stage gkd (TRL's GKDConfig)"),
     ("num_generations: 8\nmax_completion_length: 256\n", "grpo", True, "fit TRL's GRPOConfig, RLOOConfig; grpo is"),
     ("beta: 0.1\n", "dpo", True, "beta fit TRL's DPOConfig, KTOConfig"),
-    ("packing: true\n", "sft", True, "packing fit TRL's SFTConfig, GKDConfig; sft is the first"),
+    ("packing: true\n", "sft", False, "packing: only stage sft (TRL's SFTConfig) reads it"),  # gkd refuses it
     ("", "sft", True, "no stage in the file or folder name"),
 ])
 def test_trl_stage_from_keys_or_a_guess_said_as_one(keys, stage, guessed, words, tmp_path):
@@ -526,13 +526,15 @@ def test_the_stage_and_why_are_printed_on_their_own_line(tmp_path, cli):
 
 def test_trl_stage_fields_are_the_installed_classes():
     """The fields the stage is read from are the installed TRL configs' (less those posttrain handles for every
-    stage), so a TRL upgrade that adds a stage's field changes what convert infers without a hand list."""
+    stage, and those the stage refuses), so a TRL upgrade that adds a stage's field changes what convert infers
+    without a hand list."""
     from posttrain import options, stages
     from posttrain.convert.trl import stage_fields
 
     common = set(options.MANAGED_TRAINING) | set(options.REFUSED_TRAINING)
     for name, spec in stages.all_stages().items():
-        assert stage_fields()[name] - common == set(options.installed_fields(spec.trl_config)) - common, name
+        installed = set(options.installed_fields(spec.trl_config)) - common - set(spec.refused)
+        assert stage_fields()[name] - common == installed, name
 
 
 # --- stale and missing mappings -----------------------------------------------------------------------------

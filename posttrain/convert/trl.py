@@ -113,11 +113,11 @@ SCRIPT_STAGES = {"reward_funcs": (("grpo", "rloo"), "TRL's grpo.py/rloo.py"),
 
 @functools.cache
 def stage_fields() -> dict[str, frozenset[str]]:
-    """Each stage's TRL config fields, in registry order, as the installed classes have them: the options snapshot
-    (which tests/test_options.py keeps equal to the installed classes) plus the fields the stage manages or refuses.
-    The fields posttrain manages or refuses for every stage (loading, output and launcher options) tell no stage."""
-    return {n: frozenset(options.passed(n, "training") | set(s.managed) | set(s.refused))
-            for n, s in stages.all_stages().items()}
+    """Each stage's TRL config fields that its recipe takes, in registry order, as the installed classes have them:
+    the options snapshot (which tests/test_options.py keeps equal to the installed classes) plus the fields the stage
+    sets itself. A field the stage refuses (gkd's packing) is not one it reads; the fields posttrain manages or
+    refuses for every stage (loading, output and launcher options) tell no stage."""
+    return {n: frozenset(options.passed(n, "training") | set(s.managed)) for n, s in stages.all_stages().items()}
 
 
 def _class(stage: str) -> str:
