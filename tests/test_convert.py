@@ -639,6 +639,12 @@ def test_tracking_settings_of_llama_factory_and_torchtune(tmp_path, fx, cli, mon
     assert conv.recipe["tracking"] == {"entity": "my-team", "group": "sweep", "tags": ["lora", "1b"],
                                        "project": "torchtune"}  # WandBLogger's default project, made explicit
     assert conv.get("training.report_to") == "wandb" and conv.get("training.run_name") == "run-1"
+    ml = tmp_path / "ml.yaml"
+    ml.write_text(tt.read_text().split("\nmetric_logger:")[0] + "\nmetric_logger:\n  _component_: "
+                  "torchtune.training.metric_logging.MLFlowLogger\n  experiment_name: kd\n  tracking_uri: http://mlflow\n")
+    conv = convert(ml)
+    assert conv.get("training.report_to") == "mlflow" and conv.recipe["tracking"] == {"project": "kd"}
+    assert _fates(conv)["metric_logger.tracking_uri"].kind == NOT
     out = tmp_path / "r.yaml"
     cli("convert", tt, "-o", out)
     over = [o for o in swap_in(yaml.safe_load(out.read_text()), fx) if o != "training.report_to=none"]
