@@ -137,6 +137,17 @@ PINNED = {
     ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "liger_fused_linear_cross_entropy"): (MAPPED, "use_liger_kernel: true"),
     ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "fsdp_version"): (DROPPED, "recipes/accelerate/fsdp.yaml"),
     ("axolotl/qwen2.5-72b-liger-fsdp2.yml", "chat_template"): (DROPPED, "Alpaca prompt"),
+    # torchtune's other models: the reference model of a DPO recipe, the teacher of a KD recipe (the gkd stage)
+    ("torchtune/8B_full_dpo.yaml", "ref_checkpointer.checkpoint_dir"): (DROPPED, "frozen copy of the policy"),
+    ("torchtune/8B_full_dpo.yaml", "ref_checkpointer.checkpoint_files"): (DROPPED, "every weight file in ref_model"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "teacher_checkpointer.checkpoint_dir"): (
+        MAPPED, "teacher_model: /tmp/Qwen2-1.5B-Instruct"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "kd_loss._component_"): (MAPPED, "training.beta: 0.0"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "kd_ratio"): (
+        NOT, "adds 0.5 x the cross-entropy on the labels to 0.5 x the KD loss; GKD's loss is the divergence alone"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "(train_on_input)"): (NOT, "distils the prompt tokens"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "teacher_model._component_"): (DROPPED, "config.json"),
+    ("torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml", "loss._component_"): (DROPPED, "see kd_ratio"),
 }
 
 
@@ -337,8 +348,9 @@ def swap_in(recipe: dict, fx) -> list[str]:
         over.append("training.use_liger_kernel=false")  # liger-kernel is not installed here (a GPU package)
     if recipe.get("peft"):
         over.append("peft.target_modules=all-linear")  # the tiny GPT-2's module names
-    if "reward_model" in recipe:
-        over.append(f"reward_model={fx['model']}")  # a run dir of the other tool, not on this machine
+    for other in ("reward_model", "ref_model", "teacher_model"):  # a run dir of the other tool, not on this machine
+        if other in recipe:
+            over.append(f"{other}={fx['model']}")
     if recipe["data"].get("eval") and not recipe["data"].get("eval_fraction") or \
             isinstance(recipe["data"].get("eval_fraction"), int):
         over.append("data.eval_fraction=0.2")  # the hub test split or a row count, as a part of the tiny data
@@ -465,3 +477,239 @@ def test_torchtune_reference_cycles_and_validation_lists_are_said(tmp_path, cli)
                    "model: {_component_: torchtune.models.llama3_2.llama3_2_1b}\n")
     f = _fates(convert(val))
     assert f["run_val_every_n_steps"].kind == NOT and f["dataset_val"].kind == NOT
+
+
+# --- the stage: from keys only one stage's TRL config has, else the file or folder name, else a guess said as one ---
+
+
+def test_trl_config_with_kto_only_keys_converts_to_kto(tmp_path, cli):
+    conv = convert(DATA / "trl/cli/qwen1.5-1.8b-aligned.yaml")  # no stage in its name: its keys say kto
+    assert conv.stage == "kto" and not conv.stage_guessed, conv.stage_why
+    assert conv.stage_why.startswith("loss_type, beta, desirable_weight, undesirable_weight: only stage kto (TRL's "
+                                     "KTOConfig) reads them all")
+    assert conv.get("training.desirable_weight") == 1.0 and conv.get("training.undesirable_weight") == 1.33
+    assert conv.get("data.format") == "unpaired" and not conv.untranslated
+    d = tmp_path / "dpo"  # a folder named dpo/: DPOConfig has no desirable_weight, so the keys decide
+    d.mkdir()
+    (d / "config.yaml").write_text((DATA / "trl/cli/qwen1.5-1.8b-aligned.yaml").read_text())
+    conv = convert(d / "config.yaml")
+    assert conv.stage == "kto" and "(the folder name dpo/ says dpo)" in conv.stage_why
+
+
+@pytest.mark.parametrize("keys, stage, guessed, words", [
+    ("simpo_gamma: 0.5\ncpo_alpha: 0.0\nbeta: 2.0\n", "cpo", False, "only stage cpo (TRL's CPOConfig)"),
+    ("lmbda: 0.5\nseq_kd: false\n", "gkd", False, "only stage gkd (TRL's GKDConfig)"),
+    ("num_generations: 8\nmax_completion_length: 256\n", "grpo", True, "fit TRL's GRPOConfig, RLOOConfig; grpo is"),
+    ("beta: 0.1\n", "dpo", True, "beta fit TRL's DPOConfig, KTOConfig"),
+    ("packing: true\n", "sft", False, "packing: only stage sft (TRL's SFTConfig) reads it"),  # gkd refuses it
+    ("", "sft", True, "no stage in the file or folder name"),
+])
+def test_trl_stage_from_keys_or_a_guess_said_as_one(keys, stage, guessed, words, tmp_path):
+    p = tmp_path / "runs" / "config.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/set\nlearning_rate: 1.0e-6\n" + keys)
+    conv = convert(p)
+    assert (conv.stage, conv.stage_guessed) == (stage, guessed) and words in conv.stage_why, conv.stage_why
+
+
+def test_the_stage_and_why_are_printed_on_their_own_line(tmp_path, cli):
+    p = tmp_path / "runs" / "config.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/set\nnum_generations: 8\n")
+    code, out, _ = cli("convert", p, "-o", tmp_path / "r.yaml")
+    line = "stage grpo GUESSED: num_generations fit TRL's GRPOConfig, RLOOConfig; grpo is the first of them; pass " \
+           "--stage NAME to change it"
+    assert code == 0 and f"\n  {line}\n" in out and f"# {line}\n" in (tmp_path / "r.yaml").read_text()
+    code, out, _ = cli("convert", DATA / "axolotl/qlora.yml", "-o", tmp_path / "s.yaml")
+    assert "\n  stage sft: no rl: (and no reward_model:): axolotl's supervised fine-tuning\n" in out
+
+
+def test_trl_stage_fields_are_the_installed_classes():
+    """The fields the stage is read from are the installed TRL configs' (less those posttrain handles for every
+    stage, and those the stage refuses), so a TRL upgrade that adds a stage's field changes what convert infers
+    without a hand list."""
+    from posttrain import options, stages
+    from posttrain.convert.trl import stage_fields
+
+    common = set(options.MANAGED_TRAINING) | set(options.REFUSED_TRAINING)
+    for name, spec in stages.all_stages().items():
+        installed = set(options.installed_fields(spec.trl_config)) - common - set(spec.refused)
+        assert stage_fields()[name] - common == installed, name
+
+
+# --- stale and missing mappings -----------------------------------------------------------------------------
+
+
+def test_simpo_config_becomes_cpo_with_its_margin_and_no_sft_term():
+    """princeton-nlp/SimPO's configs: TRL's CPO with loss_type simpo; simpo_gamma = gamma_beta_ratio x beta."""
+    conv = convert(DATA / "trl/simpo/mistral-7b-base-simpo.yaml")
+    assert conv.stage == "cpo" and not conv.stage_guessed and "gamma_beta_ratio" in conv.stage_why
+    t = conv.recipe["training"]
+    assert (t["loss_type"], t["simpo_gamma"], t["beta"], t["cpo_alpha"]) == ("simpo", 1.6, 2.0, 0.0)
+    assert not conv.untranslated
+
+
+@pytest.mark.parametrize("extra, fates", [
+    ("sft_weight: 0.2\nloss_type: sigmoid\n", {"sft_weight": (MAPPED, "training.cpo_alpha: 0.2"),
+                                               "loss_type": (DROPPED, "loss_type simpo")}),
+    ("gamma_beta_ratio: 0.25\nloss_type: hinge\n", {"loss_type": (NOT, "sigmoid only")}),
+])
+def test_simpo_defaults_and_loss_types(extra, fates, tmp_path):
+    p = tmp_path / "cfg" / "c.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: d\n" + extra)
+    conv = convert(p)
+    f = _fates(conv)
+    assert conv.stage == "cpo" and conv.get("training.beta") == 2.0 and conv.get("training.simpo_gamma") == 0.5
+    for key, (kind, words) in fates.items():
+        assert f[key].kind == kind and words in f[key].text, f[key]
+
+
+@pytest.mark.parametrize("config, fate, recipe", [
+    ("stage: dpo\npref_loss: sigmoid\npref_ftx: 0.5\n", MAPPED,
+     {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}),
+    ("stage: dpo\npref_loss: simpo\nkto_ftx: 0.1\n", MAPPED, {"loss_type": "simpo", "cpo_alpha": 0.1}),
+    ("stage: kto\nkto_ftx: 0.1\n", NOT, {}),
+    ("stage: kto\nkto_ftx: 0\n", DROPPED, {}),
+    ("stage: dpo\npref_loss: orpo\npref_ftx: 0.1\n", NOT, {}),  # ORPO's own SFT term is weighted 1
+    ("stage: sft\npref_ftx: 0.1\n", DROPPED, {}),  # read for preference training only
+])
+def test_llama_factory_sft_term_pref_ftx_and_its_older_name_kto_ftx(config, fate, recipe, tmp_path, fx, cli):
+    p = tmp_path / "c.yaml"
+    p.write_text("model_name_or_path: m\nfinetuning_type: full\ndataset: org/pairs\ntemplate: llama3\n"
+                 "per_device_train_batch_size: 2\n" + config)
+    conv = convert(p)
+    key = "pref_ftx" if "pref_ftx" in config else "kto_ftx"
+    assert _fates(conv)[key].kind == fate
+    for k, v in recipe.items():
+        assert conv.get(f"training.{k}") == v, k
+    if recipe.get("loss_weights"):  # TRL's DPOConfig takes the loss list and its weights
+        out = tmp_path / "r.yaml"
+        cli("convert", p, "-o", out)
+        code, _, err = cli("validate", out, *swap_in(yaml.safe_load(out.read_text()), fx), "--no-data")
+        assert code == 0, err
+
+
+def test_axolotl_model_config_optim_args_safetensors_and_auth_token(tmp_path):
+    p = tmp_path / "c.yml"
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nmodel_config:\n  output_router_logits: true\n"
+                 "optim_args: {amsgrad: true, betas: 0.9}\nsave_safetensors: true\nhf_use_auth_token: true\n")
+    conv = convert(p)
+    f = _fates(conv)
+    assert f["model_config"].kind == NOT and "cannot override its fields (output_router_logits)" in f["model_config"].text
+    assert conv.get("training.optim_args") == "amsgrad=True,betas=0.9"
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\noptim_args: {betas: [0.9, 0.95]}\n")
+    assert _fates(convert(p))["optim_args"].kind == NOT
+    assert f["save_safetensors"].kind == DROPPED and f["hf_use_auth_token"].kind == DROPPED
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nhf_use_auth_token: hf_abc\n")
+    conv = convert(p)
+    assert _fates(conv)["hf_use_auth_token"].kind == NOT and "hf_abc" not in str(conv.fates)
+
+
+@pytest.mark.parametrize("keys, data", [
+    ("train_split: train_sft\neval_split: test_sft\neval_strategy: steps\n",
+     {"split": "train_sft", "eval": "org/set", "eval_split": "test_sft"}),
+    ("dataset_train_split: train_sft\ntest_size: 0.05\neval_strategy: steps\ndataset_test_split: test\n",
+     {"split": "train_sft", "eval_fraction": 0.05}),
+])
+def test_trl_script_split_arguments_in_a_config(keys, data, tmp_path):
+    p = tmp_path / "sft" / "c.yaml"
+    p.parent.mkdir()
+    p.write_text("model_name_or_path: m\ndataset_name: org/set\n" + keys)
+    conv = convert(p)
+    assert {k: v for k, v in conv.recipe["data"].items() if k in data} == data and not conv.untranslated
+
+
+def test_tracking_settings_of_llama_factory_and_torchtune(tmp_path, fx, cli, monkeypatch):
+    from posttrain import needs
+
+    monkeypatch.setattr(needs, "installed", lambda module: True)  # the trackers are not installed here
+    lf = tmp_path / "lf.yaml"
+    lf.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: full\ndataset: org/set\ntemplate: llama3\n"
+                  "report_to: none\nrun_name: qwen-sft\nuse_swanlab: true\nswanlab_project: llamafactory\n"
+                  "swanlab_api_key: sk-123\n")
+    conv = convert(lf)
+    assert conv.get("training.report_to") == "swanlab" and conv.get("tracking.project") == "llamafactory"
+    assert conv.get("training.run_name") == "qwen-sft" and "sk-123" not in str(conv.fates) + str(conv.recipe)
+    tt = tmp_path / "tt.yaml"
+    tt.write_text((DATA / "torchtune/1B_lora_single_device.yaml").read_text().split("\nmetric_logger:")[0] +
+                  "\nmetric_logger:\n  _component_: torchtune.training.metric_logging.WandBLogger\n  entity: my-team\n"
+                  "  group: sweep\n  tags: [lora, 1b]\n  name: run-1\n  log_dir: ${output_dir}/logs\n")
+    conv = convert(tt)
+    assert conv.recipe["tracking"] == {"entity": "my-team", "group": "sweep", "tags": ["lora", "1b"],
+                                       "project": "torchtune"}  # WandBLogger's default project, made explicit
+    assert conv.get("training.report_to") == "wandb" and conv.get("training.run_name") == "run-1"
+    ml = tmp_path / "ml.yaml"
+    ml.write_text(tt.read_text().split("\nmetric_logger:")[0] + "\nmetric_logger:\n  _component_: "
+                  "torchtune.training.metric_logging.MLFlowLogger\n  experiment_name: kd\n  tracking_uri: http://mlflow\n")
+    conv = convert(ml)
+    assert conv.get("training.report_to") == "mlflow" and conv.recipe["tracking"] == {"project": "kd"}
+    assert _fates(conv)["metric_logger.tracking_uri"].kind == NOT
+    out = tmp_path / "r.yaml"
+    cli("convert", tt, "-o", out)
+    over = [o for o in swap_in(yaml.safe_load(out.read_text()), fx) if o != "training.report_to=none"]
+    code, _, err = cli("validate", out, *over, "--no-data")
+    assert code == 0, err
+
+
+def test_llama_factory_dataset_info_is_read_where_llamafactory_cli_reads_it(tmp_path, monkeypatch):
+    """dataset_dir (default data/) relative to where llamafactory-cli runs: the current directory, else the
+    repository root above the config (`llamafactory-cli train examples/train_lora/x.yaml` runs from there)."""
+    repo = tmp_path / "LLaMA-Factory"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "examples" / "train_lora").mkdir(parents=True)
+    cfg = repo / "examples" / "train_lora" / "sft.yaml"
+    cfg.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: full\ndataset: mine\ntemplate: llama3\n")
+    info = '{"mine": {"file_name": "mine.json", "columns": {"prompt": "q", "response": "a"}}}'
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    f = _fates(convert(cfg))  # no dataset_info.json anywhere: said, with where it was looked for
+    assert f["dataset"].kind == NOT and "repository root above it" in f["dataset"].text
+    (repo / "data").mkdir()
+    (repo / "data" / "dataset_info.json").write_text(info)
+    conv = convert(cfg)  # the repository root above the config
+    assert conv.recipe["data"]["train"] == str(repo / "data" / "mine.json") and not conv.untranslated
+    assert conv.recipe["data"]["column_map"] == {"q": "instruction", "a": "output"}
+    (elsewhere / "custom").mkdir()  # dataset_dir relative to the current directory comes first
+    (elsewhere / "custom" / "dataset_info.json").write_text(info.replace("mine.json", "here.json"))
+    cfg.write_text(cfg.read_text() + "dataset_dir: custom\n")
+    assert convert(cfg).recipe["data"]["train"] == str(Path("custom") / "here.json")
+    cfg.write_text(cfg.read_text().replace("dataset_dir: custom", "dataset_dir: ONLINE").replace("mine", "org/set"))
+    conv = convert(cfg)  # ONLINE: the names are hub ids
+    assert conv.recipe["data"]["train"] == "org/set" and not conv.untranslated
+
+
+def test_torchtune_kd_recipe_is_gkd_and_a_dpo_reference_model_is_ref_model(tmp_path):
+    conv = convert(DATA / "torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml")
+    assert conv.stage == "gkd" and conv.recipe["teacher_model"] == "/tmp/Qwen2-1.5B-Instruct"
+    assert conv.get("training.lmbda") == 0.0 and conv.get("training.beta") == 0.0  # off-policy, forward KL
+    src = (DATA / "torchtune/qwen2_1.5_to_0.5B_KD_lora_single_device.yaml").read_text()
+    p = tmp_path / "kd.yaml"
+    p.write_text(src.replace("ForwardKLWithChunkedOutputLoss\nkd_ratio: 0.5", "ReverseKLWithChunkedOutputLoss\n"
+                                                                             "kd_ratio: 1.0"))
+    conv = convert(p)
+    assert conv.get("training.beta") == 1.0 and _fates(conv)["kd_ratio"].kind == DROPPED
+    p.write_text(src.replace("ForwardKLWithChunkedOutputLoss", "SymmetricKLWithChunkedOutputLoss"))
+    assert _fates(convert(p))["kd_loss._component_"].kind == NOT
+    dpo = (DATA / "torchtune/8B_full_dpo.yaml").read_text()
+    p.write_text(dpo.replace("ref_checkpointer:\n  _component_: torchtune.training.FullModelHFCheckpointer\n"
+                             "  checkpoint_dir: /tmp/Meta-Llama-3.1-8B-Instruct/",
+                             "ref_checkpointer:\n  _component_: torchtune.training.FullModelHFCheckpointer\n"
+                             "  checkpoint_dir: /tmp/llama-sft/"))
+    conv = convert(p)
+    assert conv.recipe["ref_model"] == "/tmp/llama-sft/" and not conv.untranslated
+
+
+def test_axolotl_swanlab_plugin_and_llama_factory_remote_dataset_dir(tmp_path):
+    p = tmp_path / "c.yml"
+    p.write_text("base_model: m\ndatasets: [{path: d.jsonl, type: alpaca}]\nwandb_project: w\n"
+                 "plugins: [axolotl.integrations.swanlab.SwanLabPlugin]\nuse_swanlab: true\nswanlab_project: p\n"
+                 "swanlab_experiment_name: e\nswanlab_mode: cloud\n")
+    conv = convert(p)
+    assert conv.get("training.report_to") == ["wandb", "swanlab"] and conv.get("training.run_name") == "e"
+    assert conv.get("tracking.project") == "w" and [f.key for f in conv.untranslated] == ["swanlab_project"]
+    lf = tmp_path / "lf.yaml"
+    lf.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: full\ndataset: identity\ntemplate: llama3\n"
+                  "dataset_dir: REMOTE:llamafactory/demo_data\n")
+    assert "on the hub (llamafactory/demo_data)" in _fates(convert(lf))["dataset"].text

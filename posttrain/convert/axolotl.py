@@ -19,6 +19,7 @@ import re
 
 from posttrain.convert.check import check
 from posttrain.convert.core import (
+    SWANLAB,
     Call,
     Conversion,
     Drop,
@@ -35,6 +36,7 @@ from posttrain.convert.core import (
     one_source,
     packing,
     stage_format,
+    swanlab,
     walk,
 )
 from posttrain.data.formats import SHAREGPT_ROLES
@@ -103,6 +105,10 @@ TABLE = {
     "base_model_config": Drop("posttrain reads the config beside the weights in model.name_or_path"),
     "revision_of_model": To("model.revision"),
     "tokenizer_config": To("model.tokenizer"),
+    **dict.fromkeys(("model_config", "overrides_of_model_config"), Call(lambda c, k, v: _model_config(c, k, v))),
+    **dict.fromkeys(("model_kwargs", "overrides_of_model_kwargs"), No(
+        "posttrain loads the model with model.dtype, model.attn_implementation, model.revision and "
+        "model.trust_remote_code; other from_pretrained arguments cannot be set")),
     "model_type": Drop("the model class follows the stage (sequence classification for reward, a causal LM otherwise)"),
     "tokenizer_type": Drop("the tokenizer class comes from the tokenizer's own files"),
     "num_labels": DropIf(1, "reward models score with one label", No("posttrain's reward models have one label")),
@@ -165,6 +171,7 @@ TABLE = {
     "use_tensorboard": flag("training.report_to", "tensorboard"),
     "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
     "mlflow_experiment_name": Call(lambda c, k, v: c.map(k, v, "*", {"training.report_to": "mlflow", "tracking.project": v})),
+    **{k: later(hint) for k, hint in SWANLAB.items()},
     "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
     "attn_implementation": Call(lambda c, k, v: _attention(c, k, v)),
     **dict.fromkeys(LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
@@ -189,16 +196,28 @@ def _attention(conv: Conversion, key: str, value):
     conv.map(key, value, "model.attn_implementation", "sdpa" if value == "xformers" else value, note=note)
 
 
+def _model_config(conv: Conversion, key: str, value):
+    """Overrides of the base model's config.json: posttrain has no such key; what to do instead is said plainly."""
+    fields = ", ".join(value) if isinstance(value, dict) else str(value)
+    conv.no(key, value, f"posttrain loads the model's own config.json and cannot override its fields ({fields}): save "
+                        "a copy of the model with them changed (AutoConfig.from_pretrained, set them, save_pretrained "
+                        "beside the weights) and set model.name_or_path to it")
+
+
 def _plugins(conv: Conversion, key: str, value):
-    """axolotl's integrations: Liger is TRL's use_liger_kernel; Cut Cross Entropy only saves memory."""
+    """axolotl's integrations: Liger is TRL's use_liger_kernel; Cut Cross Entropy only saves memory; SwanLab is a
+    tracker transformers reports to itself."""
     names = value if isinstance(value, list) else [value]
-    other = [n for n in names if not any(p in str(n) for p in ("liger", "cut_cross_entropy"))]
+    other = [n for n in names if not any(p in str(n) for p in ("liger", "cut_cross_entropy"))
+             and not ("swanlab" in str(n) and conv.raw.get("use_swanlab"))]  # SwanLab: transformers' callback
     if other:
         return conv.no(key, value, f"axolotl plugins posttrain does not have: {', '.join(map(str, other))}")
     if any("liger" in str(n) for n in names):
         return conv.map(key, value, "training.use_liger_kernel", True, note=USE_LIGER + "; Cut Cross Entropy, if "
                         "listed, only saves memory")
-    conv.drop(key, value, "Cut Cross Entropy saves memory; the loss is the same cross-entropy")
+    conv.drop(key, value, "SwanLab is transformers' own callback (training.report_to, see use_swanlab)"
+              if all("swanlab" in str(n) for n in names) else "Cut Cross Entropy saves memory; the loss is the same "
+                                                               "cross-entropy")
 
 
 def _unfrozen(conv: Conversion, key: str, value):
@@ -249,17 +268,17 @@ def _stage(conv: Conversion) -> str:
     if raw.get("reward_model"):
         conv.map("reward_model", True, "stage", "reward")
         conv.drop_given("rl", "reward_model: true wins")
-        return "reward"
+        return conv.set_stage("reward", "its `reward_model: true`")
     conv.drop_given("reward_model", "false")
     if empty(rl) or rl is False:
         conv.drop_given("rl", "empty: supervised fine-tuning")
-        return "sft"
+        return conv.set_stage("sft", "no rl: (and no reward_model:): axolotl's supervised fine-tuning")
     rl = str(rl).lower()
     if rl not in RL:
         conv.no("rl", rl, f"'{rl}' is not an axolotl rl: posttrain translates ({', '.join(RL)})")
-        return "dpo"
+        return conv.set_stage("dpo", f"rl: {rl} is not translated; converted as dpo", guessed=True)
     conv.map("rl", rl, "*", {"stage": RL[rl], **RL_SETS.get(rl, {})})
-    return RL[rl]
+    return conv.set_stage(RL[rl], f"its `rl: {rl}`")
 
 
 def _peft(conv: Conversion):
@@ -539,5 +558,6 @@ def convert(conv: Conversion, text: str):
     _data(conv)
     _schedule(conv)
     walk(conv, [(k, conv.raw[k]) for k in PRECISION if k in conv.raw], PRECISION)
+    swanlab(conv)
     if conv.get("model.name_or_path") is None:
         conv.set_me("(base_model)", None, "model.name_or_path", "no base_model: set model.name_or_path")

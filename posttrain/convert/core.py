@@ -99,6 +99,13 @@ class Conversion:
         self.fates: list[Fate] = []
         self.stage = stage  # the posttrain stage: --stage for TRL configs, else set by the tool module
         self.where = Where()  # the source config's key lines
+        self.stage_why = "the --stage flag" if stage else ""  # why this stage: printed on its own line
+        self.stage_guessed = False
+
+    def set_stage(self, stage: str, why: str, guessed: bool = False) -> str:
+        """The stage, with why it is this one (a guess says so, and how to change it)."""
+        self.stage, self.stage_why, self.stage_guessed = stage, why, guessed
+        return stage
 
     # --- building the recipe
 
@@ -331,10 +338,65 @@ def report_to(conv: Conversion, key: str, value):
     conv.map(key, value, "training.report_to", names if len(names) != 1 else names[0])
 
 
+def swanlab(conv: Conversion):
+    """use_swanlab (LLaMA-Factory, axolotl's SwanLab plugin): SwanLab joins training.report_to (transformers' own
+    SwanLab callback), after the other tracker keys gave theirs; its settings count only with it (SWANLAB)."""
+    on = conv.raw.get("use_swanlab")
+    for key, rule in SWANLAB.items():
+        if key in conv.raw and key != "use_swanlab":
+            value = conv.raw[key]
+            if not on or empty(value):
+                conv.drop(key, value, "used only with use_swanlab, which is not set" if not on else "empty: not set")
+            elif isinstance(rule, To) and conv.get(rule.target) not in (None, value):
+                conv.no(key, value, f"{rule.target} is one for every tracker, and another key set it to "
+                                    f"{render(conv.get(rule.target))}")
+            else:
+                conv.apply(key, "<secret>" if key.endswith(("api_key", "secret")) else value, rule)
+    if not on:
+        return conv.drop_given("use_swanlab", "false")
+    given = conv.get("training.report_to")
+    names = [n for n in ([given] if isinstance(given, str) else given or []) if n not in ("none", "swanlab")]
+    conv.map("use_swanlab", on, "training.report_to", [*names, "swanlab"] if names else "swanlab")
+
+
+SWANLAB = {"use_swanlab": "`training.report_to: swanlab`", "swanlab_project": To("tracking.project"),
+           **dict.fromkeys(("swanlab_run_name", "swanlab_experiment_name"), To("training.run_name")),
+           **{f"swanlab_{k}": No(f"set SWANLAB_{k.upper()} in the environment") for k in ("log_model", "web_host",
+                                                                                           "api_host")},
+           "swanlab_mode": DropIf("cloud", "SwanLab's default mode", No("set SWANLAB_MODE in the environment")),
+           "swanlab_logdir": No("set SWANLAB_LOG_DIR in the environment"),
+           "swanlab_workspace": No("posttrain's `tracking:` has no SwanLab workspace; choose it when logging in to "
+                                   "SwanLab"),
+           "swanlab_description": No("transformers' SwanLab callback sets no run description"),
+           "swanlab_api_key": No("secrets never go in a recipe; set SWANLAB_API_KEY in the environment"),
+           **dict.fromkeys(("swanlab_lark_webhook_url", "swanlab_lark_secret"),
+                           No("posttrain sends no Lark notifications")),
+           **dict.fromkeys(("swanlab_log_completions", "swanlab_completion_log_interval",
+                            "swanlab_completion_max_buffer"), No("posttrain logs no completion tables"))}
+
+
 def warmup_ratio(conv: Conversion, key: str, value):
     if not value:
         return conv.map(key, value, "training.warmup_steps", 0)
     conv.map(key, value, "training.warmup_steps", value, note="a value below 1 is a ratio of the total steps")
+
+
+def optim_args(conv: Conversion, key: str, value):
+    """TrainingArguments.optim_args is a `k=v,k2=v2` string; axolotl also takes a mapping."""
+    if isinstance(value, dict) and any("," in str(v) or "=" in str(v) for v in value.values()):
+        return conv.no(key, value, "TrainingArguments takes optim_args as one k=v,k2=v2 string, which cannot hold a "
+                                   "value with a comma or '=' in it")
+    if isinstance(value, dict):
+        return conv.map(key, value, "training.optim_args", ",".join(f"{k}={v}" for k, v in value.items()),
+                        note="the k=v,k2=v2 string TrainingArguments takes")
+    conv.map(key, value, "training.optim_args")
+
+
+def auth_token(conv: Conversion, key: str, value):
+    if isinstance(value, bool) or value is None:
+        return conv.drop(key, value, "the Hugging Face token in the environment (HF_TOKEN, or `hf auth login`) is used "
+                                     "for private models and datasets whenever there is one")
+    conv.no(key, "<token>", "secrets never go in a recipe; set HF_TOKEN in the environment")
 
 
 # Hugging Face TrainingArguments names that TRL scripts, LLaMA-Factory and axolotl share, where posttrain
@@ -368,6 +430,10 @@ TRAINING_ARGS = {
                            "TRL's dataset preparation is not used"),
     "gradient_checkpointing_kwargs": To("training.gradient_checkpointing_kwargs"),
     "use_liger_kernel": To("training.use_liger_kernel"),
+    "optim_args": Call(optim_args),
+    "save_safetensors": DropIf(True, "transformers 5 always saves safetensors", No("transformers 5 saves only "
+                                                                                   "safetensors")),
+    **dict.fromkeys(("hf_use_auth_token", "use_auth_token"), Call(auth_token, empty_ok=True)),
 }
 
 
@@ -422,6 +488,7 @@ def recipe_text(conv: Conversion, out: Path) -> str:
     if defaults:
         head += [f"# Made explicit ({conv.tool}'s implicit defaults, so the run is the one the source config meant):"]
         head += [f"#   {f.text}" for f in defaults]
+    head.append(f"# {stage_line(conv)}")
     for f in conv.untranslated:
         head.append(f"# NOT TRANSLATED: {f.key}: {render(f.value)} -- {f.text}")
     body = yaml.dump(recipe, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
@@ -440,10 +507,19 @@ def _str(dumper, value):
 _Dumper.add_representer(str, _str)
 
 
+def stage_line(conv: Conversion) -> str:
+    """Why the recipe is of its stage; a guess says so, and how to change it."""
+    stage = conv.recipe.get("stage", conv.stage)
+    if not conv.stage_guessed:
+        return f"stage {stage}: {conv.stage_why}"
+    change = "pass --stage NAME to change it" if conv.tool == "trl" else "change `stage:` in the recipe if it is not"
+    return f"stage {stage} GUESSED: {conv.stage_why}; {change}"
+
+
 def fate_lines(conv: Conversion) -> list[str]:
     width = min(34, max((len(f.key) for f in conv.fates), default=10))
     marks = {MAPPED: "->", DEFAULT: "+ ", DROPPED: "dropped:", NOT: "NOT TRANSLATED:"}
-    lines = []
+    lines = [f"  {stage_line(conv)}"]
     for f in conv.fates:
         shown = f.key if f.kind == DEFAULT else f"{f.key}: {render(f.value)}"
         if len(shown) > 60:

@@ -12,8 +12,8 @@ Implicit defaults made explicit (finetuning_args.py / data_args.py / model loade
   precision (bf16/fp16, else float32);
 - every dataset is rendered through the `template`, alpaca rows too (so `data.template: chat`);
   the prompt is masked (train_on_prompt false) and every assistant turn trained (mask_history false).
-Datasets are names in `dataset_info.json` (in `dataset_dir`, default `data`); it is read when it sits
-beside the config (or in dataset_dir relative to it or to the current directory).
+Datasets are names in `dataset_info.json` (in `dataset_dir`, default `data`), read where llamafactory-cli reads
+it: dataset_dir relative to the current directory, else to the repository root above the config (or beside it).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from posttrain.convert.check import check, problems
 from posttrain.convert.core import (
+    SWANLAB,
     Call,
     Conversion,
     Drop,
@@ -38,6 +39,7 @@ from posttrain.convert.core import (
     one_source,
     packing,
     stage_format,
+    swanlab,
     training_field,
     walk,
 )
@@ -186,7 +188,9 @@ TABLE = {
     "tool_format": No("posttrain renders tools through the tokenizer's chat template"),
     # FinetuningArguments
     "pref_beta": To("training.beta"),
-    "pref_ftx": DropIf(0, "0: no SFT term", No("TRL 1.12's DPOConfig has no SFT loss term")),
+    **dict.fromkeys(("pref_ftx", "kto_ftx"), Call(lambda c, k, v: _ftx(c, k, v), hint=lambda v: (
+        f"`training.loss_type: [sigmoid, sft]` with `training.loss_weights: [1.0, {v}]` (dpo), or `training.cpo_alpha: "
+        f"{v}` (cpo with loss_type simpo)"))),  # kto_ftx: its older name
     "dpo_label_smoothing": To("training.label_smoothing"),
     "kto_chosen_weight": To("training.desirable_weight"),
     "kto_rejected_weight": To("training.undesirable_weight"),
@@ -215,7 +219,7 @@ TABLE = {
     "loraplus_lr_embedding": No("(LoRA+)"),
     **{f"freeze_{k}": No("freeze training: write its layers as model.trainable (see finetuning_type)")
        for k in ("trainable_layers", "trainable_modules", "extra_modules")},
-    "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
+    **{k: later(hint) for k, hint in SWANLAB.items()},
     "pref_bco_weight": DropIf(0, "0: no BCO term", No("TRL 1.12's DPOConfig has no BCO term")),
     "ld_alpha": To("training.ld_alpha"),
     **{f"{m}_adapters": No(f"merge the adapter into its model first (`posttrain merge RUN_DIR`) and name that as {m}")
@@ -235,8 +239,26 @@ TABLE = {
 }
 
 
+def _ftx(conv: Conversion, key: str, value):
+    """pref_ftx (kto_ftx in LLaMA-Factory before 0.8): the chosen answers' SFT loss added with this weight."""
+    if not value:
+        return conv.drop(key, value, "0: no SFT term")
+    mean = "TRL averages it over the batch's answer tokens, LLaMA-Factory over each row's"
+    if conv.stage == "dpo":
+        return conv.map(key, value, "*", {"training.loss_type": [conv.raw.get("pref_loss", "sigmoid"), "sft"],
+                                          "training.loss_weights": [1.0, value]},
+                        note=f"TRL's DPO adds the chosen answers' cross-entropy with this weight; {mean}")
+    if conv.stage == "cpo":
+        return conv.map(key, value, "training.cpo_alpha", value, note=f"the chosen answers' cross-entropy; {mean}")
+    if conv.stage == "orpo":
+        return conv.no(key, value, "TRL's ORPO loss has its own SFT term, weighted 1; it cannot add a second one")
+    if conv.stage == "kto":
+        return conv.no(key, value, "TRL 1.12's KTO trainer adds no SFT term")
+    conv.drop(key, value, f"LLaMA-Factory reads it for preference training only, not for stage {conv.stage}")
+
+
 # option groups used only with their switch (use_galore: galore_*, ...)
-GROUPS = {"galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam", "swanlab_": "use_swanlab",
+GROUPS = {"galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam",
           "oft_": "finetuning_type", "module_dropout": "finetuning_type"}
 
 
@@ -280,7 +302,7 @@ def _stage(conv: Conversion):
         stage, sets, why = LOSS_STAGES[loss]
         conv.map("stage", st, "stage", stage, note=f"pref_loss: {loss}")
         (conv.map("pref_loss", loss, "*", sets) if sets else conv.drop("pref_loss", loss, why))
-        if stage == "cpo" and not raw.get("pref_ftx"):
+        if stage == "cpo" and not raw.get("pref_ftx", raw.get("kto_ftx")):
             conv.default("training.cpo_alpha", 0, "LLaMA-Factory's SimPO adds no SFT term (pref_ftx 0)")
         return stage
     conv.map("stage", st, "stage", stage)
@@ -346,11 +368,22 @@ def _names(value) -> list:
 
 
 def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None, list[str]]:
-    """dataset_info.json (beside the config, in dataset_dir there, or in dataset_dir here), where it was found, and
-    what is wrong with the entries the config names."""
+    """dataset_info.json where llamafactory-cli reads it: in `dataset_dir` (default `data`) relative to the directory
+    it runs in, which is the current directory here, else the repository root above the config (`llamafactory-cli
+    train examples/train_lora/x.yaml` runs from there); beside the config too. Also what is wrong with the entries the
+    config names. ({}, None, []): dataset_dir ONLINE, every name a hub id."""
     d = conv.raw.get("dataset_dir") if isinstance(conv.raw.get("dataset_dir"), str) else "data"
+    if d == "ONLINE":
+        return {}, None, []
+    if d.startswith("REMOTE:"):  # on the hub
+        return None, None, []
     here = conv.source.parent
-    for folder in (here, here / d, Path(d)):
+    above = []
+    for folder in here.resolve().parents:  # up to the repository root (the first folder holding .git)
+        above.append(folder / d)
+        if (folder / ".git").exists():
+            break
+    for folder in (Path(d), here / d, here, *above):
         f = folder / "dataset_info.json"
         if not f.is_file():
             continue
@@ -382,15 +415,20 @@ def _tags(tags: dict, src: dict):
         src["role_map"] = roles
 
 
-def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice_: str) -> tuple[dict, str, str]:
-    """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or '')."""
+def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice_: str,
+            remote: str = "") -> tuple[dict, str, str]:
+    """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or ''); `remote`: the
+    hub dataset a `dataset_dir: REMOTE:<id>` names (its dataset_info.json is not read here)."""
     entry = (info or {}).get(name)
     if entry is None:
-        if "/" in name:
+        if "/" in name or info is not None and folder is None:  # a hub id (dataset_dir ONLINE: every name is one)
             return {"source": name, "split": f"train{slice_}"}, "", ""
+        missing = (f"dataset '{name}': its dataset_info.json is on the hub ({remote}), which convert does not read; "
+                   "download it into data/ beside the config" if remote else
+                   f"dataset '{name}': no dataset_info.json in dataset_dir (default data/) here, beside the config or "
+                   "in the repository root above it: convert from where you run llamafactory-cli")
         return {"source": name}, "", (f"'{name}' is not in dataset_info.json" if info is not None else
-                                      f"dataset '{name}': no dataset_info.json beside the config (or in "
-                                      "dataset_dir) to look it up; set data.train to its hub id or file")
+                                      f"{missing}, or set data.train to its hub id or file")
     if entry.get("hf_hub_url"):
         src = {"source": entry["hf_hub_url"]}
     elif entry.get("file_name"):
@@ -457,6 +495,8 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
 
 def _data(conv: Conversion, info: dict | None, folder: Path | None):
     raw = conv.raw
+    remote = str(raw.get("dataset_dir", ""))
+    remote = remote.removeprefix("REMOTE:") if remote.startswith("REMOTE:") else ""
     n = raw.get("max_samples")
     slice_ = f"[:{n}]" if n else ""
     for split_key, dotted in (("dataset", "data.train"), ("eval_dataset", "data.eval")):
@@ -467,7 +507,7 @@ def _data(conv: Conversion, info: dict | None, folder: Path | None):
             continue
         names = _names(value)
         stage = "pt" if raw.get("stage") == "pt" else conv.stage
-        srcs = [_source(nm, info, folder, stage, slice_ if split_key == "dataset" else "") for nm in names]
+        srcs = [_source(nm, info, folder, stage, slice_ if split_key == "dataset" else "", remote) for nm in names]
         fmt = "text" if stage == "pt" else \
             stage_format(conv.stage, sft="alpaca" if {f for _, f, _ in srcs if f} <= {"alpaca"} else "messages")
         if len(srcs) == 1:
@@ -479,13 +519,14 @@ def _data(conv: Conversion, info: dict | None, folder: Path | None):
             new = {dotted: [s for s, _, _ in srcs]}
         if split_key == "dataset":
             new["data.format"] = fmt
-        note = "names read from dataset_info.json" if info is not None else ""
+        note = f"names read from {folder / 'dataset_info.json'}" if folder is not None else ""
         if n and split_key == "dataset":
             note += ("; " if note else "") + f"max_samples {n}: the first {n} rows of each"
         map_sources(conv, split_key, value, new, [p for _, _, p in srcs if p], note=note)
     conv.drop_given("max_samples", "in each data.train split slice above" if n and "dataset" in raw else
                     "every row" if n is None else "no dataset")
-    conv.drop_given("dataset_dir", "where dataset_info.json was looked up; the paths above include it")
+    conv.drop_given("dataset_dir", "ONLINE: the dataset names are hub ids" if raw.get("dataset_dir") == "ONLINE" else
+                    "where dataset_info.json was looked up; the paths above include it")
     eval_fraction(conv, "val_size")
     if raw.get("template") is not None:
         chat_template(conv, "template", raw["template"])
@@ -502,12 +543,18 @@ def convert(conv: Conversion, text: str):
     info, folder, found = _dataset_info(conv)
     check(conv, conv.raw.items(), TABLE, TYPES, found=found)
     conv.stage = _stage(conv)
+    st, loss = conv.raw.get("stage"), conv.raw.get("pref_loss")
+    conv.stage_why = (f"its `stage: {st}`" + (f" with `pref_loss: {loss}`" if loss in LOSS_STAGES else "") if st in (*STAGES, "pt")
+                      else f"stage: {st} is not translated; converted as sft" if "stage" in conv.raw
+                      else "no `stage:` key: LLaMA-Factory's default, sft")
+    conv.stage_guessed = "stage" in conv.raw and st not in (*STAGES, "pt")
     walk(conv, conv.raw.items(), TABLE, _fallback)
     for k in ("bf16", "fp16"):
         if k in conv.raw:
             training_field(conv, k, conv.raw[k])
     _peft(conv)
     _data(conv, info, folder)
+    swanlab(conv)
     if conv.stage == "ppo" and "reward_model_type" not in conv.raw:
         conv.no("(reward_model_type)", "lora", "LLaMA-Factory's default reward_model_type is lora (an adapter); "
                                                "posttrain's PPO needs a whole scoring model: `posttrain merge` the "

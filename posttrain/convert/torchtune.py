@@ -16,8 +16,23 @@ from __future__ import annotations
 
 import re
 
+from posttrain import stages
 from posttrain.convert.check import check
-from posttrain.convert.core import LATER, TRAINING_ARGS, Call, Conversion, Drop, DropIf, No, To, dtype, empty, flag, packing
+from posttrain.convert.core import (
+    LATER,
+    TRAINING_ARGS,
+    Call,
+    Conversion,
+    Drop,
+    DropIf,
+    No,
+    To,
+    dtype,
+    empty,
+    flag,
+    later,
+    packing,
+)
 from posttrain.errors import PosttrainError
 from posttrain.util import as_number
 
@@ -53,7 +68,20 @@ TYPES = {**dict.fromkeys(COMPONENTS, dict), **dict.fromkeys(("dataset", "dataset
          "dataset.column_map": dict[str, str], "dataset.data_files": str | list[str], "dataset.column": str,
          "dataset.conversation_column": str, "clip_grad_norm": float, "max_steps_per_epoch": int, "seed": int,
          "dtype": str, "lr_scheduler.num_cycles": float, "run_val_every_n_steps": int, "profiler.enabled": bool,
-         "optimizer.lr": float, "optimizer.weight_decay": float, "optimizer.eps": float}
+         "optimizer.lr": float, "optimizer.weight_decay": float, "optimizer.eps": float, "kd_ratio": float,
+         **dict.fromkeys(("ref_checkpointer", "teacher_checkpointer", "kd_loss"), dict),
+         **{f"{c}.{k}": str for c in ("ref_checkpointer", "teacher_checkpointer", "kd_loss") for k in ("_component_",
+            "checkpoint_dir") if (c, k) != ("kd_loss", "checkpoint_dir")}}
+# the checkpointers of a recipe's other models -> the posttrain key that names that model
+OTHER_MODELS = {"ref_checkpointer": "ref_model", "teacher_checkpointer": "teacher_model"}
+# torchtune's KD losses (torchtune/modules/loss/kd_losses.py) -> GKD's beta (0: forward KL(teacher || student),
+# 1: reverse KL; TRL's generalized_jsd_loss)
+KD_LOSSES = {"ForwardKL": 0.0, "ReverseKL": 1.0}
+LOGGERS = {"WandB": "wandb", "TensorBoard": "tensorboard", "MLFlow": "mlflow", "Comet": "comet_ml"}
+
+
+def _logger(conv: Conversion) -> str:
+    return str((conv.raw.get("metric_logger") or {}).get("_component_", ""))
 
 
 def _lora_modules(conv: Conversion, key: str, value):
@@ -90,6 +118,16 @@ TABLE = {
     "checkpointer.adapter_checkpoint": No("posttrain trains a new adapter; merge this one first"),
     "checkpointer.output_dir": Drop("the run directory is output_dir"),
     "checkpointer.model_type": Drop("read from the model's config.json"),
+    # the other models of DPO and KD recipes: their checkpointers (read by `_other_model`) and the teacher's builder
+    **{f"{ck}.{k}": LATER for ck in OTHER_MODELS for k in ("_component_", "checkpoint_dir")},
+    **{f"{ck}.{k}": Drop(f"posttrain loads every weight file in {target}" if k == "checkpoint_files" else
+                         "read from the model's config.json" if k == "model_type" else "posttrain does not resume it")
+       for ck, target in OTHER_MODELS.items() for k in ("checkpoint_files", "model_type", "recipe_checkpoint")},
+    **{f"{ck}.output_dir": Drop("it is not saved") for ck in OTHER_MODELS},
+    "teacher_model._component_": Drop("the teacher's architecture comes from the config.json in teacher_model"),
+    "kd_loss._component_": LATER,
+    "kd_ratio": later("the `gkd` stage, whose loss is the divergence alone (GKD has no cross-entropy share)"),
+    "kd_loss.num_output_chunks": Drop("a memory setting of the chunked loss"),
     "resume_from_checkpoint": DropIf(False, "false", TRAINING_ARGS["resume_from_checkpoint"]),
     "save_adapter_weights_only": Drop("a LoRA run saves its adapter; `posttrain merge RUN_DIR` writes the merged model"),
     "dataset._component_": LATER,
@@ -152,7 +190,18 @@ TABLE = {
     "log_level": TRAINING_ARGS["log_level"],
     "metric_logger._component_": LATER,
     "metric_logger.log_dir": Drop("posttrain logs into the run directory"),
-    "metric_logger.project": Call(lambda c, k, v: c.drop(k, v, f"set WANDB_PROJECT={v} in the environment")),
+    # torchtune's metric loggers (torchtune/training/metric_logging.py): WandB, Comet, MLflow settings -> tracking:
+    "metric_logger.project": To("tracking.project"),
+    "metric_logger.experiment_name": Call(lambda c, k, v: c.map(k, v, "tracking.project" if "MLFlow" in _logger(c)
+                                                               else "training.run_name")),
+    "metric_logger.entity": To("tracking.entity"),
+    "metric_logger.workspace": To("tracking.entity", note="Comet's workspace"),
+    "metric_logger.group": To("tracking.group"),
+    "metric_logger.tags": To("tracking.tags"),
+    **dict.fromkeys(("metric_logger.name", "metric_logger.run_name"), To("training.run_name")),
+    "metric_logger.tracking_uri": No("set MLFLOW_TRACKING_URI in the environment"),
+    "metric_logger.api_key": Call(lambda c, k, v: c.no(k, "<secret>", "secrets never go in a recipe; set "
+                                                                      "COMET_API_KEY in the environment")),
     "low_cpu_ram": DropIf(False, "false", Drop("a loading memory setting; transformers 5 loads with low memory use")),
     "custom_sharded_layers": Drop("an FSDP wrapping setting; see recipes/accelerate/fsdp.yaml"),
     "fsdp_cpu_offload": Call(lambda c, k, v: c.drop(k, v, "false") if not v else c.no(k, v, "CPU offload: set "
@@ -185,9 +234,24 @@ def _stage(conv: Conversion, text: str) -> str:
         conv.drop("(recipe)", recipe, "a multi-GPU recipe (torchtune shards with FSDP); run `accelerate launch "
                                       "--config_file recipes/accelerate/fsdp.yaml -m posttrain train OUT`")
     loss = str((conv.raw.get("loss") or {}).get("_component_", ""))
-    if "dpo" in recipe or any(name in loss for name in ("DPOLoss", "RSOLoss", "SimPOLoss")):
-        return "dpo"
-    return next((name for name in ("ppo", "grpo") if name in recipe), "sft")
+    short = loss.rsplit(".", 1)[-1]
+    line = f"the `tune run {recipe}` line of its header"
+    if "dpo" in recipe:
+        return conv.set_stage("dpo", line)
+    if any(name in short for name in ("DPOLoss", "RSOLoss", "SimPOLoss")):
+        return conv.set_stage("dpo", f"the loss {short}")
+    if "knowledge_distillation" in recipe:
+        return conv.set_stage("gkd", line + ": GKD distils a teacher's token distributions")
+    if "kd_loss" in conv.raw:
+        return conv.set_stage("gkd", "its kd_loss: GKD distils a teacher's token distributions")
+    found = next((name for name in ("ppo", "grpo") if name in recipe), None)
+    if found:
+        return conv.set_stage(found, line)
+    if recipe:
+        return conv.set_stage("sft", line)
+    if short in LOSSES:
+        return conv.set_stage("sft", f"the loss {short}: {LOSSES[short]}")
+    return conv.set_stage("sft", "no `tune run` line in its header and no loss component", guessed=True)
 
 
 def _model(conv: Conversion, node: dict, model: str):
@@ -261,14 +325,18 @@ def _scheduler(conv: Conversion, node: dict, sched: str):
 
 def _loss(conv: Conversion, node: dict, loss: str):
     why = LOSSES.get(loss.rsplit(".", 1)[-1])
+    if why and conv.stage == "gkd":
+        why = "the cross-entropy part of torchtune's KD loss (see kd_ratio)"
     if loss:
         (conv.drop if why else conv.no)("loss._component_", loss, why or "a loss posttrain's stages do not have")
 
 
 def _metric_logger(conv: Conversion, node: dict, ml: str):
-    report = "wandb" if "WandB" in ml else "tensorboard" if "TensorBoard" in ml else None
+    report = next((name for cls, name in LOGGERS.items() if cls in ml), None)
     if report:
         conv.map("metric_logger._component_", ml, "training.report_to", report)
+        if report == "wandb" and "project" not in node:
+            conv.default("tracking.project", "torchtune", "torchtune's WandBLogger: project torchtune")
     elif ml:
         conv.drop("metric_logger._component_", ml, "posttrain keeps the logs in the run directory "
                                                    "(trainer_state.json, manifest.json)")
@@ -289,6 +357,62 @@ def _components(conv: Conversion):
     for name, fate in COMPONENT_FATES.items():
         node = conv.raw.get(name) or {}
         fate(conv, node, str(node.get("_component_", "")) if isinstance(node, dict) else "")
+    for ck, target in OTHER_MODELS.items():
+        if isinstance(conv.raw.get(ck), dict):
+            _other_model(conv, ck, target)
+    if conv.stage == "gkd":
+        _kd(conv)
+
+
+def _other_model(conv: Conversion, ck: str, target: str):
+    """A DPO recipe's reference model or a KD recipe's teacher: its checkpoint directory names that model."""
+    raw = conv.raw[ck]
+    kind = str(raw.get("_component_", ""))
+    if "HF" in kind or "Hf" in kind:
+        conv.drop(f"{ck}._component_", kind, f"Hugging Face format: checkpoint_dir is {target}")
+    elif kind:
+        conv.no(f"{ck}._component_", kind, f"weights in Meta/torchtune format; point {target} at the Hugging Face "
+                                           "version of the model")
+    path = raw.get("checkpoint_dir")
+    if path is None:
+        return conv.set_me(f"({ck})", None, target, f"no {ck}.checkpoint_dir: set {target}")
+    if target == "ref_model" and path == (conv.raw.get("checkpointer") or {}).get("checkpoint_dir"):
+        return conv.drop(f"{ck}.checkpoint_dir", path, "the policy's own checkpoint: posttrain's reference model is a "
+                                                      "frozen copy of the policy unless ref_model says otherwise")
+    if target not in stages.get(conv.stage).keys:
+        return conv.no(f"{ck}.checkpoint_dir", path, f"stage {conv.stage}'s reference model is a frozen copy of the "
+                                                    "policy; another one cannot be set")
+    conv.map(f"{ck}.checkpoint_dir", path, target)
+
+
+def _kd(conv: Conversion):
+    """torchtune's knowledge distillation -> GKD on the dataset's responses. torchtune's loss is
+    (1 - kd_ratio) x cross-entropy + kd_ratio x the KD loss (forward or reverse KL over the trained tokens); GKD's is
+    the divergence alone (beta 0: forward KL, 1: reverse), with lmbda the share of batches the student samples."""
+    raw = conv.raw
+    kd = str((raw.get("kd_loss") or {}).get("_component_", ""))
+    beta = next((b for name, b in KD_LOSSES.items() if name in kd), None)
+    if beta is not None:
+        conv.map("kd_loss._component_", kd, "training.beta", beta,
+                 note=f"GKD's {'forward' if beta == 0 else 'reverse'} KL between teacher and student")
+    elif kd:
+        conv.no("kd_loss._component_", kd, "GKD's divergences are forward KL (training.beta 0), reverse KL (1) and the "
+                                           "generalised JSD between (a mixture, not torchtune's weighted sum of both "
+                                           "KLs); pick one")
+    ratio = 0.5 if raw.get("kd_ratio") is None else raw["kd_ratio"]  # torchtune's default
+    if ratio == 1:
+        conv.drop("kd_ratio", ratio, "the loss is the divergence alone, as GKD's")
+    else:
+        conv.no("kd_ratio" if "kd_ratio" in raw else "(kd_ratio)", ratio,
+                f"torchtune adds {1 - ratio:g} x the cross-entropy on the labels to {ratio:g} x the KD loss; GKD's loss "
+                "is the divergence alone (TRL's GKDConfig has no such weight), so the recipe distils only, as kd_ratio 1")
+    ds = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else {}
+    short = str(ds.get("_component_", "")).rsplit(".", 1)[-1]
+    if ds.get("train_on_input", short in ("instruct_dataset",) or DATASETS.get(short, (0, 0, False))[2]):
+        conv.no("dataset.train_on_input" if "train_on_input" in ds else "(train_on_input)", True,
+                "torchtune distils the prompt tokens too; GKD distils the response after the prompt only")
+    conv.default("training.lmbda", 0.0, "torchtune distils the dataset's responses; GKD's default lmbda 0.5 would "
+                                        "have the student sample half the batches")
 
 
 def _interpolated(node, root: dict, following: tuple[str, ...] = ()):
@@ -354,7 +478,7 @@ def convert(conv: Conversion, text: str):
     done = {f.key for f in conv.fates}
     for key, value in _flatten(conv.raw):
         rule = TABLE.get(key)
-        if key in done or key.split(".")[0] == "profiler" or rule is LATER:
+        if key in done or key.split(".")[0] == "profiler" or getattr(rule, "fn", None) is LATER.fn:
             continue
         if rule is not None and empty(value) and not isinstance(rule, Call):  # a Call reads null itself
             conv.drop(key, value, "empty: not set")

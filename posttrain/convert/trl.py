@@ -12,7 +12,9 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 
 from __future__ import annotations
 
-from posttrain import stages
+import functools
+
+from posttrain import options, stages
 from posttrain.convert.check import check
 from posttrain.convert.core import (
     DEFAULT,
@@ -25,8 +27,10 @@ from posttrain.convert.core import (
     To,
     chat_template,
     dtype,
+    eval_fraction,
     later,
     stage_format,
+    training_field,
     walk,
 )
 
@@ -42,13 +46,20 @@ QUANT_KEYS = {"load_in_4bit": To("quantization", lambda v: {"load_in_4bit": True
               "bnb_4bit_quant_type": To("quantization.bnb_4bit_quant_type"),
               "use_bnb_nested_quant": To("quantization.bnb_4bit_use_double_quant"),
               "bnb_4bit_quant_storage": To("quantization.bnb_4bit_quant_storage")}
-# the handbook's data arguments, read together by `_data`
-DATA_KEYS = {"dataset_name": To("data.train"), "dataset_config": To("data.name"), "dataset_train_split": To("data.split"),
-             "dataset_test_split": To("data.eval_split"), "dataset_mixer": To("data.train"),
+# the handbook's data arguments, read together by `_data`; the split names as other scripts spell them too
+TRAIN_SPLIT, TEST_SPLIT = ("dataset_train_split", "train_split"), ("dataset_test_split", "eval_split", "test_split")
+DATA_KEYS = {"dataset_name": To("data.train"), "dataset_config": To("data.name"),
+             **dict.fromkeys(TRAIN_SPLIT, To("data.split")), **dict.fromkeys(TEST_SPLIT, To("data.eval_split")),
+             "test_size": To("data.eval_fraction"),
+             "dataset_mixer": To("data.train"),
              "dataset_splits": "`split:` on each `data.train` entry (its train splits) and `data.eval` entry (its test "
                                "splits)",
              "dataset_mixture": To("data.train", note="a list of sources, each with `source:`, `name:`, `split:`, "
                                    "`weight:`; test_split_size is data.eval_fraction")}
+# princeton-nlp/SimPO's SimPOConfig (scripts/simpo_config.py; handbook-style configs): TRL's CPO trainer with
+# loss_type simpo; read together by `_simpo`
+SIMPO = "SimPO's margin gamma = gamma_beta_ratio x beta: `training.simpo_gamma` (stage cpo, training.loss_type: simpo)"
+SIMPO_KEYS = {"gamma_beta_ratio": SIMPO, "sft_weight": To("training.cpo_alpha", note="stage cpo")}
 LOSS_KEYS = {"assistant_only_loss": To("data.train_on", lambda v: "assistant" if v else "all"),
              "completion_only_loss": To("data.train_on", lambda v: "assistant" if v else "all",
                                         note="for prompt/completion rows")}
@@ -58,7 +69,8 @@ MIXTURE = {"datasets": [{"id": str, "path": str, "config": str, "split": str, "w
                          "columns": list[str]}], "test_split_size": float, "seed": int}
 TYPES = {"dataset_mixture": MIXTURE, "dataset_mixer": dict[str, float], "dataset_splits": list[str] | str,
          "dataset_name": str, "dataset_config": str, "dataset_train_split": str, "dataset_test_split": str,
-         "lora_task_type": str, "chat_template": str, "torch_dtype": str, "dtype": str, "reward_model_name_or_path": str,
+         "gamma_beta_ratio": float, "sft_weight": float, "lora_task_type": str, "chat_template": str, "torch_dtype": str,
+         "dtype": str, "reward_model_name_or_path": str,
          **dict.fromkeys(("use_peft", "load_in_4bit", "load_in_8bit", "push_to_hub_revision", "assistant_only_loss",
                           "completion_only_loss", "use_flash_attention_2"), bool)}
 
@@ -72,7 +84,7 @@ TABLE = {
     "use_flash_attention_2": DropIf(False, "false: the default attention",
                                     To("model.attn_implementation", lambda v: "flash_attention_2")),
     "trust_remote_code": To("model.trust_remote_code"),
-    **{k: later(hint) for k, hint in {**LORA_KEYS, **QUANT_KEYS, **DATA_KEYS, **LOSS_KEYS}.items()},
+    **{k: later(hint) for k, hint in {**LORA_KEYS, **QUANT_KEYS, **DATA_KEYS, **LOSS_KEYS, **SIMPO_KEYS}.items()},
     "dataset_configs": No("set `name:` on each data.train entry (a mixture)"),
     "dataset_streaming": DropIf(False, "false: not streamed", No("posttrain loads datasets, it cannot stream them")),
     # trl.ScriptArguments / the handbook's data arguments
@@ -97,6 +109,7 @@ TABLE = {
                                  if v else c.drop(k, v, "false")),
     "eos_token": To("model.special_tokens.eos_token", note="the tokenizer's EOS, added as a special token if new"),
     "max_prompt_length": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
+    "loss_type": Call(lambda c, k, v: _loss_type(c, k, v), hint=To("training.loss_type")),
 }
 
 
@@ -104,19 +117,74 @@ def looks_like(raw: dict) -> bool:
     return "model_name_or_path" in raw or any(k in raw for k in (*DATA_KEYS, "dataset_configs", "dataset_streaming"))
 
 
-def _stage(conv: Conversion) -> str:
-    parts = [p.lower() for p in conv.source.parts[:-1]] + [conv.source.stem.lower()]
+# Script arguments that name the stages whose scripts take them, not TRL config fields: TRL's grpo.py and rloo.py;
+# SimPO's run_simpo.py (TRL's CPO trainer with loss_type simpo)
+SCRIPT_STAGES = {"reward_funcs": (("grpo", "rloo"), "TRL's grpo.py/rloo.py"),
+                 **dict.fromkeys(SIMPO_KEYS, (("cpo",), "SimPO's run_simpo.py"))}
+
+
+@functools.cache
+def stage_fields() -> dict[str, frozenset[str]]:
+    """Each stage's TRL config fields that its recipe takes, in registry order, as the installed classes have them:
+    the options snapshot (which tests/test_options.py keeps equal to the installed classes) plus the fields the stage
+    sets itself. A field the stage refuses (gkd's packing) is not one it reads; the fields posttrain manages or
+    refuses for every stage (loading, output and launcher options) tell no stage."""
+    return {n: frozenset(options.passed(n, "training") | set(s.managed)) for n, s in stages.all_stages().items()}
+
+
+def _class(stage: str) -> str:
+    return stages.get(stage).trl_config.rsplit(":", 1)[-1]
+
+
+def _telling(raw: dict) -> dict[str, set[str]]:
+    """The config's keys that some stages' TRL configs have and others not -> those stages (registry order kept)."""
+    fields = stage_fields()
+    every = frozenset.intersection(*fields.values())
+    said = {k: {n for n, f in fields.items() if k in f} for k in raw if k not in every}
+    said = {k: v for k, v in said.items() if v}
+    said.update({k: set(v[0]) for k, v in SCRIPT_STAGES.items() if k in raw})
+    if isinstance(raw.get("loss_type"), str) and raw["loss_type"] in fields:  # `loss_type: kto`: named as its stage
+        said["loss_type"] = {raw["loss_type"]}
+    return said
+
+
+def _named(conv: Conversion) -> tuple[str, str] | None:
+    """A stage in the file name or its folder's (alignment-handbook: recipes/<model>/dpo/config_full.yaml)."""
     names = stages.names()
-    for part in reversed(parts):
+    for part, what in ((conv.source.stem.lower(), "file name"), (conv.source.parent.name.lower(), "folder name")):
         for name in sorted(names, key=lambda n: n != part):  # a whole folder name (online_dpo/) before a word of it
             if part == name or any(w == name for w in part.replace("-", "_").split("_")):
-                return name
-    raw = conv.raw
-    if "num_generations" in raw or "reward_funcs" in raw:
-        return "grpo"
-    if "beta" in raw or "max_prompt_length" in raw:
-        return "dpo"
-    return "sft"
+                return name, f"the {what} {part}" + ("/" if what == "folder name" else "")
+    return None
+
+
+def _stage(conv: Conversion) -> str:
+    """The stage: keys only one stage's TRL config has, else the file or folder name, else a guess said as one."""
+    said = _telling(conv.raw)
+    order = list(stage_fields())
+    fit = [n for n in order if all(n in v for v in said.values())] if said else []
+    keys = ", ".join(f"{k} ({SCRIPT_STAGES[k][1]})" if k in SCRIPT_STAGES else k for k in said)
+    named = _named(conv)
+    if named and (not said or named[0] in fit):
+        return conv.set_stage(*named)
+    if len(fit) == 1:
+        why = f"{keys}: only stage {fit[0]} (TRL's {_class(fit[0])}) reads {'it' if len(said) == 1 else 'them all'}"
+        return conv.set_stage(fit[0], why + (f" ({named[1]} says {named[0]})" if named else ""))
+    if named:
+        return conv.set_stage(*named)
+    if fit:
+        return conv.set_stage(fit[0], f"{keys} fit TRL's {', '.join(_class(n) for n in fit)}; {fit[0]} is the first "
+                                      "of them", guessed=True)
+    if said:
+        best = max(order, key=lambda n: sum(n in v for v in said.values()))
+        lacks = ", ".join(k for k, v in said.items() if best not in v)
+        return conv.set_stage(best, f"no TRL config has all of {keys}; {_class(best)} has the most (not {lacks})",
+                              guessed=True)
+    if "max_prompt_length" in conv.raw:
+        return conv.set_stage("dpo", "max_prompt_length is an option of older TRL's preference trainers (DPO, ORPO, "
+                                     "KTO, CPO); dpo is the first of them", guessed=True)
+    return conv.set_stage("sft", "no stage in the file or folder name and no option that only some stages' TRL "
+                                 "configs have: supervised fine-tuning", guessed=True)
 
 
 def _peft(conv: Conversion):
@@ -202,10 +270,12 @@ def _data(conv: Conversion):
     elif "dataset_name" in raw:
         conv.map("dataset_name", raw["dataset_name"], "data.train")
         config = raw.get("dataset_config")
-        if "dataset_train_split" in raw:
-            conv.map("dataset_train_split", raw["dataset_train_split"], "data.split")
-        test = raw.get("dataset_test_split", "test")
-        if evaluates:  # TRL's scripts: eval_dataset = dataset[dataset_test_split] when eval_strategy != "no"
+        train_key = next((k for k in TRAIN_SPLIT if k in raw), None)
+        test_key = next((k for k in TEST_SPLIT if k in raw), None)
+        if train_key:
+            conv.map(train_key, raw[train_key], "data.split")
+        test = raw.get(test_key, "test")
+        if evaluates and not raw.get("test_size"):  # TRL's scripts: eval_dataset = dataset[dataset_test_split]
             entry = {"source": raw["dataset_name"], **({"name": config} if config else {}), "split": test}
             if config is not None:
                 conv.map("dataset_config", config, "*", {"data.name": config, "data.eval": [entry]},
@@ -213,34 +283,73 @@ def _data(conv: Conversion):
             else:
                 conv.put("data.eval", raw["dataset_name"])
                 conv.put("data.eval_split", test)
-            if "dataset_test_split" in raw:
-                conv.drop("dataset_test_split", test, "the eval split in data.eval")
+            if test_key:
+                conv.drop(test_key, test, "the eval split in data.eval")
             else:
                 conv.fates.append(Fate("(default)", None, DEFAULT, f"data.eval: {raw['dataset_name']}, split {test}  "
                                        "(TRL scripts evaluate on the 'test' split when eval_strategy is not 'no')"))
         else:
             if config is not None:
                 conv.map("dataset_config", config, "data.name")
-            conv.drop_given("dataset_test_split", "eval_strategy is 'no': TRL's script passes no eval dataset")
+            conv.drop_given(TEST_SPLIT, "test_size holds out part of the training rows instead" if raw.get("test_size")
+                            else "eval_strategy is 'no': TRL's script passes no eval dataset")
     else:
         conv.set_me("(data)", None, "data.train", "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
     if "dataset_splits" in raw and "dataset_mixer" not in raw and "dataset_mixture" not in raw:
         conv.no("dataset_splits", raw["dataset_splits"], "only meaningful with dataset_mixer")
+    if "dataset_name" not in raw:
+        conv.drop_given((*TRAIN_SPLIT, *TEST_SPLIT), "a split of dataset_name, which is not set (the mixture names "
+                                                   "its own splits)")
+    eval_fraction(conv, "test_size")
 
 
 def convert(conv: Conversion, text: str):
-    conv.stage = conv.stage or _stage(conv)
     check(conv, conv.raw.items(), TABLE, TYPES)
+    conv.stage = conv.stage or _stage(conv)
     walk(conv, conv.raw.items(), TABLE)
     if conv.get("model.name_or_path") is None:
         conv.set_me("(model)", None, "model.name_or_path", "no model_name_or_path: set model.name_or_path")
     conv.default("model.dtype", "fp32", "TRL ModelConfig: dtype float32 unless torch_dtype/dtype says")
     _peft(conv)
     _data(conv)
+    if any(k in conv.raw for k in SIMPO_KEYS):
+        _simpo(conv)
     if conv.stage == "sft":
         _loss_masking(conv)
     if conv.stage in ("sft", "dpo", "reward", "orpo", "kto"):
         conv.default("data.max_length", 1024, "TRL configs: max_length 1024")
+
+
+def _simpo(conv: Conversion):
+    """A SimPO config (princeton-nlp/SimPO): TRL's CPO with loss_type simpo. SimPO's own defaults differ from
+    CPOConfig's (beta 2.0, gamma_beta_ratio 0.25, sft_weight 0; CPO: beta 0.1, simpo_gamma 0.5, cpo_alpha 1.0), so
+    they are written out; its loss_type sigmoid is SimPO's loss, hinge has no TRL counterpart."""
+    raw = conv.raw
+    if conv.stage != "cpo":
+        return conv.drop_given(tuple(SIMPO_KEYS), f"SimPO's settings; stage {conv.stage} does not read them")
+    beta = 2.0 if raw.get("beta") is None else raw["beta"]
+    ratio = 0.25 if raw.get("gamma_beta_ratio") is None else raw["gamma_beta_ratio"]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (beta, ratio)):
+        return conv.no("gamma_beta_ratio", ratio, f"SimPO's margin is gamma_beta_ratio x beta; both must be numbers "
+                                                  f"(beta: {beta!r})")
+    conv.default("training.beta", beta, "SimPO: beta 2.0")
+    if "gamma_beta_ratio" in raw:
+        conv.map("gamma_beta_ratio", ratio, "*", {"training.loss_type": "simpo", "training.simpo_gamma": ratio * beta},
+                 note=f"SimPO's margin: gamma_beta_ratio x beta = {ratio} x {beta}")
+    else:
+        conv.default("training.simpo_gamma", ratio * beta, f"SimPO: gamma_beta_ratio 0.25 x beta {beta}")
+    conv.default("training.loss_type", "simpo", "SimPO's loss is TRL CPO's loss_type simpo")
+    if "sft_weight" in raw:
+        conv.map("sft_weight", raw["sft_weight"], "training.cpo_alpha")
+    conv.default("training.cpo_alpha", 0.0, "SimPO: sft_weight 0.0 (no SFT term; CPO's own default is 1.0)")
+
+
+def _loss_type(conv: Conversion, key: str, value):
+    if not any(k in conv.raw for k in SIMPO_KEYS):
+        return training_field(conv, key, value)
+    if value == "sigmoid":
+        return conv.drop(key, value, "SimPO's sigmoid loss is TRL CPO's loss_type simpo")
+    conv.no(key, value, "TRL's CPO has SimPO's loss with a sigmoid only (loss_type simpo)")
 
 
 def _loss_masking(conv: Conversion):
