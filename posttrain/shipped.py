@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from posttrain.errors import PosttrainError, RecipeError
-from posttrain.recipe import RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path
+from posttrain.recipe import NOT_FAMILIES, RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path, shipped_recipes
 
 
 def _description(path: Path) -> str:
@@ -47,18 +47,31 @@ def _merged_field(path: Path, *keys):
     return None
 
 
-def listing() -> str:
-    rows = [("recipe", "stage", "model", "description")]
-    for p in sorted(RECIPES_DIR.glob("*.yaml")):
-        rows.append((p.stem, str(_merged_field(p, "stage") or "?"), str(_merged_field(p, "model", "name_or_path") or "-"),
-                     _description(p)))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+def method(path: Path) -> str:
+    """full, lora or qlora: how a recipe trains the policy's weights."""
+    if _merged_field(path, "quantization"):
+        return "qlora"
+    return "lora" if _merged_field(path, "peft") else "full"
+
+
+def listing(model: str | None = None, stage: str | None = None, how: str | None = None) -> str:
+    """The shipped recipes and pipelines; `model` keeps those whose name or model contains it (any case), `stage`
+    and `how` (full, lora, qlora) those that train so."""
+    rows = [("recipe", "stage", "method", "model", "description")]
+    for name, p in shipped_recipes().items():
+        row = (name, str(_merged_field(p, "stage") or "?"), method(p), str(_merged_field(p, "model", "name_or_path") or "-"),
+               _description(p))
+        if (not model or model.lower() in f"{row[0]} {row[3]}".lower()) and stage in (None, row[1]) and how in (None, row[2]):
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
-    lines += ["", "pipeline" + " " * 12 + "description"]
-    for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml")):
-        lines.append(f"{p.stem:<20}{_description(p)}")
-    lines += ["", "posttrain validate NAME | posttrain train NAME | posttrain pipeline NAME | "
+    pipelines = [p for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml"))
+                 if not stage and not how and (not model or model.lower() in p.stem.lower())]
+    if pipelines:
+        width = max(20, *(len(p.stem) + 2 for p in pipelines))
+        lines += ["", "pipeline".ljust(width) + "description"] + [p.stem.ljust(width) + _description(p) for p in pipelines]
+    lines += ["", "posttrain validate NAME | posttrain plan NAME | posttrain train NAME | posttrain pipeline NAME | "
                   "posttrain recipes copy NAME [DEST]"]
     return "\n".join(lines)
 
@@ -79,7 +92,9 @@ def copy(name: str, dest: str | None = None, *, overwrite: bool = False) -> Path
     """Copy a shipped recipe to edit: DEST may be a directory or a file path (default ./NAME.yaml).
     Files it `extends:` are copied next to it (unless already there), so the copy validates on its own."""
     src = _source(name)
-    target = Path(dest) if dest else Path.cwd() / src.name
+    family = src.parent.name if src.parent.parent == RECIPES_DIR and src.parent.name not in NOT_FAMILIES else None
+    # a family's recipe lands in a folder of that name, beside its family's base.yaml
+    target = Path(dest) if dest else Path.cwd() / (family or "") / src.name
     if target.is_dir():
         target = target / src.name
     if target.exists() and not overwrite:

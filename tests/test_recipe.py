@@ -6,13 +6,13 @@ from conftest import write_recipe
 
 from posttrain import stages
 from posttrain.checks import load_recipe
-from posttrain.recipe import RECIPES_DIR, apply_overrides
+from posttrain.recipe import RECIPES_DIR, apply_overrides, shipped_recipes
 
-SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
+SHIPPED = sorted(shipped_recipes().values())
 PIPELINES = sorted((RECIPES_DIR / "pipelines").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(RECIPES_DIR).with_suffix("").as_posix())
 def test_every_shipped_recipe_validates(path):
     recipe = load_recipe(str(path))
     assert recipe.output_dir and recipe.model["name_or_path"]
