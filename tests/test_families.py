@@ -206,5 +206,6 @@ def test_family_recipe_trains_a_step_on_its_tiny_model(name, family_models: Mode
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["stage"] == recipe.stage
     assert manifest["metrics"]["global_step"] == 1
-    trained = "adapter_model.safetensors" if recipe.peft else "model.safetensors"
-    assert (out / trained).is_file()
+    # an adapter, or the whole model (full fine-tuning; a LoRA reward model is saved merged into its base)
+    merged = not recipe.peft or (recipe.stage == "reward" and not recipe.quantization)
+    assert (out / ("model.safetensors" if merged else "adapter_model.safetensors")).is_file()
