@@ -38,11 +38,14 @@ def _chain(path: Path) -> list[Path]:
 
 
 def _merged_field(path: Path, *keys):
+    """The value the nearest file of the chain gives (a null there removes what the files it extends set)."""
     for p in _chain(path):
         node = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        if node is not None:
+            if not isinstance(node, dict) or k not in node:
+                break
+            node = node[k]
+        else:
             return node
     return None
 

@@ -155,6 +155,9 @@ def test_recipes_filters_by_family_stage_and_method(cli):
     assert rows and all(r[1:3] == ["dpo", "lora"] for r in rows) and "\npipeline " not in out
     assert {r[0] for r in rows} >= {"qwen3/1.7b_dpo", "llama3/1b_dpo", "phi4/mini_dpo"}
     assert "mistral/7b_dpo" not in {r[0] for r in rows}  # QLoRA
+    code, out, _ = cli("recipes", "--method", "full", "--model", "llama3")  # peft: null over the family's LoRA
+    assert [line.split()[:3] for line in out.splitlines()[2:] if "/" in line.split(" ")[0]] == [
+        ["llama3/1b_full", "sft", "full"]]
     code, out, _ = cli("recipes", "--method", "qlora", "--model", "8b")
     assert {line.split()[0] for line in out.splitlines()[2:] if "/" in line.split(" ")[0]} == {"llama3/8b_qlora",
                                                                                                "qwen3/8b_qlora"}
