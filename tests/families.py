@@ -1,6 +1,6 @@
 """Tiny random models of the families the shipped recipes train (Llama 3, Qwen 3, Gemma 3, SmolLM3, Mistral, Phi-4),
-each built from the published config of a real size (posttrain/configs) shrunk to a few thousand parameters, and
-a tokenizer with its family's special tokens and chat format.
+each built from the published config of a real size (posttrain/configs) shrunk to a few hundred thousand parameters,
+and a tokenizer with its family's special tokens and chat format.
 
 Shrinking keeps what the recipes depend on: the config class and model_type, grouped-query attention (fewer kv
 heads than query heads, in the real ratio where it fits), tied or untied embeddings, the rope settings (llama3
@@ -58,7 +58,8 @@ FAMILIES = {
     "qwen3": Family(("qwen3-0.6b", "qwen3-1.7b", "qwen3-8b"),
                     ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
                     None, "<|im_end|>", "<|endoftext|>", _shipped("chatml"), "2<|im_end|>\n4<|im_end|>\n"),
-    "gemma3": Family(("gemma-3-1b",), ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
+    "gemma3": Family(("gemma-3-1b", "gemma-3-4b"), ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>",
+                                                    "<start_of_image>", "<end_of_image>", "<image_soft_token>"),
                      "<bos>", "<end_of_turn>", "<pad>", _shipped("gemma"), "2<end_of_turn>\n4<end_of_turn>\n"),
     "smollm3": Family(("smollm3-3b",), ("<|im_start|>", "<|im_end|>", "<|finetune_right_pad_id|>", "<think>", "</think>"),
                       None, "<|im_end|>", "<|finetune_right_pad_id|>", _shipped("chatml"), "2<|im_end|>\n4<|im_end|>\n"),
@@ -87,9 +88,24 @@ def make_tokenizer(base: Path, family: str, out: Path):
 
 
 def shrink(config: str, tok) -> dict:
-    """The published config's fields with tiny sizes, and the tokenizer's ids for its special tokens."""
+    """The published config's fields with tiny sizes, and the tokenizer's ids for its special tokens. A model with
+    a vision tower (Gemma 3 4B) keeps one, tiny: its recipes train text, but the model they load holds both."""
     fields = json.loads((CONFIGS_DIR / f"{config}.json").read_text(encoding="utf-8"))
     fields.pop("_hub_names")
+    if "text_config" in fields:
+        fields["text_config"] = _shrink_text(fields["text_config"], tok)
+        fields["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=28, patch_size=14)
+        ids = tok.convert_tokens_to_ids
+        fields.update(mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+                      image_token_index=ids("<image_soft_token>"), bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return fields
+    return _shrink_text(fields, tok)
+
+
+def _shrink_text(fields: dict, tok) -> dict:
+    fields = dict(fields)
     ratio = fields["num_attention_heads"] // fields["num_key_value_heads"]
     kv = 1 if fields["num_key_value_heads"] == 1 else 2
     heads = kv * ratio

@@ -24,6 +24,7 @@ CONFIG_OF = {hub: p.stem for hub, p in published_configs().items()}
 # parameters of the real models, built on `meta` from the packaged configs: the sizes their model cards publish
 PUBLISHED_PARAMETERS = {
     "gemma-3-1b": 999_885_952,
+    "gemma-3-4b": 4_300_079_472,  # with its vision tower
     "llama-3.1-8b": 8_030_261_248,
     "llama-3.2-1b": 1_235_814_400,
     "llama-3.2-3b": 3_212_749_824,
@@ -56,9 +57,10 @@ def test_tiny_family_model_keeps_the_real_attention_layout(config, family_models
     from transformers import AutoConfig, AutoTokenizer
 
     hub = json.loads((CONFIGS_DIR / f"{config}.json").read_text())["_hub_names"][0]
-    real, tiny = load_config({"name_or_path": hub}), AutoConfig.from_pretrained(family_models(config))
-    assert type(tiny) is type(real) and tiny.model_type == real.model_type
-    assert tiny.tie_word_embeddings == real.tie_word_embeddings
+    real_top, tiny_top = load_config({"name_or_path": hub}), AutoConfig.from_pretrained(family_models(config))
+    assert type(tiny_top) is type(real_top) and tiny_top.model_type == real_top.model_type
+    assert tiny_top.tie_word_embeddings == real_top.tie_word_embeddings
+    real, tiny = real_top.get_text_config(), tiny_top.get_text_config()  # Gemma 3 4B: the language model's
     assert tiny.num_key_value_heads < tiny.num_attention_heads  # grouped-query attention, as every real one
     assert tiny.num_attention_heads // tiny.num_key_value_heads == min(
         real.num_attention_heads // real.num_key_value_heads, tiny.num_attention_heads)
@@ -71,7 +73,7 @@ def test_tiny_family_model_keeps_the_real_attention_layout(config, family_models
         assert tiny.no_rope_layers == [1, 0]  # the second layer has no rotary embedding
     if real.model_type == "phi3":
         assert tiny.partial_rotary_factor == real.partial_rotary_factor == 0.75
-    eos = AutoTokenizer.from_pretrained(family_models(config)).convert_ids_to_tokens(tiny.eos_token_id)
+    eos = AutoTokenizer.from_pretrained(family_models(config)).convert_ids_to_tokens(tiny_top.eos_token_id)
     assert eos == FAMILIES[family_of(config)].eos
 
 
