@@ -165,6 +165,11 @@ def test_recipes_filters_by_family_stage_and_method(cli):
                                                                                                "qwen3/8b_qlora"}
 
 
+def test_a_misspelt_family_recipe_names_the_one_meant(cli):
+    code, _, err = cli("validate", "qwen3/8b_qlor", "--no-data")
+    assert code == 2 and "did you mean 'qwen3/8b_qlora'?" in err
+
+
 def test_recipes_copy_brings_a_family_recipe_with_its_chain(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = cli("recipes", "copy", "llama3/8b_qlora")
