@@ -98,9 +98,9 @@ DESCRIBED = re.compile(r"planned for one (\d+) GB GPU \(posttrain plan: ([\d.]+)
 @pytest.mark.parametrize("name", sorted(FAMILY_RECIPES))
 def test_plan_gives_the_memory_the_description_states_offline(name):
     path = FAMILY_RECIPES[name]
-    first = path.read_text().splitlines()
-    gpu, stated = DESCRIBED.search(first[0]).groups()
-    assert first[1] == f"# Run: posttrain train {name}" or first[1].startswith(f"# Run: posttrain train {name} ")
+    lines = path.read_text().splitlines()
+    gpu, stated = DESCRIBED.search(lines[0]).groups()
+    assert lines[1] == f"# Run: posttrain train {name}" or lines[1].startswith(f"# Run: posttrain train {name} ")
     total = estimate(load_recipe(name))["total"] / GIB
     assert f"{total:.1f}" == stated and total <= int(gpu)
 
@@ -113,12 +113,13 @@ def _leaves(node, prefix=""):
         yield prefix[:-1], node
 
 
-def _blocks(node, prefix=""):
+def _blocks(node):
+    """Every mapping of 3 or more keys in a recipe, the recipe itself included, as comparable text."""
     if isinstance(node, dict):
         if len(node) >= 3:
-            yield prefix, json.dumps(node, sort_keys=True)
-        for k, v in node.items():
-            yield from _blocks(v, f"{prefix}{k}.")
+            yield json.dumps(node, sort_keys=True)
+        for v in node.values():
+            yield from _blocks(v)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -128,7 +129,7 @@ def test_a_family_shares_its_base_instead_of_copying_it(family):
     assert FAMILY_BASE in docs
     seen = {}
     for name, doc in docs.items():
-        for _, block in _blocks({k: v for k, v in doc.items() if k != "extends"}):
+        for block in _blocks({k: v for k, v in doc.items() if k != "extends"}):
             assert block not in seen, f"{name} repeats a block of {seen[block]}: put it in {FAMILY_BASE}"
             seen[block] = name
         if name == FAMILY_BASE:
