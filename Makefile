@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 # torch is installed only when the venv has none. The default is the CPU build this project is tested
 # with; GPU users install their own torch into .venv first (see README), and it is kept.
 TORCH  ?= torch==2.13.0
+# The TRL release installed: 1.12.0 is the tested default stack (the last with PPOTrainer, so every stage and the demo
+# run). Any release in pyproject's range works for the other stages, e.g. a second venv beside the first:
+# `make test VENV=.venv-trl116 TRL=1.16.0` (what .ci/run does).
+TRL    ?= 1.12.0
 RECIPE ?= alpaca_gpt2
 PIPELINE ?= rlhf_gpt2
 ARGS   ?=
@@ -21,12 +25,15 @@ STAGES := $(filter-out __init__ common,$(basename $(notdir $(wildcard posttrain/
 
 .PHONY: install test test-fast lint $(STAGES) pipeline validate recipes clean
 
-install: $(VENV)/.installed
+INSTALLED := $(VENV)/.installed-trl$(TRL)
 
-$(VENV)/.installed: pyproject.toml
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test]" "trl==$(TRL)"
+	rm -f $(VENV)/.installed-trl*
 	touch $@
 
 test: install
@@ -60,7 +67,7 @@ DEMO_FAST ?=
 demo: $(VENV)/.installed-demo
 	DEMO_FAST=$(DEMO_FAST) HF_HUB_OFFLINE=1 $(BIN)/posttrain demo $(ARGS)
 
-$(VENV)/.installed-demo: $(VENV)/.installed
+$(VENV)/.installed-demo: $(INSTALLED)
 	$(BIN)/pip install -q -e ".[demo]"
 	touch $@
 

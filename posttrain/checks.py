@@ -27,15 +27,20 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from posttrain import convert, launch, models, needs, options, preflight, schema, stages
-from posttrain.data.formats import FORMATS
-from posttrain.errors import PosttrainError, Problems, RecipeError
+from posttrain import chat_templates, convert, evaluate, launch, models, needs, options, preflight, schema, stages, tracking
+from posttrain.convert import names
+from posttrain.data.formats import FORMATS, ROLES, PromptFormat
+from posttrain.errors import DataError, PosttrainError, Problems, RecipeError
 from posttrain.keys import (
     DATA_KEYS,
+    EVAL_KEYS,
     MODEL_KEYS,
+    PROMPT_FORMAT_KEYS,
     RANGES,
     SOURCE_KEYS,
     TOP_KEYS,
+    TRACKING_KEYS,
+    WATCHDOG_KEYS,
     Key,
     Range,
 )
@@ -69,7 +74,10 @@ class Draft:
     training: dict = dataclasses.field(default_factory=dict)
     peft: dict | None = None
     quantization: dict | None = None
+    watchdog: dict | None = None
+    tracking: dict | None = None
     output_dir: str = ""
+    eval: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)
     recipe: Recipe | None = None  # built once the owners' checks ran; what stage/file/model checks read
     pending: tuple[str, ...] = ()  # keys a pipeline fills with an upstream output that does not exist yet
@@ -122,7 +130,7 @@ def own_section(where: Where, name: str, values, spec: dict[str, Key], stage=Non
 
 def _own_value(where: Where, dotted: str, k, v, spec: dict[str, Key], stage):
     if k not in spec:
-        options.unknown(where, dotted, spec, value=v, stage=stage)
+        names.unknown(where, dotted, spec, value=v, stage=stage)
     key = spec[k]
     if v is None:
         if key.required:
@@ -134,7 +142,7 @@ def _own_value(where: Where, dotted: str, k, v, spec: dict[str, Key], stage):
         v = as_number(v)
     if isinstance(v, bool) and bool not in key.types or not isinstance(v, key.types):
         where.fail(dotted, f"expected {type_words(key.types)}, got {show(v)}")
-    if key.choices and v not in key.choices:
+    if key.choices and isinstance(v, str) and v not in key.choices:
         where.fail(dotted, f"'{v}' is not one of {', '.join(map(str, key.choices))}{did_you_mean(v, key.choices)}")
     if key.range:
         key.range.check(where, dotted, v)
@@ -184,6 +192,9 @@ def read_stage(d: Draft):
         d.stage = stages.get(name)
     except RecipeError as e:
         d.where.fail("stage", str(e).removeprefix("stage: "))
+    missing = d.stage.unavailable()  # e.g. ppo on a TRL without PPOTrainer: the one line, before anything else
+    if missing:
+        d.where.fail("stage", missing.removeprefix("stage "))
 
 
 def top_level_keys(d: Draft):
@@ -197,7 +208,7 @@ def top_level_keys(d: Draft):
                     users = [s.name for s in stages.all_stages().values() if k in s.keys]
                     d.where.fail(k, f"is not used by a {d.stage.name} recipe (only by {', '.join(users)})")
                 continue
-            options.unknown(d.where, str(k), TOP_KEYS + list(d.stage.keys), value=d.raw[k], stage=d.stage)
+            names.unknown(d.where, str(k), TOP_KEYS + list(d.stage.keys), value=d.raw[k], stage=d.stage)
     for k in d.stage.required:
         if d.raw.get(k) in (None, "", []):
             with d.where.each():
@@ -300,9 +311,67 @@ def eval_fraction_or_count(d: Draft):
 
 def template_fits_format(d: Draft):
     fmt, template = d.data["format"], d.data["template"]
-    if template is not None and template not in FORMATS[fmt].templates:
+    if isinstance(template, dict):
+        if not FORMATS[fmt].prompt_columns:
+            d.where.fail("data.template", f"{fmt} rows have no prompt for a prompt format to write (it writes "
+                         f"alpaca, prompt_completion, preference, unpaired and prompt rows)")
+        pf = own_section(d.where, "data.template", template, PROMPT_FORMAT_KEYS)
+        for k in ("prompt", "no_input"):
+            if pf[k] is not None:
+                with d.where.each():
+                    try:
+                        PromptFormat.fields(pf[k])
+                    except DataError as e:
+                        d.where.fail(f"data.template.{k}", str(e))
+    elif template is not None and template not in FORMATS[fmt].templates:
         d.where.fail("data.template", f"'{template}' is not a way to write {fmt} rows (one of "
                      f"{', '.join(FORMATS[fmt].templates)})")
+
+
+def system_prompt_has_a_place(d: Draft):
+    """data.system_prompt where the rows are written as text: the prompt format must say where it goes."""
+    fmt, template = d.data["format"], d.data["template"]
+    if d.data["system_prompt"] is None:
+        return
+    if isinstance(template, dict):
+        if not any("system" in PromptFormat.fields(template[k]) for k in ("prompt", "no_input") if template.get(k)):
+            d.where.fail("data.system_prompt", "data.template names no {system}, so the system prompt has no place "
+                         "in the prompt; add {system} to data.template.prompt (and no_input)")
+    elif (template or FORMATS[fmt].templates[0]) == "alpaca":
+        d.where.fail("data.system_prompt", "the Alpaca template has no system turn; use data.template: chat, or a "
+                     "prompt format with {system} (data.template: {prompt: ...})")
+
+
+def _turn_maps(where: Where, dotted: str, values: dict):
+    """message_map / role_map of data or of a source: names onto the keys and roles a turn may have."""
+    for key, allowed in (("message_map", ("role", "content")), ("role_map", ROLES)):
+        for src, dst in (values.get(key) or {}).items():
+            if dst not in allowed or not isinstance(src, (str, int)):
+                with where.each():
+                    where.fail(f"{dotted}.{key}.{src}", f"expected {'one of ' if key == 'role_map' else ''}"
+                               f"{' | '.join(allowed)}, got {show(dst)}")
+
+
+def turn_maps(d: Draft):
+    _turn_maps(d.where, "data", d.data)
+    for split in ("train", "eval"):
+        for i, e in enumerate(d.data[split] if isinstance(d.data[split], list) else []):
+            _turn_maps(d.where, f"data.{split}[{i}]", e)
+
+
+def prompt_bound(d: Draft):
+    """data.max_prompt_length: on data with a prompt, and short of max_length so the answer keeps room."""
+    n, fmt = d.data["max_prompt_length"], d.data["format"]
+    if n is None:
+        return
+    if fmt == "text":
+        d.where.fail("data.max_prompt_length", "text rows have no prompt (every token is trained); remove it")
+    if d.data["train_on"] == "all":
+        d.where.fail("data.max_prompt_length", "data.train_on: all trains the prompt too; the bound cuts a masked "
+                     "prompt (remove one of them)")
+    if n >= d.data["max_length"]:
+        d.where.fail("data.max_prompt_length", f"{n} leaves the answer no room in data.max_length="
+                     f"{d.data['max_length']}; make it smaller")
 
 
 def train_on_fits_format(d: Draft):
@@ -319,7 +388,13 @@ def read_chat_template(d: Draft):
     if value is None:
         return
     text = value
-    if is_template_path(value):
+    if chat_templates.is_name(value):
+        text = chat_templates.text(value)
+        if text is None:
+            d.where.fail("model.chat_template", f"no shipped template named '{value}'{did_you_mean(value, chat_templates.names())} "
+                         f"(one of {', '.join(chat_templates.shipped())}; `posttrain recipes` lists their other names; "
+                         "or a .jinja path, or inline Jinja)")
+    elif is_template_path(value):
         p = Path(value).expanduser()
         if not p.is_file():
             d.where.fail("model.chat_template", f"file not found: {value} (an inline template holds Jinja: "
@@ -361,6 +436,24 @@ def read_output_dir(d: Draft):
         d.where.fail("output_dir", f"expected a directory path, got {show(out)}")
 
 
+def read_eval(d: Draft):
+    if d.raw.get("eval") is not None:
+        d.eval = own_section(d.where, "eval", d.raw["eval"], EVAL_KEYS, d.stage)
+
+
+def eval_has_a_policy(d: Draft):
+    if d.eval and d.stage.output != "policy":
+        d.where.fail("eval", f"a {d.stage.name} run trains a {d.stage.output.replace('_', ' ')}, not a policy that "
+                             "generates text: nothing for lm-eval to measure")
+
+
+def eval_tasks_exist(d: Draft):
+    """The lm-eval extra is installed, local task files parse and name their data, task names are lm-eval's."""
+    if d.eval:
+        for problem in evaluate.check(d.eval["tasks"]):
+            d.where.fail("eval.tasks", problem)
+
+
 def read_training(d: Draft):
     training = d.raw.get("training") or {}
     if not isinstance(training, dict):
@@ -377,6 +470,71 @@ def read_peft_and_quantization(d: Draft):
             d.where.fail("peft", f"expected a mapping of LoraConfig options (or null), got {show(peft)}")
     if quant is not None and not isinstance(quant, dict):
         d.where.fail("quantization", f"expected a mapping of BitsAndBytesConfig options (or null), got {show(quant)}")
+
+
+def read_watchdog(d: Draft):
+    if d.raw.get("watchdog") is not None:
+        d.watchdog = own_section(d.where, "watchdog", d.raw["watchdog"], WATCHDOG_KEYS, d.stage)
+
+
+def watchdog_can_stop(d: Draft):
+    """The watchdog reads the logged training loss and stops transformers' training loop."""
+    w, given = d.watchdog, d.raw.get("watchdog")
+    if not w:
+        return
+    problems = []
+    if not d.stage.resumable:  # the stages that cannot resume are those whose TRL trainer has its own loop (ppo)
+        problems.append(("watchdog", f"the {d.stage.name} trainer runs its own training loop, which no callback can "
+                         "stop"))
+    if w["loss_above"] is None and not w["nonfinite"]:
+        problems.append(("watchdog", "watches nothing: set watchdog.loss_above, or watchdog.nonfinite: true"))
+    if "patience" in given and w["loss_above"] is None:
+        problems.append(("watchdog.patience", "counts logged losses above watchdog.loss_above, which is not set"))
+    if d.training.get("logging_strategy") in ("no", False):  # False: YAML's reading of a bare `no`
+        problems.append(("training.logging_strategy", "'no' logs no training loss, and the watchdog reads it"))
+    if w["nonfinite"] and d.training.get("logging_nan_inf_filter"):
+        problems.append(("training.logging_nan_inf_filter", "true averages NaN/inf losses away before they are logged, "
+                         "and watchdog.nonfinite reads the logged loss; remove it (or set watchdog.nonfinite: false)"))
+    for dotted, message in problems:
+        with d.where.each():
+            d.where.fail(dotted, message)
+
+
+def read_tracking(d: Draft):
+    given = d.raw.get("tracking")
+    if given is None:
+        return
+    for name in ("name", "run_name"):
+        if isinstance(given, dict) and name in given:
+            with d.where.each():
+                d.where.fail(f"tracking.{name}", "the run's name is TRL's training.run_name (every tracker reads it)")
+    read = own_section(d.where, "tracking", {k: v for k, v in given.items() if k not in ("name", "run_name")}
+                       if isinstance(given, dict) else given, TRACKING_KEYS, d.stage)
+    d.tracking = {k: v for k, v in read.items() if v is not None} or None
+
+
+def tracking_fits_report_to(d: Draft):
+    """Each tracking key is read by a tracker of training.report_to, in a value that tracker takes."""
+    names = tracking.trackers(d.training.get("report_to"))
+    if d.tracking and not names:
+        d.where.fail("tracking", "training.report_to names no tracker, so nothing reads these settings; name one there "
+                     f"({', '.join(tracking.trackers('all'))}), or remove tracking")
+    for key, value in (d.tracking or {}).items():
+        readers = tracking.readers(key)
+        with d.where.each():
+            if not set(readers) & set(names):
+                d.where.fail(f"tracking.{key}", f"no tracker of training.report_to ({', '.join(names)}) reads it (read "
+                             f"by {', '.join(readers)}); add one there, or remove it")
+            if key == "tags" and not (value and all(isinstance(t, str) and t and "," not in t for t in value)):
+                d.where.fail("tracking.tags", f"expected a list of labels (strings without commas), got {show(value)}")
+            if key == "log_model":
+                word = tracking.log_model_word(value)
+                for tracker in set(tracking.LOG_MODEL) & set(names):
+                    if word not in tracking.LOG_MODEL[tracker]:
+                        d.where.fail("tracking.log_model", f"'{word}' is not what {tracker} takes (true/end, false"
+                                     f"{', checkpoint' if 'checkpoint' in tracking.LOG_MODEL[tracker] else ''})")
+    if (d.tracking or {}).get("project") is not None and "project" in d.training:
+        d.where.fail("training.project", "set the project once, in tracking.project (trackio reads it from there)")
 
 
 def consistent_settings(d: Draft):
@@ -458,7 +616,7 @@ def ranges(d: Draft):
 
 def training_fits_trl_config(d: Draft):
     d.training = schema.check_owned("training", d.training, schema.config_class(d.stage.trl_config), d.where,
-                                    options.unknown_in(d.stage))
+                                    names.unknown_in(d.stage))
     new = options.unclassified(d.stage, "training", d.training)
     if new:
         log.warning("training.%s: passed to %s, but this posttrain version has not classified %s (a newer TRL than "
@@ -468,7 +626,7 @@ def training_fits_trl_config(d: Draft):
 def peft_fits_lora_config(d: Draft):
     if not d.peft:
         return
-    d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where, options.unknown_in(d.stage))
+    d.peft = schema.check_owned("peft", d.peft, schema.lora_class(), d.where, names.unknown_in(d.stage))
     targets = d.peft.get("target_modules")
     name = targets[0] if isinstance(targets, list) and len(targets) == 1 else targets
     if isinstance(name, str) and name.lower() in preflight.ALL_LINEAR:
@@ -483,7 +641,7 @@ def peft_fits_lora_config(d: Draft):
 def quantization_fits_bnb_config(d: Draft):
     if d.quantization:
         d.quantization = schema.check_owned("quantization", d.quantization, schema.bnb_class(), d.where,
-                                            options.unknown_in(d.stage))
+                                            names.unknown_in(d.stage))
 
 
 def qlora_defaults(d: Draft):
@@ -612,7 +770,8 @@ def model_check(check):
 
 # what reading a few rows depends on (not max_length, num_proc, ...: a problem there leaves the rows readable)
 DATA_READS = ("data.train", "data.eval", "data.format", "data.column_map", "data.name", "data.split", "data.eval_split",
-              "data.seed", "model.chat_template")
+              "data.seed", "data.template", "data.message_map", "data.role_map", "data.system_prompt",
+              "model.chat_template")
 MODEL_READS = ("peft", "model.name_or_path", "model.revision", "model.trust_remote_code", "model.gguf_file")
 STAGE_KEYS = tuple(stages.stage_keys())
 STAGE_READS = ("training", "data", "model", "peft", *STAGE_KEYS)  # a stage reads its recipe as it likes
@@ -629,12 +788,21 @@ REGISTRY: tuple[Step, ...] = (
     Step(read_sources, "recipe", ("data.format", "data.train", "data.eval")),
     Step(eval_fraction_or_count, "recipe", ("data.eval_fraction",)),
     Step(template_fits_format, "recipe", ("data.format", "data.template")),
+    Step(system_prompt_has_a_place, "recipe", ("data.system_prompt", "data.template", "data.format")),
     Step(train_on_fits_format, "recipe", ("data.format", "data.train_on")),
+    Step(turn_maps, "recipe", ("data.message_map", "data.role_map", "data.train", "data.eval")),
+    Step(prompt_bound, "recipe", ("data.format", "data.max_prompt_length", "data.max_length", "data.train_on")),
     Step(read_chat_template, "recipe", ("model.chat_template",)),
     Step(one_eval_source, "recipe", ("data.eval", "data.eval_fraction")),
     Step(read_output_dir, "recipe"),
+    Step(read_eval, "recipe"),
+    Step(eval_has_a_policy, "recipe", ("eval",)),
     Step(read_training, "recipe"),
     Step(read_peft_and_quantization, "recipe"),
+    Step(read_watchdog, "recipe"),
+    Step(watchdog_can_stop, "recipe", ("watchdog", "training.logging_strategy", "training.logging_nan_inf_filter")),
+    Step(read_tracking, "recipe"),
+    Step(tracking_fits_report_to, "recipe", ("tracking", "training.report_to", "training.project"), each=True),
     Step(consistent_settings, "recipe", ("training", "peft", "data.eval", "data.eval_fraction"), each=True),
     Step(managed_or_refused_keys, "recipe", ("training", "peft", "quantization"), each=True),
     Step(one_precision, "recipe", ("training.bf16", "training.fp16")),
@@ -651,7 +819,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(needs_of(needs.packages, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.hub, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.attention, "model"), "owners", ("model.attn_implementation",)),
-    Step(needs_of(needs.device, "training"), "owners", ("training.tf32",)),
+    Step(needs_of(needs.device, "training"), "owners", ("training",), each=True),
     Step(needs_of(needs.quantization, "quantization"), "owners", ("quantization",)),
     Step(data_options_fit_stage, "owners", ("data.pad_to_multiple_of",)),
     Step(build_recipe, "owners"),
@@ -660,6 +828,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(launch_fits, "files", ("quantization", "peft", "model.name_or_path"), each=True),
     Step(local_models_exist, "files", ("model.gguf_file",)),
     Step(data_readable, "files", DATA_READS),
+    Step(eval_tasks_exist, "files", ("eval",)),
     Step(model_check(preflight.target_modules), "model", MODEL_READS),
     Step(model_check(preflight.trainable), "model", ("model.trainable", *MODEL_READS)),
     Step(model_check(preflight.positions), "model", ("data.max_length", "training", *MODEL_READS[1:])),
@@ -754,7 +923,10 @@ def _recipe(d: Draft) -> Recipe:
         resolved["quantization"] = d.quantization
     resolved.update(d.extra)
     resolved["training"] = d.training
+    for section in ("watchdog", "tracking"):
+        if getattr(d, section):
+            resolved[section] = shown(getattr(d, section))
     resolved["output_dir"] = d.output_dir
     return Recipe(stage=d.stage.name, model=d.model, data=d.data, training=d.training, output_dir=d.output_dir,
-                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved,
-                  where=d.where, parsed=d.parsed)
+                  peft=d.peft, quantization=d.quantization, extra=d.extra, source=d.source, resolved=resolved, eval=d.eval,
+                  where=d.where, parsed=d.parsed, watchdog=d.watchdog, tracking=d.tracking)

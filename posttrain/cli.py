@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from posttrain import __version__, checks, convert, launch, pipeline, plan, schema, shipped, stages
+from posttrain import __version__, checks, convert, evaluate, launch, pipeline, plan, schema, shipped, stages
 from posttrain.demo.run import main as demo
 from posttrain.errors import PosttrainError, Problems
 from posttrain.generate import main as generate
@@ -77,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
+
+    ev = sub.add_parser("eval", help="measure a run with lm-evaluation-harness, loaded as it trained (the eval extra)")
+    ev.add_argument("run_dir", metavar="RUN_DIR_OR_MODEL", help="a run directory (full model or LoRA adapter), or a model")
+    ev.add_argument("--tasks", required=True,
+                    help="comma-separated lm-eval task names and/or local task YAML files or folders")
+    ev.add_argument("--limit", type=float, help="at most this many examples per task (a fraction if < 1)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--num-fewshot", type=int, help="default: each task's own")
+    ev.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                    help="give the model the task's text as it is, not in the template the run trained with")
 
     r = sub.add_parser("report", help="PNG plots and a markdown summary of a run or pipeline directory")
     r.add_argument("path", help="a run directory or a pipeline output_root")
@@ -152,6 +162,8 @@ def cmd_train(args) -> int:
         keys = {**{k: m[k] for k in ("train_loss", "eval_loss") if k in m}, **stages.headline(recipe.stage, m)}
         shown = ", ".join(f"{k}={v:.4g}" for k, v in keys.items())
         print(f"finished {recipe.stage} run in {recipe.output_dir} ({shown})")
+        if recipe.eval and is_main_process():
+            evaluate.evaluate(recipe.output_dir, **recipe.eval)
     return 0
 
 
@@ -224,14 +236,29 @@ COMMANDS = {
     "pipeline": lambda a: pipeline.run_pipeline(a.pipeline, a.overrides, start=a.start, only=a.only, overwrite=a.overwrite),
     "generate": lambda a: generate(a.run_dir, a.prompt, input_text=a.input, template=a.template,
                                    max_new_tokens=a.max_new_tokens, do_sample=a.sample, temperature=a.temperature),
+    "eval": lambda a: evaluate.main(a.run_dir, a.tasks, limit=a.limit, batch_size=a.batch_size, num_fewshot=a.num_fewshot,
+                                    chat_template=a.chat_template),
     "report": lambda a: report(a.path),
     "convert": lambda a: convert.run(a.file, a.out, a.tool, a.overwrite, stage=a.stage),  # exit 3: keys NOT TRANSLATED
     "demo": lambda a: demo(a.root, fast=a.fast, overwrite=a.overwrite, prepare_only=a.prepare_only),
 }
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Options anywhere on the line: `validate NAME --no-data a.b=c` as well as `validate NAME a.b=c --no-data`.
+    argparse ends the `overrides` list at the first option, so the KEY=VALUE words after it come back unparsed;
+    they are overrides too (parse_intermixed_args does not take subcommands)."""
+    p = _parser()
+    args, rest = p.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and not any(w.startswith("-") for w in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     _setup_logging()
     try:
         return COMMANDS[args.command](args)
@@ -239,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():  # under DDP every rank stops; one says why
             for line in str(e).splitlines() if isinstance(e, Problems) else [str(e)]:
                 print(f"posttrain: error: {line}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)
         return 130

@@ -1,8 +1,10 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+"""Errors a user can fix. The CLI prints them as one line and exits with `exit_code` (2: bad input)."""
 
 
 class PosttrainError(Exception):
     """Base class: bad input (recipe, data, run directory) rather than a bug."""
+
+    exit_code = 2
 
 
 class RecipeError(PosttrainError):
@@ -15,6 +17,12 @@ class DataError(PosttrainError):
 
 class RunDirError(PosttrainError):
     """An output directory that would lose work if used as asked."""
+
+
+class RunStopped(PosttrainError):
+    """A run posttrain stopped on purpose (the loss watchdog): its checkpoint kept, the run unfinished."""
+
+    exit_code = 1
 
 
 class Problems(RecipeError):

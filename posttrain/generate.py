@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from posttrain import stages
-from posttrain.data.formats import FORMATS, alpaca_prompt, user_text
+from posttrain.data.formats import FORMATS, alpaca_prompt, prompt_format, user_text
 from posttrain.errors import PosttrainError
 from posttrain.merge import is_adapter
 from posttrain.models import torch_dtype
@@ -26,7 +26,7 @@ from posttrain.util import first_line
 TEMPLATES = ("alpaca", "chat", "raw")
 
 
-def _recipe_of(path: Path) -> dict | None:
+def recipe_of(path: Path) -> dict | None:
     """The resolved recipe of a run dir, or of the run whose merged copy `path` is."""
     for run in (path, path.parent if path.name == "merged" else None):
         if run is not None and (run / RESOLVED).is_file():
@@ -34,23 +34,37 @@ def _recipe_of(path: Path) -> dict | None:
     return None
 
 
-def run_template(path: str | Path) -> str | None:
-    """alpaca | chat | raw from the first SFT run up the model chain; None if there is none."""
+def run_template(path: str | Path) -> str | dict | None:
+    """alpaca | chat | raw (or the run's prompt format) from the first SFT run up the model chain; None if there is
+    none."""
     p, seen = Path(path), set()
     while p not in seen:
         seen.add(p)
-        recipe = _recipe_of(p)
+        recipe = recipe_of(p)
         if recipe is None:
             return None
-        data = recipe.get("data") or {}
-        spec = FORMATS.get(data.get("format"))
-        if spec is not None and spec.prompts_with:
-            return data.get("template") or spec.prompts_with
+        if template := recipe_template(recipe):
+            return template
         p = Path(str((recipe.get("model") or {}).get("name_or_path", "")))
     return None
 
 
-def format_prompt(template: str, tokenizer, instruction: str, input_text: str | None = None) -> str:
+def recipe_template(recipe: dict) -> str | None:
+    """The template a (resolved) recipe trains with, if it is a supervised one."""
+    data = recipe.get("data") or {}
+    spec = FORMATS.get(data.get("format"))
+    return (data.get("template") or spec.prompts_with) if spec is not None and spec.prompts_with else None
+
+
+def format_prompt(template: str | dict, tokenizer, instruction: str, input_text: str | None = None) -> str:
+    pf = prompt_format(template)  # the run's own prompt format: the prompt fills {instruction} (or {prompt})
+    if pf is not None:
+        values = {"instruction": instruction, "prompt": instruction, "input": input_text}
+        other = [f for f in pf.fields(pf.prompt) if f not in values and f != "system"]
+        if other:
+            raise PosttrainError(f"the run's prompt format also names {', '.join('{' + f + '}' for f in other)}, "
+                                 f"which generate cannot fill; pass --template raw with the whole prompt")
+        return pf.text(values)
     if template == "alpaca":
         return alpaca_prompt(instruction, input_text)
     text = user_text(instruction, input_text)
@@ -62,23 +76,21 @@ def format_prompt(template: str, tokenizer, instruction: str, input_text: str | 
     return text
 
 
-def load_policy(path: str | Path):
-    """(model, tokenizer) for a run dir holding a causal LM or a LoRA adapter (merged in memory)."""
+def load_policy(path: str | Path, dtype: str = "auto"):
+    """(model, tokenizer) for a run dir holding a causal LM or a LoRA adapter (merged in memory), or a model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    if not path.is_dir():
-        raise PosttrainError(f"{path}: no such directory")
-    stage = stages.all_stages().get((_recipe_of(path) or {}).get("stage"))
+    path = Path(path)  # a run dir, or a model dir or hub id (a base model)
+    stage = stages.all_stages().get((recipe_of(path) or {}).get("stage"))
     if stage and stage.output == "reward_model" and path.name != "merged":
         raise PosttrainError(f"{path} holds a reward model (a scalar score head), not a policy that generates text")
     try:
         if is_adapter(path):
             from peft import AutoPeftModelForCausalLM
 
-            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype("auto")).merge_and_unload()
+            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype("auto"))
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise PosttrainError(f"cannot load a model from {path}: {first_line(e)}") from None

@@ -12,7 +12,8 @@ from typing import Any
 
 from posttrain.util import Where, as_number
 
-TOP_KEYS = ["stage", "extends", "description", "model", "data", "peft", "quantization", "training", "output_dir"]
+TOP_KEYS = ["stage", "extends", "description", "model", "data", "peft", "quantization", "training", "watchdog", "tracking",
+            "output_dir", "eval"]
 
 DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 
@@ -75,6 +76,17 @@ MODEL_KEYS = {
     "trainable": Key((list,), help="regular expressions over parameter names (fullmatch): train those full "
                                    "weights, freeze the rest"),
 }
+# How a source's rows say their conversations and system prompt; at data level, the default of every source.
+TURN_KEYS = {
+    "message_map": Key((dict,), help="rename the keys of each conversation turn: {source_key: role | content}"),
+    "role_map": Key((dict,), help="rename roles: {source_role: system | user | assistant | tool}"),
+    "system_prompt": Key((str,), help="a fixed system prompt for rows whose `system` column is absent or blank"),
+}
+# A custom prompt format (data.template as a mapping): str.format strings over the row's columns.
+PROMPT_FORMAT_KEYS = {
+    "prompt": Key((str,), required=True, help="the prompt text with named fields, e.g. '[INST] {instruction} [/INST]'"),
+    "no_input": Key((str,), help="the prompt for rows whose fields named only in `prompt` are blank (no {input})"),
+}
 DATA_KEYS = {
     "train": Key((str, list), required=True,
                  help="hub dataset id or a local jsonl/json/csv/parquet file, or a list of sources (a mixture)"),
@@ -82,17 +94,31 @@ DATA_KEYS = {
     "split": Key((str,), "train"),
     "format": Key((str,)),  # the stage's formats: checked by data_format_fits_stage
     "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
+    **TURN_KEYS,
     "eval": Key((str, list), help="separate eval source (hub id or local file), or a list of sources"),
     "eval_split": Key((str,), "train"),
     "eval_fraction": Key((int, float), help="a fraction in (0, 1) of the training rows, or a row count >= 1"),
     "seed": Key((int,), range=NON_NEGATIVE, help="seed for sampling and shuffling a mixture; default training.seed"),
     "train_on": Key((str,), choices=("assistant", "all", "last_assistant"),
                     help="which tokens of a conversation are trained (default assistant)"),
-    "template": Key((str,), choices=("alpaca", "raw", "chat"),
-                    help="how alpaca/prompt_completion rows are written; chat: the tokenizer's chat template"),
+    "template": Key((str, dict), choices=("alpaca", "raw", "chat"),
+                    help="how rows are written: alpaca | raw | chat (the tokenizer's chat template), or a prompt "
+                         "format {prompt: '[INST] {instruction} [/INST]', no_input: ...} (data.template.*)"),
+    "max_prompt_length": Key((int,), range=AT_LEAST_1,
+                             help="prompts longer than this many tokens are cut from the left (their end kept)"),
     "max_length": Key((int,), 1024, range=Range(2)),
     "pad_to_multiple_of": Key((int,), range=AT_LEAST_1),
     "num_proc": Key((int,), range=AT_LEAST_1),
+}
+
+# `eval:` (posttrain eval after training; a pipeline's `eval:` adds `stages`): lm-evaluation-harness options.
+EVAL_KEYS = {
+    "tasks": Key((str, list), required=True,
+                 help="lm-eval task names and/or local task YAML files or folders (shipped: eval/arithmetic.yaml)"),
+    "limit": Key((int, float), range=POSITIVE, help="at most this many examples per task (a fraction if < 1)"),
+    "batch_size": Key((int,), 8, range=AT_LEAST_1),
+    "num_fewshot": Key((int,), range=NON_NEGATIVE, help="default: each task's own"),
+    "chat_template": Key((bool,), True, help="false: the task's text as it is, not in the run's prompt template"),
 }
 
 # One entry of a data.train / data.eval list (a mixture); a plain string is {source: it}.
@@ -102,8 +128,27 @@ SOURCE_KEYS = {
     "split": Key((str,), "train", help="split with an optional slice, e.g. train[:1000]"),
     "format": Key((str,), help="this source's row format; default data.format"),
     "column_map": Key((dict,), help="rename columns: {source_name: expected_name}"),
+    **TURN_KEYS,
     "weight": Key((int, float), range=POSITIVE, help="fraction of its usable rows to take; > 1 repeats rows"),
     "rows": Key((int,), range=AT_LEAST_1, help="how many rows to take (more than it has repeats rows)"),
+}
+
+# `watchdog:` stops a diverging run (posttrain.watchdog): checked at every logged training loss.
+WATCHDOG_KEYS = {
+    "loss_above": Key((int, float), help="stop when the logged training loss is above this `patience` logs in a row"),
+    "patience": Key((int,), 3, range=AT_LEAST_1, help="logged losses above loss_above in a row that stop the run"),
+    "nonfinite": Key((bool,), True, help="stop at a NaN or infinite logged loss"),
+}
+
+# `tracking:` settings the experiment trackers of training.report_to read from the environment (posttrain.tracking);
+# the run's name is TRL's training.run_name.
+TRACKING_KEYS = {
+    "project": Key((str,), help="the project (wandb, trackio, comet, swanlab) or experiment (mlflow) of the run"),
+    "entity": Key((str,), help="the team or user (wandb), workspace (comet)"),
+    "group": Key((str,), help="a group of related runs (wandb)"),
+    "tags": Key((list,), help="labels on the run (wandb, mlflow)"),
+    "log_model": Key((bool, str), help="upload the model at the end (true), never (false), or each checkpoint (wandb)"),
+    "dir": Key((str,), help="where the tracker writes locally (tensorboard logs, wandb files)"),
 }
 
 # Which training/peft/quantization keys posttrain manages or refuses: posttrain.options (the one place).

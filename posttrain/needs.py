@@ -164,14 +164,38 @@ def attention(where: Where, model: dict):
                        "this machine has neither; use sdpa")
 
 
+# training settings whose code runs only on an accelerator (the trainer crashes at construction or its first step
+# on a CPU-only machine), and why
+ACCELERATOR_ONLY = {
+    "activation_offloading": "TRL moves activations off the accelerator on its streams, and fails building the "
+                             "trainer without one",
+    "use_liger_kernel": "the Liger kernels are Triton GPU kernels",
+    "use_vllm": "TRL generates with vLLM on a GPU",
+}
+
+
+def has_accelerator() -> bool:
+    import torch
+
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.current_accelerator() is not None
+    return torch.cuda.is_available()
+
+
 def device(where: Where, training: dict):
-    """Precision settings only some devices have: said here with the line that set them, each on its own."""
+    """Settings only some devices have: said here with the line that set them, each on its own."""
     if training.get("tf32"):
         from transformers.utils import is_torch_tf32_available
 
         if not is_torch_tf32_available():
-            where.fail("training.tf32", "needs an NVIDIA Ampere or newer GPU, which this machine has not; remove it "
-                       "(posttrain picks bf16/fp16 for the device)")
+            with where.each():
+                where.fail("training.tf32", "needs an NVIDIA Ampere or newer GPU, which this machine has not; remove it "
+                           "(posttrain picks bf16/fp16 for the device)")
+    for key, why in ACCELERATOR_ONLY.items():
+        if training.get(key) and not has_accelerator():
+            with where.each():
+                where.fail(f"training.{key}", f"needs a GPU ({why}); this machine has none: remove it, or "
+                           "validate on the machine that will train")
 
 
 def quantization(where: Where, quant: dict | None):

@@ -6,13 +6,17 @@
       reward: {recipe: reward_gpt2, after: sft}
       ppo:    {recipe: ppo_gpt2, after: [sft, reward], training: {total_episodes: 64}}
       dpo:    {recipe: dpo_gpt2, after: sft, model.dtype: fp32}
+    eval:                                  # optional: lm-eval after each named stage (`base`: the first model)
+      tasks: [eval/arithmetic.yaml]
+      stages: [base, sft, dpo]             # default: base and every policy stage
 
 A stage's model is the output of the policy stage it comes after (gkd's teacher_model instead: its
 student stays the recipe's model); ppo's reward_model (and so its default value model) is the reward
 stage's output; grpo/rloo/online_dpo get the reward stage's output added to their rewards. Values set
 in the stage entry (or on the command line) win over wiring.
 Each stage is identified by its resolved recipe plus its upstream stages' identities; a stage whose
-output holds a finished run with the same identity is skipped.
+output holds a finished run with the same identity is skipped. An eval whose results are in a stage's manifest
+(same tasks, limit and few-shot count) is skipped too; the base model's go to <output_root>/base.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import logging
 import time
 from pathlib import Path
 
-from posttrain import checks, launch, runs
+from posttrain import checks, evaluate, launch, runs
 from posttrain import stages as registry
 from posttrain.errors import PosttrainError, Problems, RecipeError
+from posttrain.generate import recipe_template
+from posttrain.keys import EVAL_KEYS, Key
 from posttrain.merge import merge_adapter
 from posttrain.recipe import (
     Recipe,
@@ -36,12 +42,14 @@ from posttrain.recipe import (
     resolve_pipeline_path,
     resolve_recipe_path,
 )
-from posttrain.util import did_you_mean
+from posttrain.util import Where, did_you_mean
 
 log = logging.getLogger("posttrain")
 
 ENTRY_KEYS = ("recipe", "after")
-PIPELINE_KEYS = ("stages", "output_root", "description")
+PIPELINE_KEYS = ("stages", "output_root", "description", "eval")
+PIPELINE_EVAL_KEYS = {**EVAL_KEYS, "stages": Key((list, str), help="stage names to measure after, and `base`")}
+BASE = "base"
 
 
 @dataclasses.dataclass
@@ -222,6 +230,42 @@ def _wire(name: str, raw: dict, upstream: list[Stage], explicit: list[dict]) -> 
     return merge_inputs, wired
 
 
+def load_eval(name_or_path: str, stages: list[Stage]) -> dict | None:
+    """The pipeline's `eval:` entry, checked: its options, `stages` (default: base and every policy stage)."""
+    path = resolve_pipeline_path(name_or_path)
+    doc, lines = read_yaml(path)
+    if doc.get("eval") is None:
+        return None
+    where = Where({k: f"{path.name}:{n}" for k, n in lines.items()})
+    where.found, problems = [], []
+    opts = checks.own_section(where, "eval", doc["eval"], PIPELINE_EVAL_KEYS)
+    policies = [s.name for s in stages if registry.get(s.recipe.stage).output == "policy"]
+    names = opts["stages"] or [BASE, *policies]
+    opts["stages"] = names = [names] if isinstance(names, str) else names
+    for n in names:
+        if n != BASE and n not in policies:
+            kind = next((s.recipe.stage for s in stages if s.name == n), None)
+            problems.append(where.at("eval.stages", f"{n}: " + (
+                f"a {kind} stage has no policy model to measure" if kind else
+                f"no such stage (stages: {BASE}, {', '.join(s.name for s in stages)}){did_you_mean(n, [s.name for s in stages])}")))
+    if opts["tasks"]:
+        problems += [where.at("eval.tasks", p) for p in evaluate.check(opts["tasks"])]
+    problems = [str(p) for p in where.found] + problems
+    if problems:
+        raise Problems(problems)
+    return opts
+
+
+def _measure(target: str, out: Path, opts: dict, template: str | None = None) -> str:
+    """Run the pipeline's eval on `target` into `out` unless its results are there: 'measured' or 'measured before'."""
+    if evaluate.measured(target, out, opts):
+        log.info("eval of %s: skipped (results in %s)", target, out / runs.MANIFEST)
+        return "measured before"
+    evaluate.evaluate(target, opts["tasks"], limit=opts["limit"], batch_size=opts["batch_size"],
+                      num_fewshot=opts["num_fewshot"], chat_template=opts["chat_template"], template=template, out=out)
+    return "measured"
+
+
 def _status(stage: Stage) -> str:
     """done: a finished run of this recipe in its output_dir; unfinished: one that did not finish; else new."""
     m = runs.read_manifest(Path(stage.recipe.output_dir)) or {}
@@ -243,8 +287,18 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
         if start and forced.intersection(s.after):
             forced.add(s.name)
     selected, by_name = [s for s in stages if not only or s.name == only], {s.name: s for s in stages}
+    ev = load_eval(name_or_path, stages)
+    measure = set(ev["stages"]) if ev else set()
 
     summary, failed = [], None  # failed: the row of the stage that failed
+    if BASE in measure and not only:  # the model the first stage starts from, prompted as that stage trains
+        first = stages[0].recipe
+        row = {"stage": BASE, "type": "model", "output_dir": f"{root}/{BASE}", "duration_s": 0.0}
+        summary.append(row)
+        try:
+            row["status"] = _measure(first.model["name_or_path"], Path(root) / BASE, ev, recipe_template(first.resolved))
+        except Exception as e:
+            row["status"], row["error"], failed = "failed", _error(e), row
     for s in selected:
         row = {"stage": s.name, "type": s.recipe.stage, "output_dir": s.recipe.output_dir, "duration_s": 0.0}
         summary.append(row)
@@ -272,9 +326,13 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
                 checks.train(s.checked(), resume=resume, overwrite=not resume)
                 row["status"] = "ran"
             except Exception as e:  # a stage crash must not lose the summary of what ran before it
-                error = str(e) if isinstance(e, PosttrainError) else f"{type(e).__name__}: {e}"
-                row["status"], row["error"], failed = "failed", error, row
+                row["status"], row["error"], failed = "failed", _error(e), row
             row["duration_s"] = round(time.time() - t0, 1)
+        if s.name in measure and not failed:
+            try:
+                row["status"] += f", {_measure(s.recipe.output_dir, Path(s.recipe.output_dir), ev)}"
+            except Exception as e:
+                row["status"], row["error"], failed = "eval failed", _error(e), row
         m = runs.read_manifest(Path(s.recipe.output_dir)) or {}
         row["metrics"] = registry.headline(s.recipe.stage, m.get("metrics") or {})
 
@@ -289,6 +347,10 @@ def run_pipeline(name_or_path: str, overrides=None, *, start: str | None = None,
               flush=True)
         return 1
     return 0
+
+
+def _error(e: Exception) -> str:
+    return str(e) if isinstance(e, PosttrainError) else f"{type(e).__name__}: {e}"
 
 
 def format_summary(rows: list[dict]) -> str:
@@ -306,7 +368,10 @@ def describe(name_or_path: str, overrides=None, launched=None) -> str:
     """`posttrain validate` for a pipeline: every stage resolved, wired and checked (its data; its model where it
     does not come from an earlier stage); no weights loaded."""
     name, root, stages = load_pipeline(name_or_path, overrides, level="model", launched=launched)
+    ev = load_eval(name_or_path, stages)
     out = [f"# pipeline {name}: {len(stages)} stages, outputs under {root}"]
+    if ev:
+        out.append(f"ok: eval {', '.join(evaluate.task_list(ev['tasks']))} after {', '.join(ev['stages'])}: checked")
     for s in stages:
         wiring = [f"model={s.recipe.model['name_or_path']}",
                   *(f"{key}={value}" for key, value in s.recipe.extra.items() if isinstance(value, str))]

@@ -172,7 +172,7 @@ def estimate(recipe: Recipe, gpus: int = 1, sharding: str = "none", footprint: F
         notes.append(f"{held.role} {name}{' (trained)' if held.trained else ''}")
     parts["other models"] = other
     rows = t.get("per_device_train_batch_size", 8) * fp.sequences_per_row
-    generated = fp.generated_tokens(recipe)
+    generated = fp.generated_tokens(recipe) or 0  # null: bounded by the model's generation config, not the recipe
     seq = (recipe.data.get("max_length") or 1024) + generated
     # posttrain turns activation checkpointing on by default on GPUs (see stages/common.device_defaults)
     checkpointing = bool(t.get("activation_checkpointing", t.get("gradient_checkpointing", True)))

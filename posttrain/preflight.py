@@ -108,7 +108,7 @@ def data(recipe: Recipe) -> list[Sample]:
         try:
             s = _sample(key, entry, d)
             if s.rows is not None:
-                resolve_columns(s.rows.column_names, d["format"], s.source)
+                resolve_columns(s.rows.column_names, d["format"], s.source, d.get("template"))
                 if get(d["format"]).tokenized_by == "trl":
                     with quiet():
                         clean_pairs_or_prompts(s.rows, d["format"], s.source, keep_extra=True)
@@ -257,7 +257,7 @@ def positions(recipe: Recipe) -> str | None:
 
     tables = [m.num_embeddings for n, m in model.named_modules()
               if n.rsplit(".", 1)[-1] in POSITION_TABLES and isinstance(m, torch.nn.Embedding)]
-    generated = stages.get(recipe.stage).footprint.generated_tokens(recipe)
+    generated = stages.get(recipe.stage).footprint.generated_tokens(recipe) or 0  # null: the model's generation config
     need = recipe.data["max_length"] + generated
     if tables and need > min(tables):
         recipe.where.fail("data.max_length", f"{recipe.data['max_length']}{f' + {generated} generated' if generated else ''}"

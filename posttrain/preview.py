@@ -43,9 +43,10 @@ def preview(recipe: Recipe, out=None):
     supervised = formats.get(data["format"]).tokenized_by == "posttrain"  # else TRL tokenizes the rows
 
     def encode(sample):
-        cols = resolve_columns(sample.rows.column_names, data["format"], sample.source)
+        cols = resolve_columns(sample.rows.column_names, data["format"], sample.source, data.get("template"))
         return encode_batch([sample.rows[i] for i in range(len(sample.rows))], data["format"], cols, tokenizer,
-                            data["max_length"], train_on=train_on, template=data.get("template"))
+                            data["max_length"], train_on=train_on, template=data.get("template"),
+                            max_prompt_length=data.get("max_prompt_length"))
 
     if supervised:  # every source's rows must format for SFT; the first one is shown
         for s in samples[1:]:

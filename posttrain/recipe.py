@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from posttrain import chat_templates
 from posttrain.errors import RecipeError
 from posttrain.util import Where, did_you_mean
 
@@ -38,6 +39,9 @@ class Recipe:
     peft: dict | None = None
     quantization: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # stage-specific keys
+    watchdog: dict | None = None  # stop a diverging run (posttrain.watchdog)
+    tracking: dict | None = None  # what the trackers of training.report_to read (posttrain.tracking)
+    eval: dict | None = None  # measured after training (posttrain.evaluate); not part of the run's identity
     source: str = ""
     resolved: dict = dataclasses.field(default_factory=dict)  # what is saved as recipe.resolved.yaml
     upstream: dict = dataclasses.field(default_factory=dict)  # pipeline: hashes of the stages it builds on
@@ -63,7 +67,7 @@ def recipe_hash(resolved: dict) -> str:
 
 
 FAMILY_BASE = "base.yaml"  # a family's shared settings, which its recipes extend: not a recipe of its own
-NOT_FAMILIES = ("accelerate", "demo", "pipelines")
+NOT_FAMILIES = ("accelerate", "demo", "eval", "pipelines")
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -181,11 +185,15 @@ def is_template_path(value) -> bool:
 
 
 def _anchor_template(data: dict, path: Path):
-    """A relative model.chat_template path is relative to the recipe file that says it (also via extends:)."""
+    """A relative model.chat_template path is relative to the recipe file that says it (also via extends:). A bare
+    word names a shipped template (posttrain.chat_templates), unless no template has that name and the file exists."""
     model = data.get("model")
     value = model.get("chat_template") if isinstance(model, dict) else None
-    if is_template_path(value) and value.strip() and not Path(value).expanduser().is_absolute():
-        model["chat_template"] = str((path.parent / value).resolve())
+    if not is_template_path(value) or not value.strip() or Path(value).expanduser().is_absolute():
+        return
+    if chat_templates.is_name(value) and (chat_templates.text(value) is not None or not (path.parent / value).is_file()):
+        return
+    model["chat_template"] = str((path.parent / value).resolve())
 
 
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

@@ -3,7 +3,8 @@
 A run dir (manifest.json) or a pipeline root (pipeline.json, one run dir per stage). Written into that
 directory: loss_<run>.png (training and eval loss over steps, from log_history.json), <stage>_<run>.png
 (the metrics the stage declares in `Stage.plots`, e.g. PPO's mean reward and KL per update),
-accuracy.png (before/after bars, when a demo.json is there) and report.md. matplotlib is an optional
+accuracy.png (before/after bars, when a demo.json is there), eval.png (lm-eval results across runs, from each
+manifest's `eval`; a pipeline's base model from <root>/base) and report.md. matplotlib is an optional
 dependency (the `demo` extra).
 """
 
@@ -100,6 +101,30 @@ def plot_demo(plt, demo: dict, out: Path) -> Path:
     return _save(plt, fig, out)
 
 
+def eval_table(found: list[tuple[str, Path]]) -> dict[str, dict[str, float]]:
+    """{"task metric": {run: value}} from the runs' manifests (`posttrain eval`)."""
+    table: dict[str, dict[str, float]] = {}
+    for name, run_dir in found:
+        for task, entry in ((runs.read_manifest(run_dir) or {}).get("eval") or {}).items():
+            for metric, v in entry.get("metrics", {}).items():
+                if isinstance(v.get("value"), (int, float)):
+                    table.setdefault(f"{task} {metric}", {})[name] = v["value"]
+    return table
+
+
+def plot_eval(plt, table: dict, names: list[str], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(table) * len(names)), 3.8))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        bars = ax.bar([j + i * width for j in range(len(table))], [row.get(name, 0) for row in table.values()], width,
+                      label=name)
+        ax.bar_label(bars, fmt="%.2f")
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(table))], list(table))
+    ax.set(title="lm-eval", ylim=(0, 1.05) if all(0 <= v <= 1 for row in table.values() for v in row.values()) else None)
+    ax.legend()
+    return _save(plt, fig, out)
+
+
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -137,6 +162,12 @@ def summary_markdown(path: Path, found: list[tuple[str, Path]], images: list[Pat
                          f"KL {ppo['kl_last']:.3f} ({ppo['updates']} updates)")
         if demo.get("timings_s"):
             lines.append(f"- wall time: {demo['timings_s']['total']:.0f} s")
+    table = eval_table(found)
+    if table:
+        names = [n for n, _ in found if any(n in row for row in table.values())]
+        lines += ["", "## lm-eval", "", "| task metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {key} | " + " | ".join(_fmt(float(row[n])) if n in row else "-" for n in names) + " |"
+                  for key, row in table.items()]
     if images:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"
@@ -158,6 +189,10 @@ def report(path: str | Path) -> list[Path]:
     if (path / "demo.json").is_file():
         demo = json.loads((path / "demo.json").read_text())
         images.append(plot_demo(plt, demo, path / "accuracy.png"))
+    table = eval_table(found)
+    if table:
+        images.append(plot_eval(plt, table, [n for n, _ in found if any(n in row for row in table.values())],
+                                path / "eval.png"))
     md = path / "report.md"
     md.write_text(summary_markdown(path, found, images, demo), encoding="utf-8")
     return [*images, md]
@@ -166,4 +201,7 @@ def report(path: str | Path) -> list[Path]:
 def main(path: str) -> int:
     for p in report(path):
         print(p)
+    md = (Path(path) / "report.md").read_text(encoding="utf-8")
+    if "## lm-eval" in md:
+        print("\n" + md.split("## lm-eval", 1)[1].split("\n## ", 1)[0].strip())
     return 0

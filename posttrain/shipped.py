@@ -6,10 +6,12 @@ A recipe's description is the first comment line of its file.
 from __future__ import annotations
 
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import yaml
 
+from posttrain import chat_templates, stages
 from posttrain.errors import PosttrainError, RecipeError
 from posttrain.recipe import NOT_FAMILIES, RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path, shipped_recipes
 
@@ -50,6 +52,11 @@ def _merged_field(path: Path, *keys):
     return None
 
 
+def stage_of(name_or_path: str):
+    """The stage a recipe (name or path) declares, read through `extends:` without checking anything."""
+    return _merged_field(resolve_recipe_path(name_or_path), "stage")
+
+
 def method(path: Path) -> str:
     """full, lora or qlora: how a recipe trains the policy's weights."""
     if _merged_field(path, "quantization"):
@@ -57,15 +64,38 @@ def method(path: Path) -> str:
     return "lora" if _merged_field(path, "peft") else "full"
 
 
+def _needs(stage, refusals: dict) -> str:
+    """` [needs TRL < 1.13]` for a stage the installed TRL cannot run (its one line kept for the footer), else ''."""
+    spec = stages.all_stages().get(stage)
+    line = spec.unavailable() if spec else None
+    if not line:
+        return ""
+    refusals[stage] = line
+    return f" [needs TRL {spec.trl.spec}]"
+
+
+def pipeline_stages(path: Path) -> list:
+    """The stages a pipeline file's recipes declare, read without checking anything."""
+    entries = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    out = []
+    for entry in entries.values():
+        name = entry.get("recipe") if isinstance(entry, dict) else None
+        if isinstance(name, str):
+            local = path.parent / name
+            with suppress(RecipeError):
+                out.append(stage_of(str(local) if local.is_file() else name))
+    return out
+
+
 def listing(model: str | None = None, stage: str | None = None, how: str | None = None) -> str:
-    """The shipped recipes and pipelines; `model` keeps those whose name or model contains it (any case), `stage`
-    and `how` (full, lora, qlora) those that train so."""
+    """The shipped recipes, pipelines and chat templates; `model` keeps the recipes and pipelines whose name or
+    model contains it (any case), `stage` and `how` (full, lora, qlora) the recipes that train so."""
+    refusals: dict[str, str] = {}
     rows = [("recipe", "stage", "method", "model", "description")]
     for name, p in shipped_recipes().items():
-        row = (name, str(_merged_field(p, "stage") or "?"), method(p), str(_merged_field(p, "model", "name_or_path") or "-"),
-               _description(p))
+        row = (name, str(_merged_field(p, "stage") or "?"), method(p), str(_merged_field(p, "model", "name_or_path") or "-"))
         if (not model or model.lower() in f"{row[0]} {row[3]}".lower()) and stage in (None, row[1]) and how in (None, row[2]):
-            rows.append(row)
+            rows.append((*row, _description(p) + _needs(row[1], refusals)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
@@ -73,7 +103,13 @@ def listing(model: str | None = None, stage: str | None = None, how: str | None 
                  if not stage and not how and (not model or model.lower() in p.stem.lower())]
     if pipelines:
         width = max(20, *(len(p.stem) + 2 for p in pipelines))
-        lines += ["", "pipeline".ljust(width) + "description"] + [p.stem.ljust(width) + _description(p) for p in pipelines]
+        lines += ["", "pipeline".ljust(width) + "description"]
+        for p in pipelines:
+            needs = "".join(dict.fromkeys(_needs(s, refusals) for s in pipeline_stages(p)))
+            lines.append(p.stem.ljust(width) + _description(p) + needs)
+    lines += ["", *refusals.values()] if refusals else []
+    if not (model or stage or how):
+        lines += ["", "chat template       other names  (model.chat_template: NAME)", chat_templates.listing()]
     lines += ["", "posttrain validate NAME | posttrain plan NAME | posttrain train NAME | posttrain pipeline NAME | "
                   "posttrain recipes copy NAME [DEST]"]
     return "\n".join(lines)

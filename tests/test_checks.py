@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import error_lines, write_recipe
+from conftest import error_lines, needs_ppo, write_recipe
 
 from posttrain import checks
 from posttrain.checks import load_recipe
@@ -97,6 +97,7 @@ def test_levels_are_prefixes(fx, tmp_path):
     assert len(e.value.lines) == 2
 
 
+@needs_ppo
 def test_missing_local_models_are_one_line_each(fx, tmp_path, cli):
     code, _, err = cli("validate", "ppo_gpt2", f"model.name_or_path={fx['model']}", f"data.train={fx['prompts']}",
                        f"reward_model={tmp_path / 'no_reward'}", f"value_model={tmp_path}", "--no-data")

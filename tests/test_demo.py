@@ -58,6 +58,19 @@ def test_demo_runs_every_stage_and_measures_it(demo, capsys):
 
 
 @pytest.mark.slow
+def test_demo_lm_eval_row_gives_the_demos_own_answers(demo):
+    """lm-eval on the same held-out prompts: the same prompts, the same greedy answers, the same exact match."""
+    pytest.importorskip("lm_eval")
+    result = json.loads((demo / "demo.json").read_text())
+    prompts = [json.loads(line) for line in next((demo / "data").glob("*/prompts_heldout.jsonl")).read_text().splitlines()]
+    for name, m in result["policies"].items():
+        samples = json.loads((demo / name / "eval.json").read_text())["samples"]["demo_heldout"]
+        assert [s["prompt"] for s in samples] == [p["prompt"] for p in prompts], name
+        assert [s["response"][0].strip() for s in samples] == m["answers"], name
+        assert m["lm_eval_exact_match"] == m["exact_match"], name
+
+
+@pytest.mark.slow
 def test_demo_prints_the_table(demo, capsys):
     from posttrain.demo.run import table
 

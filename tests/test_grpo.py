@@ -38,6 +38,7 @@ def _generate(model, tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.both_ends
 def test_grpo_mixed_rewards_trains_saves_and_reloads(fx, reward_model, tmp_path, cli):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,6 +83,7 @@ def test_grpo_lora_saves_adapter_that_reloads(fx, reward_model, tmp_path, cli):
 
 
 @pytest.mark.slow
+@pytest.mark.both_ends
 def test_rloo_trains_and_evaluates(fx, tmp_path, cli):
     out = tmp_path / "rloo"
     code, _, err = cli("train", "rloo_gpt2", *_args(fx, out, "[{rule: length_penalty, target: 2, weight: 2}]",

@@ -31,7 +31,7 @@ def unpaired(fx, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("shape", ["unpaired", "paired"])
+@pytest.mark.parametrize("shape", [pytest.param("unpaired", marks=pytest.mark.both_ends), "paired"])
 def test_kto_trains_on_unpaired_rows_and_on_pairs(fx, tmp_path, cli, unpaired, shape):
     out = tmp_path / f"kto_{shape}"
     train, fmt = (unpaired, "unpaired") if shape == "unpaired" else (fx["preference"], "preference")
@@ -43,6 +43,7 @@ def test_kto_trains_on_unpaired_rows_and_on_pairs(fx, tmp_path, cli, unpaired, s
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.both_ends
 def test_kto_lora_and_orpo_train_and_report(fx, tmp_path, cli):
     out = tmp_path / "kto_lora"
     code, _, err = cli("train", "kto_gpt2_lora", *_args(fx, out, fx["preference"], "peft.target_modules=[c_attn]"))

@@ -126,3 +126,18 @@ def test_tf32_without_an_ampere_gpu_is_one_line_at_its_key(tmp_path, monkeypatch
     monkeypatch.setattr(transformers.utils, "is_torch_tf32_available", lambda: False)
     msg = refused(tmp_path, BASE + "training:\n  max_steps: 2\n  tf32: true\n")
     assert msg.startswith("r.yaml:6: training.tf32: needs an NVIDIA Ampere"), msg
+
+
+def test_accelerator_only_settings_on_a_cpu_machine_are_one_line_each(tmp_path, monkeypatch):
+    """TRL's activation offloading looks for the accelerator when the trainer is built (an AttributeError on a CPU);
+    said at validate instead, each accelerator-only key on its own line."""
+    monkeypatch.setattr(needs, "has_accelerator", lambda: False)
+    msg = refused(tmp_path, BASE + "training:\n  max_steps: 2\n  activation_offloading: true\n")
+    assert msg.startswith("r.yaml:6: training.activation_offloading: needs a GPU"), msg
+    assert len(msg.splitlines()) == 1
+    monkeypatch.setattr(needs, "installed", lambda module: True)  # liger installed: the device is what is missing
+    msg = refused(tmp_path, BASE + "training:\n  activation_offloading: true\n  use_liger_kernel: true\n")
+    assert [line.split(": ")[1] for line in msg.splitlines()] == ["training.activation_offloading",
+                                                                  "training.use_liger_kernel"], msg
+    monkeypatch.setattr(needs, "has_accelerator", lambda: True)
+    assert load_recipe(str(write_recipe(tmp_path, BASE + "training: {activation_offloading: true}\n")))

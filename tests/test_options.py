@@ -21,7 +21,7 @@ def test_every_field_of_every_owning_class_is_classified_once():
     a new TRL adds fails here until it is classified (options.py, the stage's managed/refused) and the
     snapshot regenerated: `python -m posttrain.options --write`."""
     audit = options.audit()
-    assert {s.trl_config for s in stages.all_stages().values()} <= set(audit)
+    assert {s.trl_config for s in stages.available().values()} <= set(audit)
     problems = {path: {k: v for k, v in a.items() if v} for path, a in audit.items() if any(a.values())}
     assert not problems, f"unclassified/doubly classified/gone options: {problems}; classify them, then run " \
                          "`python -m posttrain.options --write`"
@@ -94,7 +94,7 @@ def test_peft_task_type_is_managed(tmp_path):
     (BASE + "lora_target: all\n", "did you mean `peft.target_modules: all-linear`?"),
     (BASE + "val_size: 0.05\n", "`data.eval_fraction: 0.05`"),
     (BASE + "data: {train: d.jsonl, val_set_size: 0.05}\n", "`data.eval_fraction: 0.05`"),
-    (BASE.replace("gpt2}", "gpt2, torch_dtype: bfloat16}"), "`model.dtype: bfloat16`"),
+    (BASE.replace("gpt2}", "gpt2, torch_dtype: bfloat16}"), "`model.dtype: bf16`"),
     (BASE + "training: {overwrite_output_dir: true}\n", "the `--overwrite` flag of `posttrain train`"),
     (BASE + "micro_batch_size: 2\n", "`training.per_device_train_batch_size: 2`"),
     (BASE + "quantization_bit: 4\n", "did you mean `quantization: {load_in_4bit: true}`?"),

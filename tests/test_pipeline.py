@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from conftest import needs_ppo
 
 FAST = {"max_steps": 2, "eval_steps": 2, "save_steps": 2, "logging_steps": 1, "warmup_steps": 0,
         "gradient_accumulation_steps": 1}
@@ -138,6 +139,7 @@ def test_bad_pipelines_exit_2(tmp_path, cli, doc, expected):
     assert code == 2 and expected in err, err
 
 
+@needs_ppo
 def test_validate_pipeline_shows_wiring(tmp_path, cli):
     code, out, err = cli("validate", "recipes/pipelines/sft_dpo_gpt2.yaml")
     assert code == 0, err

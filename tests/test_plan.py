@@ -7,6 +7,7 @@ compare every part with numbers computed by hand from the config (see posttrain/
 from pathlib import Path
 
 import pytest
+from conftest import needs_ppo
 
 from posttrain import stages
 from posttrain.checks import load_recipe
@@ -155,6 +156,7 @@ def test_plan_never_prints_a_traceback(fx, cli, tmp_path):
     assert code == 2 and _one_line_error(err)
 
 
+@needs_ppo
 def test_ppo_holds_a_frozen_reward_model_and_a_trained_value_model():
     """Not on this machine, both are sized as the policy: the reward model's weights once, the value model's weights,
     gradients and AdamW's two moments (4x); plus the reference copy of a full fine-tune."""

@@ -5,12 +5,14 @@ import json
 import math
 
 import pytest
-from conftest import manifest
+from conftest import manifest, needs_ppo
 
 from posttrain.checks import load_recipe
 from posttrain.data.trl_rows import drop_long_prompts
 from posttrain.errors import DataError, RecipeError
 from posttrain.stages import ppo
+
+pytestmark = needs_ppo
 
 LONG_PROMPTS = 2  # prompts over data.max_length, which must be dropped and counted
 

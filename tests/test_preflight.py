@@ -6,7 +6,7 @@ with a hint; plan never prints a traceback.
 import json
 
 import pytest
-from conftest import one_error_line
+from conftest import needs_ppo, one_error_line
 
 
 def _model(fx):
@@ -168,6 +168,7 @@ def test_pipeline_validate_checks_data_and_first_stage_target_modules(fx, tmp_pa
     assert "data file not found" in err
 
 
+@needs_ppo
 def test_rows_longer_than_learned_positions_are_refused(fx, cli):
     """GPT-2 learns its positions (1280 in the tiny one): a longer row cannot run, generated tokens included."""
     code, out, err = cli("validate", "alpaca_gpt2", _model(fx), "data.max_length=2000", "--no-data")

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import re
 
-from posttrain import options
 from posttrain.convert.core import (
-    LATER,
     Call,
     Conversion,
     Drop,
@@ -30,6 +28,7 @@ from posttrain.convert.core import (
     empty,
     eval_fraction,
     flag,
+    later,
     launch_hint,
     map_sources,
     one_source,
@@ -37,29 +36,53 @@ from posttrain.convert.core import (
     stage_format,
     walk,
 )
+from posttrain.data.formats import SHAREGPT_ROLES
 
-RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo"}
+# axolotl's `rl:` -> the posttrain stage, and the settings it implies
+RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo", "simpo": "cpo"}
+RL_SETS = {"ipo": {"training.loss_type": "ipo"}, "simpo": {"training.loss_type": "simpo"}}
 # axolotl DPO/ORPO dataset types whose columns are fixed (their prompt strategies) -> posttrain column_map
 PREFERENCE_TYPES = {"intel": {"question": "prompt"}, "ultra": {}, "icr": {"input": "prompt"}, "prompt_pairs": {},
                     "argilla": {"instruction": "prompt", "chosen_response": "chosen", "rejected_response": "rejected"}}
+OLD_ADAPTER = "posttrain trains a new adapter; merge this one first (`posttrain merge RUN_DIR`) and train on the merged model"
 # read together by `_peft`
-LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "lora_modules_to_save",
-        "lora_fan_in_fan_out", "peft_use_dora", "peft_use_rslora", "lora_model_dir", "lora_target_parameters")
-QUANT = ("load_in_4bit", "load_in_8bit", "bnb_config_kwargs")
 PEFT = {"lora_r": To("peft.r"), "lora_alpha": To("peft.lora_alpha"), "lora_dropout": To("peft.lora_dropout"),
         "lora_modules_to_save": To("peft.modules_to_save"), "lora_fan_in_fan_out": To("peft.fan_in_fan_out"),
         "peft_use_dora": To("peft.use_dora"), "peft_use_rslora": To("peft.use_rslora"),
         "lora_target_parameters": To("peft.target_parameters")}
+LORA = {**PEFT, "lora_target_modules": To("peft.target_modules"),
+        "lora_target_linear": To("peft.target_modules", lambda v: "all-linear"), "lora_model_dir": No(OLD_ADAPTER)}
+QUANT = {"load_in_4bit": To("quantization", lambda v: {"load_in_4bit": True}),
+         "load_in_8bit": To("quantization", lambda v: {"load_in_8bit": True}),
+         "bnb_config_kwargs": To("quantization", note="any transformers.BitsAndBytesConfig option")}
 PRECISION = {"bf16": DropIf("auto", "posttrain's own rule: bf16 where the GPU supports it (fp32 on CPU)",
                             To("training.bf16")), "fp16": To("training.fp16")}
-NEIGHBOURS = ("rl", "reward_model", "adapter", *LORA, *QUANT, "datasets", "test_datasets", "val_set_size", "sequence_len",
-              "evals_per_epoch", "saves_per_epoch", "num_epochs", "max_steps", "chat_template", "chat_template_jinja",
-              "bf16", "fp16")
 
+
+def _rl_hint(value) -> str:
+    stage = RL.get(str(value).lower())
+    sets = " with " + " and ".join(f"`{k}: {v}`" for k, v in RL_SETS[value].items()) if value in RL_SETS else ""
+    return f"`stage: {stage}`{sets}" if stage else "the top-level `stage`"
+
+
+PER_EPOCH = "`training.{0}_strategy: steps` with `training.{0}_steps: 1/(N x epochs)` (a value below 1 is a ratio " \
+            "of the total steps)"
+# keys read together with their neighbours (by _stage, _peft, _data, _schedule), with what validate says of them
+NEIGHBOURS = {"rl": _rl_hint, "reward_model": "`stage: reward`",
+              "adapter": "a `peft:` section (plus `quantization: {load_in_4bit: true}` for QLoRA)", **LORA, **QUANT,
+              "datasets": To("data.train"), "test_datasets": To("data.eval"), "val_set_size": To("data.eval_fraction"),
+              "sequence_len": To("data.max_length"), "evals_per_epoch": PER_EPOCH.format("eval"),
+              "saves_per_epoch": PER_EPOCH.format("save"), "num_epochs": To("training.num_train_epochs"),
+              "max_steps": To("training.max_steps"), "chat_template": Call(chat_template),
+              "chat_template_jinja": To("model.chat_template", note="inline Jinja or a .jinja file"), **PRECISION}
+
+# axolotl's Liger switches: each is TRL's use_liger_kernel (which applies every Liger kernel for the architecture)
+LIGER_KEYS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy",
+              "liger_fused_linear_cross_entropy", "liger_rms_norm_gated")
 USE_LIGER = "TRL applies Liger's kernels for the model's architecture (the same maths, less memory)"
 
 TABLE = {
-    **{k: LATER for k in NEIGHBOURS},
+    **{k: later(hint) for k, hint in NEIGHBOURS.items()},
     "base_model": To("model.name_or_path"),
     "base_model_config": Drop("posttrain reads the config beside the weights in model.name_or_path"),
     "revision_of_model": To("model.revision"),
@@ -71,7 +94,7 @@ TABLE = {
     "strict": Drop("posttrain is always strict: unknown keys are errors"),
     "trl": Call(lambda c, k, v: _trl_section(c, k, v)),
     **{f"is_{m}_derived_model": Drop("a hint for axolotl's patches; the model's config.json names its architecture")
-       for m in ("mistral", "llama", "qwen")},
+       for m in ("mistral", "llama", "qwen", "falcon")},
     "eval_table_max_new_tokens": Drop("used only for eval tables"),
     "dataset_prepared_path": Drop("prepared data is cached by `datasets` (HF_DATASETS_CACHE)"),
     "push_dataset_to_hub": No("posttrain does not upload datasets"),
@@ -81,7 +104,7 @@ TABLE = {
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
     "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v)),
     "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
-    "train_on_inputs": DropIf(False, "the prompt is masked, as posttrain does by default",
+    "train_on_inputs": DropIf(False, "posttrain masks the prompt by default (`data.train_on: assistant`)",
                               To("data.train_on", lambda v: "all")),
     "sample_packing": Call(packing),
     "eval_sample_packing": Drop("eval batches are padded (training.packing packs training batches only)"),
@@ -100,7 +123,8 @@ TABLE = {
     "flex_attention": flag("model.attn_implementation", "flex_attention"),
     "s2_attention": DropIf(False, "false", No("posttrain cannot use shifted-sparse attention")),
     "early_stopping_patience": No("posttrain adds no early-stopping callback"),
-    **dict.fromkeys(("loss_watchdog_threshold", "loss_watchdog_patience"), No("posttrain has no loss watchdog")),
+    "loss_watchdog_threshold": To("watchdog.loss_above"),
+    "loss_watchdog_patience": To("watchdog.patience"),
     "eval_table_size": No("`posttrain generate RUN_DIR --prompt ...` shows the model's answers"),
     "eval_max_new_tokens": Drop("used only for eval tables"),
     "debug": DropIf(False, "false", Drop("`posttrain validate RECIPE` shows a masked training example")),
@@ -109,17 +133,20 @@ TABLE = {
     "rl_beta": To("training.beta"),
     "dpo_beta": To("training.beta"),
     "orpo_alpha": To("training.beta", note="ORPO's lambda is beta in TRL's ORPOConfig"),
-    "max_prompt_len": No("posttrain bounds the whole row by data.max_length"),
-    "wandb_project": Call(lambda c, k, v: c.map(k, v, "training.report_to", "wandb",
-                                                note=f"set WANDB_PROJECT={v} in the environment")),
+    "max_prompt_len": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
+    "wandb_project": Call(lambda c, k, v: c.map(k, v, "*", {"training.report_to": "wandb", "tracking.project": v})),
     "wandb_name": To("training.run_name"),
-    **{f"wandb_{k}": No(f"set WANDB_{k.upper()} in the environment") for k in ("entity", "watch", "log_model", "run_id")},
+    "wandb_entity": To("tracking.entity"),
+    "wandb_run_group": To("tracking.group"),
+    "wandb_tags": To("tracking.tags"),
+    "wandb_log_model": To("tracking.log_model"),
+    **{f"wandb_{k}": No(f"set WANDB_{k.upper()} in the environment") for k in ("watch", "run_id")},
     "use_tensorboard": flag("training.report_to", "tensorboard"),
     "mlflow_tracking_uri": No("set MLFLOW_TRACKING_URI in the environment, with training.report_to: mlflow"),
-    "mlflow_experiment_name": No("set MLFLOW_EXPERIMENT_NAME in the environment"),
+    "mlflow_experiment_name": Call(lambda c, k, v: c.map(k, v, "*", {"training.report_to": "mlflow", "tracking.project": v})),
     "unfrozen_parameters": Call(lambda c, k, v: _unfrozen(c, k, v)),
     "attn_implementation": Call(lambda c, k, v: _attention(c, k, v)),
-    **dict.fromkeys(options.LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
+    **dict.fromkeys(LIGER_KEYS, flag("training.use_liger_kernel", True, note=USE_LIGER)),
     "plugins": Call(lambda c, k, v: _plugins(c, k, v)),
     **dict.fromkeys(("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"),
                     Drop("axolotl's fused LoRA kernels: speed only, the same LoRA")),
@@ -185,7 +212,9 @@ def looks_like(raw: dict) -> bool:
 
 
 def _special_tokens(conv: Conversion, key: str, value):
-    for tok, v in dict(value).items():
+    if not isinstance(value, dict):
+        return conv.no(key, value, "expected a mapping of token names to tokens (eos_token: ...)")
+    for tok, v in value.items():
         dotted = f"{key}.{tok}"
         if tok == "eos_token" and conv.stage in ("sft", "reward"):
             conv.map(dotted, v, "training.eos_token")
@@ -210,19 +239,16 @@ def _stage(conv: Conversion) -> str:
         return "sft"
     rl = str(rl).lower()
     if rl not in RL:
-        conv.no("rl", rl, "SimPO is TRL's CPO trainer, not a posttrain stage yet" if rl == "simpo" else
-                f"'{rl}' is not a posttrain stage")
+        conv.no("rl", rl, f"'{rl}' is not an axolotl rl: posttrain translates ({', '.join(RL)})")
         return "dpo"
-    conv.map("rl", rl, "stage", RL[rl])
-    if rl == "ipo":
-        conv.put("training.loss_type", "ipo")
+    conv.map("rl", rl, "*", {"stage": RL[rl], **RL_SETS.get(rl, {})})
     return RL[rl]
 
 
 def _peft(conv: Conversion):
     raw = conv.raw
     adapter = raw.get("adapter")
-    given = {k: raw[k] for k in LORA + QUANT if k in raw}
+    given = {k: raw[k] for k in (*LORA, *QUANT) if k in raw}
     if empty(adapter):
         conv.drop_given("adapter", "empty: full fine-tuning (a recipe without `peft:`)")
         for k, v in given.items():
@@ -250,8 +276,7 @@ def _peft(conv: Conversion):
         else:
             conv.drop_given("lora_target_modules", "empty: peft's default modules for the architecture, as axolotl")
     if not empty(raw.get("lora_model_dir")):
-        conv.no("lora_model_dir", raw["lora_model_dir"], "posttrain trains a new adapter; merge this one first "
-                                                         "(`posttrain merge`) and train on the merged model")
+        conv.no("lora_model_dir", raw["lora_model_dir"], OLD_ADAPTER)
     else:
         conv.drop_given("lora_model_dir", "empty: a new adapter")
     conv.default("peft.lora_dropout", 0.0, "axolotl: lora_dropout 0.0")
@@ -295,7 +320,9 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
     used = {"path", "type", "name", "split", "ds_type", "data_files"}
     if d.get("data_files"):
         problem = "data_files: give the file itself as the source"
-    if stage == "sft" and base[0].startswith("alpaca"):
+    if isinstance(d.get("type"), dict):
+        fmt, problem = _user_defined(d["type"], src, cmap, stage)
+    elif stage == "sft" and base[0].startswith("alpaca"):
         fmt = "alpaca"
         if typ not in ("alpaca", "alpaca_chat"):
             problem = f"type {typ}: posttrain's alpaca rows use the Stanford Alpaca template"
@@ -315,11 +342,7 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
             fmt = "sharegpt"
         elif field != "messages":
             cmap[field] = "messages"
-        props = d.get("message_property_mappings") or {}
-        if any(props.get(k, k) != k for k in ("role", "content")) or d.get("message_field_role") not in (None, "role") \
-                or d.get("message_field_content") not in (None, "content"):
-            if fmt != "sharegpt":
-                problem = "renamed message properties (role/content) are not translated"
+        _turn_maps(d, src)
         if d.get("roles_to_train") not in (None, ["assistant"], ["gpt"]):
             problem = f"roles_to_train {d['roles_to_train']}: posttrain trains assistant turns (data.train_on)"
         if d.get("train_on_eos") not in (None, "turn", "all"):
@@ -337,7 +360,8 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
                           "posttrain prompt/chosen/rejected (data.column_map)"
             elif d["field_messages"] != "prompt":
                 cmap[d["field_messages"]] = "prompt"
-            for theirs, ours in (("field_chosen", "chosen"), ("field_rejected", "rejected")):
+            _turn_maps(d, src)
+            for theirs, ours in (("field_chosen", "chosen"), ("field_rejected", "rejected"), ("field_system", "system")):
                 if d.get(theirs, ours) != ours:
                     cmap[d[theirs]] = ours
         elif kind in PREFERENCE_TYPES:
@@ -356,8 +380,7 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
         problem = f"dataset keys {', '.join(extra)} are not translated"
     for k in d:
         if k.startswith("field_") and k not in used and not problem:
-            ours = {"field_instruction": "instruction", "field_input": "input", "field_output": "output",
-                    "field_system": None}.get(k)
+            ours = USER_FIELDS.get(k)
             if ours:
                 cmap[d[k]] = ours
             else:
@@ -365,6 +388,49 @@ def _source(d: dict, stage: str) -> tuple[dict, str, str]:
     if cmap:
         src["column_map"] = cmap
     return src, fmt, problem
+
+
+def _turn_maps(d: dict, src: dict):
+    """message_property_mappings (or the older message_field_role/content) and roles -> message_map, role_map."""
+    props = {"role": d.get("message_field_role") or "role", "content": d.get("message_field_content") or "content",
+             **(d.get("message_property_mappings") or {})}
+    if {props["role"], props["content"]} not in ({"role", "content"}, {"from", "value"}):  # names posttrain reads
+        src["message_map"] = {v: k for k, v in props.items() if k in ("role", "content") and v != k}
+    roles = {str(n): ours for ours, names in (d.get("roles") or {}).items() for n in names or []
+             if str(n) != ours and SHAREGPT_ROLES.get(str(n)) != ours}
+    if roles:
+        src["role_map"] = roles
+
+
+# axolotl's user-defined prompt strategy: its field_* keys -> posttrain's columns
+USER_FIELDS = {"field_instruction": "instruction", "field_input": "input", "field_output": "output",
+               "field_system": "system", "field_prompt": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"}
+
+
+def _user_defined(t: dict, src: dict, cmap: dict, stage: str) -> tuple[str, str]:
+    """`type:` as a mapping (axolotl's user-defined instruction, or DPO, format): the fields renamed onto posttrain's
+    columns, `format`/`no_input_format` (`prompt_format` for pairs) with `system_format` in front when there is a
+    system prompt -> a prompt format (src["template"], data.template), `system_prompt` -> the source's system_prompt."""
+    fmt = {"sft": "alpaca", "dpo": "preference", "orpo": "preference", "reward": "preference"}.get(stage)
+    if fmt is None:
+        return stage_format(stage), f"a user-defined type is not translated for stage {stage}"
+    pair = fmt == "preference"
+    cmap.update({t[k]: ours for k, ours in USER_FIELDS.items() if t.get(k) and t[k] != ours})
+    known = set(USER_FIELDS) | {"system_prompt", "system_format", "format", "no_input_format", "prompt_format",
+                                "chosen_format", "rejected_format", "field"}
+    if set(t) - known:
+        return fmt, f"type keys {', '.join(sorted(set(t) - known))} are not translated"
+    if pair and (t.get("chosen_format", "{chosen}") != "{chosen}" or t.get("rejected_format", "{rejected}") != "{rejected}"):
+        return fmt, "chosen_format/rejected_format: posttrain's answers are their columns as written"
+    if t.get("system_prompt"):
+        src["system_prompt"] = t["system_prompt"]
+    head = t.get("system_format", "{system}") if t.get("system_prompt") or t.get("field_system") else ""
+    prompt, no_input = (t.get("prompt_format", "{prompt}"), None) if pair else (t.get("format"), t.get("no_input_format"))
+    if prompt and (head or prompt != "{prompt}"):
+        src["template"] = {"prompt": head + prompt, **({"no_input": head + no_input} if no_input else {})}
+    elif not pair and (head or no_input):
+        return fmt, "a system prompt or no_input_format without `format:` is not translated"
+    return fmt, ""
 
 
 def _data(conv: Conversion):
@@ -378,6 +444,10 @@ def _data(conv: Conversion):
                 conv.drop_given(key, "empty")
             continue
         srcs = [_source(d, conv.stage) for d in value]
+        templates = [s.pop("template", None) for s, _, _ in srcs]
+        if len(srcs) > 1 and any(t != templates[0] for t in templates):
+            srcs = [(s, f, p or ("sources with different prompt formats: data.template is one for the recipe"
+                                 if t else "")) for (s, f, p), t in zip(srcs, templates)]
         if len(srcs) == 1:  # one source: its own format
             src, fmt, _ = srcs[0]
             new = one_source(src, dotted)
@@ -390,6 +460,8 @@ def _data(conv: Conversion):
             new = {dotted: [s for s, _, _ in srcs]}
         if key == "datasets":
             new["data.format"] = fmt
+            if templates[0] and all(t == templates[0] for t in templates):
+                new["data.template"] = templates[0]
         map_sources(conv, key, value, new, [p for _, _, p in srcs if p], shown="<list>")
     eval_fraction(conv, "val_set_size")
     if raw.get("sequence_len") is not None:

@@ -5,7 +5,9 @@ template names), and writing the recipe.
 A tool module (trl, llama_factory, axolotl, torchtune) holds its TABLE: source key -> rule, as data. A rule
 says the key's fate: mapped onto a posttrain key (`To`), dropped with why (`Drop`), NOT TRANSLATED with why
 and what to do (`No`), or worked out from the whole config (`Call`, for keys that need their neighbours).
-Every source key gets exactly one fate, printed by the command; nothing is dropped silently.
+Every source key gets exactly one fate, printed by the command; nothing is dropped silently. The table is also
+the one declaration of the tool's key for `posttrain validate`: a recipe that uses it is answered with what
+converting it does (posttrain.convert.names).
 """
 
 from __future__ import annotations
@@ -14,17 +16,14 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from posttrain import options, stages
+from posttrain import chat_templates, options, stages
 
 MAPPED, DROPPED, NOT, DEFAULT = "mapped", "dropped", "NOT TRANSLATED", "default"
-
-TEMPLATES_DIR = Path(str(resources.files("posttrain") / "recipes" / "templates"))
 
 
 @dataclasses.dataclass
@@ -33,6 +32,7 @@ class Fate:
     value: Any
     kind: str  # mapped | dropped | NOT TRANSLATED | default (a tool's implicit default made explicit)
     text: str  # mapped/default: "posttrain.key: value"; dropped / NOT TRANSLATED: why (and what to do)
+    new: dict | None = None  # mapped: {dotted posttrain key: value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +58,25 @@ class No:
 @dataclasses.dataclass(frozen=True)
 class Call:
     """fn(conversion, key, value) decides the fate itself (it must call conv.map/drop/no for the key).
-    `empty_ok`: it is called for an empty value too (else an empty value is dropped as not set)."""
+    `empty_ok`: it is called for an empty value too (else an empty value is dropped as not set). `hint`: what
+    validate says of the key when its fate depends on its neighbours: a rule, a phrase, or {their value: either,
+    ...: otherwise}; without one, validate says what `fn` does with the key alone."""
 
     fn: Callable
     empty_ok: bool = False
+    hint: Any = None
 
 
-# a key read together with its neighbours by the tool module (which gives it its fate)
-LATER = Call(lambda conv, key, value: None, empty_ok=True)
+def _later(conv, key, value):
+    """The tool module gives the key its fate, reading it with its neighbours."""
+
+
+def later(hint=None) -> Call:
+    """A key read together with its neighbours by the tool module; `hint`: as Call's."""
+    return Call(_later, empty_ok=True, hint=hint)
+
+
+LATER = later()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +123,7 @@ class Conversion:
         for dotted, v in pairs.items():
             self.put(dotted, v)
         shown = ", ".join(f"{d}: {render(v)}" for d, v in pairs.items())
-        self.fates.append(Fate(key, value, MAPPED, shown + (f"  ({note})" if note else "")))
+        self.fates.append(Fate(key, value, MAPPED, shown + (f"  ({note})" if note else ""), pairs))
 
     def drop(self, key: str, value, why: str):
         self.fates.append(Fate(key, value, DROPPED, why))
@@ -184,28 +195,56 @@ def dtype(v):
     return DTYPES.get(str(v).removeprefix("torch."), v)
 
 
-# chat template names (LLaMA-Factory `template:`, axolotl `chat_template:`) -> a .jinja shipped with posttrain
-TEMPLATE_FILES = {"chatml": "chatml.jinja", "llama3": "llama3.jinja", "zephyr": "zephyr.jinja", "gemma": "gemma.jinja"}
-# names that mean "the tokenizer's own template"
-TOKENIZER_TEMPLATE = {"tokenizer_default", "tokenizer_default_fallback_chatml"}  # axolotl's names
+# Other tools' chat template names (LLaMA-Factory `template:`, axolotl `chat_template:`), per tool: a posttrain
+# template name (posttrain.chat_templates), or (OWN, the format the name means): the base model's own format, which
+# its tokenizer carries and posttrain uses when model.chat_template is unset. A name a tool's table does not hold
+# but posttrain ships (chatml, llama3, ...) means the same format; any other stays NOT TRANSLATED.
+OWN = "own"
+TEMPLATE_NAMES = {
+    "llama-factory": {
+        "qwen": "qwen2", "phi": "phi3", "phi4_mini": "phi4", "deepseek3": "deepseek", "deepseekr1": "deepseek_r1",
+        "phi4": (OWN, "Phi-4 (14B)'s <|im_start|>{role}<|im_sep|> turns"),
+        "phi_small": (OWN, "Phi-3-small's turns after <|endoftext|>"),
+        "deepseek": (OWN, "DeepSeek LLM / V2 chat's 'User: ... Assistant:' turns"),
+        "cpm3": (OWN, "MiniCPM3's ChatML after <s>"), "cpm4": (OWN, "MiniCPM4's ChatML after <s>"),
+        "llama4": (OWN, "Llama 4's <|header_start|> turns"), "glm4": (OWN, "GLM-4's [gMASK]<sop> turns"),
+        "mistral_small": (OWN, "Mistral Small 3's [SYSTEM_PROMPT] turns"), "yi": (OWN, "Yi's ChatML"),
+    },
+    "axolotl": {
+        "qwen_25": "qwen2", "phi_3": "phi3", "phi_35": "phi3", "mistral_v2v3": "mistral", "deepseek_v3": "deepseek",
+        "tokenizer_default": (OWN, ""),
+        "tokenizer_default_fallback_chatml": (OWN, "if its tokenizer has none, set model.chat_template: chatml"),
+        "phi_4": (OWN, "Phi-4-reasoning's <|im_sep|> turns and reasoning system message"),
+        "mistral_v1": (OWN, "Mistral v0.1 / Mixtral-8x7B's '[INST] ... [/INST]' turns"),
+        "mistral_v3_tekken": (OWN, "Mistral NeMo's (Tekken) '[INST]...[/INST]' turns"),
+        "mistral_v7_tekken": (OWN, "Mistral Small 3's [SYSTEM_PROMPT] turns"),
+        "llama3_2_vision": (OWN, "Llama 3.2 Vision's turns"), "llama4": (OWN, "Llama 4's <|header_start|> turns"),
+        "gemma3n": (OWN, "Gemma 3n's turns"), "deepseek_v2": (OWN, "DeepSeek-V2's 'User: ... Assistant:' turns"),
+    },
+}
+# where posttrain's template of that name renders a little differently from the tool's
+TEMPLATE_NOTES = {("llama-factory", "zephyr"): "LLaMA-Factory also writes the system turn 'You are Zephyr, a helpful "
+                                               "assistant.' where a row has none; posttrain's does not"}
 
 
 def chat_template(conv: Conversion, key: str, value):
-    """A template name (or inline Jinja) -> model.chat_template holding the text of a shipped .jinja."""
+    """A template name (or inline Jinja) -> model.chat_template: a template posttrain ships (by name), or the
+    tokenizer's own where the name means the base model's format."""
     if not isinstance(value, str):
         return conv.no(key, value, "expected a template name or Jinja text")
     if "{%" in value or "{{" in value:
         return conv.map(key, "<inline Jinja>", "model.chat_template", value)
-    if value in TOKENIZER_TEMPLATE:
-        return conv.drop(key, value, "the tokenizer's own chat template is what posttrain uses when "
-                                     "model.chat_template is unset")
-    name = TEMPLATE_FILES.get(value)
+    name = TEMPLATE_NAMES.get(conv.tool, {}).get(value, value if chat_templates.text(value) is not None else None)
+    if isinstance(name, tuple):
+        return conv.drop(key, value, "means the base model's own format" + (f" ({name[1]})" if name[1] else "") +
+                         ", which its tokenizer carries: posttrain uses the tokenizer's own chat template when "
+                         "model.chat_template is unset")
     if name is None:
-        return conv.no(key, value, f"no template named '{value}' ships with posttrain (it has "
-                                   f"{', '.join(sorted(TEMPLATE_FILES))}); the tokenizer's own template is used — "
-                                   "if it has none, set model.chat_template to a .jinja file")
-    text = (TEMPLATES_DIR / name).read_text(encoding="utf-8")
-    conv.map(key, value, "model.chat_template", text, note=f"posttrain's templates/{name}, inlined")
+        return conv.no(key, value, f"no template named '{value}' ships with posttrain (`posttrain recipes` lists them); "
+                                   "the tokenizer's own template is used — if it has none, set model.chat_template")
+    note = TEMPLATE_NOTES.get((conv.tool, value), "")
+    conv.map(key, value, "model.chat_template", chat_templates.canonical(name),
+             note=f"posttrain's {chat_templates.canonical(name)} template" + (f"; {note}" if note else ""))
 
 
 def flag(target: str, new=None, note: str = "", off: str = "false") -> Call:
@@ -231,14 +270,16 @@ def eval_fraction(conv: Conversion, key: str):
 
 
 def one_source(src: dict, dotted: str) -> dict:
-    """A single source entry as plain data keys: data.train (or data.eval) and its split, name and column_map."""
+    """A single source entry as plain data keys: data.train (or data.eval) and its split, name, column, turn and role
+    maps and system prompt."""
     new = {dotted: src["source"]}
     if src.get("split", "train") != "train":
         new["data.split" if dotted == "data.train" else "data.eval_split"] = src["split"]
     if src.get("name"):
         new["data.name"] = src["name"]
-    if src.get("column_map"):
-        new["data.column_map"] = src["column_map"]
+    for k in ("column_map", "message_map", "role_map", "system_prompt"):
+        if src.get(k):
+            new[f"data.{k}"] = src[k]
     return new
 
 
@@ -287,7 +328,8 @@ def warmup_ratio(conv: Conversion, key: str, value):
 # spells or handles them differently. Any other TrainingArguments field goes through `training_field`.
 TRAINING_ARGS = {
     "output_dir": To("output_dir"),
-    "overwrite_output_dir": Drop("run-time flag: `posttrain train OUT --overwrite` replaces an existing run"),
+    "overwrite_output_dir": Drop("the `--overwrite` flag of `posttrain train` replaces an existing run (not a recipe "
+                                 "key)"),
     "do_train": DropIf(True, "`posttrain train` always trains", No("do_train: false trains nothing; nothing to convert")),
     "do_eval": Call(lambda c, k, v: c.drop(k, v, "posttrain evaluates whenever there is eval data") if v
                     else c.map(k, v, "training.do_eval", False, note="no evaluation although eval data exists")),
@@ -317,8 +359,7 @@ TRAINING_ARGS = {
 
 
 def training_field(conv: Conversion, key: str, value):
-    """Any other key: a field of the stage's TRL config (passed through), else NOT TRANSLATED with the
-    foreign-name hint when there is one."""
+    """Any other key: a field of the stage's TRL config (passed through), else NOT TRANSLATED."""
     if key in TRAINING_ARGS:
         return conv.apply(key, value, TRAINING_ARGS[key])
     opt = options.classify(conv.stage, "training", key)
@@ -327,8 +368,7 @@ def training_field(conv: Conversion, key: str, value):
     if opt.kind in (options.MANAGED, options.REFUSED):
         return conv.no(key, value, f"posttrain {'sets it itself' if opt.kind == options.MANAGED else 'refuses it'}: "
                                    f"{opt.note}")
-    hint = options.foreign_hint(key, value).removeprefix("; ")
-    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}; {hint or 'translate it by hand'}")
+    return conv.no(key, value, f"not an option posttrain knows for {conv.tool}; translate it by hand")
 
 
 def empty(value) -> bool:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain import options
 from posttrain.convert.core import (
-    LATER,
     Call,
     Conversion,
     Drop,
@@ -34,6 +32,7 @@ from posttrain.convert.core import (
     dtype,
     eval_fraction,
     flag,
+    later,
     map_sources,
     one_source,
     packing,
@@ -41,14 +40,61 @@ from posttrain.convert.core import (
     training_field,
     walk,
 )
+from posttrain.data.formats import SHAREGPT_ROLES
 
+# freeze training (finetuning_type: freeze) is posttrain's model.trainable
+TRAINABLE = ("regular expressions over the parameter names to train, the rest frozen, e.g. "
+             "['model\\.layers\\.(30|31)\\..*'] for the last 2 of 32 layers")
 STAGES = {"sft": "sft", "rm": "reward", "dpo": "dpo", "kto": "kto", "ppo": "ppo"}
+# pref_loss values that are a posttrain stage of their own (with what else they set)
+LOSS_STAGES = {"orpo": ("orpo", {}, "ORPO is its own stage in posttrain (no reference model)"),
+               "simpo": ("cpo", {"training.loss_type": "simpo"}, "SimPO is TRL's CPO trainer with loss_type simpo")}
+FULL = "without a `peft:` section posttrain fine-tunes every parameter (full fine-tuning: a recipe without `peft:`)"
+LORA_ONLY = "posttrain trains LoRA adapters only"
+
+
+def _lora_target(conv: Conversion, key: str, value):
+    if not isinstance(value, (str, list)):
+        return conv.no(key, value, "expected module names: `all`, `q_proj,v_proj` or a list (peft.target_modules)")
+    names = [m.strip() for m in value.split(",")] if isinstance(value, str) else value
+    conv.map(key, value, "peft.target_modules", "all-linear" if names == ["all"] else names,
+             note="all: every linear layer but the output head" if names == ["all"] else "")
+
+
 # read together by `_peft`
-LORA = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora",
-        "pissa_init")
-QUANT = ("quantization_bit", "quantization_method", "quantization_type", "double_quantization")
-NEIGHBOURS = ("stage", "pref_loss", "finetuning_type", *LORA, *QUANT, "dataset", "eval_dataset", "dataset_dir",
-              "max_samples", "val_size", "template", "cutoff_len", "bf16", "fp16")
+PEFT = {"lora_rank": To("peft.r"), "lora_alpha": To("peft.lora_alpha"), "lora_dropout": To("peft.lora_dropout"),
+        "use_rslora": To("peft.use_rslora"), "use_dora": To("peft.use_dora"),
+        "additional_target": To("peft.modules_to_save", lambda v: [m.strip() for m in v.split(",") if m.strip()]
+                                if isinstance(v, str) else v)}
+LORA = {**PEFT, "lora_target": Call(_lora_target),
+        "pissa_init": DropIf(False, "false", To("peft.init_lora_weights", lambda v: "pissa"))}
+QUANT = {"quantization_bit": To("quantization", lambda v: {f"load_in_{v}bit": True} if v in (4, 8) else None),
+         "quantization_method": To("quantization", lambda v: {"load_in_4bit": True}, note="bitsandbytes only"),
+         "quantization_type": To("quantization.bnb_4bit_quant_type"),
+         "double_quantization": To("quantization.bnb_4bit_use_double_quant")}
+
+
+def _pref_loss_hint(value):
+    if value in LOSS_STAGES:
+        stage, sets, why = LOSS_STAGES[value]
+        return f"`stage: {stage}`" + "".join(f" with `{k}: {v}`" for k, v in sets.items()) + f" ({why})"
+    return To("training.loss_type")
+
+
+def _finetuning_hint(value):
+    return {"lora": "a `peft:` section, e.g. `peft: {r: 8, lora_alpha: 16, target_modules: all-linear}` (LLaMA-Factory's "
+                    "lora_alpha defaults to 2 x rank)",
+            "full": Drop(FULL), "freeze": f"`model.trainable`: {TRAINABLE}"}.get(value, No(LORA_ONLY))
+
+
+# keys read together with their neighbours (by _stage, _peft, _data), with what validate says of them
+NEIGHBOURS = {"stage": "the top-level `stage` (LLaMA-Factory's rm is reward; pt is sft on text rows)",
+              "pref_loss": _pref_loss_hint, "finetuning_type": _finetuning_hint, **LORA, **QUANT,
+              "dataset": To("data.train"), "eval_dataset": To("data.eval"),
+              "dataset_dir": "paths in `data.train` (a local file, relative to where posttrain runs)",
+              "max_samples": To("data.split", lambda v: f"train[:{v}]", note="a slice of the split"),
+              "val_size": To("data.eval_fraction"), "template": Call(chat_template),
+              "cutoff_len": To("data.max_length"), "bf16": To("training.bf16"), "fp16": To("training.fp16")}
 
 ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager"}  # flash_attn (attn) values
 GEN = "a generation setting (LLaMA-Factory uses it for predict/chat); posttrain's trainers do not read it"
@@ -63,7 +109,7 @@ def _attention(conv: Conversion, key: str, value):
 
 
 TABLE = {
-    **{k: LATER for k in NEIGHBOURS},
+    **{k: later(hint) for k, hint in NEIGHBOURS.items()},
     # ModelArguments
     "model_name_or_path": To("model.name_or_path"),
     "model_revision": To("model.revision"),
@@ -97,7 +143,7 @@ TABLE = {
                                    No("posttrain keeps special tokens whole")),
     "train_from_scratch": DropIf(False, "false", No("posttrain fine-tunes pretrained weights")),
     # DataArguments
-    "train_on_prompt": DropIf(False, "the prompt is masked, as posttrain does by default",
+    "train_on_prompt": DropIf(False, "posttrain masks the prompt by default (`data.train_on: assistant`)",
                               To("data.train_on", lambda v: "all")),
     "mask_history": DropIf(False, "every assistant turn is trained, as posttrain does by default (train_on: "
                                   "assistant)", To("data.train_on", lambda v: "last_assistant")),
@@ -125,7 +171,7 @@ TABLE = {
     "dpo_label_smoothing": To("training.label_smoothing"),
     "kto_chosen_weight": To("training.desirable_weight"),
     "kto_rejected_weight": To("training.undesirable_weight"),
-    "simpo_gamma": Drop("a SimPO setting (pref_loss: simpo is not translated)"),
+    "simpo_gamma": To("training.simpo_gamma"),
     "ppo_epochs": To("training.num_ppo_epochs"),
     "ppo_whiten_rewards": To("training.whiten_rewards"),
     "ppo_score_norm": DropIf(False, "false", No("TRL's PPO does not normalise scores")),
@@ -145,8 +191,9 @@ TABLE = {
     "use_badam": DropIf(False, "false", No("posttrain cannot use BAdam")),
     "use_apollo": DropIf(False, "false", No("posttrain cannot use APOLLO")),
     "use_adam_mini": DropIf(False, "false", No("posttrain cannot use Adam-mini")),
-    "loraplus_lr_ratio": No("posttrain cannot express LoRA+ (a higher learning rate for the B matrices)"),
-    "loraplus_lr_embedding": No("posttrain cannot express LoRA+"),
+    "loraplus_lr_ratio": No("(LoRA+: a higher learning rate for the B matrices); closest: plain LoRA with a higher "
+                            "training.learning_rate"),
+    "loraplus_lr_embedding": No("(LoRA+)"),
     **{f"freeze_{k}": No("freeze training: write its layers as model.trainable (see finetuning_type)")
        for k in ("trainable_layers", "trainable_modules", "extra_modules")},
     "use_swanlab": DropIf(False, "false", No("posttrain reports to what transformers knows: training.report_to")),
@@ -199,16 +246,17 @@ def _stage(conv: Conversion):
         return "sft"
     stage = STAGES[st]
     loss = raw.get("pref_loss", "sigmoid")
-    if stage == "dpo" and loss == "orpo":
-        conv.map("stage", st, "stage", "orpo", note="pref_loss: orpo")
-        conv.drop("pref_loss", loss, "ORPO is its own stage in posttrain (no reference model)")
-        return "orpo"
+    if stage == "dpo" and loss in LOSS_STAGES:
+        stage, sets, why = LOSS_STAGES[loss]
+        conv.map("stage", st, "stage", stage, note=f"pref_loss: {loss}")
+        (conv.map("pref_loss", loss, "*", sets) if sets else conv.drop("pref_loss", loss, why))
+        if stage == "cpo" and not raw.get("pref_ftx"):
+            conv.default("training.cpo_alpha", 0, "LLaMA-Factory's SimPO adds no SFT term (pref_ftx 0)")
+        return stage
     conv.map("stage", st, "stage", stage)
     if "pref_loss" in raw:
         if stage != "dpo":
             conv.drop("pref_loss", loss, f"not used by stage {stage}")
-        elif loss == "simpo":
-            conv.no("pref_loss", loss, "SimPO is TRL's CPO trainer, not a posttrain stage yet")
         else:
             conv.map("pref_loss", loss, "training.loss_type")
     return stage
@@ -218,32 +266,18 @@ def _peft(conv: Conversion):
     raw = conv.raw
     ft = raw.get("finetuning_type", "lora")
     if ft == "full":
-        conv.drop_given("finetuning_type", "full fine-tuning: a recipe without `peft:` fine-tunes every parameter")
-        conv.drop_given(LORA, "finetuning_type full: LoRA settings unused")
+        conv.drop_given("finetuning_type", FULL)
+        conv.drop_given(tuple(LORA), "finetuning_type full: LoRA settings unused")
         return
     if ft != "lora":
-        conv.drop_given(LORA + QUANT, f"finetuning_type {ft}: LoRA/QLoRA settings unused")
+        conv.drop_given((*LORA, *QUANT), f"finetuning_type {ft}: LoRA/QLoRA settings unused")
         conv.no("finetuning_type", ft, f"freeze trains only some layers: write them as model.trainable, "
-                                       f"{options.TRAINABLE}. Converted as full fine-tuning until then"
-                if ft == "freeze" else "posttrain trains LoRA adapters only; converted as full fine-tuning")
+                                       f"{TRAINABLE}. Converted as full fine-tuning until then"
+                if ft == "freeze" else f"{LORA_ONLY}; converted as full fine-tuning")
         return
     conv.drop_given("finetuning_type", "the `peft:` section is the LoRA setting")
     rank = raw.get("lora_rank", 8)
-    for k, target in (("lora_rank", "peft.r"), ("lora_alpha", "peft.lora_alpha"),
-                      ("lora_dropout", "peft.lora_dropout"), ("use_rslora", "peft.use_rslora"),
-                      ("use_dora", "peft.use_dora"), ("additional_target", "peft.modules_to_save")):
-        if raw.get(k) is not None:
-            split = k == "additional_target" and isinstance(raw[k], str)  # "a, b": a list
-            conv.map(k, raw[k], target, [m.strip() for m in raw[k].split(",") if m.strip()] if split else raw[k])
-    if "lora_target" in raw:
-        t = raw["lora_target"]
-        names = [m.strip() for m in t.split(",")] if isinstance(t, str) else list(t)
-        conv.map("lora_target", t, "peft.target_modules", "all-linear" if names == ["all"] else names,
-                 note="all: every linear layer but the output head" if names == ["all"] else "")
-    if raw.get("pissa_init"):
-        conv.map("pissa_init", True, "peft.init_lora_weights", "pissa")
-    else:
-        conv.drop_given("pissa_init", "false")
+    walk(conv, [(k, raw[k]) for k in LORA if k in raw and raw[k] is not None], LORA)
     conv.default("peft.r", 8, "LLaMA-Factory: lora_rank 8")
     conv.default("peft.lora_alpha", 2 * rank, "LLaMA-Factory: lora_alpha defaults to 2 x lora_rank")
     conv.default("peft.lora_dropout", 0.0, "LLaMA-Factory: lora_dropout 0.0 (peft's default too)")
@@ -289,6 +323,22 @@ def _dataset_info(conv: Conversion) -> tuple[dict | None, Path | None]:
     return None, None
 
 
+# dataset_info.json `tags:` of sharegpt rows -> the role posttrain reads them as (LLaMA-Factory's default names are
+# read as they are: human/gpt/observation/function_call/system)
+ROLE_TAGS = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool", "function_tag": "assistant",
+             "system_tag": "system"}
+
+
+def _tags(tags: dict, src: dict):
+    """role_tag/content_tag -> the source's message_map, user_tag/assistant_tag/... -> its role_map."""
+    keys = {tags.get("role_tag", "from"): "role", tags.get("content_tag", "value"): "content"}
+    if set(keys) not in ({"from", "value"}, {"role", "content"}):
+        src["message_map"] = {k: v for k, v in keys.items() if k != v}
+    roles = {tags[t]: ours for t, ours in ROLE_TAGS.items() if tags.get(t) and SHAREGPT_ROLES.get(tags[t]) != ours}
+    if roles:
+        src["role_map"] = roles
+
+
 def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice_: str) -> tuple[dict, str, str]:
     """One LLaMA-Factory dataset name -> (a posttrain source entry, its row format, a problem or '')."""
     entry = (info or {}).get(name)
@@ -322,9 +372,13 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
             cmap[messages] = "prompt"
         elif messages != ("messages" if openai else "conversations"):
             cmap[messages] = "messages" if openai else "conversations"
-        if stage == "kto":
-            problem = f"dataset '{name}': KTO rows as conversations with a tag; posttrain's unpaired rows are " \
-                      "{prompt, completion, label}"
+        _tags(tags, src)
+        if cols.get("system"):
+            cmap[cols["system"]] = "system"
+        if stage == "kto":  # {messages, label}: unpaired rows read as one conversation (its last turn judged)
+            fmt = "unpaired"
+            if cols.get("kto_tag", "label") != "label":
+                cmap[cols["kto_tag"]] = "label"
         if cols.get("tools") or cols.get("images") or cols.get("videos") or cols.get("audios"):
             problem = f"dataset '{name}': tools/images/videos/audios columns are not translated"
     elif stage == "pt":
@@ -347,8 +401,10 @@ def _source(name: str, info: dict | None, folder: Path | None, stage: str, slice
             col = cols.get(theirs, ours if theirs != "prompt" or not ranking else "instruction")
             if col != ours:
                 cmap[col] = ours
-        if cols.get("system") or cols.get("history"):
-            problem = f"dataset '{name}': system/history columns are not translated"
+        if cols.get("system") and cols["system"] != "system":
+            cmap[cols["system"]] = "system"
+        if cols.get("history"):
+            problem = f"dataset '{name}': a history column (earlier turns) is not translated"
         if ranking and cols.get("query"):
             problem = f"dataset '{name}': a query column on preference rows is not translated"
     if cmap:

@@ -13,14 +13,43 @@ default). posttrain's own QLoRA default (double quant, bf16 compute) differs, so
 from __future__ import annotations
 
 from posttrain import stages
-from posttrain.convert.core import DEFAULT, LATER, Call, Conversion, Drop, DropIf, Fate, No, To, chat_template, dtype, stage_format, walk
+from posttrain.convert.core import (
+    DEFAULT,
+    Call,
+    Conversion,
+    Drop,
+    DropIf,
+    Fate,
+    No,
+    To,
+    chat_template,
+    dtype,
+    later,
+    stage_format,
+    walk,
+)
 
-# ModelConfig fields that make up the LoRA/QLoRA settings; read together by `_peft`
-LORA_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
-             "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
-QUANT_KEYS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage")
-DATA_KEYS = ("dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_mixer",
-             "dataset_splits", "dataset_mixture", "dataset_configs", "dataset_streaming")
+# ModelConfig fields that make up the LoRA/QLoRA settings; read together by `_peft` (with what validate says of them)
+PEFT = {"lora_r": To("peft.r"), "lora_alpha": To("peft.lora_alpha"), "lora_dropout": To("peft.lora_dropout"),
+        "lora_target_modules": To("peft.target_modules"), "lora_target_parameters": To("peft.target_parameters"),
+        "lora_modules_to_save": To("peft.modules_to_save"), "use_rslora": To("peft.use_rslora"),
+        "use_dora": To("peft.use_dora")}
+LORA_KEYS = {"use_peft": "a `peft:` section, e.g. `peft: {r: 16, lora_alpha: 32, target_modules: all-linear}`", **PEFT,
+             "lora_task_type": Drop("posttrain sets the task type per stage (CAUSAL_LM; SEQ_CLS for reward)")}
+QUANT_KEYS = {"load_in_4bit": To("quantization", lambda v: {"load_in_4bit": True}),
+              "load_in_8bit": To("quantization", lambda v: {"load_in_8bit": True}),
+              "bnb_4bit_quant_type": To("quantization.bnb_4bit_quant_type"),
+              "use_bnb_nested_quant": To("quantization.bnb_4bit_use_double_quant"),
+              "bnb_4bit_quant_storage": To("quantization.bnb_4bit_quant_storage")}
+# the handbook's data arguments, read together by `_data`
+DATA_KEYS = {"dataset_name": To("data.train"), "dataset_config": To("data.name"), "dataset_train_split": To("data.split"),
+             "dataset_test_split": To("data.eval_split"), "dataset_mixer": To("data.train"),
+             "dataset_splits": To("data.split"),
+             "dataset_mixture": To("data.train", note="a list of sources, each with `source:`, `name:`, `split:`, "
+                                   "`weight:`; test_split_size is data.eval_fraction")}
+LOSS_KEYS = {"assistant_only_loss": To("data.train_on", lambda v: "assistant" if v else "all"),
+             "completion_only_loss": To("data.train_on", lambda v: "assistant" if v else "all",
+                                        note="for prompt/completion rows")}
 
 TABLE = {
     # trl.ModelConfig
@@ -32,7 +61,9 @@ TABLE = {
     "use_flash_attention_2": DropIf(False, "false: the default attention",
                                     To("model.attn_implementation", lambda v: "flash_attention_2")),
     "trust_remote_code": To("model.trust_remote_code"),
-    **{k: LATER for k in LORA_KEYS + QUANT_KEYS + DATA_KEYS + ("assistant_only_loss", "completion_only_loss")},
+    **{k: later(hint) for k, hint in {**LORA_KEYS, **QUANT_KEYS, **DATA_KEYS, **LOSS_KEYS}.items()},
+    "dataset_configs": No("set `name:` on each data.train entry (a mixture)"),
+    "dataset_streaming": DropIf(False, "false: not streamed", No("posttrain loads datasets, it cannot stream them")),
     # trl.ScriptArguments / the handbook's data arguments
     "chat_template": Call(chat_template),
     "preprocessing_num_workers": To("data.num_proc"),
@@ -40,7 +71,8 @@ TABLE = {
     "truncation_side": No("posttrain truncates the end of a row; it cannot truncate from the left"),
     "auto_insert_empty_system_msg": Drop("posttrain renders the messages as written (no empty system turn is "
                                          "inserted); add one to the data if your template needs it"),
-    "text_column": No("posttrain has no raw-text format; give the rows as messages or prompt/completion"),
+    "text_column": No("raw text rows are posttrain's `data.format: text` (a `text` column, every token trained): set "
+                      "data.format and data.column_map by hand"),
     # trl/scripts/grpo.py, rloo.py: rewards; ppo.py: the reward and value models
     "reward_model_name_or_path": Call(lambda c, k, v: c.map(k, v, "rewards", [{"model": v}]) if c.stage in (
         "grpo", "rloo") else c.map(k, v, "reward_model")),
@@ -52,12 +84,12 @@ TABLE = {
     "push_to_hub_revision": Call(lambda c, k, v: c.map(k, v, "training.push_to_hub", True,
                                                        note="to the branch training.hub_revision")
                                  if v else c.drop(k, v, "false")),
-    "max_prompt_length": No("posttrain bounds the whole row by data.max_length; TRL 1.12 has no prompt length"),
+    "max_prompt_length": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
 }
 
 
 def looks_like(raw: dict) -> bool:
-    return "model_name_or_path" in raw or any(k in raw for k in DATA_KEYS)
+    return "model_name_or_path" in raw or any(k in raw for k in (*DATA_KEYS, "dataset_configs", "dataset_streaming"))
 
 
 def _stage(conv: Conversion) -> str:
@@ -78,20 +110,17 @@ def _stage(conv: Conversion) -> str:
 def _peft(conv: Conversion):
     raw = conv.raw
     if not (raw.get("use_peft") or raw.get("load_in_4bit") or raw.get("load_in_8bit")):
-        conv.drop_given(LORA_KEYS + QUANT_KEYS, "use_peft is false and the model is not quantized: TRL ignores it "
+        conv.drop_given((*LORA_KEYS, *QUANT_KEYS), "use_peft is false and the model is not quantized: TRL ignores it "
                                                 "(full fine-tuning)")
         return
     conv.drop_given("use_peft", "the `peft:` section below is the LoRA setting")
-    names = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-             "lora_target_modules": "target_modules", "lora_target_parameters": "target_parameters",
-             "lora_modules_to_save": "modules_to_save", "use_rslora": "use_rslora", "use_dora": "use_dora"}
     for k, v in {k: raw[k] for k in LORA_KEYS if k in raw}.items():
         if k == "lora_task_type":
             want = "SEQ_CLS" if conv.stage == "reward" else "CAUSAL_LM"
             why = f"posttrain sets task type {want} for stage {conv.stage}"
             (conv.drop if str(v).upper() == want else conv.no)(k, v, why)  # the same type: dropped
         elif k != "use_peft":
-            conv.map(k, v, f"peft.{names[k]}")
+            conv.map(k, v, PEFT[k].target)
     conv.default("peft.r", 16, "TRL ModelConfig: lora_r 16")
     conv.default("peft.lora_alpha", 32, "TRL ModelConfig: lora_alpha 32")
     conv.default("peft.lora_dropout", 0.05, "TRL ModelConfig: lora_dropout 0.05")
@@ -183,12 +212,6 @@ def _data(conv: Conversion):
             conv.drop_given("dataset_test_split", "eval_strategy is 'no': TRL's script passes no eval dataset")
     else:
         conv.set_me("(data)", None, "data.train", "no dataset_name / dataset_mixer / dataset_mixture: set data.train")
-    if "dataset_configs" in raw:
-        conv.no("dataset_configs", raw["dataset_configs"], "set `name:` on each data.train entry (a mixture)")
-    if raw.get("dataset_streaming"):
-        conv.no("dataset_streaming", True, "posttrain loads datasets, it cannot stream them")
-    else:
-        conv.drop_given("dataset_streaming", "false: not streamed")
     if "dataset_splits" in raw and "dataset_mixer" not in raw and "dataset_mixture" not in raw:
         conv.no("dataset_splits", raw["dataset_splits"], "only meaningful with dataset_mixer")
 

@@ -25,7 +25,7 @@ def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
 
 
 def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: int, *, train_on: str = "assistant",
-                 template: str | None = None) -> list[dict | None]:
+                 template: str | dict | None = None, max_prompt_length: int | None = None) -> list[dict | None]:
     """Tokenize rows into {input_ids, labels, n_prompt, status}; None for a row with an empty/null field.
 
     status is "ok", "truncated" (cut to max_length, some response trained) or "prompt" (the prompt
@@ -33,6 +33,8 @@ def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: 
     (text) is never cut: its dict also holds `chunks`, [{input_ids, labels}, ...] of at most max_length
     tokens each that together hold every token of the row (status "split" when there are several; a last
     chunk of one token, which no position predicts, is left out), and input_ids/labels are the first chunk.
+    max_prompt_length: a prompt (the tokens before the first trained one) longer than it loses its start
+    (`prompt_cut` true), before the row is measured against max_length, so the response keeps its room.
 
     All segments of a batch are tokenized in two calls (first segments with the tokenizer's special
     tokens such as BOS, the rest without), then reassembled per row. train_on and template: see
@@ -68,6 +70,10 @@ def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: 
             input_ids.append(eos)
             labels.append(eos)
         n_prompt = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+        prompt_cut = max_prompt_length is not None and n_prompt > max_prompt_length
+        if prompt_cut:
+            input_ids, labels = input_ids[n_prompt - max_prompt_length:], labels[n_prompt - max_prompt_length:]
+            n_prompt = max_prompt_length
         if spec.split_long_rows:
             starts = [a for a in range(0, len(input_ids), max_length) if a == 0 or len(input_ids) - a > 1]
             chunks = [{"input_ids": input_ids[a:a + max_length], "labels": labels[a:a + max_length]} for a in starts]
@@ -78,31 +84,36 @@ def encode_batch(rows: list[dict], fmt: str, cols: dict, tokenizer, max_length: 
         input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(lab == IGNORE_INDEX for lab in labels):
             status = "prompt"
-        out.append({"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt, "status": status})
+        out.append({"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt, "status": status,
+                    "prompt_cut": prompt_cut})
     return out
 
 
 def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_proc: int | None = None, *,
-                     train_on: str = "assistant", template: str | None = None):
+                     train_on: str = "assistant", template: str | dict | None = None,
+                     max_prompt_length: int | None = None):
     """Map a dataset to {input_ids, labels}; rows with nothing to train are dropped and counted.
 
     Returns (dataset, stats) where stats counts rows kept, dropped for an empty/null field, dropped
-    because the prompt alone fills max_length, and truncated. A format that splits long rows (text) gives
-    one training row per chunk: its stats count documents (rows, kept), those split, and chunks.
+    because the prompt alone fills max_length, truncated, and (with max_prompt_length) whose prompt was cut
+    (prompt_truncated). A format that splits long rows (text) gives one training row per chunk: its stats count
+    documents (rows, kept), those split, and chunks.
     """
-    cols = resolve_columns(ds.column_names, fmt, source)
+    cols = resolve_columns(ds.column_names, fmt, source, template)
     split = get(fmt).split_long_rows
 
     def fn(batch):
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        enc = encode_batch(rows, fmt, cols, tokenizer, max_length, train_on=train_on, template=template)
+        enc = encode_batch(rows, fmt, cols, tokenizer, max_length, train_on=train_on, template=template,
+                           max_prompt_length=max_prompt_length)
         # one row per chunk of a split row (its first carries the row's status, the others "chunk"), else per row
-        out = {"input_ids": [], "labels": [], "_status": []}
+        out = {"input_ids": [], "labels": [], "_status": [], "_cut": []}
         for e in enc:
             for i, c in enumerate(e.get("chunks", [e]) if e else [{"input_ids": [], "labels": []}]):
                 out["input_ids"].append(c["input_ids"])
                 out["labels"].append(c["labels"])
                 out["_status"].append("empty" if e is None else e["status"] if i == 0 else "chunk")
+                out["_cut"].append(bool(e and e.get("prompt_cut")))
         return out
 
     mapped = ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {source}")
@@ -114,10 +125,12 @@ def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_
         "dropped_empty_field": status.count("empty"),
         "dropped_prompt_too_long": status.count("prompt"),
     }
+    if max_prompt_length is not None:
+        stats["prompt_truncated"] = sum(mapped["_cut"])
     if split:
         stats.update(split=status.count("split"), chunks=sum(s in ("ok", "split", "chunk") for s in status))
     mapped = mapped.filter(lambda s: s in ("ok", "truncated", "split", "chunk"),
-                           input_columns="_status").remove_columns("_status")
+                           input_columns="_status").remove_columns(["_status", "_cut"])
     dropped = stats["dropped_empty_field"] + stats["dropped_prompt_too_long"]
     if dropped:
         log.warning(
@@ -127,6 +140,9 @@ def tokenize_dataset(ds, fmt: str, tokenizer, max_length: int, source: str, num_
     if stats.get("split"):
         log.info("%s: %d of %d documents longer than max_length=%d split into chunks (%d training rows)",
                  source, stats["split"], stats["kept"], max_length, stats["chunks"])
+    if stats.get("prompt_truncated"):
+        log.warning("%s: %d prompts longer than data.max_prompt_length=%d cut from the left (their end kept)",
+                    source, stats["prompt_truncated"], max_prompt_length)
     if stats["truncated"]:
         log.warning("%s: %d rows truncated to max_length=%d (the end of their response is not trained)",
                     source, stats["truncated"], max_length)

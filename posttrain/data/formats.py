@@ -21,6 +21,8 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+from jinja2.exceptions import TemplateError
+
 from posttrain.errors import DataError
 
 log = logging.getLogger("posttrain")
@@ -36,6 +38,81 @@ ALPACA_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+    """A custom prompt format, `data.template` given as a mapping: `prompt` and `no_input` are str.format strings
+    whose fields are columns of the row (`{instruction}`, `{input}`, any other; `{system}` is the row's system
+    column, filled by data.system_prompt where blank). `no_input` writes the rows whose fields named only in
+    `prompt` are blank (an Alpaca row without input). The loader writes the text into the row's `prompt` column;
+    the response stays the format's own column (alpaca's output, prompt_completion's completion, chosen/rejected)."""
+
+    prompt: str
+    no_input: str | None = None
+
+    @staticmethod
+    def fields(text: str) -> list[str]:
+        """The named fields of a format string; a malformed one (a lone brace, a positional `{}`) is refused."""
+        import string
+
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        except ValueError as e:
+            raise DataError(f"not a prompt format: {e} (write a literal brace as {{{{ or }}}})") from None
+        bad = [f for f in names if not f or f.isdigit() or any(c in f for c in ".[")]
+        if bad:
+            raise DataError(f"field {{{bad[0]}}}: name a column, e.g. {{instruction}} (write a literal brace as {{{{)")
+        return list(dict.fromkeys(names))
+
+    @property
+    def needed(self) -> list[str]:
+        """Fields every row must fill (those of no_input, or of prompt when there is no no_input)."""
+        return self.fields(self.no_input if self.no_input is not None else self.prompt)
+
+    @property
+    def optional(self) -> list[str]:
+        return [f for f in self.fields(self.prompt) if f not in self.needed]
+
+    def text(self, values: dict) -> str | None:
+        """The prompt of one row; `values` holds its fields (blank or None where the row has nothing). None when a
+        field every row must fill is blank (the row is dropped, as an Alpaca row without instruction)."""
+        if any(_text(values.get(f)) is None for f in self.needed if f != "system"):
+            return None
+        blank = any(_text(values.get(f)) is None for f in self.optional)
+        fmt = self.no_input if blank and self.no_input is not None else self.prompt
+        return fmt.format_map({f: _text(values.get(f)) or "" for f in self.fields(fmt)})
+
+    def render(self, ds, where: str):
+        """A dataset with its `prompt` column written from the format (replacing one it had); a field that is no
+        column, or a column of conversations, is refused."""
+        fields = self.fields(self.prompt) + ([f for f in self.fields(self.no_input) if f not in self.fields(self.prompt)]
+                                             if self.no_input is not None else [])
+        missing = [f for f in self.needed if f not in ds.column_names and f != "system"]  # no system: blank
+        if missing:
+            raise DataError(f"{where}: data.template names field(s) {', '.join('{' + f + '}' for f in missing)}, "
+                            f"which are not columns of the data (columns: {', '.join(ds.column_names)}; rename with "
+                            f"column_map)")
+        present = [f for f in fields if f in ds.column_names]
+        first = ds[0] if len(ds) else {}
+        chat = next((f for f in present if conversational(first.get(f))), None)
+        if chat:
+            raise DataError(f"{where}: column '{chat}' holds conversations; a prompt format writes text fields "
+                            f"(use data.template: chat for conversations)")
+
+        def fn(*columns):
+            return {"prompt": [self.text(dict(zip(present, vals))) for vals in zip(*columns)]}
+
+        used = ["system"] if "system" in present else []  # the system column went into the prompt
+        return ds.map(fn, input_columns=present, batched=True, remove_columns=used, desc=f"Writing {where} prompts")
+
+
+def prompt_format(template) -> PromptFormat | None:
+    """data.template as a PromptFormat when it is a mapping, else None."""
+    return PromptFormat(template["prompt"], template.get("no_input")) if isinstance(template, dict) else None
+
 
 @dataclasses.dataclass(frozen=True)
 class Format:
@@ -65,6 +142,7 @@ class Format:
     split_long_rows: bool = False  # a row over data.max_length becomes consecutive chunks (else it is cut)
     segments: Callable | None = None  # segments(row, cols, tokenizer, train_on, template) -> [(text, trained)]
     as_messages: Callable | None = None  # as_messages(row, cols) -> the row as a conversation (messages mixtures)
+    prompt_columns: tuple[str, ...] = ()  # what a prompt format (data.template mapping) writes as `prompt` instead
 
     def accepted(self, column: str) -> tuple[str, ...]:
         return dict(self.alternatives).get(column, (column,))
@@ -84,15 +162,20 @@ def get(name: str) -> Format:
     return FORMATS[name]
 
 
-def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str, str]:
+def resolve_columns(column_names: list[str], fmt: str, source: str, template=None) -> dict[str, str]:
     """Map each column the format needs to the column that holds it; clear error if one is missing.
-    Optional columns are mapped when the source has them."""
+    Optional columns are mapped when the source has them. With a prompt format (template a mapping) the
+    prompt is the `prompt` column the loader wrote, in place of the format's own prompt columns."""
     spec = get(fmt)
+    required, columns = spec.required, spec.columns
+    if isinstance(template, dict) and spec.prompt_columns:
+        required = ("prompt",) + tuple(c for c in required if c not in spec.prompt_columns)
+        columns = required + tuple(c for c in spec.optional if c not in spec.prompt_columns)
     found = {}
-    for col in spec.columns:
+    for col in columns:
         options = spec.accepted(col)
         hit = next((c for c in options if c in column_names), None)
-        if hit is None and col in spec.required:
+        if hit is None and col in required:
             need = " or ".join(f"'{c}'" for c in options)
             raise DataError(f"{source}: format '{fmt}' needs a column {need}; columns found: {', '.join(column_names)} "
                             f"(rename with data.column_map)")
@@ -101,7 +184,7 @@ def resolve_columns(column_names: list[str], fmt: str, source: str) -> dict[str,
     return found
 
 
-def source_columns(column_names, fmt: str, source: str) -> dict[str, str]:
+def source_columns(column_names, fmt: str, source: str, template=None) -> dict[str, str]:
     """resolve_columns for a source as the loader reads it: a format that reads messages rows
     (unpaired's {messages, label}) takes a conversation in place of its prompt and completion."""
     spec = get(fmt)
@@ -111,7 +194,7 @@ def source_columns(column_names, fmt: str, source: str) -> dict[str, str]:
         found = resolve_columns([*column_names, *spec.turn_columns], fmt, source)
         return {"messages": conversation, **{c: found[c] for c in rest + list(spec.optional) if c in found
                                              and found[c] in column_names}}
-    return resolve_columns(list(column_names), fmt, source)
+    return resolve_columns(list(column_names), fmt, source, template)
 
 
 def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
@@ -176,12 +259,19 @@ def _alpaca_segments(row, cols, tokenizer, train_on, template):
     if template == "chat":  # the row as one user and one assistant turn, as a messages mixture reads it
         return chat_segments(as_messages_row(row, "alpaca", cols), tokenizer, train_on=train_on,
                              template_kwargs=row.get("chat_template_kwargs"))
+    _system(row, cols, "alpaca", chat=False)  # a system column is refused: text has no place for it
+    if isinstance(template, dict):  # a prompt format: the loader wrote the prompt
+        return _formatted(row, cols, "output", train_on)
     instruction, output = _text(row[cols["instruction"]]), _text(row[cols["output"]])
     if instruction is None or output is None:
         return None
     input_text = _text(row.get(cols["input"])) if "input" in cols else None
-    _system(row, cols, "alpaca", chat=False)  # a system column is refused: text has no place for it
     return _single(alpaca_prompt(instruction, input_text), output, train_on)
+
+
+def _formatted(row, cols, response: str, train_on):
+    prompt, answer = _text(row[cols["prompt"]]), _text(row[cols[response]])
+    return None if prompt is None or answer is None else _single(row[cols["prompt"]], answer, train_on)
 
 
 def _prompt_completion_segments(row, cols, tokenizer, train_on, template):
@@ -190,10 +280,12 @@ def _prompt_completion_segments(row, cols, tokenizer, train_on, template):
         prompt = with_system(list(prompt), _system(row, cols, "prompt_completion", True), cols["prompt"])
         return chat_segments(prompt + list(completion), tokenizer, n_prompt=len(prompt), train_on=train_on,
                              template_kwargs=row.get("chat_template_kwargs"))
+    system = _system(row, cols, "prompt_completion", template == "chat")
+    if isinstance(template, dict):
+        return _formatted(row, cols, "completion", train_on)
     prompt, completion = _text(prompt), _text(completion)
     if prompt is None or completion is None:
         return None
-    system = _system(row, cols, "prompt_completion", template == "chat")
     if template == "chat":
         msgs = system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
         return chat_segments(msgs, tokenizer, train_on=train_on, template_kwargs=row.get("chat_template_kwargs"))
@@ -240,7 +332,10 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
     extra = {k: v for k, v in (template_kwargs or {}).items() if v is not None}
 
     def render(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **extra)
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **extra)
+        except TemplateError as e:  # the template's raise_exception(), e.g. a role it does not render
+            raise DataError(f"the chat template cannot render this conversation: {e}") from None
 
     if train_on == "all":
         if not any(m["role"] == "assistant" and _text(m["content"]) is not None for m in messages[n_prompt:]):
@@ -267,8 +362,10 @@ def chat_segments(messages, tokenizer, n_prompt: int = 0, train_on: str = "assis
 # ---------------------------------------------------------------------------------------------
 # Row shapes: sharegpt turns, and preference/prompt rows that mix text and conversations
 
+# sharegpt's role names, and LLaMA-Factory's for tool use (an observation is a tool's answer; a function_call turn is
+# the assistant calling one)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "tool": "tool"}
+                  "system": "system", "tool": "tool", "observation": "tool", "function_call": "assistant"}
 
 
 def to_messages(turns, column: str) -> list[dict]:
@@ -292,6 +389,44 @@ def to_messages(turns, column: str) -> list[dict]:
             keys = sorted(k for k, v in m.items() if v is not None)
             raise DataError(f"column '{column}': a turn needs keys role/content or from/value, got {keys}")
     return out
+
+
+def map_turns(ds, message_map: dict | None, role_map: dict | None, where: str):
+    """Conversation columns (lists of turns) with each turn's keys renamed by message_map ({from: role, value:
+    content}) and its role by role_map ({human: user, gpt: assistant, observation: tool}, over the sharegpt names);
+    each turn becomes {role, content}, and a role that is then none of system/user/assistant/tool is refused."""
+    import datasets
+
+    def is_turns(feature):
+        inner = getattr(feature, "feature", None)
+        return isinstance(feature, (list, datasets.List, datasets.LargeList)) and isinstance(
+            inner if inner is not None else (feature[0] if isinstance(feature, list) and feature else None), dict)
+
+    columns = [c for c, f in ds.features.items() if is_turns(f)]
+    keys = {"from": "role", "value": "content", **(message_map or {})}
+    roles = {**SHAREGPT_ROLES, **{str(k): v for k, v in (role_map or {}).items()}}
+
+    def turn(m: dict) -> dict:
+        m = {keys.get(k, k): v for k, v in m.items() if v is not None}
+        if "role" not in m or "content" not in m:
+            raise DataError(f"{where}: a turn has no role or content after message_map ({sorted(m)})")
+        role = roles.get(str(m["role"]), str(m["role"]))
+        if role not in ROLES:
+            raise DataError(f"{where}: role {m['role']!r} is none of {', '.join(ROLES)}; map it with role_map")
+        return {"role": role, "content": m["content"]}
+
+    def fn(*cols):
+        return {c: [[turn(m) for m in turns or []] for turns in col] for c, col in zip(columns, cols)}
+
+    return ds.map(fn, input_columns=columns, batched=True, desc=f"Mapping {where} turns") if columns else ds
+
+
+def with_system_prompt(ds, text: str):
+    """A `system` column holding text where the rows have none (a blank or absent system column)."""
+    if "system" not in ds.column_names:
+        return ds.add_column("system", [text] * len(ds))
+    return ds.map(lambda col: {"system": [v if _text(v) is not None else text for v in col]}, input_columns="system",
+                  batched=True, desc="Filling system prompts")
 
 
 def as_messages_row(row: dict, src_fmt: str, cols: dict[str, str]) -> list[dict] | None:
@@ -452,16 +587,17 @@ def clean_pairs_or_prompts(ds, fmt: str, source: str, keep_extra: bool = False):
 # ---------------------------------------------------------------------------------------------
 # The registry
 
+PROMPT = ("prompt",)
 SYSTEM = ("system",)  # a `system` column beside a row: a leading system turn where the row can hold one
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("alpaca", required=("instruction", "output"), optional=("input", *SYSTEM),
            alternatives=(("output", ("output", "response")),), may_be_blank=("input", *SYSTEM),
            templates=("alpaca", "chat"), supervised=True, prompts_with="alpaca", segments=_alpaca_segments,
-           as_messages=_alpaca_as_messages),
+           as_messages=_alpaca_as_messages, prompt_columns=("instruction", "input")),
     Format("prompt_completion", required=("prompt", "completion"), optional=SYSTEM, may_be_blank=SYSTEM,
            templates=("raw", "chat"), supervised=True, prompts_with="raw", segments=_prompt_completion_segments,
-           as_messages=_prompt_completion_as_messages),
+           as_messages=_prompt_completion_as_messages, prompt_columns=PROMPT),
     Format("messages", required=("messages",), optional=SYSTEM, may_be_blank=SYSTEM,
            alternatives=(("messages", ("messages", "conversations")),), templates=("chat",),
            mixable=("sharegpt", "alpaca", "prompt_completion"), supervised=True, prompts_with="chat",
@@ -471,10 +607,12 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            alternatives=(("messages", ("conversations", "messages")),), templates=("chat",), reads_as="messages",
            as_messages=_messages_as_messages),
     Format("preference", required=("chosen", "rejected"), optional=("prompt", *SYSTEM), may_be_blank=SYSTEM,
-           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "chosen", "rejected")),
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "chosen", "rejected"),
+           prompt_columns=PROMPT),
     # KTO: one completion, label true = desirable
     Format("unpaired", required=("prompt", "completion", "label"), optional=SYSTEM, may_be_blank=SYSTEM,
-           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "completion"), reads_messages=True),
+           templates=("raw", "chat"), tokenized_by="trl", turn_columns=("prompt", "completion"), reads_messages=True,
+           prompt_columns=PROMPT),
     Format("prompt", required=("prompt",), optional=SYSTEM, may_be_blank=SYSTEM, templates=("raw", "chat"),
-           tokenized_by="trl", turn_columns=("prompt",)),
+           tokenized_by="trl", turn_columns=("prompt",), prompt_columns=PROMPT),
 )}

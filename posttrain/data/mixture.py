@@ -29,13 +29,15 @@ def entries(data: dict, split: str = "train") -> list[dict]:
     value = data.get(split)
     if not value:
         return []
+    # data-level defaults of every source: how rows say conversations and system prompts, and how prompts are written
+    shared = {k: data[k] for k in ("message_map", "role_map", "system_prompt", "template") if data.get(k) is not None}
     if isinstance(value, str):
         return [{"source": value, "name": data.get("name"), "column_map": data.get("column_map"),
                  "split": data.get("split" if split == "train" else "eval_split") or "train",
-                 "format": data["format"], "plain": True}]
+                 "format": data["format"], "plain": True, **shared}]
     out = []
     for e in value:
-        e = {"source": e} if isinstance(e, str) else dict(e)
+        e = {**shared, **({"source": e} if isinstance(e, str) else {k: v for k, v in e.items() if v is not None})}
         e.setdefault("split", "train")
         e["format"] = e.get("format") or data["format"]
         e["plain"] = len(value) == 1 and e.get("weight") is None and e.get("rows") is None
@@ -122,8 +124,17 @@ def convert(ds, fmt: str, src_fmt: str, cols: dict, *, chat: bool, keep_extra: b
 
 
 def _read(entry: dict, split: str, where: str):
+    """One source's rows as its entry says: columns renamed, turns and roles mapped, the fixed system prompt
+    where a row has none, the prompt written from a prompt format."""
     ds = load_source(entry["source"], split, entry.get("name"))
-    return rename_columns(ds, entry["column_map"], where) if entry.get("column_map") else ds
+    if entry.get("column_map"):
+        ds = rename_columns(ds, entry["column_map"], where)
+    if entry.get("message_map") or entry.get("role_map"):
+        ds = formats.map_turns(ds, entry.get("message_map"), entry.get("role_map"), where)
+    if entry.get("system_prompt"):
+        ds = formats.with_system_prompt(ds, entry["system_prompt"])
+    pf = formats.prompt_format(entry.get("template"))
+    return pf.render(ds, where) if pf else ds
 
 
 class _Source:
@@ -133,7 +144,7 @@ class _Source:
         self.entry, self.where, self.fmt = entry, where, fmt
         self.src_fmt = entry.get("format") or fmt
         self.ds = ds = _read(entry, entry.get("split") or "train", where)
-        self.cols = formats.source_columns(ds.column_names, self.src_fmt, where)
+        self.cols = formats.source_columns(ds.column_names, self.src_fmt, where, entry.get("template"))
         self.read = len(ds)
         self.kept_idx = formats.usable_rows(ds, _required(self.cols, self.src_fmt), where)
         self.kept = len(self.kept_idx)
@@ -315,6 +326,6 @@ def sample_rows(data: dict, e: dict, where: str, n: int = 8):
     fmt = data["format"]
     ds = _read(e, (e.get("split") or "train").split("[")[0] + f"[:{n}]", where)
     src_fmt = e.get("format") or fmt
-    cols = formats.source_columns(ds.column_names, src_fmt, where)
+    cols = formats.source_columns(ds.column_names, src_fmt, where, e.get("template"))
     chat = _conversational(fmt) and (data.get("template") == "chat" or _chat_flag(ds, cols, fmt))
     return convert(ds, fmt, src_fmt, cols, chat=chat, keep_extra=True, where=where)

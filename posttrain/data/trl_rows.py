@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("posttrain")
 
 
-def load_pairs(recipe: Recipe, args, keep_extra: bool = False):
-    """Train/eval preference (or prompt) rows, checked and cleaned, main process first."""
+def load_pairs(recipe: Recipe, args, tokenizer, keep_extra: bool = False):
+    """Train/eval preference (or prompt) rows, checked and cleaned, their prompts cut to data.max_prompt_length,
+    main process first."""
     data = recipe.data
     with args.main_process_first(desc="checking the dataset"):
         train, eval_ds, sources = load_splits(data, seed=args.seed)
@@ -26,8 +27,72 @@ def load_pairs(recipe: Recipe, args, keep_extra: bool = False):
         if eval_ds is not None:
             where = label(data, "eval" if data.get("eval") else "train")
             eval_ds, stats["eval"] = clean_pairs_or_prompts(eval_ds, data["format"], where, keep_extra)
+        if data.get("max_prompt_length"):
+            train = cut_prompts(train, tokenizer, data["max_prompt_length"], stats["train"], "train", data.get("num_proc"))
+            if eval_ds is not None:
+                eval_ds = cut_prompts(eval_ds, tokenizer, data["max_prompt_length"], stats["eval"], "eval",
+                                      data.get("num_proc"))
         stats["sources"] = sources  # per source: rows read, kept, dropped, taken (the manifest's data.sources)
     return train, eval_ds, stats
+
+
+def _cut_text(text: str, tokenizer, n: int) -> str:
+    """The end of a text prompt that the tokenizer encodes (with its special tokens) in at most n tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = n - (len(tokenizer(text)["input_ids"]) - len(ids))  # room left by BOS and the like
+    while keep > 0:
+        cut = tokenizer.decode(ids[-keep:])
+        if len(prompt_ids([cut], tokenizer)[0]) <= n:  # decoding and encoding again may merge differently
+            return cut
+        keep -= 1
+    return ""
+
+
+def _cut_turns(turns: list[dict], tokenizer, n: int, kwargs: dict | None) -> list[dict]:
+    """A conversation prompt that renders (with its generation prompt) in at most n tokens: its oldest turns after
+    a system turn left out, then the start of the oldest one left cut."""
+    head = turns[:1] if turns and turns[0]["role"] == "system" else []
+    rest = turns[len(head):]
+    size = lambda ts: len(prompt_ids([ts], tokenizer, [kwargs])[0])  # noqa: E731
+    while len(rest) > 1 and size(head + rest) > n:
+        rest = rest[1:]
+    while rest and size(head + rest) > n:
+        ids = tokenizer(str(rest[0]["content"]), add_special_tokens=False)["input_ids"]
+        if not ids:
+            break
+        over = size(head + rest) - n
+        rest = [{**rest[0], "content": tokenizer.decode(ids[min(len(ids), over):])}] + rest[1:]
+    return head + rest
+
+
+def cut_prompts(ds, tokenizer, n: int, stats: dict, split: str, num_proc: int | None = None):
+    """Prompts longer than n tokens (as the policy sees them) cut from the left, keeping their end; counted in
+    stats as prompt_truncated. The answers are untouched: they keep their room in max_length."""
+    if "prompt" not in ds.column_names:
+        raise DataError(f"{split} split: data.max_prompt_length bounds the prompt, and these rows have no prompt "
+                        f"column (give the prompt apart from the answers)")
+    has_kw = "chat_template_kwargs" in ds.column_names
+
+    def fn(prompts, *kw):
+        kws = kw[0] if kw else [None] * len(prompts)
+        lengths = [len(i) for i in prompt_ids(prompts, tokenizer, list(kws))]
+        out, cut = [], []
+        for p, k, length in zip(prompts, kws, lengths):
+            long = length > n
+            if long:
+                p = _cut_turns(p, tokenizer, n, k) if isinstance(p, list) else _cut_text(p, tokenizer, n)
+            out.append(p)
+            cut.append(long)
+        return {"prompt": out, "_cut": cut}
+
+    ds = ds.map(fn, input_columns=["prompt"] + (["chat_template_kwargs"] if has_kw else []), batched=True,
+                num_proc=num_proc, desc=f"Bounding {split} prompts")
+    cut = sum(ds["_cut"])
+    stats["prompt_truncated"] = cut
+    if cut:
+        log.warning("%s split: %d of %d prompts longer than data.max_prompt_length=%d tokens were cut from the left",
+                    split, cut, len(ds), n)
+    return ds.remove_columns("_cut")
 
 
 def count_dropped_by_trl(trainer, stats: dict):

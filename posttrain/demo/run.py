@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from posttrain import runs
+from posttrain import evaluate, runs
 from posttrain.demo import data as demo_data
 from posttrain.demo import evaluate as ev
 from posttrain.demo import model as demo_model
@@ -121,17 +121,44 @@ def measure(root: Path, base: Path, files: dict[str, Path], max_new_tokens: int)
         result["policies"][name]["vs_sft"] = {"gained": sum(h and not s for h, s in zip(hits, sft_hits)),
                                               "lost": sum(s and not h for h, s in zip(hits, sft_hits))}
 
+    if evaluate.missing_extra() is None:  # the same prompts through lm-eval: a cross-check of both measurements
+        task = heldout_task(files["prompts_heldout"], base, max_new_tokens)
+        for name, path in policies.items():
+            got = evaluate.evaluate(str(path), str(task), template="raw", batch_size=64, out=root / "base" if name == "base"
+                                    else None)
+            result["policies"][name]["lm_eval_exact_match"] = got[TASK]["exact_match"]["value"]
+
     beta = (_resolved(root / "dpo").get("training") or {}).get("beta", 0.1)
     result["dpo"] = {"beta": beta, **ev.dpo_implicit_reward(result["policies"]["dpo"], result["policies"]["sft"], beta)}
     result["ppo"] = ppo_curve(root / "ppo")
     return result
 
 
+TASK = "demo_heldout"
+
+
+def heldout_task(prompts: Path, base: Path, max_new_tokens: int) -> Path:
+    """The held-out prompts (already in the Alpaca template) as an lm-eval task decoded like the demo's own measure:
+    greedy, `max_new_tokens`, stopping only at EOS, the answer stripped."""
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(base).eos_token
+    task = prompts.parent / f"{TASK}.yaml"
+    task.write_text(yaml.safe_dump({
+        "task": TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": prompts.name}},
+        "test_split": "test", "output_type": "generate_until", "doc_to_text": "{{prompt}}", "doc_to_target": "{{answer}}",
+        "generation_kwargs": {"until": [eos], "do_sample": False, "max_gen_toks": max_new_tokens},
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                         "regexes_to_ignore": ["^\\s+", "\\s+$"]}]}, sort_keys=False))
+    return task
+
+
 def table(result: dict) -> str:
     pol = result["policies"]
     names = list(pol)
     rows = [("held-out metric", *names)]
-    for key, label in (("exact_match", "exact match (greedy)"), ("reward_score", "reward-model score of answers"),
+    for key, label in (("exact_match", "exact match (greedy)"), ("lm_eval_exact_match", "exact match (lm-eval)"),
+                       ("reward_score", "reward-model score of answers"),
                        ("preference_accuracy", "pair accuracy, log p(chosen) > log p(rejected)")):
         rows.append((label, *(f"{pol[n][key]:.3f}" if key in pol[n] else "-" for n in names)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -12,10 +12,12 @@ a module. Importing this package loads no heavy library: stage modules import to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
 import typing
 from collections.abc import Callable
+from importlib import metadata
 
 from posttrain.errors import RecipeError
 from posttrain.util import did_you_mean
@@ -85,6 +87,31 @@ class Plot:
 
 
 @dataclasses.dataclass(frozen=True)
+class NeedsTRL:
+    """The TRL releases a stage runs on, where that is narrower than posttrain's supported range (pyproject)."""
+
+    spec: str  # a version specifier, e.g. "<1.13"
+    why: str  # what changed in TRL, e.g. "TRL 1.13 removed PPOTrainer"
+    instead: str = ""  # what a user of a TRL outside it can do besides installing another TRL
+
+    def refusal(self, stage: str, installed: str) -> str | None:
+        """One line when `installed` is outside the range, else None."""
+        from packaging.specifiers import SpecifierSet  # packaging: a dependency of transformers
+
+        spec = SpecifierSet(self.spec)
+        if spec.contains(installed, prereleases=True):
+            return None
+        wanted = ", ".join(f"{s.operator} {s.version}" for s in sorted(spec, key=str))
+        fix = f"pip install 'trl{self.spec}'" + (f", or {self.instead}" if self.instead else "")
+        return f"stage {stage} needs TRL {wanted} ({self.why}); installed: {installed} — {fix}"
+
+
+@functools.cache
+def trl_version() -> str:
+    return metadata.version("trl")
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
     summary: str  # one line, for `posttrain recipes` and help texts
@@ -112,6 +139,11 @@ class Stage:
     save: Callable | None = None  # save(trainer, path) instead of trainer.save_model
     extra_metrics: Callable | None = None  # extra_metrics(trainer) -> dict, added to the manifest
     position: int = 100  # where it is listed (messages, `posttrain recipes`): the order of a post-training run
+    trl: NeedsTRL | None = None  # the TRL releases it runs on, when not every supported one (its classes moved)
+
+    def unavailable(self) -> str | None:
+        """Why the installed TRL cannot run this stage (one line), or None. Read from metadata: imports nothing."""
+        return self.trl.refusal(self.name, trl_version()) if self.trl else None
 
 
 _REGISTRY: dict[str, Stage] | None = None
@@ -132,6 +164,11 @@ def all_stages() -> dict[str, Stage]:
                 found[spec.name] = spec
         _REGISTRY = dict(sorted(found.items(), key=lambda kv: (kv[1].position, kv[0])))
     return _REGISTRY
+
+
+def available() -> dict[str, Stage]:
+    """The stages the installed TRL can run (the others are refused at validate with why and the fix)."""
+    return {n: s for n, s in all_stages().items() if not s.unavailable()}
 
 
 def names() -> list[str]:

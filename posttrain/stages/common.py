@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posttrain import launch, runs, stages, util
-from posttrain.errors import PosttrainError, RecipeError, RunDirError
+from posttrain import launch, runs, stages, tracking, util, watchdog
+from posttrain.errors import PosttrainError, RecipeError, RunDirError, RunStopped
 from posttrain.models import bf16_supported, full_copies_in_base_dtype, has_cuda, load_causal_lm
 from posttrain.schema import config_class, fields_of
 from posttrain.util import first_line, is_main_process, world_size
@@ -79,6 +79,9 @@ def build_config(recipe: Recipe, **managed):
     for data_key, field in (("num_proc", "dataset_num_proc"), ("pad_to_multiple_of", "pad_to_multiple_of")):
         if recipe.data.get(data_key) is not None and field in fields:
             kw[field] = recipe.data[data_key]
+    if recipe.watchdog and recipe.watchdog["nonfinite"]:  # else a NaN/inf loss is averaged away before it is logged
+        kw.setdefault("logging_nan_inf_filter", False)
+    kw.update({k: v for k, v in tracking.config_fields(recipe.tracking).items() if k in fields})
     kw.update(managed)
     for new, old in (("activation_checkpointing", "gradient_checkpointing"),
                      ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")):
@@ -281,7 +284,9 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
     if resume and not resumable:
         raise RunDirError(f"{recipe.stage} runs cannot be resumed (its TRL trainer has no resume); use --overwrite")
     main = is_main_process()
-    with runs.locked(out) if main else contextlib.nullcontext():
+    # what the trackers of training.report_to read from the environment (tracking:), set for this run only
+    env = tracking.environment(recipe.tracking, recipe.training.get("report_to"))
+    with runs.locked(out) if main else contextlib.nullcontext(), tracking.environ(env):
         ckpt = _agree(lambda: runs.prepare(out, recipe.hash, resume=resume, overwrite=overwrite, force=force),
                       recipe.training.get("ddp_timeout"))
         launch.warn_if_output_dir_not_shared(out)  # a node-local output_dir breaks --resume
@@ -292,8 +297,11 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
             manifest.update(resumed_from=ckpt.name if ckpt else None)
             if ckpt:
                 log.info("resuming from %s", ckpt)
+        dog = watchdog.of(recipe)
         try:
             trainer, data_stats = build(recipe)
+            if dog is not None:
+                trainer.add_callback(watchdog.callback(dog))
             # TRL's bf16 cast of a quantized model's trainable parameters, undone where no autocast runs
             full_copies_in_base_dtype(trainer.model, trainer.args)
             if on_build is not None:  # e.g. a benchmark's callbacks and hooks on the trainer the stage built
@@ -309,6 +317,8 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
                 result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
             else:
                 result = trainer.train()
+            if dog is not None and dog.tripped:
+                _stopped(trainer, result, dog.tripped, out, manifest)
             metrics = headline_metrics(trainer, result)
             if resumable and trainer.eval_dataset is not None:
                 metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
@@ -322,8 +332,10 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
             _barrier()
             if main:
                 runs.commit_staging(out)
-                (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+                _write_log_history(out, trainer)
                 manifest.end("finished")
+        except RunStopped:
+            raise
         except KeyboardInterrupt:
             if manifest:
                 manifest.end("interrupted")
@@ -333,3 +345,22 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
                 manifest.end("failed")
             raise
     return manifest.data if manifest else {}
+
+
+def _write_log_history(out: Path, trainer):
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+
+
+def _stopped(trainer, result, tripped: dict, out: Path, manifest):
+    """The watchdog stopped the run: the Trainer saved a checkpoint at that step; the manifest says why, the run stays
+    unfinished (no final model), and every rank stops with one line."""
+    ckpt = runs.checkpoints(out)
+    tripped = {**tripped, "checkpoint": ckpt[-1].name if ckpt else None}
+    if manifest is not None:
+        manifest.update(metrics=headline_metrics(trainer, result), stopped=tripped)
+        _write_log_history(out, trainer)
+        manifest.end(watchdog.STOPPED)
+    loss = tripped["loss"]
+    raise RunStopped(f"loss watchdog stopped the run at step {tripped['step']}: {tripped['why']} (loss "
+                     f"{f'{loss:.4g}' if isinstance(loss, float) else loss}); {tripped['checkpoint'] or 'no checkpoint'} "
+                     f"kept in {out}, the run is unfinished (--resume continues it)")

@@ -30,7 +30,7 @@ def build(recipe: Recipe):
 
     args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model)
-    train, eval_ds, stats = load_pairs(recipe, args)
+    train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     model = common.load_policy(recipe, args, tokenizer)
     trainer = DPOTrainer(model=model, ref_model=reference(recipe, args, tokenizer), args=args,
                          train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,

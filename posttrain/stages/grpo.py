@@ -80,7 +80,7 @@ def model_init_kwargs(model: dict) -> dict:
 
 
 def load_prompts(recipe: Recipe, args, tokenizer, specs):
-    train, eval_ds, stats = load_pairs(recipe, args, keep_extra=True)
+    train, eval_ds, stats = load_pairs(recipe, args, tokenizer, keep_extra=True)
     for s in specs:
         col = s.options.get("column")
         if col is not None and col not in train.column_names:

@@ -76,7 +76,7 @@ def build(recipe: Recipe):
 
     args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model)
-    train, eval_ds, stats = load_pairs(recipe, args)
+    train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     to_rows = _read_labels if recipe.data["format"] == "unpaired" else unpair
     with args.main_process_first(desc="unpairing"):
         train = to_rows(train.shuffle(seed=args.seed))

@@ -26,7 +26,7 @@ def build(recipe: Recipe, trainer: str = "trl.experimental.orpo:ORPOTrainer"):
     trainer_class = getattr(importlib.import_module(module), name)
     args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model)
-    train, eval_ds, stats = load_pairs(recipe, args)
+    train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     model = common.load_policy(recipe, args, tokenizer)
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=lora_config(recipe.peft))

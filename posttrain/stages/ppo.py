@@ -15,7 +15,7 @@ from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
 from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
-from posttrain.stages import Footprint, Held, Plot, Stage, common, reference_unless_peft
+from posttrain.stages import Footprint, Held, NeedsTRL, Plot, Stage, common, reference_unless_peft
 from posttrain.util import world_size
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def other_models(recipe: Recipe) -> list:
 
 def prepare_data(recipe: Recipe, tokenizer, args):
     data = recipe.data
-    train, eval_ds, stats = load_pairs(recipe, args)
+    train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     with args.main_process_first(desc="tokenizing prompts"):
         train = drop_long_prompts(train, tokenizer, data["max_length"], stats["train"], "train", keep_ids=True,
                                   num_proc=data.get("num_proc"))
@@ -223,4 +223,5 @@ STAGE = Stage(
               "mini_batch_size")},
     checks=(check_batches,),
     position=60,
+    trl=NeedsTRL("<1.13", "TRL 1.13 removed PPOTrainer", "train against the reward model with rloo/grpo"),
 )

@@ -18,7 +18,7 @@ def build(recipe: Recipe):
 
     args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)  # TRL appends it to chosen/rejected
-    train, eval_ds, stats = load_pairs(recipe, args)
+    train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     set_seed(args.seed)  # the new score head and any LoRA adapter are initialised from this RNG
     model = load_seq_cls(recipe.model, tokenizer, recipe.quantization)
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,

@@ -30,7 +30,8 @@ def prepare_data(recipe: Recipe, tokenizer, args):
     data = recipe.data
     with args.main_process_first(desc="tokenizing the dataset"):
         train, eval_ds, sources = load_splits(data, seed=args.seed)
-        how = {"train_on": data.get("train_on") or "assistant", "template": data.get("template")}
+        how = {"train_on": data.get("train_on") or "assistant", "template": data.get("template"),
+               "max_prompt_length": data.get("max_prompt_length")}
         train, stats = tokenize_dataset(train, data["format"], tokenizer, data["max_length"], label(data),
                                         data.get("num_proc"), **how)
         stats = {"train": stats}

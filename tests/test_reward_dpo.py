@@ -15,7 +15,7 @@ def _args(fx, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [pytest.param(False, marks=pytest.mark.both_ends), True], ids=["full", "lora"])
 def test_reward_model_trains_scores_and_reports_accuracy(fx, tmp_path, cli, lora):
     out = tmp_path / "rm"
     extra = ["peft={r: 4, lora_alpha: 8, target_modules: [c_attn]}"] if lora else []
@@ -55,7 +55,8 @@ def test_reward_counts_pairs_dropped_over_max_length(fx, tmp_path, cli, tokenize
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["copy", "lora", "precompute", "explicit_ref"])
+@pytest.mark.parametrize("variant", [pytest.param("copy", marks=pytest.mark.both_ends), "lora", "precompute",
+                                     "explicit_ref"])
 def test_dpo_trains_with_each_reference_kind(fx, tmp_path, cli, variant):
     out = tmp_path / f"dpo_{variant}"
     extra = {"copy": [], "lora": [], "precompute": ["training.precompute_ref_log_probs=true"],

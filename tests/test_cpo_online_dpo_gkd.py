@@ -1,6 +1,7 @@
-"""CPO (and SimPO through it), online DPO and GKD: each trains from its shipped recipe on the tiny fixture, is
-listed, planned and checked like the other stages, and chains after sft in a pipeline (GKD takes the upstream
-policy as its teacher). Also: DPO + QLoRA + peft.modules_to_save trains (it crashed in TRL's bf16 cast)."""
+"""CPO (and SimPO through it), online DPO, GKD and distill (TRL's stable DistillationTrainer): each trains from its
+shipped recipe on the tiny fixture, is listed, planned and checked like the other stages, and chains after sft in a
+pipeline (GKD takes the upstream policy as its teacher). Also: DPO + QLoRA + peft.modules_to_save trains (it crashed
+in TRL's bf16 cast)."""
 
 import json
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 RECIPES = Path(__file__).resolve().parent.parent / "posttrain" / "recipes"
-NEW_RECIPES = ("cpo_gpt2", "cpo_gpt2_simpo", "online_dpo_gpt2", "gkd_gpt2")
+NEW_RECIPES = ("cpo_gpt2", "cpo_gpt2_simpo", "online_dpo_gpt2", "gkd_gpt2", "distill_gpt2")
 FAST = ["training.max_steps=2", "training.logging_steps=1", "training.save_steps=2", "training.eval_steps=2",
         "training.per_device_train_batch_size=2", "training.per_device_eval_batch_size=2",
         "training.gradient_accumulation_steps=1", "training.learning_rate=1e-3"]
@@ -29,6 +30,9 @@ def _overrides(fx, recipe, out, teacher=None):
         # a reward model (the tiny model with a fresh scalar head) and a rule reward that reads the answer column
         return base + [f"data.train={fx['prompts']}", "data.split=train", "training.max_new_tokens=4",
                        f"rewards=[{{model: {fx['model']}}}, {{rule: exact_match, column: answer}}]"]
+    if recipe == "distill_gpt2":
+        return base + [f"teacher_model={teacher}", f"data.train={fx['prompts']}", "data.split=train",
+                       "data.eval_fraction=0.2", "training.max_completion_length=4"]
     return base + [f"teacher_model={teacher}", f"data.train={fx['alpaca']}", "data.split=train",
                    "data.eval_fraction=0.1", "training.max_new_tokens=4", "training.lmbda=0.5"]
 
@@ -36,9 +40,10 @@ def _overrides(fx, recipe, out, teacher=None):
 def test_new_stages_are_listed_and_their_recipes_validate(cli):
     code, out, err = cli("recipes")
     assert code == 0, err
-    listed = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+    listed = {words[0]: words[1] for words in map(str.split, out.splitlines()) if len(words) > 1}
     assert {r: listed.get(r) for r in NEW_RECIPES} == {"cpo_gpt2": "cpo", "cpo_gpt2_simpo": "cpo",
-                                                      "online_dpo_gpt2": "online_dpo", "gkd_gpt2": "gkd"}
+                                                      "online_dpo_gpt2": "online_dpo", "gkd_gpt2": "gkd",
+                                                      "distill_gpt2": "distill"}
     assert {"sft_distill_gpt2", "sft_simpo_gpt2", "sft_online_dpo_gpt2"} <= set(listed)
     for recipe in NEW_RECIPES:
         code, _, err = cli("validate", recipe, "--no-data")
@@ -55,6 +60,10 @@ def test_new_stages_are_listed_and_their_recipes_validate(cli):
     (("gkd_gpt2", "training.packing=true"), "training.packing", "cannot pack"),
     (("gkd_gpt2", "training.teacher_model_name_or_path=gpt2"), "training.teacher_model_name_or_path",
      "top-level `teacher_model`"),
+    # the knobs gkd and distill name differently, with TRL defaults that differ: the distill name, and both defaults
+    (("distill_gpt2", "training.max_new_tokens=64"), "training.max_new_tokens",
+     "`training.max_completion_length` (its TRL default is 512 tokens; gkd's max_new_tokens defaults to 128)"),
+    (("distill_gpt2", "training.lmbda=0.5"), "training.lmbda", "every distill step is on-policy"),
 ])
 def test_new_stages_refuse_what_they_cannot_honour(cli, argv, key, words):
     code, _, err = cli("validate", *argv, "--no-data")
@@ -70,6 +79,8 @@ def test_plan_counts_what_each_new_stage_holds(fx, cli):
     assert f"x {256 + 64} tokens" in out  # the prompt bound (data.max_length) + max_new_tokens
     code, out, err = cli("plan", "gkd_gpt2", f"model.name_or_path={fx['model']}", f"teacher_model={fx['model']}")
     assert code == 0 and f"teacher {fx['model']}" in out, out + err
+    code, out, err = cli("plan", "distill_gpt2", f"model.name_or_path={fx['model']}", f"teacher_model={fx['model']}")
+    assert code == 0 and f"teacher {fx['model']}" in out and f"x {256 + 64} tokens" in out, out + err
 
 
 def test_gkd_rows_reach_trl_with_posttrains_prompt_boundary(fx):
@@ -102,11 +113,12 @@ def test_gkd_rows_reach_trl_with_posttrains_prompt_boundary(fx):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", NEW_RECIPES)
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[pytest.mark.both_ends] if r != "cpo_gpt2_simpo" else [])
+                                    for r in NEW_RECIPES])
 def test_new_stage_trains_from_its_shipped_recipe(fx, tmp_path, cli, recipe, request):
     out = tmp_path / recipe
-    # gkd: a teacher of another architecture with the same vocabulary (the tiny Llama below), so there is a gap
-    teacher = request.getfixturevalue("llama64") if recipe == "gkd_gpt2" else None
+    # gkd, distill: a teacher of another architecture with the same vocabulary (the tiny Llama below), so there is a gap
+    teacher = request.getfixturevalue("llama64") if recipe in ("gkd_gpt2", "distill_gpt2") else None
     code, stdout, err = cli("train", recipe, *_overrides(fx, recipe, out, teacher))
     assert code == 0, err
     m = _manifest(out)

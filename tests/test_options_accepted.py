@@ -5,13 +5,16 @@ point at a key a recipe may set, or say plainly that posttrain cannot express th
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
 from posttrain import options, stages
 from posttrain.checks import load_recipe
+from posttrain.convert import names
+from posttrain.convert.core import Conversion
 from posttrain.errors import RecipeError
-from posttrain.keys import DATA_KEYS, MODEL_KEYS, TOP_KEYS
+from posttrain.keys import DATA_KEYS, MODEL_KEYS, TOP_KEYS, TRACKING_KEYS, WATCHDOG_KEYS
 
 SFT = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl}\n"
 SFT_EVAL = "stage: sft\nmodel: {name_or_path: gpt2}\ndata: {train: d.jsonl, eval_fraction: 0.2}\n"
@@ -110,7 +113,8 @@ def test_do_eval_false_with_eval_data_runs_no_evaluation(fx, tmp_path, cli):
     (SFT + "rl_beta: 0.1\n", "`training.beta: 0.1`"),
     (SFT + "orpo_alpha: 0.1\n", "`training.beta: 0.1`"),
     (SFT + "evals_per_epoch: 4\n", "`training.eval_steps: 1/(N x epochs)`"),
-    (SFT + "special_tokens: {pad_token: x}\n", "posttrain cannot express it"),
+    (SFT + "special_tokens: {pad_token: x}\n", "nothing to set: posttrain pads with the tokenizer's pad token"),
+    (SFT + "special_tokens: {bos_token: x}\n", "posttrain cannot express it: posttrain keeps the tokenizer's own"),
     (SFT + "plot_loss: true\n", "`posttrain report RUN_DIR`"),
     (SFT + "neat_packing: true\n", "`training.packing: true`"),
     (SFT + "loraplus_lr_ratio: 16\n", "posttrain cannot express it (LoRA+"),
@@ -146,6 +150,8 @@ def _settable(dotted: str) -> bool:
         return key in MODEL_KEYS
     if section == "data":
         return key in DATA_KEYS
+    if section in ("watchdog", "tracking"):
+        return key in (WATCHDOG_KEYS if section == "watchdog" else TRACKING_KEYS)
     found = False
     for stage in stages.all_stages().values():
         kind = options.classify(stage, section, key).kind
@@ -157,22 +163,27 @@ def _settable(dotted: str) -> bool:
     return found
 
 
+DO_EVAL = "training.do_eval"  # refused but for `false`, which is honoured (options.ACCEPTED)
+
+
 def test_no_hint_points_at_a_key_that_is_refused_or_managed():
     assert not _settable("training.max_length") and not _settable("peft.task_type")  # the check can fail
     assert not _settable("training.do_eval") and _settable("training.packing") and _settable("data.train_on")
+    top = TOP_KEYS + list(stages.stage_keys()) + list(options.SECTION_OWNERS)
     bad = []
-    for name, f in options.FOREIGN.items():
-        targets = set()
-        if options._is_key(f.target):
-            if "." in f.target:
-                targets.add(f.target)
-            else:
-                assert f.target in TOP_KEYS or f.target in stages.stage_keys() or f.target in options.SECTION_OWNERS, \
-                    (name, f.target)
-        texts = [f.target, f.note, *(f.cases or {}).values()]
-        for text in texts:
-            targets |= _keys_in(text)
-        bad += [(name, t) for t in targets if not _settable(t)]
+    for tool, table in names.TABLES.items():
+        for key, rule in table.items():
+            for value in (None, True, 4, "all"):
+                text = names.face(tool, key, rule, value)
+                bad += [(tool, key, t) for t in _keys_in(text) if not _settable(t) and t != DO_EVAL]
+                conv = Conversion(tool, Path("x"), {key: value}, "sft")
+                try:
+                    conv.apply(key, value, rule)
+                except Exception:  # noqa: BLE001 - a value the rule cannot read (its face says the target alone)
+                    continue
+                for f in conv.fates:
+                    bad += [(tool, key, t) for t in f.new or {}
+                            if ("." in t and not _settable(t) or "." not in t and t not in top) and t != DO_EVAL]
     assert not bad, f"hints pointing at keys a recipe cannot set: {bad}"
 
 
@@ -180,16 +191,12 @@ def test_the_tools_listed_names_all_have_hints():
     listed = ["rl", "rl_beta", "orpo_alpha", "evals_per_epoch", "special_tokens", "plot_loss", "neat_packing",
               "loraplus_lr_ratio", "epochs", "clip_grad_norm", "input_key", "max_len", "train_on_input",
               "tokenizer_type", "finetuning_type"]
-    assert not [n for n in listed if n not in options.FOREIGN]
+    assert not [n for n in listed if not names.foreign_hint(n, {"pad_token": "x"} if n == "special_tokens" else 1)]
 
 
-def test_every_option_the_converters_know_has_a_hint_or_is_a_posttrain_key():
-    """The tools' option lists, as the convert tables hold them: a name that is not posttrain's (a recipe key, or a
-    field of a TRL config, answered by the did-you-mean) has a hint."""
-    from posttrain.convert import axolotl, llama_factory, trl
-
-    fields = set().union(*options.snapshot().values())
-    ours = set(TOP_KEYS) | set(MODEL_KEYS) | set(DATA_KEYS) | set(stages.stage_keys()) | fields
-    missing = {m.__name__.rsplit(".", 1)[1]: [k for k in m.TABLE if k not in options.FOREIGN and k not in ours]
-               for m in (trl, llama_factory, axolotl)}
-    assert not any(missing.values()), missing
+def test_every_key_a_converter_declares_gets_a_hint_from_its_rule():
+    """The tools' option lists, as the convert tables hold them: every key has a face at validate (its rule's fate,
+    or the rule's hint where the fate needs the neighbours)."""
+    missing = [(tool, key) for tool, table in names.TABLES.items() for key, rule in table.items()
+               if not names.face(tool, key, rule, None) and not names.face(tool, key, rule, "x")]
+    assert not missing, missing
