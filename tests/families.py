@@ -20,8 +20,8 @@ from pathlib import Path
 
 import tiny
 
+from posttrain import chat_templates
 from posttrain.models import CONFIGS_DIR
-from posttrain.recipe import RECIPES_DIR
 
 HEAD_DIM = 16
 WINDOW = 16  # tokens: short enough that the tests' rows cross it
@@ -34,39 +34,28 @@ class Family:
     bos: str | None
     eos: str  # the chat model's end of turn: what generation stops on, trained at the end of every answer
     pad: str | None
-    template: str  # Jinja: the hub tokenizer's chat format, reduced to role/content turns
     trained: str  # what a two-turn conversation answering "2" then "4" trains, decoded
+    added: tuple[str, ...] = ()  # tokens of the vocabulary that are not special (the reasoning markers)
 
 
-def _shipped(name: str) -> str:
-    return (RECIPES_DIR / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
-
-
-# Formats as the model cards publish them. Qwen 3 and SmolLM3 speak ChatML (<|im_start|>role ... <|im_end|>);
-# their hub templates add reasoning blocks that an answer without one renders empty, left out here.
-# Mistral v0.3 (mistral-common's v3 tokenizer): <s>[INST] user[/INST] answer</s>[INST] ...
-MISTRAL = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }}[/INST]"
-           "{% elif m['role'] == 'assistant' %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
-# Phi-4-mini-instruct's card: <|system|>...<|end|><|user|>...<|end|><|assistant|>...<|end|>
-PHI4 = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
+# The chat format is the shipped template of the family's name (posttrain/recipes/templates, written from the
+# published formats): what the hub tokenizers carry, reduced to role/content turns.
 FAMILIES = {
     "llama3": Family(("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"),
                      ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-                     "<|begin_of_text|>", "<|eot_id|>", None, _shipped("llama3"), "2<|eot_id|>4<|eot_id|>"),
-    "qwen3": Family(("qwen3-0.6b", "qwen3-1.7b", "qwen3-8b"),
-                    ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
-                    None, "<|im_end|>", "<|endoftext|>", _shipped("chatml"), "2<|im_end|>\n4<|im_end|>\n"),
+                     "<|begin_of_text|>", "<|eot_id|>", None, "2<|eot_id|>4<|eot_id|>"),
+    # Qwen 3 thinks: every answer carries its (here empty) think block, trained with it
+    "qwen3": Family(("qwen3-0.6b", "qwen3-1.7b", "qwen3-8b"), ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                    None, "<|im_end|>", "<|endoftext|>",
+                    "<think>\n\n</think>\n\n2<|im_end|>\n<think>\n\n</think>\n\n4<|im_end|>\n", ("<think>", "</think>")),
     "gemma3": Family(("gemma-3-1b", "gemma-3-4b"), ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>",
                                                     "<start_of_image>", "<end_of_image>", "<image_soft_token>"),
-                     "<bos>", "<end_of_turn>", "<pad>", _shipped("gemma"), "2<end_of_turn>\n4<end_of_turn>\n"),
-    "smollm3": Family(("smollm3-3b",), ("<|im_start|>", "<|im_end|>", "<|finetune_right_pad_id|>", "<think>", "</think>"),
-                      None, "<|im_end|>", "<|finetune_right_pad_id|>", _shipped("chatml"), "2<|im_end|>\n4<|im_end|>\n"),
-    "mistral": Family(("mistral-7b-v0.3",), ("<s>", "</s>", "[INST]", "[/INST]"), "<s>", "</s>", None, MISTRAL,
-                      " 2</s> 4</s>"),
+                     "<bos>", "<end_of_turn>", "<pad>", "2<end_of_turn>\n4<end_of_turn>\n"),
+    "smollm3": Family(("smollm3-3b",), ("<|im_start|>", "<|im_end|>", "<|finetune_right_pad_id|>"),
+                      None, "<|im_end|>", "<|finetune_right_pad_id|>", "2<|im_end|>\n4<|im_end|>\n", ("<think>", "</think>")),
+    "mistral": Family(("mistral-7b-v0.3",), ("<s>", "</s>", "[INST]", "[/INST]"), "<s>", "</s>", None, " 2</s> 4</s>"),
     "phi4": Family(("phi-4-mini",), ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
-                   None, "<|end|>", "<|endoftext|>", PHI4, "2<|end|>4<|end|>"),
+                   None, "<|end|>", "<|endoftext|>", "2<|end|>4<|end|>"),
 }
 
 
@@ -81,8 +70,9 @@ def make_tokenizer(base: Path, family: str, out: Path):
     f = FAMILIES[family]
     tok = AutoTokenizer.from_pretrained(base)
     tok.add_special_tokens({"additional_special_tokens": list(f.special)})
+    tok.add_tokens(list(f.added))
     tok.bos_token, tok.eos_token, tok.pad_token = f.bos, f.eos, f.pad
-    tok.chat_template = f.template
+    tok.chat_template = chat_templates.text(family)
     tok.save_pretrained(out)
     return tok
 
