@@ -601,6 +601,38 @@ def trainable_patterns(d: Draft):
                      "adapters and freezes every weight); remove one of them")
 
 
+def added_tokens(d: Draft):
+    """model.add_tokens / add_special_tokens: lists of token strings, each named once; model.special_tokens: the
+    tokenizer's named tokens (models.SPECIAL_TOKEN_KEYS), agreeing with training.eos_token where both are set."""
+    seen = {}
+    for key in ("add_tokens", "add_special_tokens"):
+        tokens = d.model.get(key)
+        if tokens is None:
+            continue
+        with d.where.each():
+            bad = [t for t in tokens if not isinstance(t, str) or not t]
+            if bad:
+                d.where.fail(f"model.{key}", f"expected a list of tokens (strings), e.g. ['<tool>', '</tool>'], "
+                             f"got {show(bad[0])} in it")
+            for t in tokens:
+                if t in seen:
+                    d.where.fail(f"model.{key}", f"{t!r} is listed twice" + (f" (also in model.{seen[t]})" if seen[t] != key
+                                                                             else ""))
+                seen[t] = key
+    named = d.model.get("special_tokens") or {}
+    for k, v in named.items():
+        with d.where.each():
+            if k not in models.SPECIAL_TOKEN_KEYS:
+                hint = did_you_mean(k, models.SPECIAL_TOKEN_KEYS) or did_you_mean(f"{k}_token", models.SPECIAL_TOKEN_KEYS)
+                d.where.fail(f"model.special_tokens.{k}", f"is not one of {', '.join(models.SPECIAL_TOKEN_KEYS)}{hint}")
+            if not isinstance(v, str) or not v:
+                d.where.fail(f"model.special_tokens.{k}", f"expected a token (a string), got {show(v)}")
+    eos = d.training.get("eos_token")
+    if named.get("eos_token") and eos is not None and eos != named["eos_token"]:
+        d.where.fail("training.eos_token", f"{eos!r} contradicts model.special_tokens.eos_token "
+                     f"{named['eos_token']!r}; set one of them")
+
+
 def ranges(d: Draft):
     sections = {"training": d.training, "peft": d.peft or {}}
     for dotted, rule in RANGES.items():
@@ -762,7 +794,7 @@ def model_check(check):
     def step(d: Draft):
         line = check(d.recipe)
         if line:
-            (d.facts if line.startswith("model.trainable: ") else d.notes).append(line)
+            (d.facts if line.startswith(("model.trainable: ", "model tokens: ")) else d.notes).append(line)
 
     step.__name__ = check.__name__
     return step
@@ -809,6 +841,7 @@ REGISTRY: tuple[Step, ...] = (
     Step(eval_strategy_needs_eval_data, "recipe", ("training.eval_strategy", "data.eval", "data.eval_fraction")),
     Step(quantization_is_qlora, "recipe", ("quantization", "peft", "model.gguf_file")),
     Step(trainable_patterns, "recipe", ("model.trainable", "peft")),
+    Step(added_tokens, "recipe", ("model", "training.eos_token"), each=True),
     Step(ranges, "recipe", ("training", "peft"), each=True),
     Step(training_fits_trl_config, "owners", ("training",), each=True),
     Step(peft_fits_lora_config, "owners", ("peft",), each=True),
@@ -832,7 +865,10 @@ REGISTRY: tuple[Step, ...] = (
     Step(model_check(preflight.target_modules), "model", MODEL_READS),
     Step(model_check(preflight.trainable), "model", ("model.trainable", *MODEL_READS)),
     Step(model_check(preflight.positions), "model", ("data.max_length", "training", *MODEL_READS[1:])),
-    Step(model_check(preflight.eos_token), "model", ("training.eos_token", "model.tokenizer", *MODEL_READS[1:])),
+    Step(model_check(preflight.eos_token), "model", ("training.eos_token", "model.tokenizer", "model.add_special_tokens",
+                                                     "model.special_tokens", *MODEL_READS[1:])),
+    Step(model_check(preflight.tokens), "model", ("model.add_tokens", "model.add_special_tokens", "model.special_tokens",
+                                                  "model.tokenizer", *MODEL_READS[1:])),
 )
 
 

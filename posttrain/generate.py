@@ -18,7 +18,7 @@ import yaml
 from posttrain import stages
 from posttrain.data.formats import FORMATS, alpaca_prompt, prompt_format, user_text
 from posttrain.errors import PosttrainError
-from posttrain.merge import is_adapter
+from posttrain.merge import is_adapter, load_adapter
 from posttrain.models import torch_dtype
 from posttrain.runs import RESOLVED
 from posttrain.util import first_line
@@ -86,9 +86,7 @@ def load_policy(path: str | Path, dtype: str = "auto"):
         raise PosttrainError(f"{path} holds a reward model (a scalar score head), not a policy that generates text")
     try:
         if is_adapter(path):
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).merge_and_unload()
+            model = load_adapter(path, dtype=torch_dtype(dtype)).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(path)

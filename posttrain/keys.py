@@ -75,6 +75,13 @@ MODEL_KEYS = {
     "chat_template": Key((str,), help="inline Jinja, or a .jinja file relative to the recipe that names it"),
     "trainable": Key((list,), help="regular expressions over parameter names (fullmatch): train those full "
                                    "weights, freeze the rest"),
+    "add_tokens": Key((list,), help="tokens to add to the tokenizer, kept in decoded text; their embedding rows train"),
+    "add_special_tokens": Key((list,), help="special tokens to add: never split, dropped from text decoded with "
+                                            "skip_special_tokens; their embedding rows train"),
+    "special_tokens": Key((dict,), help="the tokenizer's bos_token, eos_token, pad_token, unk_token; one not in the "
+                                        "vocabulary is added"),
+    "resize_to_multiple_of": Key((int,), range=AT_LEAST_1, help="round the embedding rows up to a multiple (64 suits "
+                                                                "GPU kernels) when they grow"),
 }
 # How a source's rows say their conversations and system prompt; at data level, the default of every source.
 TURN_KEYS = {

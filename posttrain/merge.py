@@ -7,6 +7,11 @@ import logging
 import shutil
 from pathlib import Path
 
+import yaml
+
+from posttrain.models import grow_embeddings
+from posttrain.runs import RESOLVED
+
 log = logging.getLogger("posttrain")
 
 
@@ -22,8 +27,22 @@ def loadable_model(run_dir: str | Path) -> str:
     return str(merge_adapter(run_dir) if is_adapter(run_dir) else run_dir)
 
 
+def load_adapter(run_dir: str | Path, **kw):
+    """A LoRA run's adapter on its base model (a peft model; `kw` go to the base's from_pretrained). The base is first
+    grown to the embedding the run trained (its saved tokenizer, rounded up to the multiple its recipe's
+    model.resize_to_multiple_of gave): peft's AutoPeftModel grows it to the tokenizer alone, without the rounding."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir)
+    resolved = run_dir / RESOLVED
+    model_section = ((yaml.safe_load(resolved.read_text()) or {}).get("model") or {}) if resolved.is_file() else {}
+    base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(run_dir).base_model_name_or_path, **kw)
+    grow_embeddings(base, AutoTokenizer.from_pretrained(run_dir), model_section.get("resize_to_multiple_of"))
+    return PeftModel.from_pretrained(base, run_dir)
+
+
 def merge_adapter(run_dir: Path, out: Path | None = None) -> Path:
-    from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
@@ -35,7 +54,7 @@ def merge_adapter(run_dir: Path, out: Path | None = None) -> Path:
         return out
     base = json.loads((run_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     log.info("merging the LoRA adapter in %s into its base model %s -> %s", run_dir, base, out)
-    model = AutoPeftModelForCausalLM.from_pretrained(run_dir).merge_and_unload()
+    model = load_adapter(run_dir).merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

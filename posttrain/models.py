@@ -1,4 +1,4 @@
-"""Model and tokenizer loading: dtype, revision, GGUF, 4/8-bit (bitsandbytes), pad token, LoRA config."""
+"""Model and tokenizer loading: dtype, revision, GGUF, 4/8-bit (bitsandbytes), pad token, added tokens, LoRA config."""
 
 from __future__ import annotations
 
@@ -68,6 +68,70 @@ def _load_error(what: str, name: str, e: Exception) -> PosttrainError:
     return PosttrainError(f"cannot load {what} '{name}': {first_line(e)}")
 
 
+# model.special_tokens: the tokenizer's named special tokens a recipe may set (transformers' names)
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+NEW_TOKEN_IDS = "posttrain_new_token_ids"  # tokenizer attribute: ids the recipe's tokens took that were not there
+
+
+def recipe_tokens(model: dict) -> list[str]:
+    """Every token the model section adds or names: model.add_tokens, add_special_tokens, special_tokens."""
+    return [*(model.get("add_tokens") or ()), *(model.get("add_special_tokens") or ()),
+            *(model.get("special_tokens") or {}).values()]
+
+
+def add_tokens(tok, model: dict) -> list[int]:
+    """Add the recipe's tokens to `tok`; returns the ids of those that were not in its vocabulary (their embedding
+    rows are new). A token already in the vocabulary is left as it is: adding it again would make it match inside
+    longer words, changing how text the model already knows is split."""
+    before, vocab = len(tok), tok.get_vocab()
+    tok.add_tokens([t for t in model.get("add_tokens") or () if t not in vocab])
+    tok.add_tokens([t for t in model.get("add_special_tokens") or () if t not in vocab], special_tokens=True)
+    if model.get("special_tokens"):
+        tok.add_special_tokens(dict(model["special_tokens"]))
+    new = sorted({i for i in tok.convert_tokens_to_ids(recipe_tokens(model)) if i >= before})
+    setattr(tok, NEW_TOKEN_IDS, new)
+    return new
+
+
+def embedding_rows(rows: int, tokens: int, multiple: int | None) -> int:
+    """Rows the input embedding needs for a tokenizer of `tokens` tokens: grown to fit them, rounded up to
+    model.resize_to_multiple_of; never shrunk (a model may have spare rows already)."""
+    need = -(-tokens // multiple) * multiple if multiple else tokens
+    return max(rows, need)
+
+
+def grow_embeddings(m, tokenizer, multiple: int | None = None):
+    """Resize `m`'s embeddings (and its tied or untied output head) for `tokenizer` when they need more rows.
+    New rows are drawn as transformers draws them (the old rows' mean and covariance) from a fixed seed, so a
+    policy and a reference model grown from the same base start equal."""
+    import torch
+
+    weight = m.get_input_embeddings().weight
+    rows = weight.shape[0]
+    if embedding_rows(rows, len(tokenizer), multiple) > rows:
+        with torch.random.fork_rng(devices=[weight.device.index or 0] if weight.is_cuda else []):
+            torch.manual_seed(0)
+            m.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=multiple)
+
+
+def knows_new_tokens(spec: dict, tokenizer, what: str):
+    """A frozen model that reads the policy's tokens (PPO's reward model, GKD's teacher) must already know the tokens
+    this recipe adds, at the same ids: grown here, their rows would be untrained noise it never learned to read."""
+    new = getattr(tokenizer, NEW_TOKEN_IDS, None)
+    if not new:
+        return
+    from transformers import AutoTokenizer
+
+    tokens = tokenizer.convert_ids_to_tokens(new)
+    try:
+        own = AutoTokenizer.from_pretrained(spec["name_or_path"], **_source_kwargs(spec))
+    except Exception as e:
+        raise _load_error("tokenizer", spec["name_or_path"], e) from None
+    if own.convert_tokens_to_ids(tokens) != new:
+        raise PosttrainError(f"the {what} '{spec['name_or_path']}' does not know the tokens this recipe adds "
+                             f"({', '.join(tokens)}) and stays frozen: train it with the same model.add_tokens first")
+
+
 def load_tokenizer(model: dict, *, distinct_pad: bool = False, eos_token: str | None = None):
     """Tokenizer with a pad token. Without one, EOS doubles as pad (padding is masked by position,
     so EOS is still trained); `distinct_pad` adds a new pad token instead (PPO needs one).
@@ -76,7 +140,9 @@ def load_tokenizer(model: dict, *, distinct_pad: bool = False, eos_token: str | 
     tokenizer's own. Set here, it renders the data, is saved with the tokenizer in the run dir, and so
     reaches `posttrain generate` and the next pipeline stage, which load the run's tokenizer.
     `eos_token` (the recipe's training.eos_token) replaces the EOS before any row is tokenized, so the
-    rows, the saved tokenizer and the model's generation config all end on the same token."""
+    rows, the saved tokenizer and the model's generation config all end on the same token.
+    The recipe's added tokens (model.add_tokens, add_special_tokens, special_tokens) are added first, so they are
+    saved with the run's tokenizer too."""
     from transformers import AutoTokenizer
 
     name = model.get("tokenizer") or model["name_or_path"]
@@ -87,6 +153,7 @@ def load_tokenizer(model: dict, *, distinct_pad: bool = False, eos_token: str | 
         raise _load_error("tokenizer", name, e) from None
     if model.get("chat_template"):
         tok.chat_template = model["chat_template"]
+    add_tokens(tok, model)
     if eos_token is not None:
         if eos_token not in tok.get_vocab():
             raise RecipeError(f"training.eos_token: {eos_token!r} is not a token of the tokenizer of '{name}' "
@@ -125,7 +192,8 @@ def quantization_config(quant: dict | None, dtype):
 
 
 def _from_pretrained(auto_class, model: dict, quant: dict | None, tokenizer, *, place_quantized: bool = False, **kw):
-    """`auto_class` loaded as the recipe's model section says; embeddings grown if the tokenizer gained tokens."""
+    """`auto_class` loaded as the recipe's model section says; embeddings grown if the tokenizer gained tokens
+    (to a multiple of model.resize_to_multiple_of)."""
     warn_remote_code(model)
     dtype = torch_dtype(model.get("dtype") or "auto")
     kw = {**_source_kwargs(model), **gguf_kwargs(model), "dtype": dtype, **kw}
@@ -140,8 +208,8 @@ def _from_pretrained(auto_class, model: dict, quant: dict | None, tokenizer, *, 
         m = auto_class.from_pretrained(model["name_or_path"], **kw)
     except Exception as e:
         raise _load_error("model", model["name_or_path"], e) from None
-    if tokenizer is not None and len(tokenizer) > m.get_input_embeddings().weight.shape[0]:
-        m.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None:
+        grow_embeddings(m, tokenizer, model.get("resize_to_multiple_of"))
     return m
 
 
@@ -155,6 +223,8 @@ def load_causal_lm(model: dict, quant: dict | None = None, tokenizer=None):
             lm.config.pad_token_id = tokenizer.pad_token_id
         if getattr(lm, "generation_config", None) is not None and lm.generation_config.pad_token_id is None:
             lm.generation_config.pad_token_id = tokenizer.pad_token_id
+        if (model.get("special_tokens") or {}).get("eos_token"):
+            match_eos(lm, tokenizer)
     if quant:
         from peft import prepare_model_for_kbit_training
 
@@ -206,14 +276,34 @@ def train_only(model, patterns: list[str]) -> tuple[int, int]:
     return n, total
 
 
-def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM"):
+def lora_config(peft: dict | None, task_type: str = "CAUSAL_LM", tokenizer=None, model=None):
+    """peft.LoraConfig from the recipe's `peft:`. With tokens the recipe added new to the `tokenizer`, their rows of
+    `model`'s embedding train too (`trainable_token_indices`, see token_rows)."""
     if not peft:
         return None
     from peft import LoraConfig
 
     kw = dict(peft)
     kw.setdefault("task_type", task_type)
+    new = getattr(tokenizer, NEW_TOKEN_IDS, None)
+    if new and model is not None:
+        kw["trainable_token_indices"] = token_rows(model, new, kw.get("trainable_token_indices"),
+                                                   kw.get("modules_to_save") or ())
     return LoraConfig(**kw)
+
+
+def token_rows(model, new: list[int], given, whole=()) -> dict | None:
+    """peft's `trainable_token_indices` for the `new` token ids: their rows of the input embedding and, when it is
+    not tied to it, of the output head (a tied head follows its embedding in peft), added to what the recipe `given`
+    (a list means the input embedding); a layer that `whole` (modules_to_save) trains entirely needs none."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    layers = [emb] + ([head] if head is not None and head.weight is not emb.weight else [])
+    out = dict(given) if isinstance(given, dict) else {names[id(emb)]: list(given)} if given else {}
+    for layer in layers:
+        if names[id(layer)] not in whole:
+            out[names[id(layer)]] = sorted({*out.get(names[id(layer)], ()), *new})
+    return out or None
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

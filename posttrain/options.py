@@ -57,7 +57,7 @@ MANAGED_TRAINING = {
     "model_init_kwargs": "posttrain loads the models itself: set `model.dtype`, `model.attn_implementation`, "
                          "`model.revision`, `model.trust_remote_code`",
     "pad_token": "posttrain pads with the tokenizer's pad token, else EOS (padding is masked by position; PPO "
-                 "adds a distinct one); to pad with another, use a tokenizer that has it (`model.tokenizer`)",
+                 "adds a distinct one); to pad with another, set `model.special_tokens.pad_token`",
     "chat_template_path": "set `model.chat_template` (a shipped template's name, inline Jinja or a .jinja path): it "
                           "formats the data, is saved with the run and used by `posttrain generate`",
     "trust_remote_code": "set `model.trust_remote_code`",

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from posttrain import stages
 from posttrain.errors import PosttrainError, RecipeError
-from posttrain.models import load_config, lora_config, meta_model, train_only
+from posttrain.models import embedding_rows, load_config, lora_config, meta_model, recipe_tokens, train_only
 from posttrain.stages import Footprint
 from posttrain.util import first_line
 
@@ -70,6 +70,11 @@ def arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
         cfg = load_config(model_section)
     except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
         raise PosttrainError(f"plan needs the model config of '{name}': {first_line(e)}") from None
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if getattr(text, "vocab_size", None) and (recipe_tokens(model_section) or model_section.get("resize_to_multiple_of")):
+        # the embedding the added tokens grow: at most one row each (a token already in the vocabulary adds none)
+        text.vocab_size = embedding_rows(text.vocab_size, text.vocab_size + len(recipe_tokens(model_section)),
+                                         model_section.get("resize_to_multiple_of"))
     try:
         model = meta_model(model_section, seq_cls, cfg)
     except Exception as e:  # noqa: BLE001 - any failure here is one line, never a traceback
@@ -92,7 +97,6 @@ def arch(model_section: dict, peft: dict | None, seq_cls: bool = False) -> Arch:
         train_only(model, model_section["trainable"])
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     def get(*names):
         return next((getattr(text, n) for n in names if getattr(text, n, None)), 0)
 

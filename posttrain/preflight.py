@@ -5,7 +5,8 @@
   not in the cache) stays unchecked, with a note saying so.
 - peft.target_modules: matched against the module names of the model, built on the `meta` device from
   its config (local directory or cache). A name that matches nothing is refused with a did-you-mean.
-- training.eos_token: a token of the tokenizer (local, or in the cache).
+- training.eos_token: a token of the tokenizer (local, or in the cache), or one the recipe adds;
+- model.add_tokens (and the other token keys): which are new, and the embedding rows they need.
 Each check raises a PosttrainError (one line, exit 2) or returns a note on what it could not check. posttrain.checks
 runs them in its pass (the `files` and `model` levels).
 """
@@ -24,7 +25,16 @@ from posttrain.data.formats import clean_pairs_or_prompts, get, resolve_columns
 from posttrain.data.mixture import entries, sample_rows
 from posttrain.data.sources import is_local
 from posttrain.errors import DataError, PosttrainError, RecipeError
-from posttrain.models import is_local_path, load_config, lora_config, match_trainable, meta_model
+from posttrain.models import (
+    add_tokens,
+    embedding_rows,
+    is_local_path,
+    load_config,
+    lora_config,
+    match_trainable,
+    meta_model,
+    recipe_tokens,
+)
 from posttrain.util import did_you_mean, first_line
 
 if TYPE_CHECKING:
@@ -195,30 +205,60 @@ def target_modules(recipe: Recipe) -> str | None:
     return None
 
 
-def eos_token(recipe: Recipe) -> str | None:
-    """training.eos_token must already be a token of the tokenizer (read from a local directory or the cache; a
-    tokenizer that is not on this machine leaves it to load time, with a note)."""
-    token = recipe.training.get("eos_token")
-    if token is None:
-        return None
+def _tokenizer(recipe: Recipe, key: str):
+    """(the recipe's tokenizer read from a local directory or the cache, None) or (None, a note saying why it could
+    not be read for `key`); a local tokenizer that does not read is refused."""
     from transformers import AutoTokenizer
 
     model = recipe.model
     name = model.get("tokenizer") or model["name_or_path"]
     if model.get("gguf_file") and not model.get("tokenizer"):
-        return f"training.eos_token (the tokenizer inside the GGUF file of '{name}' is read at load)"
+        return None, f"{key} (the tokenizer inside the GGUF file of '{name}' is read at load)"
     kw = {} if model.get("tokenizer") else {k: model[k] for k in ("revision", "trust_remote_code") if model.get(k)}
     try:
-        tok = AutoTokenizer.from_pretrained(name, local_files_only=True, **kw)
+        return AutoTokenizer.from_pretrained(name, local_files_only=True, **kw), None
     except Exception as e:
         if is_local_path(name):
             raise PosttrainError(recipe.where.at("model.name_or_path", f"cannot read the tokenizer "
                                  f"of '{name}': {first_line(e)}")) from None
-        return f"training.eos_token (the tokenizer of '{name}' is not on this machine: {first_line(e)})"
-    if token not in tok.get_vocab():
+        return None, f"{key} (the tokenizer of '{name}' is not on this machine: {first_line(e)})"
+
+
+def eos_token(recipe: Recipe) -> str | None:
+    """training.eos_token must be a token of the tokenizer, or one the recipe adds (model.add_tokens...)."""
+    token = recipe.training.get("eos_token")
+    if token is None:
+        return None
+    tok, note = _tokenizer(recipe, "training.eos_token")
+    if tok is not None and token not in tok.get_vocab() and token not in recipe_tokens(recipe.model):
+        name = recipe.model.get("tokenizer") or recipe.model["name_or_path"]
         recipe.where.fail("training.eos_token", f"{token!r} is not a token of the tokenizer of '{name}' (it must "
-                          "already be in its vocabulary)")
-    return None
+                          "already be in its vocabulary, or be added by model.add_special_tokens)")
+    return note
+
+
+def tokens(recipe: Recipe) -> str | None:
+    """What the recipe's added tokens do to the tokenizer and the embedding: which are new, which are already
+    tokens (left as they are), how many rows the embedding grows to. Returns that line, or a note why unread."""
+    if not recipe_tokens(recipe.model) and not recipe.model.get("resize_to_multiple_of"):
+        return None
+    tok, note = _tokenizer(recipe, "model.add_tokens")
+    if tok is None:
+        return note
+    known = [t for t in recipe_tokens(recipe.model) if t in tok.get_vocab()]
+    new = add_tokens(tok, recipe.model)
+    try:
+        cfg = load_config(recipe.model)
+        rows = getattr(cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg, "vocab_size", None)
+    except Exception:  # noqa: BLE001 - the rows are only said; the positions check reports an unreadable config
+        rows = None
+    grown = embedding_rows(rows, len(tok), recipe.model.get("resize_to_multiple_of")) if rows else None
+    parts = [f"{len(new)} new ({', '.join(f'{t!r} id {i}' for t, i in zip(tok.convert_ids_to_tokens(new), new))})"]
+    if known:
+        parts.append(f"already tokens, kept as they are: {', '.join(map(repr, dict.fromkeys(known)))}")
+    if grown:
+        parts.append(f"embedding {rows} -> {grown} rows" if grown != rows else f"embedding stays {rows} rows")
+    return "model tokens: " + "; ".join(parts)
 
 
 def trainable(recipe: Recipe) -> str | None:

@@ -113,8 +113,8 @@ def test_do_eval_false_with_eval_data_runs_no_evaluation(fx, tmp_path, cli):
     (SFT + "rl_beta: 0.1\n", "`training.beta: 0.1`"),
     (SFT + "orpo_alpha: 0.1\n", "`training.beta: 0.1`"),
     (SFT + "evals_per_epoch: 4\n", "`training.eval_steps: 1/(N x epochs)`"),
-    (SFT + "special_tokens: {pad_token: x}\n", "nothing to set: posttrain pads with the tokenizer's pad token"),
-    (SFT + "special_tokens: {bos_token: x}\n", "posttrain cannot express it: posttrain keeps the tokenizer's own"),
+    (SFT + "special_tokens: {pad_token: x}\n", "did you mean `model.special_tokens`?"),
+    (SFT + "tokens: ['<tool>']\n", "did you mean `model.add_tokens: [<tool>]`?"),
     (SFT + "plot_loss: true\n", "`posttrain report RUN_DIR`"),
     (SFT + "neat_packing: true\n", "`training.packing: true`"),
     (SFT + "loraplus_lr_ratio: 16\n", "posttrain cannot express it (LoRA+"),
@@ -147,7 +147,7 @@ def _keys_in(text: str) -> set[str]:
 def _settable(dotted: str) -> bool:
     section, key = dotted.split(".", 1)
     if section == "model":
-        return key in MODEL_KEYS
+        return key.split(".")[0] in MODEL_KEYS  # model.special_tokens.eos_token: a key inside a mapping key
     if section == "data":
         return key in DATA_KEYS
     if section in ("watchdog", "tracking"):

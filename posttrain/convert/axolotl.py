@@ -37,6 +37,7 @@ from posttrain.convert.core import (
     walk,
 )
 from posttrain.data.formats import SHAREGPT_ROLES
+from posttrain.models import SPECIAL_TOKEN_KEYS
 
 # axolotl's `rl:` -> the posttrain stage, and the settings it implies
 RL = {"dpo": "dpo", "ipo": "dpo", "kto": "kto", "orpo": "orpo", "grpo": "grpo", "simpo": "cpo"}
@@ -103,7 +104,12 @@ TABLE = {
     "dataset_processes": To("data.num_proc"),
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
     "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v)),
-    "tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them (model.tokenizer)"),
+    "tokens": To("model.add_tokens", note="added as ordinary tokens, as axolotl adds them; their rows train"),
+    "resize_token_embeddings_to_32x": DropIf(False, "false", To("model.resize_to_multiple_of", lambda v: 32)),
+    "mean_resizing_embeddings": Drop("posttrain always starts new embedding rows from the old rows' mean and "
+                                     "covariance (transformers' mean resizing)"),
+    "shrink_embeddings": DropIf(False, "false: as posttrain, which never shrinks an embedding",
+                                No("posttrain never shrinks an embedding (a model's spare rows stay)")),
     "train_on_inputs": DropIf(False, "posttrain masks the prompt by default (`data.train_on: assistant`)",
                               To("data.train_on", lambda v: "all")),
     "sample_packing": Call(packing),
@@ -215,15 +221,11 @@ def _special_tokens(conv: Conversion, key: str, value):
     if not isinstance(value, dict):
         return conv.no(key, value, "expected a mapping of token names to tokens (eos_token: ...)")
     for tok, v in value.items():
-        dotted = f"{key}.{tok}"
-        if tok == "eos_token" and conv.stage in ("sft", "reward"):
-            conv.map(dotted, v, "training.eos_token")
-        elif tok == "pad_token":
-            conv.drop(dotted, v, "posttrain pads with the tokenizer's pad token, else EOS, and masks padding by "
-                                 "position, so the pad token never changes the loss")
+        if tok in SPECIAL_TOKEN_KEYS:
+            conv.map(f"{key}.{tok}", v, f"model.special_tokens.{tok}", note="added as a special token if new")
         else:
-            conv.no(dotted, v, f"posttrain keeps the tokenizer's own {tok}: nothing changes if it is already {v!r} "
-                               "(check with `posttrain validate`), else use a tokenizer that has it (model.tokenizer)")
+            conv.no(f"{key}.{tok}", v, f"posttrain sets only {', '.join(SPECIAL_TOKEN_KEYS)}; add {v!r} with "
+                                       "model.add_special_tokens")
 
 
 def _stage(conv: Conversion) -> str:

@@ -136,9 +136,17 @@ TABLE = {
     "shift_attn": DropIf(False, "false", No("posttrain cannot use shifted-sparse attention")),
     "upcast_layernorm": DropIf(False, "false", No("posttrain cannot upcast only the layer norms; model.dtype: fp32 "
                                                   "keeps every layer in float32")),
-    "resize_vocab": DropIf(False, "false", No("posttrain does not resize the vocabulary")),
-    "new_special_tokens": No("posttrain adds no tokens to the tokenizer; use a tokenizer that has them "
-                             "(model.tokenizer)"),
+    "resize_vocab": Drop("posttrain grows the embedding whenever the tokenizer outgrows it (LLaMA-Factory turns "
+                         "resize_vocab on when tokens are added); added tokens round it up to a multiple of 64 as "
+                         "LLaMA-Factory does"),
+    "add_tokens": Call(lambda c, k, v: _tokens(c, k, v, "model.add_tokens")),
+    "add_special_tokens": Call(lambda c, k, v: _tokens(c, k, v, "model.add_special_tokens")),
+    "new_special_tokens": Call(lambda c, k, v: _tokens(c, k, v, "model.add_special_tokens")),  # add_special_tokens' old name
+    "new_special_tokens_config": No("posttrain cannot start new rows from token descriptions; list the tokens in "
+                                    "model.add_special_tokens (their rows start from the old rows' mean)"),
+    "init_special_tokens": DropIf("noise_init", "posttrain starts new rows around the old rows' mean, as noise_init",
+                                  No("posttrain cannot start new rows from token descriptions; they start from the "
+                                     "old rows' mean")),
     "split_special_tokens": DropIf(False, "special tokens are kept whole, as posttrain does",
                                    No("posttrain keeps special tokens whole")),
     "train_from_scratch": DropIf(False, "false", No("posttrain fine-tunes pretrained weights")),
@@ -219,6 +227,17 @@ TABLE = {
 # option groups used only with their switch (use_galore: galore_*, ...)
 GROUPS = {"galore_": "use_galore", "apollo_": "use_apollo", "badam_": "use_badam", "swanlab_": "use_swanlab",
           "oft_": "finetuning_type", "module_dropout": "finetuning_type"}
+
+
+def _tokens(conv: Conversion, key: str, value, target: str):
+    """add_tokens / add_special_tokens (new_special_tokens): comma-separated, as LLaMA-Factory splits them; it then
+    resizes the embedding to a multiple of 64 (model_utils/embedding.py)."""
+    tokens = [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else value
+    lora = conv.raw.get("finetuning_type", "lora") == "lora"
+    conv.map(key, value, target, tokens, note="under LoRA posttrain trains their rows, LLaMA-Factory the whole "
+                                              "embedding and head: list both in peft.modules_to_save for that" if lora
+             else "")
+    conv.default("model.resize_to_multiple_of", 64, "LLaMA-Factory pads the grown embedding to a multiple of 64")
 
 
 def _fallback(conv: Conversion, key: str, value):

@@ -84,6 +84,7 @@ TABLE = {
     "push_to_hub_revision": Call(lambda c, k, v: c.map(k, v, "training.push_to_hub", True,
                                                        note="to the branch training.hub_revision")
                                  if v else c.drop(k, v, "false")),
+    "eos_token": To("model.special_tokens.eos_token", note="the tokenizer's EOS, added as a special token if new"),
     "max_prompt_length": To("data.max_prompt_length", note="cut from the left, the end of the prompt kept"),
 }
 

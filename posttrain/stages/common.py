@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from posttrain import launch, runs, stages, tracking, util, watchdog
 from posttrain.errors import PosttrainError, RecipeError, RunDirError, RunStopped
-from posttrain.models import bf16_supported, full_copies_in_base_dtype, has_cuda, load_causal_lm
+from posttrain.models import NEW_TOKEN_IDS, bf16_supported, full_copies_in_base_dtype, has_cuda, load_causal_lm
 from posttrain.schema import config_class, fields_of
 from posttrain.util import first_line, is_main_process, world_size
 
@@ -203,6 +203,21 @@ def load_policy(recipe: Recipe, args, tokenizer):
 
     set_seed(args.seed)
     return load_causal_lm(recipe.model, recipe.quantization, tokenizer)
+
+
+def whole_logits_for_new_rows(recipe: Recipe, args, tokenizer):
+    """Under LoRA the rows of tokens new to the model train through peft wrappers around the embedding and the output
+    head; TRL's `chunked_nll` SFT loss (its default) reads the head's weight directly, past them (an AttributeError,
+    or rows that never learn). Then SFT computes `nll`, the same loss on whole logits; `chunked_nll` set by hand is
+    refused. Tokens the model already has (an upstream run added them) change nothing."""
+    if not (recipe.peft and getattr(tokenizer, NEW_TOKEN_IDS, None)) or getattr(args, "loss_type", None) != "chunked_nll":
+        return
+    if recipe.training.get("loss_type") == "chunked_nll":
+        raise RecipeError("training.loss_type: chunked_nll reads the output head's weight past the peft wrappers that "
+                          "train the added tokens' rows; remove it (posttrain then uses nll, the same loss on whole "
+                          "logits)")
+    log.info("training.loss_type: nll (whole logits), so the new tokens' rows train under LoRA")
+    args.loss_type = "nll"
 
 
 def last_logged(*keys: str):

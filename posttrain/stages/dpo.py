@@ -34,7 +34,7 @@ def build(recipe: Recipe):
     model = common.load_policy(recipe, args, tokenizer)
     trainer = DPOTrainer(model=model, ref_model=reference(recipe, args, tokenizer), args=args,
                          train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
-                         peft_config=lora_config(recipe.peft))
+                         peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     count_dropped_by_trl(trainer, stats)
     return trainer, stats
 

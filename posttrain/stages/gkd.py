@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from posttrain.data.collator import IGNORE_INDEX
-from posttrain.models import load_causal_lm, load_tokenizer, lora_config, match_eos
+from posttrain.models import knows_new_tokens, load_causal_lm, load_tokenizer, lora_config, match_eos
 from posttrain.stages import Footprint, Held, Stage, common, sft
 from posttrain.util import Where, show
 
@@ -83,6 +83,7 @@ def build(recipe: Recipe):
 
     args = common.max_length_config(recipe)
     tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)
+    common.whole_logits_for_new_rows(recipe, args, tokenizer)
     as_gkd = dataclasses.replace(recipe, data={**recipe.data, "train_on": TRAIN_ON})
     train, eval_ds, stats = sft.prepare_data(as_gkd, tokenizer, args)
     with args.main_process_first(desc="marking prompts"):
@@ -92,9 +93,12 @@ def build(recipe: Recipe):
     model = common.load_policy(recipe, args, tokenizer)
     if args.eos_token is not None:
         match_eos(model, tokenizer)
-    teacher = load_causal_lm(common.model_spec(recipe.extra["teacher_model"], recipe), None, tokenizer)
+    teacher_spec = common.model_spec(recipe.extra["teacher_model"], recipe)
+    knows_new_tokens(teacher_spec, tokenizer, "teacher model")
+    teacher = load_causal_lm(teacher_spec, None, tokenizer)
     trainer = GKDTrainer(model=model, teacher_model=teacher.requires_grad_(False).eval(), args=args, train_dataset=train,
-                         eval_dataset=eval_ds, processing_class=tokenizer, peft_config=lora_config(recipe.peft))
+                         eval_dataset=eval_ds, processing_class=tokenizer,
+                         peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats
 
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
-from posttrain.errors import DataError
-from posttrain.models import load_seq_cls, load_tokenizer, lora_config, torch_dtype
+from posttrain.errors import DataError, RecipeError
+from posttrain.models import NEW_TOKEN_IDS, load_seq_cls, load_tokenizer, lora_config, torch_dtype
 from posttrain.rewards import parse_rewards, rule_reward
 from posttrain.stages import Footprint, Held, Plot, Stage, Wire, common
 from posttrain.util import Where, world_size
@@ -120,6 +120,12 @@ def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
     args = config(recipe)
     specs = recipe.parsed["rewards"]
     tokenizer = load_tokenizer(recipe.model)
+    new = getattr(tokenizer, NEW_TOKEN_IDS)  # new to this model (an upstream run that added them is fine)
+    if new and reference(recipe):
+        raise RecipeError(f"with training.beta {args.beta} and no peft, {recipe.stage}'s trainer reloads its reference "
+                          f"policy from '{recipe.model['name_or_path']}' without the tokens this recipe adds "
+                          f"({', '.join(tokenizer.convert_ids_to_tokens(new))}); add them in an earlier stage (sft), "
+                          "train with peft, or set training.beta: 0")
     train, eval_ds, stats = load_prompts(recipe, args, tokenizer, specs)
     model = common.load_policy(recipe, args, tokenizer)
     funcs, reward_tokenizers = reward_funcs(specs, recipe.model)
@@ -130,7 +136,7 @@ def build(recipe: Recipe, trainer_class: str = "GRPOTrainer"):
         trainer = getattr(trl, trainer_class)(model=model, reward_funcs=funcs, args=args, train_dataset=train,
                                               eval_dataset=eval_ds, processing_class=tokenizer,
                                               reward_processing_classes=reward_tokenizers,
-                                              peft_config=lora_config(recipe.peft))
+                                              peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     finally:
         trl_log.removeFilter(_not_about_model_init_kwargs)
     # TRL names metrics after a reward model's directory name, which two items may share; ours are unique.

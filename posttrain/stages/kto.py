@@ -85,7 +85,7 @@ def build(recipe: Recipe):
     model = common.load_policy(recipe, args, tokenizer)
     trainer = KTOTrainer(model=model, ref_model=dpo.reference(recipe, args, tokenizer), args=args,
                          train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
-                         peft_config=lora_config(recipe.peft))
+                         peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats
 
 

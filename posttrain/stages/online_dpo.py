@@ -53,7 +53,7 @@ def build(recipe: Recipe):
     funcs, reward_tokenizers = grpo.reward_funcs(specs, recipe.model)
     trainer = OnlineDPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=train, eval_dataset=eval_ds,
                                processing_class=tokenizer, reward_processing_classes=reward_tokenizers,
-                               peft_config=lora_config(recipe.peft))
+                               peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats
 
 

@@ -29,7 +29,7 @@ def build(recipe: Recipe, trainer: str = "trl.experimental.orpo:ORPOTrainer"):
     train, eval_ds, stats = load_pairs(recipe, args, tokenizer)
     model = common.load_policy(recipe, args, tokenizer)
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
-                            processing_class=tokenizer, peft_config=lora_config(recipe.peft))
+                            processing_class=tokenizer, peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats
 
 

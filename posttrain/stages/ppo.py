@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from posttrain.data.mixture import label
 from posttrain.data.trl_rows import drop_long_prompts, load_pairs
 from posttrain.errors import DataError
-from posttrain.models import load_causal_lm, load_seq_cls, load_tokenizer, lora_config
+from posttrain.models import knows_new_tokens, load_causal_lm, load_seq_cls, load_tokenizer, lora_config
 from posttrain.stages import Footprint, Held, NeedsTRL, Plot, Stage, common, reference_unless_peft
 from posttrain.util import world_size
 
@@ -171,7 +171,11 @@ def build(recipe: Recipe):
 
     policy = common.load_policy(recipe, args, tokenizer)
     # the reward model, and the value model: by default a second, separately trained copy of the reward model
-    reward, value = (load_seq_cls(held.spec, tokenizer) for held in other_models(recipe))
+    held = other_models(recipe)
+    for h in held:
+        if not h.trained:
+            knows_new_tokens(h.spec, tokenizer, h.role)
+    reward, value = (load_seq_cls(h.spec, tokenizer) for h in held)
     # None: with LoRA, TRL uses the policy with its adapter disabled; without, TRL deep-copies the policy.
     ref = None
     if recipe.extra.get("ref_model"):
@@ -180,7 +184,7 @@ def build(recipe: Recipe):
     Trainer, SampleCompletions = _trainer_class()
     trainer = Trainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
                       value_model=value, train_dataset=train, eval_dataset=eval_ds,
-                      peft_config=lora_config(recipe.peft))
+                      peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=policy))
     sample_from = eval_ds if eval_ds is not None and len(eval_ds) else train
     trainer.add_callback(SampleCompletions(trainer, sample_from[:N_SAMPLES]))
     return trainer, stats

@@ -22,7 +22,7 @@ def build(recipe: Recipe):
     set_seed(args.seed)  # the new score head and any LoRA adapter are initialised from this RNG
     model = load_seq_cls(recipe.model, tokenizer, recipe.quantization)
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds,
-                            processing_class=tokenizer, peft_config=lora_config(recipe.peft, "SEQ_CLS"))
+                            processing_class=tokenizer, peft_config=lora_config(recipe.peft, "SEQ_CLS", tokenizer, model))
     count_dropped_by_trl(trainer, stats)
     return trainer, stats
 

@@ -50,6 +50,7 @@ def build(recipe: Recipe):
     args = config(recipe)
     # training.eos_token: the rows end with it, the saved tokenizer says it, the model stops on it
     tokenizer = load_tokenizer(recipe.model, eos_token=args.eos_token)
+    common.whole_logits_for_new_rows(recipe, args, tokenizer)
     train, eval_ds, stats = prepare_data(recipe, tokenizer, args)
     model = common.load_policy(recipe, args, tokenizer)
     pack = bool(recipe.training.get("packing"))
@@ -61,7 +62,7 @@ def build(recipe: Recipe):
         match_eos(model, tokenizer)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
                          data_collator=collate(tokenizer.pad_token_id, recipe.data.get("pad_to_multiple_of")),
-                         peft_config=lora_config(recipe.peft))
+                         peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats
 
 
