@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("name", nargs="?", help="with copy: a shipped recipe or pipeline name")
     rc.add_argument("dest", nargs="?", help="with copy: a file or directory (default ./NAME.yaml)")
     rc.add_argument("--overwrite", action="store_true", help="with copy: replace an existing file")
+    rc.add_argument("--model", help="list: only recipes whose name or model contains this (e.g. qwen3, 8b)")
+    rc.add_argument("--stage", help="list: only recipes of this stage (sft, dpo, reward, grpo, ...)")
+    rc.add_argument("--method", choices=("full", "lora", "qlora"), help="list: only recipes that train so")
 
     cv = sub.add_parser("convert", help="turn an axolotl, LLaMA-Factory, TRL/alignment-handbook or torchtune config "
                                         "into a posttrain recipe, printing every key's fate",
@@ -224,7 +227,7 @@ def cmd_recipes(args) -> int:
         return 0
     if args.name:
         raise PosttrainError(f"recipes {args.action}: takes no name (did you mean `posttrain recipes copy {args.name}`?)")
-    print(shipped.listing())
+    print(shipped.listing(args.model, args.stage, args.method))
     return 0
 
 

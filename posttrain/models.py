@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -313,10 +314,25 @@ def is_local_path(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or not _HUB_ID.match(name)
 
 
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+def published_configs() -> dict[str, Path]:
+    """Hub name -> the packaged copy of its published config.json (architecture numbers only; posttrain/configs)."""
+    return {name: p for p in sorted(CONFIGS_DIR.glob("*.json"))
+            for name in json.loads(p.read_text(encoding="utf-8"))["_hub_names"]}
+
+
 def load_config(model: dict):
-    """The model's config (no weights): from a local directory, the cache, or the hub."""
+    """The model's config (no weights): the packaged copy for a hub model a shipped recipe names (so `plan` works
+    offline and without a gated model's licence), else from a local directory, the cache, or the hub."""
     from transformers import AutoConfig
 
+    packaged = published_configs().get(model["name_or_path"]) if not model.get("revision") else None
+    if packaged and not Path(model["name_or_path"]).exists():
+        fields = json.loads(packaged.read_text(encoding="utf-8"))
+        fields.pop("_hub_names")
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
     return AutoConfig.from_pretrained(model["name_or_path"], **_source_kwargs(model))
 
 

@@ -66,19 +66,32 @@ def recipe_hash(resolved: dict) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+FAMILY_BASE = "base.yaml"  # a family's shared settings, which its recipes extend: not a recipe of its own
+NOT_FAMILIES = ("accelerate", "demo", "eval", "pipelines")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every shipped recipe: recipes/NAME.yaml, and recipes/FAMILY/NAME.yaml named FAMILY/NAME."""
+    out = {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+    for p in sorted(RECIPES_DIR.glob("*/*.yaml")):
+        if p.parent.name not in NOT_FAMILIES and p.name != FAMILY_BASE:
+            out[f"{p.parent.name}/{p.stem}"] = p
+    return out
+
+
 def _resolve(name_or_path: str, kind: str, subdir: str) -> Path:
     """A path to a file, or a bare name looked up as <subdir>/<name>.yaml: in ./recipes first, then in
     the recipes shipped with the package."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    if p.suffix in (".yaml", ".yml") or "/" in name_or_path:
+    if p.suffix in (".yaml", ".yml") or name_or_path.startswith((".", "/", "~")):
         raise RecipeError(f"{kind} file not found: {name_or_path}")
     for root in (Path.cwd() / "recipes", RECIPES_DIR):
-        cand = root / subdir / f"{name_or_path}.yaml"
+        cand = root / subdir / f"{name_or_path}.yaml"  # a family's recipe: FAMILY/NAME, e.g. qwen3/1.7b_lora
         if cand.is_file():
             return cand
-    names = sorted(q.stem for q in (RECIPES_DIR / subdir).glob("*.yaml"))
+    names = sorted(shipped_recipes()) if not subdir else sorted(q.stem for q in (RECIPES_DIR / subdir).glob("*.yaml"))
     raise RecipeError(f"{kind} '{name_or_path}' not found in recipes/{subdir + '/' if subdir else ''}"
                       f"{did_you_mean(name_or_path, names)}")
 

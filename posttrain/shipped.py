@@ -13,7 +13,7 @@ import yaml
 
 from posttrain import chat_templates, stages
 from posttrain.errors import PosttrainError, RecipeError
-from posttrain.recipe import RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path
+from posttrain.recipe import NOT_FAMILIES, RECIPES_DIR, resolve_pipeline_path, resolve_recipe_path, shipped_recipes
 
 
 def _description(path: Path) -> str:
@@ -40,11 +40,14 @@ def _chain(path: Path) -> list[Path]:
 
 
 def _merged_field(path: Path, *keys):
+    """The value the nearest file of the chain gives (a null there removes what the files it extends set)."""
     for p in _chain(path):
         node = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        if node is not None:
+            if not isinstance(node, dict) or k not in node:
+                break
+            node = node[k]
+        else:
             return node
     return None
 
@@ -52,6 +55,13 @@ def _merged_field(path: Path, *keys):
 def stage_of(name_or_path: str):
     """The stage a recipe (name or path) declares, read through `extends:` without checking anything."""
     return _merged_field(resolve_recipe_path(name_or_path), "stage")
+
+
+def method(path: Path) -> str:
+    """full, lora or qlora: how a recipe trains the policy's weights."""
+    if _merged_field(path, "quantization"):
+        return "qlora"
+    return "lora" if _merged_field(path, "peft") else "full"
 
 
 def _needs(stage, refusals: dict) -> str:
@@ -77,23 +87,30 @@ def pipeline_stages(path: Path) -> list:
     return out
 
 
-def listing() -> str:
+def listing(model: str | None = None, stage: str | None = None, how: str | None = None) -> str:
+    """The shipped recipes, pipelines and chat templates; `model` keeps the recipes and pipelines whose name or
+    model contains it (any case), `stage` and `how` (full, lora, qlora) the recipes that train so."""
     refusals: dict[str, str] = {}
-    rows = [("recipe", "stage", "model", "description")]
-    for p in sorted(RECIPES_DIR.glob("*.yaml")):
-        stage = _merged_field(p, "stage")
-        rows.append((p.stem, str(stage or "?"), str(_merged_field(p, "model", "name_or_path") or "-"),
-                     _description(p) + _needs(stage, refusals)))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    rows = [("recipe", "stage", "method", "model", "description")]
+    for name, p in shipped_recipes().items():
+        row = (name, str(_merged_field(p, "stage") or "?"), method(p), str(_merged_field(p, "model", "name_or_path") or "-"))
+        if (not model or model.lower() in f"{row[0]} {row[3]}".lower()) and stage in (None, row[1]) and how in (None, row[2]):
+            rows.append((*row, _description(p) + _needs(row[1], refusals)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
-    lines += ["", "pipeline" + " " * 12 + "description"]
-    for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml")):
-        needs = "".join(dict.fromkeys(_needs(s, refusals) for s in pipeline_stages(p)))
-        lines.append(f"{p.stem:<20}{_description(p)}{needs}")
+    pipelines = [p for p in sorted((RECIPES_DIR / "pipelines").glob("*.yaml"))
+                 if not stage and not how and (not model or model.lower() in p.stem.lower())]
+    if pipelines:
+        width = max(20, *(len(p.stem) + 2 for p in pipelines))
+        lines += ["", "pipeline".ljust(width) + "description"]
+        for p in pipelines:
+            needs = "".join(dict.fromkeys(_needs(s, refusals) for s in pipeline_stages(p)))
+            lines.append(p.stem.ljust(width) + _description(p) + needs)
     lines += ["", *refusals.values()] if refusals else []
-    lines += ["", "chat template       other names  (model.chat_template: NAME)", chat_templates.listing()]
-    lines += ["", "posttrain validate NAME | posttrain train NAME | posttrain pipeline NAME | "
+    if not (model or stage or how):
+        lines += ["", "chat template       other names  (model.chat_template: NAME)", chat_templates.listing()]
+    lines += ["", "posttrain validate NAME | posttrain plan NAME | posttrain train NAME | posttrain pipeline NAME | "
                   "posttrain recipes copy NAME [DEST]"]
     return "\n".join(lines)
 
@@ -114,7 +131,9 @@ def copy(name: str, dest: str | None = None, *, overwrite: bool = False) -> Path
     """Copy a shipped recipe to edit: DEST may be a directory or a file path (default ./NAME.yaml).
     Files it `extends:` are copied next to it (unless already there), so the copy validates on its own."""
     src = _source(name)
-    target = Path(dest) if dest else Path.cwd() / src.name
+    family = src.parent.name if src.parent.parent == RECIPES_DIR and src.parent.name not in NOT_FAMILIES else None
+    # a family's recipe lands in a folder of that name, beside its family's base.yaml
+    target = Path(dest) if dest else Path.cwd() / (family or "") / src.name
     if target.is_dir():
         target = target / src.name
     if target.exists() and not overwrite:

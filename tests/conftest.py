@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import families  # noqa: E402
 import tiny  # noqa: E402
 
 from posttrain import stages  # noqa: E402
@@ -94,6 +95,12 @@ def one_error_line(code: int, out: str, err: str, expected: str) -> str:
 def fx(tmp_path_factory):
     """Tiny GPT-2 model + byte-level BPE tokenizer (no pad token, like GPT-2) and data files."""
     return tiny.make_all(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory):
+    """Tiny models of the recipe families (tests/families.py), each built on first use: family_models("qwen3-8b")."""
+    return families.Models(tmp_path_factory.mktemp("families"))
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,7 @@ def test_a_failure_during_preprocessing_stops_the_other_ranks_with_its_line(monk
 
     store = dist.HashStore()
     monkeypatch.setattr(distributed_c10d, "_get_default_store", lambda: store)
-    monkeypatch.setattr(common, "_distributed_state", lambda timeout_s=None: None)
+    monkeypatch.setattr(common, "distributed_state", lambda timeout_s=None: None)
     monkeypatch.setattr(common, "_prep_calls", iter([7, 7]))  # both "ranks" run the same (7th) block
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

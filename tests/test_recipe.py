@@ -7,14 +7,14 @@ from conftest import PPO_REFUSED, write_recipe
 from posttrain import stages
 from posttrain.checks import load_recipe
 from posttrain.errors import Problems
-from posttrain.recipe import RECIPES_DIR, apply_overrides
+from posttrain.recipe import RECIPES_DIR, apply_overrides, shipped_recipes
 from posttrain.shipped import pipeline_stages, stage_of
 
-SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
+SHIPPED = sorted(shipped_recipes().values())
 PIPELINES = sorted((RECIPES_DIR / "pipelines").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(RECIPES_DIR).with_suffix("").as_posix())
 def test_every_shipped_recipe_validates(path):
     """... or, where the installed TRL cannot run its stage (ppo on TRL >= 1.13), is refused in that one line."""
     refusal = stages.get(stage_of(str(path))).unavailable()

@@ -34,9 +34,11 @@ def test_wheel_ships_recipes_and_validates_them_outside_the_checkout(tmp_path):
     assert listed.returncode == 0, listed.stderr
     for name in ("alpaca_gpt2", "dpo_gpt2", "kto_gpt2", "orpo_gpt2", "rlhf_gpt2"):
         assert name in listed.stdout
-    where, (one, chain, copied, again, copied_again) = _in_one_process(env, empty, [
+    assert "qwen3/8b_qlora" in listed.stdout and "llama3_sft_dpo" in listed.stdout
+    where, (one, chain, copied, again, copied_again, family) = _in_one_process(env, empty, [
         ["validate", "alpaca_gpt2", "--no-data"], ["validate", "rlhf_gpt2"], ["recipes", "copy", "alpaca_gpt2_lora"],
-        ["validate", "alpaca_gpt2_lora.yaml", "--no-data"], ["recipes", "copy", "alpaca_gpt2_lora"]])
+        ["validate", "alpaca_gpt2_lora.yaml", "--no-data"], ["recipes", "copy", "alpaca_gpt2_lora"],
+        ["plan", "llama3/8b_qlora", "--gpu-gib", "24"]])
     assert where.startswith(str(site)), where  # the wheel's copy, not the checkout's
     assert one.returncode == 0 and "ok: recipe checked (training -> SFTConfig)" in one.stdout, one.stderr
     assert chain.returncode == 0 and "ok: ppo (ppo) after sft, reward" in chain.stdout, chain.stderr
@@ -45,6 +47,9 @@ def test_wheel_ships_recipes_and_validates_them_outside_the_checkout(tmp_path):
     # the copy, found as a file
     assert again.returncode == 0 and "peft -> LoraConfig" in again.stdout, again.stderr
     assert copied_again.returncode == 2  # never overwrites silently
+    # a family recipe plans offline from the published config the wheel carries
+    assert family.returncode == 0 and "8.05e+03M parameters" in family.stdout and "fits a 24 GiB GPU" in family.stdout, \
+        family.stderr
 
 
 # Runs posttrain's CLI main on each argument list in turn, in this process, each one's exit code and output caught
