@@ -713,3 +713,20 @@ def test_axolotl_swanlab_plugin_and_llama_factory_remote_dataset_dir(tmp_path):
     lf.write_text("stage: sft\nmodel_name_or_path: m\nfinetuning_type: full\ndataset: identity\ntemplate: llama3\n"
                   "dataset_dir: REMOTE:llamafactory/demo_data\n")
     assert "on the hub (llamafactory/demo_data)" in _fates(convert(lf))["dataset"].text
+
+
+@pytest.mark.parametrize("raw,key,kind,expected", [
+    ({"tokens": {"pad_token": "<|padding|>"}}, "tokens.pad_token", MAPPED, {"model.special_tokens.pad_token": "<|padding|>"}),
+    ({"tokens": ["<tool>"]}, "tokens", MAPPED, {"model.add_tokens": ["<tool>"]}),
+    ({"activation_offloading": "legacy"}, "activation_offloading", MAPPED, {"training.activation_offloading": True}),
+    ({"activation_offloading": "disk"}, "activation_offloading", NOT, {}),
+])
+def test_axolotl_values_of_its_older_and_newer_forms(tmp_path, raw, key, kind, expected):
+    """Public axolotl examples write `tokens:` as a mapping of special tokens (examples/archived/mpt-7b) and
+    `activation_offloading: legacy` (examples/alst): both convert, neither is refused as a wrong type."""
+    p = tmp_path / "c.yml"
+    p.write_text(yaml.safe_dump({"base_model": "m", "datasets": [{"path": "a.jsonl", "type": "alpaca"}], **raw}))
+    conv = convert(p, "axolotl")
+    fate = next(f for f in conv.fates if f.key == key)
+    assert fate.kind == kind, fate
+    assert all(conv.get(k) == v for k, v in expected.items()), conv.recipe

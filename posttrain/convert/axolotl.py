@@ -96,7 +96,7 @@ TYPES = {"rl": str | bool, "adapter": str, "lora_model_dir": str, "bnb_config_kw
          "test_datasets": [DATASET], "evals_per_epoch": int | float, "saves_per_epoch": int | float,
          "chat_template": str, "bf16": bool | str, "trl": dict, "special_tokens": dict, "unfrozen_parameters": list | str,
          "plugins": list | str, "lr_scheduler": str, "cosine_min_lr_ratio": float, "wandb_project": str,
-         "attn_implementation": str, **dict.fromkeys(FLAGS, bool)}
+         "attn_implementation": str, "tokens": list | dict, "activation_offloading": bool | str, **dict.fromkeys(FLAGS, bool)}
 USE_LIGER = "TRL applies Liger's kernels for the model's architecture (the same maths, less memory)"
 
 TABLE = {
@@ -125,7 +125,8 @@ TABLE = {
     "dataset_processes": To("data.num_proc"),
     "default_system_message": No("put the system turn in the data or in the chat template (model.chat_template)"),
     "special_tokens": Call(lambda c, k, v: _special_tokens(c, k, v)),
-    "tokens": To("model.add_tokens", note="added as ordinary tokens, as axolotl adds them; their rows train"),
+    "tokens": Call(lambda c, k, v: _tokens(c, k, v)),
+    "activation_offloading": Call(lambda c, k, v: _offloading(c, k, v)),
     "resize_token_embeddings_to_32x": DropIf(False, "false", To("model.resize_to_multiple_of", lambda v: 32)),
     "mean_resizing_embeddings": Drop("posttrain always starts new embedding rows from the old rows' mean and "
                                      "covariance (transformers' mean resizing)"),
@@ -249,6 +250,21 @@ def _trl_section(conv: Conversion, key: str, value):
 def looks_like(raw: dict) -> bool:
     return "base_model" in raw or any(k in raw for k in ("micro_batch_size", "sequence_len", "adapter",
                                                          "sample_packing", "rl"))
+
+
+def _tokens(conv: Conversion, key: str, value):
+    if isinstance(value, dict):  # older axolotl configs: `tokens:` held the special tokens
+        return _special_tokens(conv, key, value)
+    conv.map(key, value, "model.add_tokens", note="added as ordinary tokens, as axolotl adds them; their rows train")
+
+
+def _offloading(conv: Conversion, key: str, value):
+    """axolotl's activation_offloading: true | false | legacy | disk | hidden_states (schemas/config.py)."""
+    if isinstance(value, bool) or value == "legacy":
+        return conv.map(key, value, "training.activation_offloading", bool(value),
+                        note="axolotl's older CPU offloading; TRL's offloads the activations to CPU memory too"
+                        if value == "legacy" else "")
+    conv.no(key, value, "TRL offloads activations to CPU memory only: `training.activation_offloading: true`")
 
 
 def _special_tokens(conv: Conversion, key: str, value):

@@ -228,6 +228,7 @@ TEMPLATE_NAMES = {
         "cpm3": (OWN, "MiniCPM3's ChatML after <s>"), "cpm4": (OWN, "MiniCPM4's ChatML after <s>"),
         "llama4": (OWN, "Llama 4's <|header_start|> turns"), "glm4": (OWN, "GLM-4's [gMASK]<sop> turns"),
         "mistral_small": (OWN, "Mistral Small 3's [SYSTEM_PROMPT] turns"), "yi": (OWN, "Yi's ChatML"),
+        "qwen3_5": (OWN, "Qwen3.5's turns"), "qwen2_vl": (OWN, "Qwen2-VL's ChatML"), "qwen3_vl": (OWN, "Qwen3-VL's turns"),
     },
     "axolotl": {
         "qwen_25": "qwen2", "phi_3": "phi3", "phi_35": "phi3", "mistral_v2v3": "mistral", "deepseek_v3": "deepseek",
@@ -239,6 +240,7 @@ TEMPLATE_NAMES = {
         "mistral_v7_tekken": (OWN, "Mistral Small 3's [SYSTEM_PROMPT] turns"),
         "llama3_2_vision": (OWN, "Llama 3.2 Vision's turns"), "llama4": (OWN, "Llama 4's <|header_start|> turns"),
         "gemma3n": (OWN, "Gemma 3n's turns"), "deepseek_v2": (OWN, "DeepSeek-V2's 'User: ... Assistant:' turns"),
+        "qwen3_5": (OWN, "Qwen3.5's turns"), "qwen2_vl": (OWN, "Qwen2-VL's ChatML"), "falcon_h1": (OWN, "Falcon-H1's turns"),
     },
 }
 # where posttrain's template of that name renders a little differently from the tool's
