@@ -532,7 +532,7 @@ def test_trl_stage_fields_are_the_installed_classes():
     from posttrain.convert.trl import stage_fields
 
     common = set(options.MANAGED_TRAINING) | set(options.REFUSED_TRAINING)
-    for name, spec in stages.all_stages().items():
+    for name, spec in stages.available().items():  # (the snapshot keeps the others' fields: TRL 1.16 has no PPO)
         installed = set(options.installed_fields(spec.trl_config)) - common - set(spec.refused)
         assert stage_fields()[name] - common == installed, name
 

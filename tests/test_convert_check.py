@@ -117,8 +117,12 @@ def test_the_command_says_a_bad_file_in_one_line_and_writes_nothing(tmp_path, cl
 
 def test_the_field_types_are_the_installed_classes():
     """field_types.json (what convert checks a TRL/peft/bitsandbytes field against, without importing them) is what the
-    installed classes say; and it says what validate's check says of a value."""
-    assert json.loads(check.FIELD_TYPES.read_text()) == check.generate(), "run `python -m posttrain.convert --write`"
+    installed classes say; and it says what validate's check says of a value. It is written where every stage's TRL
+    class is installed (TRL 1.12: 1.13 removed PPO's), so it is compared there."""
+    from posttrain import stages
+
+    if stages.available().keys() == stages.all_stages().keys():
+        assert json.loads(check.FIELD_TYPES.read_text()) == check.generate(), "run `python -m posttrain.convert --write`"
     fields = check.fields()
     assert fields["training.learning_rate"].fits("2e-4") and not fields["training.learning_rate"].fits([1])
     assert fields["training.eval_strategy"].fits(False) and fields["training.eval_strategy"].fits("steps")

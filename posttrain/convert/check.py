@@ -22,7 +22,7 @@ from typing import Any
 
 from posttrain import options, schema, stages
 from posttrain.convert.core import TRAINING_ARGS, TRAINING_TYPES, Call, Conversion, DropIf, To
-from posttrain.errors import Problems
+from posttrain.errors import PosttrainError, Problems
 from posttrain.keys import DATA_KEYS, MODEL_KEYS
 from posttrain.util import as_number, show
 
@@ -52,6 +52,10 @@ class Field:
 
 def generate() -> dict[str, dict]:
     """Every field of the installed owning classes: {"training.beta": {"kinds": [...], "says": "a number"}, ...}."""
+    missing = set(stages.names()) - set(stages.available())
+    if missing:  # written from a TRL that lacks a stage's class, the file would lose that stage's fields
+        raise PosttrainError(f"the installed TRL has no class for stage(s) {', '.join(sorted(missing))}: write the field "
+                             f"types with a TRL that has every stage's (make install: TRL 1.12)")
     owners = [("training", options.owner(n, "training")) for n in stages.names()] + list(options.SECTION_OWNERS.items())
     out: dict[str, dict] = {}
     for section, path in owners:

@@ -203,12 +203,25 @@ def load_policy(recipe: Recipe, args, tokenizer):
     return load_causal_lm(recipe.model, recipe.quantization, tokenizer)
 
 
+def sft_fuses_lm_head() -> bool:
+    """Whether the installed TRL's SFTTrainer always computes its loss through a fused LM head (newer than 1.12)."""
+    from trl.trainer import sft_trainer
+
+    return hasattr(sft_trainer, "add_fused_lm_head")
+
+
 def whole_logits_for_new_rows(recipe: Recipe, args, tokenizer):
     """Under LoRA the rows of tokens new to the model train through peft wrappers around the embedding and the output
     head; TRL's `chunked_nll` SFT loss (its default) reads the head's weight directly, past them (an AttributeError,
     or rows that never learn). Then SFT computes `nll`, the same loss on whole logits; `chunked_nll` set by hand is
     refused. Tokens the model already has (an upstream run added them) change nothing."""
-    if not (recipe.peft and getattr(tokenizer, NEW_TOKEN_IDS, None)) or getattr(args, "loss_type", None) != "chunked_nll":
+    if not (recipe.peft and getattr(tokenizer, NEW_TOKEN_IDS, None)):
+        return
+    if recipe.stage == "sft" and sft_fuses_lm_head():
+        raise RecipeError(f"model tokens under LoRA: TRL {stages.trl_version()}'s SFT computes the loss from "
+                          "lm_head.weight directly (its fused LM head), past the peft wrappers that train the new "
+                          "tokens' rows; train them with full fine-tuning (peft: null), or install trl<1.13")
+    if getattr(args, "loss_type", None) != "chunked_nll":
         return
     if recipe.training.get("loss_type") == "chunked_nll":
         raise RecipeError("training.loss_type: chunked_nll reads the output head's weight past the peft wrappers that "
