@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from posttrain import launch, runs, stages, tracking, watchdog
 from posttrain.errors import PosttrainError, RunDirError, RunStopped
 from posttrain.models import full_copies_in_base_dtype
+from posttrain.stages import common
 from posttrain.stages.common import distributed_state
 from posttrain.util import is_main_process, world_size
 
@@ -59,6 +60,7 @@ def run(recipe: Recipe, stage: Stage, *, resume: bool = False, overwrite: bool =
         dog = watchdog.of(recipe)
         try:
             trainer, data_stats = build(recipe)
+            common.new_rows_train(recipe, trainer)
             if dog is not None:
                 trainer.add_callback(watchdog.callback(dog))
             # TRL's bf16 cast of a quantized model's trainable parameters, undone where no autocast runs

@@ -397,6 +397,8 @@ def test_every_converted_recipe_trains_a_step(file, tmp_path, fx, cli):
     no_eval = ["data.eval_fraction=null", "training.eval_strategy=no"] if recipe.get("quantization") else []
     code, stdout, err = cli("train", out, *swap_in(recipe, fx), *no_eval, *one_short_step(recipe), "training.max_steps=1",
                             "training.save_strategy=no", f"output_dir={tmp_path / 'run'}")
+    if code == 2 and "trl<1.13" in err and "Traceback" not in err:  # what a newer TRL cannot run, said in one line
+        pytest.skip(err.strip().splitlines()[-1])
     assert code == 0, err
     assert "finished" in stdout and (tmp_path / "run" / "manifest.json").is_file()
 

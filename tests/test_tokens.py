@@ -89,23 +89,29 @@ def test_stages_that_reload_a_reference_from_disk_are_refused(fx, tmp_path):
         grpo.build(load_recipe("grpo_gpt2", [*args, "training.beta=0.1"]))
 
 
-def _skip_where_sft_fuses_the_head():
-    from posttrain.stages.common import sft_fuses_lm_head
+def _sft_fuses_the_head() -> bool:
+    from trl import SFTTrainer
 
-    if sft_fuses_lm_head():
+    from posttrain.stages.common import fuses_lm_head
+
+    return fuses_lm_head(SFTTrainer)
+
+
+def _skip_where_sft_fuses_the_head():
+    if _sft_fuses_the_head():
         pytest.skip("this TRL's SFT reads lm_head.weight directly: new tokens under LoRA are refused (test below)")
 
 
-def test_lora_sft_with_new_tokens_is_refused_where_trl_fuses_the_lm_head(fx, tmp_path):
+def test_lora_with_new_tokens_is_refused_where_trl_fuses_the_lm_head(fx, tmp_path):
     from posttrain.errors import RecipeError
-    from posttrain.models import load_tokenizer
     from posttrain.stages import common, sft
 
-    if not common.sft_fuses_lm_head():
+    if not _sft_fuses_the_head():
         pytest.skip("this TRL's SFT computes whole logits (nll): new tokens train under LoRA (tests above and below)")
     recipe = load_recipe("alpaca_gpt2", _args(fx, tmp_path, "peft={r: 4, lora_alpha: 8, target_modules: [c_attn]}"))
-    with pytest.raises(RecipeError, match="fused LM head.*peft: null.*trl<1.13"):
-        common.whole_logits_for_new_rows(recipe, sft.config(recipe), load_tokenizer(recipe.model))
+    trainer, _ = sft.build(recipe)
+    with pytest.raises(RecipeError, match="SFTTrainer computes the loss from lm_head.weight.*peft: null.*trl<1.13"):
+        common.new_rows_train(recipe, trainer)
 
 
 def test_sft_under_lora_computes_whole_logits_only_for_new_rows(fx, tmp_path):

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -203,11 +204,19 @@ def load_policy(recipe: Recipe, args, tokenizer):
     return load_causal_lm(recipe.model, recipe.quantization, tokenizer)
 
 
-def sft_fuses_lm_head() -> bool:
-    """Whether the installed TRL's SFTTrainer always computes its loss through a fused LM head (newer than 1.12)."""
-    from trl.trainer import sft_trainer
+def fuses_lm_head(trainer_class) -> bool:
+    """Whether a TRL trainer computes its loss through a fused LM head, reading lm_head.weight directly (TRL newer than
+    1.12: SFT, DPO, KTO, GRPO, RLOO)."""
+    return hasattr(sys.modules[trainer_class.__module__], "add_fused_lm_head")
 
-    return hasattr(sft_trainer, "add_fused_lm_head")
+
+def new_rows_train(recipe: Recipe, trainer):
+    """Added tokens under LoRA train through peft's wrappers on the embedding and output head; a trainer that reads
+    lm_head.weight past them would fail at its first step (or never train the rows): refused in one line."""
+    if recipe.peft and getattr(trainer.processing_class, NEW_TOKEN_IDS, None) and fuses_lm_head(type(trainer)):
+        raise RecipeError(f"model tokens under LoRA: TRL {stages.trl_version()}'s {type(trainer).__name__} computes "
+                          "the loss from lm_head.weight directly (its fused LM head), past the peft wrappers that train "
+                          "the new tokens' rows; train them with full fine-tuning (peft: null), or install trl<1.13")
 
 
 def whole_logits_for_new_rows(recipe: Recipe, args, tokenizer):
@@ -217,10 +226,6 @@ def whole_logits_for_new_rows(recipe: Recipe, args, tokenizer):
     refused. Tokens the model already has (an upstream run added them) change nothing."""
     if not (recipe.peft and getattr(tokenizer, NEW_TOKEN_IDS, None)):
         return
-    if recipe.stage == "sft" and sft_fuses_lm_head():
-        raise RecipeError(f"model tokens under LoRA: TRL {stages.trl_version()}'s SFT computes the loss from "
-                          "lm_head.weight directly (its fused LM head), past the peft wrappers that train the new "
-                          "tokens' rows; train them with full fine-tuning (peft: null), or install trl<1.13")
     if getattr(args, "loss_type", None) != "chunked_nll":
         return
     if recipe.training.get("loss_type") == "chunked_nll":
