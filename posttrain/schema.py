@@ -154,13 +154,19 @@ def fits(value, ann) -> bool:
     return coerce(value, ann) is not _NO
 
 
+WORD_ORDER = ("true/false", "an integer", "a number", "a string", "a list", "a mapping")
+
+
 def describe(ann) -> str:
     origin = typing.get_origin(ann)
     if origin in (typing.Union, types.UnionType) and choices_of(ann):
         return "one of " + ", ".join(repr(c) for c in choices_of(ann))
     if origin in (typing.Union, types.UnionType):
-        parts = [describe(a) for a in typing.get_args(ann) if a is not type(None)]
-        return " or ".join(dict.fromkeys(parts)) + (" or null" if type(None) in typing.get_args(ann) else "")
+        # in a fixed order: typing caches a Union with the argument order it was first built with, which depends
+        # on import order, so the words would change from one process to the next
+        parts = sorted(dict.fromkeys(describe(a) for a in typing.get_args(ann) if a is not type(None)),
+                       key=lambda w: (WORD_ORDER.index(w) if w in WORD_ORDER else len(WORD_ORDER), w))
+        return " or ".join(parts) + (" or null" if type(None) in typing.get_args(ann) else "")
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(ann)))
     if inspect.isclass(ann) and issubclass(ann, enum.Enum):
