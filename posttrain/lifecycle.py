@@ -14,7 +14,6 @@ from posttrain import launch, runs, stages, tracking, watchdog
 from posttrain.errors import PosttrainError, RunDirError, RunStopped
 from posttrain.models import full_copies_in_base_dtype
 from posttrain.stages import common
-from posttrain.stages.common import distributed_state
 from posttrain.util import is_main_process, world_size
 
 if TYPE_CHECKING:
@@ -152,7 +151,7 @@ def headline_metrics(trainer, train_result) -> dict:
 
 def _barrier():
     if world_size() > 1:
-        distributed_state().wait_for_everyone()
+        common.distributed_state().wait_for_everyone()
 
 
 def _agree(decide, timeout_s: float | None = None):
@@ -167,7 +166,7 @@ def _agree(decide, timeout_s: float | None = None):
     if world_size() > 1:
         from accelerate.utils import broadcast_object_list
 
-        distributed_state(timeout_s)  # initialises the process group when launched by accelerate/torchrun
+        common.distributed_state(timeout_s)  # initialises the process group when launched by accelerate/torchrun
         box = [(result, error)]
         broadcast_object_list(box, from_process=0)
         result, error = box[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from posttrain.models import knows_new_tokens, load_causal_lm, load_tokenizer, lora_config
+from posttrain.models import load_tokenizer, lora_config
 from posttrain.stages import Footprint, Stage, common, gkd, grpo
 
 if TYPE_CHECKING:
@@ -34,10 +34,7 @@ def build(recipe: Recipe):
     tokenizer = load_tokenizer(recipe.model)
     train, eval_ds, stats = grpo.load_prompts(recipe, args, tokenizer, specs=[])  # prompts over max_length dropped
     model = common.load_policy(recipe, args, tokenizer)
-    teacher_spec = common.model_spec(recipe.extra["teacher_model"], recipe)
-    knows_new_tokens(teacher_spec, tokenizer, "teacher model")  # a frozen teacher must already know added tokens
-    teacher = load_causal_lm(teacher_spec, None, tokenizer)
-    trainer = DistillationTrainer(model=model, teacher_model=teacher.requires_grad_(False).eval(), args=args,
+    trainer = DistillationTrainer(model=model, teacher_model=gkd.load_teacher(recipe, tokenizer), args=args,
                                   train_dataset=train, eval_dataset=eval_ds, processing_class=tokenizer,
                                   peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats

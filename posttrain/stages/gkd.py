@@ -93,13 +93,18 @@ def build(recipe: Recipe):
     model = common.load_policy(recipe, args, tokenizer)
     if args.eos_token is not None:
         match_eos(model, tokenizer)
-    teacher_spec = common.model_spec(recipe.extra["teacher_model"], recipe)
-    knows_new_tokens(teacher_spec, tokenizer, "teacher model")
-    teacher = load_causal_lm(teacher_spec, None, tokenizer)
-    trainer = GKDTrainer(model=model, teacher_model=teacher.requires_grad_(False).eval(), args=args, train_dataset=train,
+    trainer = GKDTrainer(model=model, teacher_model=load_teacher(recipe, tokenizer), args=args, train_dataset=train,
                          eval_dataset=eval_ds, processing_class=tokenizer,
                          peft_config=lora_config(recipe.peft, tokenizer=tokenizer, model=model))
     return trainer, stats
+
+
+def load_teacher(recipe: Recipe, tokenizer):
+    """The frozen `teacher_model` (gkd, distill), loaded with the recipe's model settings; it must already know the
+    tokens the recipe adds, at the same ids."""
+    spec = common.model_spec(recipe.extra["teacher_model"], recipe)
+    knows_new_tokens(spec, tokenizer, "teacher model")
+    return load_causal_lm(spec, None, tokenizer).requires_grad_(False).eval()
 
 
 def teacher(recipe: Recipe) -> list:
